@@ -1,0 +1,45 @@
+"""On-device runtime: `load(path)` -> Session with `.inputs`, `.outputs`, `.run(feeds)`.
+
+Imports numpy and, when a model is loaded, the one runtime that runs it; never torch.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgeai.errors import RuntimeLoadError
+from edgeai.manifest import MANIFEST_NAME, Manifest
+from edgeai.registry import Registry
+from edgeai.runtime.base import Session
+from edgeai.runtime.onnx import OnnxSession
+
+RUNTIMES: Registry[type[Session]] = Registry("runtime")
+RUNTIMES.add("onnx", OnnxSession)
+
+SUFFIX_FORMATS = {".onnx": "onnx", ".tflite": "tflite"}
+
+__all__ = ["RUNTIMES", "Session", "load", "resolve"]
+
+
+def resolve(path: str | Path, artifact: str | None = None) -> tuple[Path, str]:
+    """Map a model file or an edgeai output folder (+ artifact name) to (file, format)."""
+    path = Path(path)
+    if path.is_dir():
+        if not (path / MANIFEST_NAME).is_file():
+            raise RuntimeLoadError(f"{str(path)!r} is a folder without {MANIFEST_NAME}; pass a model file "
+                                   "or an edgeai export folder")
+        entry = Manifest.read(path).get(artifact)
+        return path / entry.file, entry.format
+    if not path.exists():
+        raise RuntimeLoadError(f"model {str(path)!r} does not exist")
+    fmt = SUFFIX_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise RuntimeLoadError(f"cannot tell the format of {str(path)!r} from its suffix; known: "
+                               f"{', '.join(SUFFIX_FORMATS)}")
+    return path, fmt
+
+
+def load(path: str | Path, *, artifact: str | None = None, provider: str = "cpu",
+         threads: int | None = None, **options) -> Session:
+    """Load a .onnx/.tflite file, or one artifact of an edgeai output folder (first by default)."""
+    file, fmt = resolve(path, artifact)
+    return RUNTIMES.get(fmt)(file, provider=provider, threads=threads, **options)

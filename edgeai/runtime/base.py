@@ -1,0 +1,32 @@
+"""The Session interface every on-device runtime implements (numpy in, numpy out)."""
+from __future__ import annotations
+
+import abc
+from typing import Mapping
+
+import numpy as np
+
+from edgeai.specs import TensorSpec, check_feeds
+
+
+class Session(abc.ABC):
+    """A loaded model: named inputs and outputs, and `run(feeds) -> {name: array}`."""
+
+    format: str = ""
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    provider: str = "cpu"
+    threads: int | None = None
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Check names and shapes against the model's specs, cast dtypes, and run."""
+        check_feeds(self.inputs, feeds)
+        cast = {s.name: np.ascontiguousarray(feeds[s.name], dtype=s.dtype) for s in self.inputs}
+        return self.run_unchecked(cast)
+
+    @abc.abstractmethod
+    def run_unchecked(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run with feeds already of the right names, dtypes and shapes (the timed path)."""
+
+    def describe(self) -> dict:
+        return {"format": self.format, "provider": self.provider, "threads": self.threads}
