@@ -1,0 +1,58 @@
+"""Exporter registry: format name -> how to turn a torch module into a file of that format.
+
+An exporter is one new file that registers an `Exporter`; nothing else is edited.
+The exporter writes `out_path` (plus extra files beside it) and does NOT verify: the
+pipeline verifies every artifact in its own runtime afterwards.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from edgeai.registry import Registry
+
+if TYPE_CHECKING:  # torch is imported only when an export runs
+    import torch
+
+    from edgeai.specs import TensorSpec
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    exporter: str                                  # which path produced it, e.g. "torch.export"
+    files: list[str]                               # model file first, then extra files (relative names)
+    details: dict[str, Any] = field(default_factory=dict)   # format-specific facts for the manifest
+    notes: list[str] = field(default_factory=list)          # things the user must know
+
+
+# fn(module, example_inputs {name: tensor, call order}, input_specs, out_path, config) -> ExportResult
+ExportFn = Callable[["torch.nn.Module", "dict[str, torch.Tensor]", "list[TensorSpec]", Path, Any], ExportResult]
+
+
+@dataclass(frozen=True)
+class Exporter:
+    format: str
+    suffix: str           # ".onnx"
+    config_cls: type      # frozen dataclass of options
+    fn: ExportFn
+
+
+EXPORTERS: Registry[Exporter] = Registry("exporter")
+
+# Exporter modules register themselves on import; listed here so lookups can find them lazily.
+_MODULES = {"onnx": "edgeai.export.onnx", "tflite": "edgeai.export.tflite"}
+
+
+def get_exporter(fmt: str) -> Exporter:
+    if fmt not in EXPORTERS and fmt in _MODULES:
+        importlib.import_module(_MODULES[fmt])
+    if fmt not in EXPORTERS:  # unknown: name every format we could have loaded
+        for name in _MODULES:
+            if name not in EXPORTERS:
+                try:
+                    importlib.import_module(_MODULES[name])
+                except ImportError:
+                    continue
+    return EXPORTERS.get(fmt)
