@@ -7,6 +7,7 @@ pipeline verifies every artifact in its own runtime afterwards.
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -41,18 +42,20 @@ class Exporter:
 
 EXPORTERS: Registry[Exporter] = Registry("exporter")
 
-# Exporter modules register themselves on import; listed here so lookups can find them lazily.
-_MODULES = {"onnx": "edgeai.export.onnx", "tflite": "edgeai.export.tflite"}
+
+
+def _import_exporter_modules() -> None:
+    """Exporter modules register on import; each keeps its heavy imports inside its functions."""
+    for info in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{info.name}")
 
 
 def get_exporter(fmt: str) -> Exporter:
-    if fmt not in EXPORTERS and fmt in _MODULES:
-        importlib.import_module(_MODULES[fmt])
-    if fmt not in EXPORTERS:  # unknown: name every format we could have loaded
-        for name in _MODULES:
-            if name not in EXPORTERS:
-                try:
-                    importlib.import_module(_MODULES[name])
-                except ImportError:
-                    continue
+    if fmt not in EXPORTERS:
+        _import_exporter_modules()
     return EXPORTERS.get(fmt)
+
+
+def formats() -> list[str]:
+    _import_exporter_modules()
+    return EXPORTERS.names()
