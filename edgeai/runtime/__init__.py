@@ -4,20 +4,19 @@ Imports numpy and, when a model is loaded, the one runtime that runs it; never t
 """
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from pathlib import Path
 
 from edgeai.errors import RuntimeLoadError
 from edgeai.manifest import MANIFEST_NAME, Manifest
 from edgeai.registry import Registry
-from edgeai.runtime.base import Session
-from edgeai.runtime.onnx import OnnxSession
+from edgeai.runtime.base import RUNTIMES, Session
 
-RUNTIMES: Registry[type[Session]] = Registry("runtime")
-RUNTIMES.add("onnx", OnnxSession)
 
 SUFFIX_FORMATS = {".onnx": "onnx", ".tflite": "tflite"}
 
-__all__ = ["RUNTIMES", "Session", "load", "resolve"]
+__all__ = ["RUNTIMES", "Session", "get_runtime", "load", "resolve"]
 
 
 def resolve(path: str | Path, artifact: str | None = None) -> tuple[Path, str]:
@@ -42,4 +41,12 @@ def load(path: str | Path, *, artifact: str | None = None, provider: str = "cpu"
          threads: int | None = None, **options) -> Session:
     """Load a .onnx/.tflite file, or one artifact of an edgeai output folder (first by default)."""
     file, fmt = resolve(path, artifact)
-    return RUNTIMES.get(fmt)(file, provider=provider, threads=threads, **options)
+    return get_runtime(fmt)(file, provider=provider, threads=threads, **options)
+
+
+def get_runtime(fmt: str) -> type[Session]:
+    """Runtime modules (one file each) register on import and import their runtime lazily."""
+    if fmt not in RUNTIMES:
+        for info in pkgutil.iter_modules(__path__):
+            importlib.import_module(f"{__name__}.{info.name}")
+    return RUNTIMES.get(fmt)

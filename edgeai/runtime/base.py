@@ -6,6 +6,7 @@ from typing import Mapping
 
 import numpy as np
 
+from edgeai.registry import Registry
 from edgeai.specs import TensorSpec, check_feeds
 
 
@@ -30,3 +31,7 @@ class Session(abc.ABC):
 
     def describe(self) -> dict:
         return {"format": self.format, "provider": self.provider, "threads": self.threads}
+
+
+# format -> Session class; each runtime file registers its class with @RUNTIMES.register("fmt")
+RUNTIMES: Registry[type[Session]] = Registry("runtime")

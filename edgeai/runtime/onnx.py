@@ -7,7 +7,7 @@ from typing import Mapping
 import numpy as np
 
 from edgeai.errors import MissingDependencyError, RuntimeLoadError
-from edgeai.runtime.base import Session
+from edgeai.runtime.base import RUNTIMES, Session
 from edgeai.specs import TensorSpec
 
 _ORT_DTYPES = {
@@ -24,6 +24,7 @@ def _spec(arg) -> TensorSpec:
     return TensorSpec(arg.name, shape, _ORT_DTYPES.get(arg.type, arg.type))
 
 
+@RUNTIMES.register("onnx")
 class OnnxSession(Session):
     format = "onnx"
 

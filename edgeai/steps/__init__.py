@@ -1,0 +1,78 @@
+"""Compression step registries: model steps (torch in, torch out) and artifact steps (file in, file out).
+
+Each step is a frozen dataclass config plus one registered handler, in one file of this package.
+- MODEL_STEPS["prune"] = ModelStep(config_cls, fn) with fn(module, example_inputs, config, ctx) -> (module, StepReport)
+- ARTIFACT_STEPS["onnx:int8-static"] = ArtifactStep(config_cls, fn) with fn(src_path, dst_path, config, ctx) -> StepReport
+`ctx` is a StepContext: the data a step may need (calibration feeds, eval data, teacher, ...).
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from edgeai.registry import Registry
+
+
+@dataclass
+class StepReport:
+    """What a step did, for the manifest and the summary table."""
+
+    step: str                                         # registry key, e.g. "onnx:int8-dynamic"
+    config: dict[str, Any]                            # config_to_dict(config)
+    notes: list[str] = field(default_factory=list)    # things the user must read (e.g. "LSTM left in FP32")
+    details: dict[str, Any] = field(default_factory=dict)  # numbers: ops quantized, sparsity per layer, ...
+
+
+@dataclass
+class StepContext:
+    """Data steps may need; every field is optional and a step that needs a missing one raises DataError."""
+
+    calibration: dict | None = None   # {input name: np.ndarray (N, ...)} samples stacked on axis 0
+    eval_data: dict | None = None     # {input name: array, optionally "labels": array}
+    train_data: dict | None = None
+    teacher: Any = None               # torch.nn.Module for distillation
+    input_specs: list | None = None   # list[TensorSpec]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelStep:
+    config_cls: type
+    fn: Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class ArtifactStep:
+    config_cls: type
+    fn: Callable[..., StepReport]
+    precision: str = ""   # precision of the artifact it produces ("fp16", "int8")
+
+
+MODEL_STEPS: Registry[ModelStep] = Registry("model step")
+ARTIFACT_STEPS: Registry[ArtifactStep] = Registry("artifact step")
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A config dataclass as plain JSON-able data, tagged with its type."""
+    data = dataclasses.asdict(config)
+    return {"type": type(config).__name__, **{k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}}
+
+
+def _import_step_modules() -> None:
+    for info in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{info.name}")
+
+
+def get_model_step(name: str) -> ModelStep:
+    if name not in MODEL_STEPS:
+        _import_step_modules()
+    return MODEL_STEPS.get(name)
+
+
+def get_artifact_step(name: str) -> ArtifactStep:
+    if name not in ARTIFACT_STEPS:
+        _import_step_modules()
+    return ARTIFACT_STEPS.get(name)
