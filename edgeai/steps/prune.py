@@ -1,0 +1,251 @@
+"""Model step "prune": structured pruning to a MACs target; returns a smaller dense module.
+
+Zeroed weights give no speed on dense kernels; removing channels does, and speed tracks the
+MACs removed. So the target is a fraction of MACs, and by default ("macs" allocation) channels
+are cut where the MACs are. Every pruned model is checked twice: it runs on the example inputs
+with the original output shapes, and it computes exactly what the original computes when the
+weights that read the removed channels are zeroed (so a channel mapping edgeai got wrong, e.g. a
+permute before a flatten, is refused instead of silently returned).
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import logging
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from edgeai.errors import EdgeAIError, InputSpecError, UnknownNameError, VerificationError
+from edgeai.steps import MODEL_STEPS, ModelStep, StepContext, StepReport, config_to_dict
+from edgeai.steps.prune_alloc import ALLOCATIONS, search
+
+log = logging.getLogger(__name__)
+
+IMPORTANCES = ("l1", "l2", "taylor", "bn_scale")
+RATIO_TOLERANCE = 0.02     # |achieved - target| MACs fraction accepted without a note
+UNREACHABLE_MARGIN = 0.02  # refuse when even the smallest allowed widths miss the target by more
+MAX_ROUNDS = 3             # re-plans when the measured MACs miss the prediction
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """Structured pruning. Give `ratio` (fraction of MACs to remove) or `target_macs` (MACs to keep)."""
+
+    ratio: float | None = None
+    target_macs: int | None = None
+    importance: str = "l1"              # "l1" | "l2" | "taylor" | "bn_scale"
+    round_to: int = 8                   # kept channels are a multiple of this
+    pinned: tuple[str, ...] = ()        # module names (and everything inside) whose output width is kept
+    allocation: str = "macs"            # "macs": cut where the MACs are | "uniform": same ratio everywhere
+    protect_narrow: int = 16            # layers this wide or narrower are not cut
+    max_layer_ratio: float = 0.9        # no layer loses more than this fraction of its width
+    heads: bool = True                  # Transformers: remove whole attention heads
+    rnn_hidden: bool = True             # LSTM/GRU/RNN: remove hidden units
+
+
+def validate(config: PruneConfig) -> None:
+    if (config.ratio is None) == (config.target_macs is None):
+        raise EdgeAIError("prune: give exactly one of ratio (fraction of MACs to remove, e.g. 0.5) "
+                          "or target_macs (MACs to keep)")
+    if config.ratio is not None and not 0.0 < float(config.ratio) < 1.0:
+        raise EdgeAIError(f"prune: ratio must be between 0 and 1 (fraction of MACs to remove), got {config.ratio}")
+    if config.target_macs is not None and int(config.target_macs) <= 0:
+        raise EdgeAIError(f"prune: target_macs must be a positive MAC count, got {config.target_macs}")
+    if config.importance not in IMPORTANCES:
+        raise UnknownNameError(f"prune: no importance named {config.importance!r}; known: {', '.join(IMPORTANCES)}")
+    if config.allocation not in ALLOCATIONS:
+        raise UnknownNameError(f"prune: no allocation named {config.allocation!r}; known: {', '.join(ALLOCATIONS)}")
+    if int(config.round_to) < 1:
+        raise EdgeAIError(f"prune: round_to must be >= 1, got {config.round_to}")
+    if not 0.0 < float(config.max_layer_ratio) < 1.0:
+        raise EdgeAIError(f"prune: max_layer_ratio must be between 0 and 1, got {config.max_layer_ratio}")
+    if int(config.protect_narrow) < 0:
+        raise EdgeAIError(f"prune: protect_narrow must be >= 0, got {config.protect_narrow}")
+
+
+def _check_pinned(model: Any, pinned: tuple[str, ...]) -> None:
+    names = [n for n, _ in model.named_modules() if n]
+    for p in pinned:
+        if p not in names:
+            close = difflib.get_close_matches(p, names, n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise EdgeAIError(f"prune: pinned module {p!r} is not in the model{hint}")
+
+
+def _shapes(out: Any) -> list[tuple]:
+    import torch
+
+    return [tuple(t.shape) for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+
+
+def _max_diff(a: Any, b: Any) -> tuple[float, float]:
+    import torch
+
+    ta = [t for t in torch.utils._pytree.tree_leaves(a) if isinstance(t, torch.Tensor)]
+    tb = [t for t in torch.utils._pytree.tree_leaves(b) if isinstance(t, torch.Tensor)]
+    diff = max(float((x.float() - y.float()).abs().max()) if x.numel() else 0.0 for x, y in zip(ta, tb))
+    scale = max(float(y.float().abs().max()) if y.numel() else 0.0 for y in tb)
+    return diff, scale
+
+
+def _taylor_grads(model: Any, example_inputs: Mapping[str, Any]) -> None:
+    """Gradients for Taylor importance, from the model's own predictions (no labels needed)."""
+    import torch
+    import torch.nn.functional as F
+
+    for p in model.parameters():
+        p.requires_grad_(True)
+        p.grad = None
+    with torch.enable_grad():
+        out = model(**example_inputs)
+        y = next(t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor))
+        if y.dim() == 2 and y.shape[1] > 1:      # logits: cross-entropy against the model's own argmax
+            loss = F.cross_entropy(y, y.argmax(1))
+        else:
+            loss = 0.5 * y.float().pow(2).mean()
+        loss.backward()
+    for p in model.parameters():
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+
+
+def _plan_and_cut(module: Any, example_inputs: Mapping[str, Any], config: PruneConfig,
+                  base: Any, target_pred: float) -> tuple[Any, list, list[int], list[str], float, Any]:
+    """One pruning pass on a fresh copy: find slots, choose widths, cut, and build the zeroed reference."""
+    import torch
+
+    from edgeai.steps import prune_graph as pg
+    from edgeai.steps import prune_rnn
+
+    work = copy.deepcopy(module).eval()
+    twin = copy.deepcopy(module).eval()
+    if config.importance == "taylor":
+        _taylor_grads(work, example_inputs)
+    dg = pg.build_graph(work, example_inputs)
+    targets, notes = pg.discover(work, example_inputs, config, base.per_module, dg)
+    live = [t for t in targets if not t.slot.protected]
+    if not live:
+        raise EdgeAIError("prune: nothing can be pruned: "
+                          + ("; ".join(f"'{t.slot.name}' {t.slot.protected}" for t in targets[:8])
+                             or "no conv, linear, attention or RNN layer found")
+                          + ". Unpin layers, lower protect_narrow, or use sparsity instead")
+    slots = [t.slot for t in targets]
+    keeps, pred, floor = search(slots, base.per_module, target_pred, config.allocation,
+                                int(config.round_to), float(config.max_layer_ratio))
+    if floor > target_pred + UNREACHABLE_MARGIN * base.total:
+        raise EdgeAIError(
+            f"prune: at most {1 - floor / base.total:.1%} of MACs can be removed with these settings, not "
+            f"{1 - target_pred / base.total:.1%}; raise max_layer_ratio, lower protect_narrow or round_to, "
+            f"or unpin layers")
+    twin_dg = pg.build_graph(twin, example_inputs)
+    for t, keep in zip(targets, keeps):
+        s = t.slot
+        if keep >= s.width:
+            continue
+        if s.kind == "channels":
+            scores = pg.channel_scores(work, dg, t, config.importance)
+            keep_idx = torch.topk(scores, keep).indices
+            remove = sorted(set(range(s.width)) - set(keep_idx.tolist()))
+            pg.zero_channel_readers(twin, twin_dg, t, remove)
+            pg.cut_channels(work, dg, t, remove)
+        elif s.kind == "heads":
+            attn = work.get_submodule(s.name)
+            keep_heads = torch.sort(torch.topk(pg.head_scores(attn, config.importance), keep).indices).values
+            gone = torch.tensor(sorted(set(range(s.width)) - set(keep_heads.tolist())))
+            twin_attn = twin.get_submodule(s.name)
+            with torch.no_grad():
+                twin_attn.proj.weight[:, pg.head_rows(twin_attn, gone)[1]] = 0
+            pg.cut_heads(attn, keep_heads)
+        else:
+            rnn = work.get_submodule(s.name)
+            kept = prune_rnn.choose_units(prune_rnn.unit_scores(rnn, t.rnn, work, config.importance), keep)
+            prune_rnn.zero_readers(twin, t.rnn, kept)
+            prune_rnn.apply(work, t.rnn, kept)
+    for p in work.parameters():
+        p.grad = None
+    if config.importance == "bn_scale" and any(t.slot.kind != "channels" for t in live):
+        notes.append("bn_scale has no meaning for attention heads or RNN units; they were ranked by l2 norm")
+    return work, targets, keeps, notes, pred, twin
+
+
+def _verify(work: Any, twin: Any, ref_out: Any, example_inputs: Mapping[str, Any]) -> float:
+    """The pruned model runs, keeps the output shapes, and equals the original with the removed channels unread."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            out = work(**example_inputs)
+    except Exception as e:  # any failure of the user's forward on the pruned model is reported as such
+        raise VerificationError(f"prune: the pruned model no longer runs on the example inputs "
+                                f"({type(e).__name__}: {str(e)[:300]}); its forward probably hard-codes a "
+                                f"width. Pin the layers involved with pinned=[...]") from None
+    if _shapes(out) != _shapes(ref_out):
+        raise VerificationError(f"prune: the pruned model's output shapes {_shapes(out)} differ from the "
+                                f"original's {_shapes(ref_out)}; pin the output layers with pinned=[...]")
+    with torch.no_grad():
+        masked = twin(**example_inputs)
+    diff, scale = _max_diff(out, masked)
+    if diff > 1e-4 * max(scale, 1.0):
+        raise VerificationError(
+            f"prune: the pruned model is not the original minus the removed channels (max difference "
+            f"{diff:.3g} vs output scale {scale:.3g}): the forward rearranges channels in a way edgeai cannot "
+            f"track (e.g. a permute before a flatten, or a width hard-coded in a reshape). Pin the layers "
+            f"around it with pinned=[...] or use the sparsity step instead")
+    return diff
+
+
+def prune(module: Any, example_inputs: Mapping[str, Any], config: PruneConfig,
+          ctx: StepContext | None = None) -> tuple[Any, StepReport]:
+    """Remove channels/heads/hidden units until `config`'s MACs target; the input module is not modified."""
+    import torch
+
+    from edgeai.macs import count_macs
+
+    validate(config)
+    if not example_inputs:
+        raise InputSpecError("prune: example inputs are empty; pass one tensor per model input")
+    _check_pinned(module, tuple(config.pinned))
+    example_inputs = {k: v if isinstance(v, torch.Tensor) else torch.as_tensor(v) for k, v in example_inputs.items()}
+    was_training = module.training
+    module_eval = copy.deepcopy(module).eval()
+    base = count_macs(module_eval, example_inputs)
+    with torch.no_grad():
+        ref_out = module_eval(**example_inputs)
+    if base.total <= 0:
+        raise EdgeAIError("prune: the model does no matmul/conv work on the example inputs; nothing to prune")
+    target = (1.0 - float(config.ratio)) * base.total if config.ratio is not None else float(config.target_macs)
+    if target >= base.total:
+        raise EdgeAIError(f"prune: target_macs {int(target)} is not below the model's {base.total} MACs")
+
+    target_pred, best = target, None
+    for _ in range(MAX_ROUNDS):
+        work, targets, keeps, notes, pred, twin = _plan_and_cut(module_eval, example_inputs, config, base, target_pred)
+        diff = _verify(work, twin, ref_out, example_inputs)
+        after = count_macs(work, example_inputs)
+        if best is None or abs(after.total - target) < abs(best[3].total - target):
+            best = (work, targets, keeps, after, notes, diff, pred)
+        if abs(after.total - target) <= RATIO_TOLERANCE * base.total or abs(after.total - pred) <= 0.005 * pred:
+            break                                # on target, or as close as the channel rounding allows
+        target_pred *= target / after.total      # the prediction was off (e.g. shared layers): re-aim
+        log.info("prune: measured %d MACs vs predicted %.0f; re-planning", after.total, pred)
+    work, targets, keeps, after, notes, diff, pred = best
+
+    achieved = 1.0 - after.total / base.total
+    wanted = 1.0 - target / base.total
+    if abs(achieved - wanted) > RATIO_TOLERANCE:
+        notes.append(f"removed {achieved:.1%} of MACs (asked {wanted:.1%}); channel rounding "
+                     f"(round_to={config.round_to}) limits how close it can get")
+    layers = [{"name": t.slot.name, "kind": t.slot.kind, "before": t.slot.width * t.slot.channels_per_unit,
+               "after": k * t.slot.channels_per_unit, "units_before": t.slot.width, "units_after": k,
+               "macs": t.slot.controlled_macs(base.per_module), "protected": t.slot.protected}
+              for t, k in zip(targets, keeps)]
+    work.train(was_training)
+    details = {"macs_before": base.total, "macs_after": after.total, "params_before": base.params,
+               "params_after": after.params, "target_ratio": round(wanted, 4), "achieved_ratio": round(achieved, 4),
+               "predicted_macs": int(pred), "max_abs_diff_vs_masked_original": diff, "layers": layers}
+    log.info("prune: %d -> %d MACs (%.1f%% removed), %d -> %d params", base.total, after.total,
+             100 * achieved, base.params, after.params)
+    return work, StepReport("prune", config_to_dict(config), notes, details)
+
+
+MODEL_STEPS.add("prune", ModelStep(PruneConfig, prune))
