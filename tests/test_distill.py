@@ -201,3 +201,23 @@ def test_distillation_with_bad_data_raises_data_error(ctx, error, match):
 def test_unknown_optimizer_is_named_with_the_known_ones():
     with pytest.raises(UnknownNameError, match="known: adamw, adam, sgd"):
         distill(SmallCNN(), {"x": torch.zeros(1)}, DistillConfig(optimizer="lion"), StepContext())
+
+
+def test_float_targets_of_the_output_shape_are_distilled_as_regression():
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 3)).eval()
+    x = np.random.default_rng(0).standard_normal((600, 8)).astype(np.float32)
+    with torch.no_grad():
+        y = teacher(torch.from_numpy(x)).numpy()
+    student = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    ctx = StepContext(teacher=teacher, train_data={"input": x[:500], "labels": y[:500]},
+                      eval_data={"input": x[500:], "labels": y[500:]})
+    out, rep = distill(student, {"input": torch.zeros(1)}, DistillConfig(epochs=5, lr=1e-2), ctx)
+    assert rep.details["metric"] == "mse" and rep.details["best_metric"] < 0.5 * rep.details["initial_metric"]
+
+
+def test_labels_that_fit_no_output_shape_raise_data_error():
+    ctx = StepContext(teacher=SmallCNN(), train_data={"x": np.zeros((4, 3, 8, 8), np.float32),
+                                                      "labels": np.zeros((4, 7), np.int64)})
+    with pytest.raises(DataError, match="labels of shape"):
+        distill(SmallCNN(), {"x": torch.zeros(1)}, DistillConfig(epochs=1), ctx)

@@ -342,3 +342,15 @@ def test_sparsity_global_and_layer_scopes_zero_the_requested_fraction():
     assert rep_g.details["per_layer"]["fc.weight"] < 0.1                          # global spares the big layer
     assert all(abs(v - 0.6) < 1e-3 for v in rep_l.details["per_layer"].values())
     assert rep_g.details["per_layer"]["rnn.weight_hh_l0"] > 0.6
+
+
+@pytest.mark.parametrize("importance", ["l1", "l2", "taylor", "bn_scale"])
+@pytest.mark.parametrize("make,inputs", [(TinyViT, _vit_inputs), (lambda: TextRNN(nn.GRU, bidirectional=True), _ids)])
+def test_heads_and_hidden_units_prune_exactly_under_every_importance(importance, make, inputs):
+    torch.manual_seed(0)
+    model = make().eval()
+    pruned, rep = prune(model, inputs(), PruneConfig(ratio=0.4, importance=importance))
+    assert rep.details["max_abs_diff_vs_masked_original"] < 1e-5
+    assert rep.details["macs_after"] < 0.7 * rep.details["macs_before"]
+    assert all(p.requires_grad for p in pruned.parameters()) and all(p.grad is None for p in pruned.parameters())
+    assert (importance == "bn_scale") == any("bn_scale has no meaning" in n for n in rep.notes)

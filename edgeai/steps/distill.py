@@ -141,8 +141,17 @@ def _teacher_pass(teacher: Any, arrays: dict, n: int, bs: int, dtype: Any, feats
     return torch.cat(outs), {k: torch.cat(v) for k, v in fmaps.items()}
 
 
-def _is_regression(logits: Any, labels: np.ndarray | None) -> bool:
-    return logits.shape[-1] == 1 or logits.dim() == 1 or (labels is not None and labels.dtype.kind == "f")
+def _is_regression(out: Any, labels: np.ndarray | None) -> bool:
+    """Class labels have the output's shape minus its last (class) dim; regression targets its full shape."""
+    shape = tuple(out.shape)
+    if labels is None:
+        return out.dim() == 1 or shape[-1] == 1
+    if labels.shape[1:] == shape[1:] and (labels.dtype.kind == "f" or shape[-1] == 1):
+        return True
+    if labels.shape[1:] == shape[1:-1]:
+        return False
+    raise DataError(f"distill: labels of shape {labels.shape} fit neither the model's output {shape} "
+                    f"(regression targets) nor its shape without the class dim (class ids)")
 
 
 def _top1(logits: Any, labels: np.ndarray) -> float:
@@ -215,7 +224,8 @@ def distill(student: Any, example_inputs: Mapping[str, Any], config: DistillConf
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     model = copy.deepcopy(student)
-    teacher = ctx.teacher.eval()
+    teacher, teacher_was_training = ctx.teacher, ctx.teacher.training
+    teacher.eval()
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     bs = int(config.batch_size)
 
@@ -228,7 +238,8 @@ def distill(student: Any, example_inputs: Mapping[str, Any], config: DistillConf
     finally:
         if t_feats:
             t_feats.close()
-    regression = _is_regression(t_train, train_y)
+        teacher.train(teacher_was_training)
+    regression = _is_regression(t_train, train_y if train_y is not None else eval_y)
     adapters = torch.nn.ModuleDict()
     if pairs:
         with torch.no_grad():

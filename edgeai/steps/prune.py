@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 from edgeai.errors import EdgeAIError, InputSpecError, UnknownNameError, VerificationError
 from edgeai.steps import MODEL_STEPS, ModelStep, StepContext, StepReport, config_to_dict
-from edgeai.steps.prune_alloc import ALLOCATIONS, search
+from edgeai.steps._prune_alloc import ALLOCATIONS, search
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ class PruneConfig:
     """Structured pruning. Give `ratio` (fraction of MACs to remove) or `target_macs` (MACs to keep)."""
 
     ratio: float | None = None
-    target_macs: int | None = None
+    target_macs: int | None = None     # MACs of one forward on the example inputs (whole batch), see edgeai.macs
     importance: str = "l1"              # "l1" | "l2" | "taylor" | "bn_scale"
     round_to: int = 8                   # kept channels are a multiple of this
     pinned: tuple[str, ...] = ()        # module names (and everything inside) whose output width is kept
@@ -114,8 +114,8 @@ def _plan_and_cut(module: Any, example_inputs: Mapping[str, Any], config: PruneC
     """One pruning pass on a fresh copy: find slots, choose widths, cut, and build the zeroed reference."""
     import torch
 
-    from edgeai.steps import prune_graph as pg
-    from edgeai.steps import prune_rnn
+    from edgeai.steps import _prune_graph as pg
+    from edgeai.steps import _prune_rnn as prune_rnn
 
     work = copy.deepcopy(module).eval()
     twin = copy.deepcopy(module).eval()
@@ -229,6 +229,9 @@ def prune(module: Any, example_inputs: Mapping[str, Any], config: PruneConfig,
         target_pred *= target / after.total      # the prediction was off (e.g. shared layers): re-aim
         log.info("prune: measured %d MACs vs predicted %.0f; re-planning", after.total, pred)
     work, targets, keeps, after, notes, diff, pred = best
+    flags = {n: p.requires_grad for n, p in module.named_parameters()}
+    for n, p in work.named_parameters():
+        p.requires_grad_(flags.get(n, True))
 
     achieved = 1.0 - after.total / base.total
     wanted = 1.0 - target / base.total

@@ -240,13 +240,12 @@ def keep_input_columns(m: Any, cols: Any) -> None:
 
 def apply(model: Any, plan: RnnPlan, kept: list[list[Any]]) -> None:
     """Replace the RNN by its shrunk copy and drop the removed units' columns from its readers."""
-    from edgeai.steps.prune_graph import set_submodule
-
     rnn = model.get_submodule(plan.name)
     for reader, layout in plan.readers:
         cols = reader_columns(rnn.hidden_size, _dirs(rnn), kept[-1][0], layout)
         keep_input_columns(model.get_submodule(reader), cols)
-    set_submodule(model, plan.name, shrink(rnn, kept))
+    parent, _, leaf = plan.name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, leaf, shrink(rnn, kept))
 
 
 def zero_readers(model: Any, plan: RnnPlan, kept: list[list[Any]]) -> None:

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from edgeai.errors import EdgeAIError
-from edgeai.steps import prune_rnn
-from edgeai.steps.prune_alloc import Slot
+from edgeai.steps import _prune_rnn as prune_rnn
+from edgeai.steps._prune_alloc import Slot
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +28,6 @@ class Target:
     handler: Any = None                      # channels: torch-pruning out-channel function of the root
     rnn: prune_rnn.RnnPlan | None = None     # hidden: readers of the RNN
     notes: list[str] = field(default_factory=list)
-
-
-def set_submodule(model: Any, name: str, new: Any) -> None:
-    parent, _, leaf = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, leaf, new)
 
 
 def _within(name: str, pinned: tuple[str, ...]) -> bool:
@@ -219,13 +214,14 @@ def discover(model: Any, example_inputs: Mapping[str, Any], config: Any, per_mod
         inputs = _capture_inputs(model, example_inputs, attns)
         for name, attn in attns.items():
             hd = attn.qkv.out_features // (3 * attn.num_heads)
-            why = protect(name, attn.num_heads * hd) or ("a single head" if attn.num_heads == 1 else "")
+            q = f"{name}.qkv" if name else "qkv"
+            p = f"{name}.proj" if name else "proj"
+            why = ("pinned" if _within(q, pinned) or _within(p, pinned) else protect(name, attn.num_heads * hd)
+                   or ("a single head" if attn.num_heads == 1 else ""))
             if not why and name in inputs:
                 why = _heads_prunable(attn, *inputs[name])
                 if why:
                     notes.append(f"heads of '{name}' kept: {why}")
-            q = f"{name}.qkv" if name else "qkv"
-            p = f"{name}.proj" if name else "proj"
             targets.append(Target(Slot(name, "heads", attn.num_heads, hd, protected=why,
                                        scales={name: [(1.0, 1)], q: [(1.0, 1)], p: [(1.0, 1)]})))
 
