@@ -126,6 +126,17 @@ def test_distillation_brings_a_pruned_cnn_back_towards_the_teacher(tmp_path):
     assert all(torch.equal(student_state[k], v) for k, v in student.state_dict().items())   # input untouched
 
 
+def test_pruning_with_training_data_re_estimates_batchnorm_and_keeps_more_accuracy():
+    teacher, train, evald = _cnn_task()
+    example = {"x": torch.from_numpy(train["x"][:4])}
+    plain, rep_plain = prune(teacher, example, PruneConfig(ratio=0.75))
+    recal, rep = prune(teacher, example, PruneConfig(ratio=0.75), StepContext(train_data=train))
+    assert rep.details["bn_recalibration_samples"] == 512 and rep_plain.details["bn_recalibration_samples"] == 0
+    assert any("not re-estimated" in n for n in rep_plain.notes)
+    assert _top1(recal, evald) > _top1(plain, evald) + 0.2             # measured 0.49 -> 0.93
+    assert rep.details["macs_after"] == rep_plain.details["macs_after"]
+
+
 def test_distillation_of_an_lstm_on_integer_inputs_without_labels_uses_soft_labels():
     torch.manual_seed(0)
     teacher = SmallLSTM().eval()

@@ -25,6 +25,7 @@ IMPORTANCES = ("l1", "l2", "taylor", "bn_scale")
 RATIO_TOLERANCE = 0.02     # |achieved - target| MACs fraction accepted without a note
 UNREACHABLE_MARGIN = 0.02  # refuse when even the smallest allowed widths miss the target by more
 MAX_ROUNDS = 3             # re-plans when the measured MACs miss the prediction
+BN_SAMPLES = 512           # samples used to re-estimate BatchNorm statistics after pruning
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class PruneConfig:
     max_layer_ratio: float = 0.9        # no layer loses more than this fraction of its width
     heads: bool = True                  # Transformers: remove whole attention heads
     rnn_hidden: bool = True             # LSTM/GRU/RNN: remove hidden units
+    recalibrate_bn: bool = True         # re-estimate BatchNorm statistics on ctx.train_data / ctx.calibration
 
 
 def validate(config: PruneConfig) -> None:
@@ -194,6 +196,41 @@ def _verify(work: Any, twin: Any, ref_out: Any, example_inputs: Mapping[str, Any
     return diff
 
 
+def _recalibrate_bn(model: Any, ctx: StepContext | None, names: list[str]) -> tuple[int, str]:
+    """Re-estimate BatchNorm running statistics of the pruned model: (samples used, note if skipped).
+
+    Removing channels shifts the inputs of the next layers (a removed channel's BN shift and bias
+    no longer reach them); fresh statistics undo most of that before any fine-tuning.
+    """
+    import numpy as np
+    import torch
+
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return 0, ""
+    data = next((d for d in (ctx.train_data, ctx.calibration) if isinstance(d, Mapping)), None) if ctx else None
+    if data is None or any(n not in data for n in names):
+        return 0, ("BatchNorm statistics were not re-estimated (no training or calibration data with inputs "
+                   f"{names}); accuracy before fine-tuning will be lower")
+    n = min(BN_SAMPLES, min(len(data[k]) for k in names))
+    dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
+    momentum = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None                      # cumulative average over all batches
+        m.train()
+    try:
+        with torch.no_grad():
+            for s in range(0, n, 64):
+                batch = {k: torch.from_numpy(np.ascontiguousarray(np.asarray(data[k])[s:s + 64])) for k in names}
+                model(**{k: v.to(dtype) if v.is_floating_point() else v for k, v in batch.items()})
+    finally:
+        for m, mom in zip(bns, momentum):
+            m.momentum = mom
+            m.eval()
+    return n, ""
+
+
 def prune(module: Any, example_inputs: Mapping[str, Any], config: PruneConfig,
           ctx: StepContext | None = None) -> tuple[Any, StepReport]:
     """Remove channels/heads/hidden units until `config`'s MACs target; the input module is not modified."""
@@ -233,6 +270,9 @@ def prune(module: Any, example_inputs: Mapping[str, Any], config: PruneConfig,
     for n, p in work.named_parameters():
         p.requires_grad_(flags.get(n, True))
 
+    bn_samples, bn_note = _recalibrate_bn(work, ctx, list(example_inputs)) if config.recalibrate_bn else (0, "")
+    if bn_note:
+        notes.append(bn_note)
     achieved = 1.0 - after.total / base.total
     wanted = 1.0 - target / base.total
     if abs(achieved - wanted) > RATIO_TOLERANCE:
@@ -245,7 +285,8 @@ def prune(module: Any, example_inputs: Mapping[str, Any], config: PruneConfig,
     work.train(was_training)
     details = {"macs_before": base.total, "macs_after": after.total, "params_before": base.params,
                "params_after": after.params, "target_ratio": round(wanted, 4), "achieved_ratio": round(achieved, 4),
-               "predicted_macs": int(pred), "max_abs_diff_vs_masked_original": diff, "layers": layers}
+               "predicted_macs": int(pred), "max_abs_diff_vs_masked_original": diff,
+               "bn_recalibration_samples": bn_samples, "layers": layers}
     log.info("prune: %d -> %d MACs (%.1f%% removed), %d -> %d params", base.total, after.total,
              100 * achieved, base.params, after.params)
     return work, StepReport("prune", config_to_dict(config), notes, details)
