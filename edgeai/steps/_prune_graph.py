@@ -2,22 +2,19 @@
 
 Channel groups come from torch-pruning's DependencyGraph (it couples convs, depthwise groups,
 BN, residual adds, concats and flattens). Attention heads (timm-style: qkv, proj, num_heads) and
-RNN hidden units are handled here and in prune_rnn.py. A group is never cut when its channels
+RNN hidden units are handled here and in _prune_rnn.py. A group is never cut when its channels
 reach a model output, pass through a normalisation that mixes channels (LayerNorm, GroupNorm),
 touch an attention's qkv/proj (heads are cut as heads) or an nn.MultiheadAttention.
 """
 from __future__ import annotations
 
-import logging
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 from edgeai.errors import EdgeAIError
 from edgeai.steps import _prune_rnn as prune_rnn
 from edgeai.steps._prune_alloc import Slot
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -27,7 +24,6 @@ class Target:
     slot: Slot
     handler: Any = None                      # channels: torch-pruning out-channel function of the root
     rnn: prune_rnn.RnnPlan | None = None     # hidden: readers of the RNN
-    notes: list[str] = field(default_factory=list)
 
 
 def _within(name: str, pinned: tuple[str, ...]) -> bool:
@@ -171,8 +167,7 @@ def _group_kind(dg: Any, group: Any, names: dict, attn_parts: set) -> str:
     return ""
 
 
-def discover(model: Any, example_inputs: Mapping[str, Any], config: Any, per_module: dict[str, int],
-             dg: Any) -> tuple[list[Target], list[str]]:
+def discover(model: Any, example_inputs: Mapping[str, Any], config: Any, dg: Any) -> tuple[list[Target], list[str]]:
     """Everything prunable in `model`, as Targets (protected ones included, for the report), and notes."""
     import torch.nn as nn
 

@@ -57,7 +57,6 @@ def find_readers(model: Any, example_inputs: Mapping[str, Any], rnn_names: list[
     activations): those modules are the RNN's direct readers.
     """
     import torch
-    import torch.nn as nn
 
     names = {m: n for n, m in model.named_modules()}
     weighted = [m for m in names if any(True for _ in m.parameters(recurse=False))
@@ -74,8 +73,7 @@ def find_readers(model: Any, example_inputs: Mapping[str, Any], rnn_names: list[
 
     def post(m, args, out):
         new = leafify(out)
-        leaves[names[m]] = [t for t in (new if isinstance(new, tuple) else (new,))
-                            for t in (t if isinstance(t, tuple) else (t,)) if isinstance(t, torch.Tensor)]
+        leaves[names[m]] = [t for t in torch.utils._pytree.tree_leaves(new) if isinstance(t, torch.Tensor)]
         return new
 
     def pre(m, args):

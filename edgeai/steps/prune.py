@@ -124,7 +124,7 @@ def _plan_and_cut(module: Any, example_inputs: Mapping[str, Any], config: PruneC
     if config.importance == "taylor":
         _taylor_grads(work, example_inputs)
     dg = pg.build_graph(work, example_inputs)
-    targets, notes = pg.discover(work, example_inputs, config, base.per_module, dg)
+    targets, notes = pg.discover(work, example_inputs, config, dg)
     live = [t for t in targets if not t.slot.protected]
     if not live:
         raise EdgeAIError("prune: nothing can be pruned: "
