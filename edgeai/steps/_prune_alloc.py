@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 ALLOCATIONS = ("macs", "uniform")
+MACS_EXPONENT = 0.25    # "macs": cut ratio ~ (controlled MACs / heaviest slot's) ** MACS_EXPONENT (0.5 over-cut a MobileNetV2 head)
 
 
 @dataclass
@@ -35,14 +36,19 @@ class Slot:
         return sum(per_module.get(m, 0) for m in self.scales)
 
 
-def keep_units(slot: Slot, ratio: float, round_to: int, max_layer_ratio: float) -> int:
-    """Units kept when cutting `ratio` of `slot`: rounded to `round_to` channels, never below the floor."""
+def keep_units(slot: Slot, ratio: float, round_to: int, max_layer_ratio: float, min_channels: int = 0) -> int:
+    """Units kept when cutting `ratio` of `slot`: rounded to `round_to` channels, never below the floor.
+
+    The floor is the larger of (1 - max_layer_ratio) of the width and `min_channels` (so a cut never
+    makes a layer narrower than the layers protect_narrow keeps whole).
+    """
     w = slot.width
     if slot.protected or ratio <= 0:
         return w
     ratio = min(ratio, max_layer_ratio)
     step = 1 if slot.kind == "heads" else max(1, round_to)
-    floor_units = math.ceil(w * (1.0 - max_layer_ratio) - 1e-9)
+    floor_units = max(math.ceil(w * (1.0 - max_layer_ratio) - 1e-9),
+                      math.ceil(min_channels / slot.channels_per_unit - 1e-9))
     floor_units = max(step, math.ceil(floor_units / step) * step, 1)
     if floor_units >= w:
         return w
@@ -58,12 +64,12 @@ def weights(slots: Sequence[Slot], per_module: dict[str, int], allocation: str) 
     top = max((m for s, m in zip(slots, macs) if not s.protected), default=0.0)
     if top <= 0:
         return [1.0] * len(slots)
-    return [math.sqrt(m / top) if m > 0 else 0.0 for m in macs]
+    return [(m / top) ** MACS_EXPONENT if m > 0 else 0.0 for m in macs]
 
 
 def allocate(slots: Sequence[Slot], w: Sequence[float], strength: float, round_to: int,
-             max_layer_ratio: float) -> list[int]:
-    return [keep_units(s, strength * wi, round_to, max_layer_ratio) for s, wi in zip(slots, w)]
+             max_layer_ratio: float, min_channels: int = 0) -> list[int]:
+    return [keep_units(s, strength * wi, round_to, max_layer_ratio, min_channels) for s, wi in zip(slots, w)]
 
 
 def predict_macs(slots: Sequence[Slot], keeps: Sequence[int], per_module: dict[str, int]) -> float:
@@ -78,7 +84,7 @@ def predict_macs(slots: Sequence[Slot], keeps: Sequence[int], per_module: dict[s
 
 
 def search(slots: Sequence[Slot], per_module: dict[str, int], target: float, allocation: str,
-           round_to: int, max_layer_ratio: float, iters: int = 60) -> tuple[list[int], float, float]:
+           round_to: int, max_layer_ratio: float, min_channels: int = 0, iters: int = 60) -> tuple[list[int], float, float]:
     """Widths whose predicted MACs are closest to `target` (ties go to the smaller model).
 
     Returns (keeps, their predicted MACs, the smallest MACs any strength reaches).
@@ -90,12 +96,12 @@ def search(slots: Sequence[Slot], per_module: dict[str, int], target: float, all
         pred = predict_macs(slots, keeps, per_module)
         return keeps, pred, pred
     hi = max_layer_ratio / min(live)          # at this strength every live slot is at its floor
-    floor = predict_macs(slots, allocate(slots, w, hi, round_to, max_layer_ratio), per_module)
+    floor = predict_macs(slots, allocate(slots, w, hi, round_to, max_layer_ratio, min_channels), per_module)
     lo = 0.0
     candidates = []
     for _ in range(iters):
         mid = (lo + hi) / 2
-        keeps = allocate(slots, w, mid, round_to, max_layer_ratio)
+        keeps = allocate(slots, w, mid, round_to, max_layer_ratio, min_channels)
         pred = predict_macs(slots, keeps, per_module)
         candidates.append((keeps, pred))
         if pred > target:
@@ -103,7 +109,7 @@ def search(slots: Sequence[Slot], per_module: dict[str, int], target: float, all
         else:
             hi = mid
     for strength in (lo, hi):
-        keeps = allocate(slots, w, strength, round_to, max_layer_ratio)
+        keeps = allocate(slots, w, strength, round_to, max_layer_ratio, min_channels)
         candidates.append((keeps, predict_macs(slots, keeps, per_module)))
     keeps, pred = min(candidates, key=lambda kp: (abs(kp[1] - target), kp[1]))
     return keeps, pred, floor

@@ -38,7 +38,7 @@ class PruneConfig:
     round_to: int = 8                   # kept channels are a multiple of this
     pinned: tuple[str, ...] = ()        # module names (and everything inside) whose output width is kept
     allocation: str = "macs"            # "macs": cut where the MACs are | "uniform": same ratio everywhere
-    protect_narrow: int = 16            # layers this wide or narrower are not cut
+    protect_narrow: int = 16            # layers this wide or narrower are not cut, nor others cut below it
     max_layer_ratio: float = 0.9        # no layer loses more than this fraction of its width
     heads: bool = True                  # Transformers: remove whole attention heads
     rnn_hidden: bool = True             # LSTM/GRU/RNN: remove hidden units
@@ -133,7 +133,7 @@ def _plan_and_cut(module: Any, example_inputs: Mapping[str, Any], config: PruneC
                           + ". Unpin layers, lower protect_narrow, or use sparsity instead")
     slots = [t.slot for t in targets]
     keeps, pred, floor = search(slots, base.per_module, target_pred, config.allocation,
-                                int(config.round_to), float(config.max_layer_ratio))
+                                int(config.round_to), float(config.max_layer_ratio), int(config.protect_narrow))
     if floor > target_pred + UNREACHABLE_MARGIN * base.total:
         raise EdgeAIError(
             f"prune: at most {1 - floor / base.total:.1%} of MACs can be removed with these settings, not "
