@@ -299,9 +299,12 @@ def test_bad_prune_configs_raise_clear_errors(kwargs, error, match):
         prune(TinyMobileNet().eval(), _cnn_inputs(), PruneConfig(**kwargs))
 
 
-def test_prune_and_sparsity_are_registered_model_steps():
+def test_prune_sparsity_and_distill_are_registered_model_steps():
+    from edgeai.steps.distill import DistillConfig
+
     assert get_model_step("prune").config_cls is PruneConfig
     assert get_model_step("sparsity").fn is sparsify
+    assert get_model_step("distill").config_cls is DistillConfig
 
 
 def test_mac_counter_counts_lstm_gates_attention_matmuls_and_depthwise_convs():
