@@ -90,9 +90,13 @@ def random_feeds(specs: Sequence[TensorSpec], sizes: Mapping[str, int] | None = 
                  seed: int = 0) -> dict[str, np.ndarray]:
     """Random inputs matching `specs`: floats ~ N(0, 1); integers in {0, 1} (masks all ones)."""
     rng = np.random.default_rng(seed)
+    shared: dict[str, int] = {}  # a dim name means one size across all inputs
+    for spec in specs:
+        shared.update(spec.example_sizes)
+    shared.update(sizes or {})
     feeds = {}
     for spec in specs:
-        shape = concrete_shape(spec, sizes)
+        shape = concrete_shape(spec, shared)
         if spec.dtype.startswith("float"):
             feeds[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
         elif spec.dtype == "bool":

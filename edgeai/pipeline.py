@@ -1,0 +1,206 @@
+"""The export pipeline: load -> model steps -> export -> verify -> artifact steps -> evaluate -> manifest."""
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass, fields, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from edgeai.errors import EdgeAIError, ExportError, VerificationError
+from edgeai.exporters import ExportResult, get_exporter
+from edgeai.fsutil import ensure_writable_dir, publish, sha256_file, staging_dir
+from edgeai.manifest import MANIFEST_NAME, ArtifactEntry, Manifest
+from edgeai.recipe import Recipe, RecipeError, load_recipe
+from edgeai.source import ModelSource, load_model
+from edgeai.verify import FP32_TOLERANCE, Parity, Tolerance, check_onnx_file, session_runner, verify
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ExportOutcome:
+    out_dir: Path
+    manifest: Manifest
+
+    @property
+    def artifacts(self) -> list[ArtifactEntry]:
+        return self.manifest.artifacts
+
+
+def export(model: str | None = None, out_dir: str | Path | None = None, *,
+           recipe: Recipe | str | Path | None = None, progress: Progress | None = None,
+           **options: Any) -> ExportOutcome:
+    """Export `model` (or run `recipe`) into `out_dir`; `options` are Recipe fields.
+
+    >>> edgeai.export("edgeai.zoo:digits_cnn", "out/cnn", inputs=["image:batch,1,32,32"])
+    """
+    if isinstance(recipe, (str, Path)):
+        recipe = load_recipe(recipe)
+    if recipe is None:
+        if model is None:
+            raise RecipeError("nothing to export: pass a model or a recipe")
+        recipe = Recipe(model=model)
+    elif model is not None:
+        options["model"] = model
+    if options:
+        known = {f.name for f in fields(Recipe)}
+        bad = set(options) - known
+        if bad:
+            raise RecipeError(f"unknown export option(s) {sorted(bad)}; known: {', '.join(sorted(known))}")
+        recipe = replace(recipe, **options)
+    out = out_dir or recipe.output
+    if not out:
+        raise RecipeError("no output folder: pass -o OUTDIR (or 'output:' in the recipe)")
+    return run(recipe, Path(out), progress or (lambda msg: log.info("%s", msg)))
+
+
+def run(recipe: Recipe, out_dir: Path, progress: Progress) -> ExportOutcome:
+    ensure_writable_dir(out_dir)
+    progress(f"loading {recipe.model}")
+    source = load_model(recipe.model, inputs=recipe.inputs, example_inputs=recipe.example_inputs,
+                        arch=recipe.arch, trust_pickle=recipe.trust_pickle,
+                        dynamic_batch=recipe.dynamic_batch)
+    steps: list[dict] = []
+    with staging_dir(out_dir) as stage:
+        entry = _export_verified(source, recipe, stage, steps, progress)
+        entries = [entry]
+        manifest = Manifest(source=source.to_dict() | {"recipe": recipe.name or None},
+                            artifacts=entries, versions=versions(),
+                            created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        manifest.write(stage)
+        old = _old_files(out_dir)
+        files = [f for e in entries for f in [e.file, *e.extra_files]]
+        publish(stage, out_dir, files + [MANIFEST_NAME])
+        for stale in old - set(files):
+            (out_dir / stale).unlink(missing_ok=True)
+    progress(f"wrote {out_dir / MANIFEST_NAME}")
+    return ExportOutcome(out_dir, manifest)
+
+
+def _export_verified(source: ModelSource, recipe: Recipe, stage: Path, steps: list[dict],
+                     progress: Progress) -> ArtifactEntry:
+    """Export with each attempt the exporter offers until one verifies; the FP32 entry."""
+    from edgeai.runtime import load as load_session
+
+    exporter = get_exporter(recipe.format)
+    try:
+        config = exporter.config_cls(**recipe.export)
+    except TypeError:
+        known = ", ".join(f.name for f in fields(exporter.config_cls))
+        raise RecipeError(f"bad {recipe.format} export options {dict(recipe.export)}; known: {known}") from None
+    tolerance = _tolerance(recipe)
+    failures = []
+    if source.kind == "onnx":
+        attempts = [None]
+    else:
+        attempts = exporter.attempts(config)
+    for attempt in attempts:
+        model_path = stage / f"model{exporter.suffix}"
+        try:
+            if attempt is None:
+                result = _copy_onnx(source.onnx_path, model_path)
+            else:
+                progress(f"exporting to {recipe.format} ({_attempt_name(attempt)})")
+                result = exporter.fn(source.module, source.torch_inputs(), source.input_specs, model_path, attempt)
+            if recipe.format == "onnx":
+                check_onnx_file(model_path)
+            progress(f"verifying {model_path.name} against {'PyTorch' if source.module is not None else 'ONNX'}")
+            session = load_session(model_path)
+            parity = verify(source, session_runner(session), session.inputs, [o.name for o in session.outputs],
+                            tolerance)
+            if not parity.passed:
+                raise VerificationError(f"exported model differs from the reference: {parity.failure()}")
+        except (ExportError, VerificationError, EdgeAIError) as e:
+            failures.append(f"{_attempt_name(attempt)}: {e}")
+            log.warning("%s", failures[-1])
+            _remove_model_files(stage)
+            continue
+        step = {"type": f"export.{recipe.format}", "config": _config_dict(attempt)}
+        notes = list(result.notes)
+        if failures:
+            notes.append("fell back after: " + " | ".join(failures))
+        return _entry("fp32", model_path, recipe.format, "fp32", result, session, parity, steps + [step], notes)
+    if len(failures) == 1:
+        raise ExportError(failures[0])
+    raise ExportError("every export path failed: " + " | ".join(failures))
+
+
+def _entry(name: str, model_path: Path, fmt: str, precision: str, result: ExportResult, session,
+           parity: Parity, steps: list[dict], notes: list[str]) -> ArtifactEntry:
+    files = [model_path.name] + [f for f in result.files if f != model_path.name]
+    size = sum((model_path.parent / f).stat().st_size for f in files)
+    return ArtifactEntry(
+        name=name, file=files[0], format=fmt, precision=precision, sha256=sha256_file(model_path),
+        size_bytes=size, inputs=[s.to_dict() for s in session.inputs],
+        outputs=[s.to_dict() for s in session.outputs], exporter=result.exporter,
+        extra_files=files[1:], parity=parity.to_dict(), steps=steps, notes=notes, details=result.details)
+
+
+def _copy_onnx(src: Path, dst: Path) -> ExportResult:
+    """Re-manifest an existing ONNX file: copy it (and its external data) without touching it."""
+    from edgeai.exporters.onnx import external_files, op_histogram
+    try:
+        extra = external_files(src)
+    except Exception as e:
+        raise VerificationError(f"{str(src)!r} is not a readable ONNX model: {' '.join(str(e).split())[:200]}") from None
+    shutil.copyfile(src, dst)
+    for name in extra:
+        if not (src.parent / name).is_file():
+            raise VerificationError(f"{str(src)!r} refers to external data {name!r}, which is missing")
+        shutil.copyfile(src.parent / name, dst.parent / name)
+    return ExportResult(exporter="existing ONNX file", files=[dst.name, *extra],
+                        details={"op_histogram": op_histogram(dst)})
+
+
+def _remove_model_files(stage: Path) -> None:
+    for p in stage.iterdir():
+        if p.is_file():
+            p.unlink()
+        else:
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _attempt_name(attempt: Any) -> str:
+    if attempt is None:
+        return "existing ONNX file"
+    return str(getattr(attempt, "exporter", type(attempt).__name__))
+
+
+def _config_dict(config: Any) -> dict:
+    from edgeai.steps import config_to_dict
+    return config_to_dict(config) if config is not None else {}
+
+
+def _tolerance(recipe: Recipe) -> Tolerance:
+    try:
+        return replace(FP32_TOLERANCE, **recipe.tolerance)
+    except TypeError:
+        raise RecipeError(f"bad tolerance {dict(recipe.tolerance)}; known: atol, rtol, min_cosine") from None
+
+
+def _old_files(out_dir: Path) -> set[str]:
+    if not (out_dir / MANIFEST_NAME).is_file():
+        return set()
+    try:
+        old = Manifest.read(out_dir)
+    except EdgeAIError:
+        return set()
+    return {f for e in old.artifacts for f in [e.file, *e.extra_files]}
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    import edgeai
+    out = {"edgeai": edgeai.__version__}
+    for pkg in ("torch", "onnx", "onnxruntime", "onnxscript", "numpy", "litert-torch", "ai-edge-litert",
+                "ai-edge-quantizer"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            continue
+    return out
