@@ -28,7 +28,7 @@ def _version(dist: str) -> str | None:
 
 def environment(threads: int, provider: str) -> dict:
     """Where the numbers were taken: CPU, cores, OS, Python, package versions, threads, provider."""
-    cpu = cpu_info()
+    cpu, system = cpu_info(), os_info()
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     return {
@@ -37,8 +37,8 @@ def environment(threads: int, provider: str) -> dict:
         "physical_cores": cpu["physical_cores"],
         "usable_cores": affinity,            # cores this process may run on (affinity mask)
         "load_avg_1m": load,                 # other work on the machine when the run started
-        "os": {"system": os_info()["system"], "release": os_info()["release"]},
-        "python": os_info()["python"],
+        "os": {"system": system["system"], "release": system["release"]},
+        "python": system["python"],
         "python_executable": sys.executable,
         "versions": package_versions(),
         "threads": threads,

@@ -16,7 +16,7 @@ import edgeai
 from edgeai.bench.env import environment
 from edgeai.bench.results import BenchConfig, BenchReport, BenchResult
 from edgeai.bench.targets import Target, expand_targets
-from edgeai.bench.worker import failed, measure_or_fail
+from edgeai.bench.worker import failed_result, measure_or_fail
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def measure_isolated(target: Target, config: BenchConfig) -> BenchResult:
     sig = _signal_name(-rc) if rc < 0 else None
     how = f"was killed by {sig}" if sig else f"exited with code {rc}"
     tail = proc.stderr.strip().splitlines()[-STDERR_TAIL_LINES:]
-    return failed(target, f"the worker process {how} before reporting a result", isolated=True,
+    return failed_result(target, f"the worker process {how} before reporting a result", isolated=True,
                   exit_code=rc, signal=sig, stderr_tail="\n".join(tail) or None)
 
 

@@ -73,7 +73,7 @@ def _artifacts(text: str) -> list[Target]:
 
 
 def _model_spec(text: str) -> Target:
-    path = Path(text.rpartition("@")[0] or text)
+    path = Path(text.rpartition("@")[0] or text)  # FOLDER@ARTIFACT names its folder
     if path.is_dir() or path.suffix.lower() in SUFFIX_FORMATS:
         raise RuntimeLoadError(f"--runtime torch benchmarks PyTorch model specs (e.g. 'edgeai.zoo:digits_cnn' "
                                f"or model.pt), but {text!r} is an exported artifact; use --runtime auto")

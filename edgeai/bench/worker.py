@@ -103,7 +103,7 @@ def measure(target: Target, config: BenchConfig, open_fn: Callable[[], Session] 
         rss_before_load_bytes=rss_before, peak_rss_bytes=peak_rss_bytes(), notes=tuple(notes))
 
 
-def failed(target: Target, error: str, isolated: bool, **details) -> BenchResult:
+def failed_result(target: Target, error: str, isolated: bool, **details) -> BenchResult:
     return BenchResult(target=target.label, kind=target.kind, path=target.path, artifact=target.artifact,
                        format=target.format, status="failed", isolated=isolated,
                        size_bytes=target.size_bytes, error=error, **details)
@@ -115,10 +115,10 @@ def measure_or_fail(target: Target, config: BenchConfig, isolated: bool,
     try:
         return measure(target, config, open_fn, isolated)
     except EdgeAIError as e:
-        return failed(target, str(e), isolated)
+        return failed_result(target, str(e), isolated)
     except Exception as e:  # a runtime's own exception: report it, keep benchmarking the others
         log.exception("benchmarking %s failed", target.label)
-        return failed(target, f"{type(e).__name__}: {e}", isolated)
+        return failed_result(target, f"{type(e).__name__}: {e}", isolated)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
