@@ -158,7 +158,7 @@ def _load_file(path: Path, arch: str | None, trust_pickle: bool):
             raise ModelLoadError(f"{str(path)!r} looks like TorchScript but does not load: {_first_line(e)}") from None
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=not trust_pickle)
-    except pickle_error_types() as e:
+    except Exception as e:  # torch.load raises many types for files that are not its own
         if not trust_pickle and "weights_only" in str(e):
             raise ModelLoadError(
                 f"{str(path)!r} needs full unpickling, which can run arbitrary code; if you trust the file, "
@@ -181,12 +181,6 @@ def _load_file(path: Path, arch: str | None, trust_pickle: bool):
         detail = " ".join(str(e).split())[:300]
         raise ModelLoadError(f"weights in {str(path)!r} do not fit --arch {arch!r}: {detail}") from None
     return "state_dict", module, None
-
-
-def pickle_error_types() -> tuple[type[BaseException], ...]:
-    import pickle
-    return (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError,
-            ModuleNotFoundError, zipfile.BadZipFile, TypeError, OSError)
 
 
 def _is_torchscript(path: Path) -> bool:

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 import numpy as np
 
 from edgeai.errors import InputSpecError
-from edgeai.specs import check_feeds
 
 if TYPE_CHECKING:
     from edgeai.runtime.base import Session
@@ -89,8 +88,7 @@ class StopRule:
 
 def prepare_feeds(session: "Session", feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Check feeds against the session's inputs and cast them once, outside any timed loop."""
-    check_feeds(session.inputs, feeds)
-    return {s.name: np.ascontiguousarray(feeds[s.name], dtype=s.dtype) for s in session.inputs}
+    return session.prepare(feeds)
 
 
 def time_session(session: "Session", feeds: Mapping[str, np.ndarray], warmup: int = 10,
