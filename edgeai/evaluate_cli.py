@@ -31,6 +31,7 @@ def run(args) -> int:
     from edgeai import runtime
     from edgeai.data import load_feeds, split_labels
     from edgeai.evaluate import evaluate, run_batched
+    from edgeai.console import print_wide
     from edgeai.fsutil import atomic_write_text
     from edgeai.manifest import Manifest
 
@@ -56,7 +57,7 @@ def run(args) -> int:
         r["drop"] = base - r["value"]
         spec = ".2f" if r["metric"] == "top1" else ".5f"
         table.add_row(r["artifact"], r["metric"], format(r["value"], spec), format(r["drop"], "+" + spec), str(r["n"]))
-    Console().print(table)
+    print_wide(table, Console())
     if args.json:
         atomic_write_text(args.json, json.dumps({"schema": "edgeai.eval/1", "results": results}, indent=2) + "\n")
     return 0

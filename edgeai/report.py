@@ -43,22 +43,24 @@ def print_export_summary(manifest: Manifest, out_dir: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from edgeai.console import print_wide
+
     rows = summary_rows(manifest)
     table = Table(title=f"edgeai export: {out_dir}", title_justify="left")
     for col, justify in (("variant", "left"), ("format", "left"), ("size MB", "right"), ("size ×", "right"),
                          ("p50 ms", "right"), ("speedup", "right"), ("metric", "right"), ("drop", "right"),
                          ("max abs err", "right"), ("cosine", "right")):
-        table.add_column(col, justify=justify)
+        table.add_column(col, justify=justify, no_wrap=True)
     for r in rows:
         metric = f"{r['metric']} {r['metric_value']:.2f}" if "metric" in r else "-"
         table.add_row(r["variant"], r["format"], f"{r['size_mb']:.3f}", f"{r['size_ratio']:.2f}",
                       _fmt(r.get("p50_ms"), ".3f"), _fmt(r.get("speedup"), ".2f"), metric,
                       _fmt(r.get("drop"), "+.2f"), _fmt(r["max_abs_err"], ".2e"), _fmt(r["cosine"], ".6f"))
     console = Console()
-    console.print(table)
+    print_wide(table, console)
     for a in manifest.artifacts:
         for note in a.notes:
-            console.print(f"[yellow]note[/] {a.name}: {note}", markup=True, highlight=False)
+            console.print(f"note {a.name}: {note}", style="yellow", markup=False, highlight=False)
     if any("p50_ms" in r for r in rows):
         console.print("speedup = p50 of the first variant / p50 of this one, measured in this run "
                       f"({manifest.artifacts[0].metrics.get('latency_threads', '?')} thread(s)).", highlight=False)

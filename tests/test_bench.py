@@ -295,7 +295,7 @@ def test_cli_writes_json_and_returns_0(models, tmp_path, capsys):
     out = tmp_path / "sub" / "bench.json"
     args = _parse(str(models[0]), str(models[1]), "--runs", "5", "--warmup", "1", "--batch", "2",
                   "--json", str(out))
-    assert args.handler(args) == 0
+    assert args.func(args) == 0
     d = json.loads(out.read_text())
     assert [r["timing"]["n"] for r in d["results"]] == [5, 5]
     assert d["results"][0]["inputs"][0]["shape"] == [2, 16] and d["config"]["batch"] == 2

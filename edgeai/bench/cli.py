@@ -98,7 +98,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     torch_opts.add_argument("--arch", metavar="MODULE:FACTORY", help="builds the module a state_dict is loaded into")
     torch_opts.add_argument("--trust-pickle", action="store_true",
                             help="allow loading a pickled full model (runs code from the file)")
-    p.set_defaults(handler=run)
+    p.set_defaults(func=run)
     return p
 
 

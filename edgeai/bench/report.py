@@ -79,18 +79,11 @@ def _caption(report: BenchReport) -> str:
 
 def print_report(report: BenchReport, console: "Console | None" = None) -> None:
     from rich.console import Console
-    from rich.measure import Measurement
+
+    from edgeai.console import print_wide
     console = console or Console()
     console.print(environment_line(report), highlight=False)
-    t = table(report)
-    # never let rich drop or squeeze columns on a narrow console: print wider lines instead
-    needed = Measurement.get(console, console.options.update_width(10_000), t).minimum
-    width = console.width
-    console.width = max(width, needed)
-    try:
-        console.print(t)
-    finally:
-        console.width = width
+    print_wide(table(report), console)
     notes: dict[str, list[str]] = {}
     for i, r in enumerate(report.results, 1):
         for note in r.notes:

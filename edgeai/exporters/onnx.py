@@ -51,7 +51,7 @@ def export_onnx(module, example_inputs: dict, input_specs: list[TensorSpec], out
     out_path = Path(out_path)
     quiet = contextlib.redirect_stdout(io.StringIO())
     try:
-        with warnings.catch_warnings(), quiet:
+        with warnings.catch_warnings(), quiet, _quiet_torch_logs():
             warnings.simplefilter("ignore")
             if path == "dynamo":
                 args = _grow_size_one_dims(args, input_specs)
@@ -69,6 +69,20 @@ def export_onnx(module, example_inputs: dict, input_specs: list[TensorSpec], out
     return ExportResult(exporter=f"torch.onnx ({'torch.export' if path == 'dynamo' else 'TorchScript'})",
                         files=files, details={"opset": _opset(out_path), "export_path": path,
                                               "op_histogram": op_histogram(out_path)})
+
+
+@contextlib.contextmanager
+def _quiet_torch_logs():
+    """torch.onnx logs warnings (e.g. 'torchvision is not installed') that are not the user's concern."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "onnxscript", "onnx_ir")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def root_cause(e: BaseException, limit: int = 300) -> str:
