@@ -8,6 +8,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 from edgeai.errors import EdgeAIError, ExportError, VerificationError
 from edgeai.exporters import ExportResult, get_exporter
 from edgeai.fsutil import ensure_writable_dir, publish, sha256_file, staging_dir
@@ -64,10 +66,15 @@ def run(recipe: Recipe, out_dir: Path, progress: Progress) -> ExportOutcome:
     source = load_model(recipe.model, inputs=recipe.inputs, example_inputs=recipe.example_inputs,
                         arch=recipe.arch, trust_pickle=recipe.trust_pickle,
                         dynamic_batch=recipe.dynamic_batch)
-    steps: list[dict] = []
+    teacher = source.module
+    source, steps = _model_steps(source, recipe, progress)
     with staging_dir(out_dir) as stage:
         entry = _export_verified(source, recipe, stage, steps, progress)
-        entries = [entry]
+        entries = [entry] + _artifact_steps(source, recipe, stage, entry, progress)
+        if recipe.data.eval:
+            _evaluate_all(source, recipe, stage, entries, progress, teacher)
+        if recipe.summary.bench:
+            _bench_all(recipe, stage, entries, progress)
         manifest = Manifest(source=source.to_dict() | {"recipe": recipe.name or None},
                             artifacts=entries, versions=versions(),
                             created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
@@ -79,6 +86,119 @@ def run(recipe: Recipe, out_dir: Path, progress: Progress) -> ExportOutcome:
             (out_dir / stale).unlink(missing_ok=True)
     progress(f"wrote {out_dir / MANIFEST_NAME}")
     return ExportOutcome(out_dir, manifest)
+
+
+def _load_data(source_spec: str | None, source: ModelSource, what: str, min_samples: int = 1) -> dict | None:
+    if not source_spec:
+        return None
+    from edgeai.data import load_feeds
+    return load_feeds(source_spec, source.input_specs, what=what, min_samples=min_samples)
+
+
+def _model_steps(source: ModelSource, recipe: Recipe, progress: Progress) -> tuple[ModelSource, list[dict]]:
+    """Torch-in, torch-out steps (prune, distill, ...) in recipe order; the original is the teacher."""
+    if not recipe.steps:
+        return source, []
+    from edgeai.steps import StepContext, config_to_dict, get_model_step
+
+    if source.module is None:
+        raise RecipeError("model steps (prune, distill, ...) need a PyTorch model, not an ONNX file")
+    ctx = StepContext(train_data=_load_data(recipe.data.train, source, "training data"),
+                      eval_data=_load_data(recipe.data.eval, source, "evaluation data"),
+                      teacher=source.module, input_specs=source.input_specs)
+    records = []
+    module = source.module
+    for item in recipe.steps:
+        (name, opts), = item.items()
+        step = get_model_step(name)
+        config = _make_config(step.config_cls, opts, f"step {name!r}")
+        progress(f"model step {name}")
+        module, report = step.fn(module, source.torch_inputs(), config, ctx)
+        records.append({"type": f"model.{name}", "config": config_to_dict(config), "notes": report.notes,
+                        "details": report.details})
+    return replace(source, module=module.eval()), records
+
+
+def _make_config(config_cls: type, opts: dict, what: str):
+    try:
+        return config_cls(**opts)
+    except TypeError:
+        known = ", ".join(f.name for f in fields(config_cls))
+        raise RecipeError(f"bad options {dict(opts)} for {what}; known: {known}") from None
+
+
+def _artifact_steps(source: ModelSource, recipe: Recipe, stage: Path, fp32: ArtifactEntry,
+                    progress: Progress) -> list[ArtifactEntry]:
+    """File-in, file-out steps (quantization) on the FP32 artifact; each result verified on its own."""
+    if not recipe.quantize:
+        return []
+    from edgeai.runtime import load as load_session
+    from edgeai.steps import StepContext, config_to_dict, get_artifact_step
+    from edgeai.verify import FP16_TOLERANCE, QUANTIZED_TOLERANCE
+
+    ctx = StepContext(calibration=_load_data(recipe.data.calibration, source, "calibration data"),
+                      input_specs=source.input_specs)
+    entries = []
+    for item in recipe.quantize:
+        (name, opts), = item.items()
+        step = get_artifact_step(f"{recipe.format}:{name}")
+        config = _make_config(step.config_cls, opts, f"quantization {name!r}")
+        src = stage / fp32.file
+        dst = stage / f"model.{name}{src.suffix}"
+        progress(f"quantizing: {name}")
+        report = step.fn(src, dst, config, ctx)
+        session = load_session(dst)
+        tolerance = FP16_TOLERANCE if step.precision == "fp16" else QUANTIZED_TOLERANCE
+        progress(f"verifying {dst.name} against {'PyTorch' if source.module is not None else 'ONNX'}")
+        parity = verify(source, session_runner(session), session.inputs, [o.name for o in session.outputs],
+                        tolerance)
+        if not parity.passed:
+            raise VerificationError(f"{name} artifact is broken: {parity.failure()}")
+        result = ExportResult(exporter=fp32.exporter, files=[dst.name], details=report.details)
+        steps = fp32.steps + [{"type": report.step, "config": config_to_dict(config)}]
+        entries.append(_entry(name, dst, recipe.format, step.precision or name, result, session, parity,
+                              steps, list(report.notes)))
+    return entries
+
+
+def _evaluate_all(source: ModelSource, recipe: Recipe, stage: Path, entries: list[ArtifactEntry],
+                  progress: Progress, teacher) -> None:
+    """Task metric of every artifact in its runtime: top-1 with labels, else cosine to FP32 PyTorch."""
+    from edgeai.data import split_labels
+    from edgeai.evaluate import evaluate
+
+    feeds, labels = split_labels(_load_data(recipe.data.eval, source, "evaluation data"))
+    reference = None
+    if labels is None:
+        reference = _reference_outputs(source, feeds)
+    for e in entries:
+        progress(f"evaluating {e.name}")
+        result = evaluate(stage / e.file, feeds, labels=labels, reference=reference)
+        e.metrics[result.metric] = result.value
+        e.metrics["eval_samples"] = result.n
+
+
+def _reference_outputs(source: ModelSource, feeds: dict) -> dict:
+    from edgeai.data import iter_batches
+    from edgeai.verify import reference_runner
+    run_ref, _ = reference_runner(source)
+    outs = [run_ref(batch)[0] for batch in iter_batches(feeds, 64)]
+    return {"reference": np.concatenate(outs)}
+
+
+def _bench_all(recipe: Recipe, stage: Path, entries: list[ArtifactEntry], progress: Progress) -> None:
+    """p50 latency of every artifact, each in a fresh process, for the summary table."""
+    from edgeai.bench import bench
+    progress("timing every variant (each in a fresh process)")
+    cfg = recipe.summary
+    report = bench([str(stage / e.file) for e in entries], threads=cfg.threads, warmup=cfg.warmup,
+                   min_seconds=cfg.min_seconds)
+    for e, r in zip(entries, report.results):
+        if r.ok:
+            e.metrics["latency_p50_ms"] = r.timing.p50_ms
+            e.metrics["latency_threads"] = cfg.threads
+        else:
+            e.notes.append(f"benchmark failed: {r.error}")
 
 
 def _export_verified(source: ModelSource, recipe: Recipe, stage: Path, steps: list[dict],
