@@ -49,7 +49,20 @@ def _add_export(sub) -> None:
     p.add_argument("--atol", type=float, default=None, help="verification absolute tolerance (default 1e-4)")
     p.add_argument("--rtol", type=float, default=None,
                    help="verification tolerance relative to max |reference| (default 1e-3)")
-    p.add_argument("--eval-data", metavar="FILE.npz", help="evaluate every artifact on this data (inputs + labels)")
+    p.add_argument("--quantize", action="append", default=None, metavar="SCHEME[,SCHEME]",
+                   help="also write quantized variants, each verified and measured: fp16, int8-dynamic, "
+                        "int8-static (ONNX); fp16, int8-dynamic, int8-full (TFLite)")
+    p.add_argument("--calibration", metavar="DATA",
+                   help="calibration inputs for static INT8: FILE.npz keyed by input name, a folder of "
+                        "NAME.npy files, or module:function")
+    p.add_argument("--eval-data", metavar="DATA",
+                   help="evaluate every artifact on this data: inputs keyed by input name plus optional "
+                        "'labels' (top-1 in points); without labels, cosine similarity to FP32 PyTorch")
+    p.add_argument("--max-drop", type=float, default=None,
+                   help="accuracy budget for INT8 in the metric's units (points of top-1, or cosine: 0.01 means "
+                        ">= 0.99): keep the most sensitive layers in FP32 until the drop fits")
+    p.add_argument("--no-bench", action="store_true", help="skip timing the variants for the summary table")
+    p.add_argument("--threads", type=int, default=None, help="threads for the summary timings (default 1)")
     p.set_defaults(func=cmd_export)
 
 
@@ -57,7 +70,7 @@ def cmd_export(args) -> int:
     from dataclasses import replace
 
     from edgeai.pipeline import export
-    from edgeai.recipe import DataConfig, Recipe, load_recipe
+    from edgeai.recipe import Recipe, load_recipe
     from edgeai.report import print_export_summary
 
     if args.model.endswith((".yaml", ".yml")):
@@ -81,8 +94,21 @@ def cmd_export(args) -> int:
         export_opts["opset"] = args.opset
     tol = dict(recipe.tolerance)
     tol.update({k: v for k, v in (("atol", args.atol), ("rtol", args.rtol)) if v is not None})
-    data = recipe.data if not args.eval_data else replace(recipe.data or DataConfig(), eval=args.eval_data)
-    recipe = replace(recipe, export=export_opts, tolerance=tol, data=data, **opts)
+    data = recipe.data
+    if args.eval_data:
+        data = replace(data, eval=args.eval_data)
+    if args.calibration:
+        data = replace(data, calibration=args.calibration)
+    if args.quantize:
+        opts["quantize"] = tuple({name.strip(): {}} for arg in args.quantize for name in arg.split(",") if name.strip())
+    if args.max_drop is not None:
+        opts["max_drop"] = args.max_drop
+    summary = recipe.summary
+    if args.no_bench:
+        summary = replace(summary, bench=False)
+    if args.threads:
+        summary = replace(summary, threads=args.threads)
+    recipe = replace(recipe, export=export_opts, tolerance=tol, data=data, summary=summary, **opts)
     outcome = export(recipe=recipe, out_dir=args.output, progress=_progress)
     print_export_summary(outcome.manifest, outcome.out_dir)
     return 0

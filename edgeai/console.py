@@ -9,7 +9,7 @@ def print_wide(renderable: Any, console: Any = None) -> None:
     from rich.console import Console
     from rich.measure import Measurement
     console = console or Console()
-    needed = Measurement.get(console, console.options.update_width(10_000), renderable).minimum
+    needed = Measurement.get(console, console.options.update_width(10_000), renderable).maximum
     width = console.width
     console.width = max(width, needed)
     try:

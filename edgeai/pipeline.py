@@ -137,16 +137,24 @@ def _artifact_steps(source: ModelSource, recipe: Recipe, stage: Path, fp32: Arti
     from edgeai.verify import FP16_TOLERANCE, QUANTIZED_TOLERANCE
 
     ctx = StepContext(calibration=_load_data(recipe.data.calibration, source, "calibration data"),
+                      eval_data=_load_data(recipe.data.eval, source, "evaluation data"),
                       input_specs=source.input_specs)
+    metric = _metric_fn(source, ctx.eval_data) if recipe.max_drop is not None else None
     entries = []
     for item in recipe.quantize:
         (name, opts), = item.items()
-        step = get_artifact_step(f"{recipe.format}:{name}")
+        key = f"{recipe.format}:{name}"
+        step = get_artifact_step(key)
         config = _make_config(step.config_cls, opts, f"quantization {name!r}")
         src = stage / fp32.file
         dst = stage / f"model.{name}{src.suffix}"
-        progress(f"quantizing: {name}")
-        report = step.fn(src, dst, config, ctx)
+        if metric is not None and hasattr(config, "exclude_nodes"):
+            from edgeai.steps.quant_fallback import quantize_with_fallback
+            progress(f"quantizing: {name}, keeping sensitive layers in FP32 until the drop is <= {recipe.max_drop:g}")
+            report, _ = quantize_with_fallback(key, src, dst, config, ctx, metric, recipe.max_drop)
+        else:
+            progress(f"quantizing: {name}")
+            report = step.fn(src, dst, config, ctx)
         session = load_session(dst)
         tolerance = FP16_TOLERANCE if step.precision == "fp16" else QUANTIZED_TOLERANCE
         progress(f"verifying {dst.name} against {'PyTorch' if source.module is not None else 'ONNX'}")
@@ -154,11 +162,24 @@ def _artifact_steps(source: ModelSource, recipe: Recipe, stage: Path, fp32: Arti
                         tolerance)
         if not parity.passed:
             raise VerificationError(f"{name} artifact is broken: {parity.failure()}")
-        result = ExportResult(exporter=fp32.exporter, files=[dst.name], details=report.details)
-        steps = fp32.steps + [{"type": report.step, "config": config_to_dict(config)}]
+        result = ExportResult(exporter=fp32.exporter, files=[dst.name, *report.details.get("extra_files", [])],
+                              details=report.details)
+        steps = fp32.steps + [{"type": report.step, "config": report.config or config_to_dict(config)}]
         entries.append(_entry(name, dst, recipe.format, step.precision or name, result, session, parity,
                               steps, list(report.notes)))
     return entries
+
+
+def _metric_fn(source: ModelSource, eval_feeds: dict | None) -> Callable[[Path], float]:
+    """path -> task metric on the evaluation data (top-1 with labels, else cosine to FP32 PyTorch)."""
+    if eval_feeds is None:
+        raise RecipeError("max_drop needs evaluation data (--eval-data or data.eval in the recipe)")
+    from edgeai.data import split_labels
+    from edgeai.evaluate import evaluate
+
+    feeds, labels = split_labels(eval_feeds)
+    reference = None if labels is not None else _reference_outputs(source, feeds)
+    return lambda path: evaluate(path, feeds, labels=labels, reference=reference).value
 
 
 def _evaluate_all(source: ModelSource, recipe: Recipe, stage: Path, entries: list[ArtifactEntry],
