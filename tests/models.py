@@ -89,3 +89,38 @@ def raises():
 
 def not_a_module():
     return 42
+
+
+class OutlierMLP(nn.Module):
+    """Middle layer has an outlier weight column reading a dead unit: harmless in FP32, but a
+    per-tensor INT8 scale of 50/127 rounds every other weight of that layer to zero."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(16, 64), nn.Linear(64, 64), nn.Linear(64, 10)
+        with torch.no_grad():
+            self.a.weight[7] = 0.0
+            self.a.bias[7] = -1.0
+            self.b.weight[:, 7] = 50.0
+
+    def forward(self, x):
+        return self.c(torch.relu(self.b(torch.relu(self.a(x)))))
+
+
+class WideMLP(nn.Module):
+    """MatMul-heavy: weights dominate the file, so precision changes show in its size."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def outlier_mlp():
+    return _seeded(OutlierMLP)
+
+
+def wide_mlp():
+    return _seeded(WideMLP)
