@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -85,8 +86,10 @@ MODELS = {"cnn": SmallCNN, "lstm": SmallLSTM, "attn": TinyAttention, "mlp": Plan
 def _export(module, sample_shape, path):
     torch.manual_seed(0)
     module.eval()
-    torch.onnx.export(module, (torch.randn(2, *sample_shape),), str(path), input_names=["x"],
-                      output_names=["y"], dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, dynamo=False)
+    with warnings.catch_warnings():  # the TorchScript exporter's deprecation and tracer warnings
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (torch.randn(2, *sample_shape),), str(path), input_names=["x"],
+                          output_names=["y"], dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, dynamo=False)
     return path
 
 
