@@ -1,4 +1,4 @@
-"""Calibration/evaluation data: load named sample arrays from .npz, a .npy folder or a callable, and check them."""
+"""Calibration/evaluation data: named sample arrays from an .npz, a .npy folder or a callable, checked."""
 from __future__ import annotations
 
 import importlib
@@ -108,7 +108,8 @@ def _read_npy_folder(folder: Path, what: str) -> dict[str, np.ndarray]:
         try:
             arrays[f.stem] = np.load(f, allow_pickle=False)
         except Exception as e:  # truncated file, pickled object array, not an .npy at all
-            raise DataError(f"{what}: {str(f)!r} is not a readable .npy file ({type(e).__name__}: {e})") from None
+            raise DataError(f"{what}: {str(f)!r} is not a readable .npy file "
+                            f"({type(e).__name__}: {e})") from None
     return arrays
 
 

@@ -1,4 +1,4 @@
-"""Task metric of an artifact: top-1 accuracy against labels, or cosine similarity to reference outputs (no torch)."""
+"""Task metric of an artifact: top-1 accuracy against labels, or cosine similarity to reference outputs."""
 from __future__ import annotations
 
 import logging
@@ -45,8 +45,9 @@ def evaluate(model: str | Path | Session, data: DataSource, *, labels: np.ndarra
     """Run `model` on `data` (samples on axis 0) and score it.
 
     `data` is anything `edgeai.data.load_feeds` accepts; a ``labels`` array in it is used
-    unless `labels` or `reference` is given. With labels the metric is top-1 accuracy in points: argmax over the last dim of
-    the first output against labels of the same leading shape. Without labels it is the mean
+    unless `labels` or `reference` is given. With labels the metric is top-1 accuracy in
+    points: argmax over the last dim of the first output against labels of the same leading
+    shape. Without labels it is the mean
     per-sample cosine similarity between the first output (flattened per sample) and
     `reference` (the output of the same name, else the first reference array). A model whose
     batch dim is fixed (e.g. 1) is run in chunks of that size, the last chunk padded.
@@ -65,7 +66,8 @@ def evaluate(model: str | Path | Session, data: DataSource, *, labels: np.ndarra
     return EvalResult("cosine", _cosine(out, _pick_reference(session, reference, n)), n)
 
 
-def run_batched(session: Session, feeds: Mapping[str, np.ndarray], batch_size: int = 64) -> dict[str, np.ndarray]:
+def run_batched(session: Session, feeds: Mapping[str, np.ndarray],
+                batch_size: int = 64) -> dict[str, np.ndarray]:
     """All outputs of `session` on `feeds`, run in batches the model accepts, concatenated on axis 0."""
     fixed = _fixed_batch(session)
     step = fixed or batch_size

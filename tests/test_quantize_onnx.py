@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -85,8 +86,10 @@ MODELS = {"cnn": SmallCNN, "lstm": SmallLSTM, "attn": TinyAttention, "mlp": Plan
 def _export(module, sample_shape, path):
     torch.manual_seed(0)
     module.eval()
-    torch.onnx.export(module, (torch.randn(2, *sample_shape),), str(path), input_names=["x"],
-                      output_names=["y"], dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, dynamo=False)
+    with warnings.catch_warnings():  # the TorchScript exporter's deprecation and tracer warnings
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (torch.randn(2, *sample_shape),), str(path), input_names=["x"],
+                          output_names=["y"], dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, dynamo=False)
     return path
 
 
@@ -258,3 +261,33 @@ def test_int8_static_rejects_missing_or_too_little_calibration_data(models, tmp_
         int8_static(models["cnn"], tmp_path / "s.onnx", Int8StaticConfig(),
                     StepContext(calibration=samples("cnn", 3, 0)))
     assert not (tmp_path / "s.onnx").exists()
+
+
+def test_int8_static_excluded_gemm_really_runs_in_fp32(models, tmp_path):
+    # onnxruntime's WeightBiasQuantization would quantize a float Gemm fed by DequantizeLinear at load
+    src, feeds = models["mlp"], samples("mlp", 256, 3)
+    labels = run_batched(load(src), feeds)["y"].argmax(-1)
+    ctx = StepContext(calibration=samples("mlp", 64, 4))
+    config = Int8StaticConfig(per_channel=False, exclude_nodes=("/b/Gemm",))
+    int8_static(src, tmp_path / "keep.onnx", config, ctx)
+    gemm_b = next(n for n in onnx.load(str(tmp_path / "keep.onnx")).graph.node if n.name == "/b/Gemm")
+    assert "DequantizeLinear" not in gemm_b.input[0]
+    assert evaluate(tmp_path / "keep.onnx", feeds, labels=labels).value >= 98.0
+
+
+@pytest.mark.parametrize("failures,ran", [(1, "no-symbolic-shape"), (2, "none")])
+def test_failed_preprocessing_is_retried_then_skipped_with_a_note(models, tmp_path, monkeypatch, failures, ran):
+    import onnxruntime.quantization as ortq
+    real, calls = ortq.quant_pre_process, []
+
+    def flaky(*args, **kwargs):
+        calls.append(kwargs["skip_symbolic_shape"])
+        if len(calls) <= failures:
+            raise AssertionError("symbolic shape inference failed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ortq, "quant_pre_process", flaky)
+    report = int8_dynamic(models["attn"], tmp_path / "d.onnx", Int8DynamicConfig(), StepContext())
+    assert calls == [False, True] and report.details["preprocessed"] == ran
+    assert any("symbolic shape inference" in n or "quantized the model as exported" in n for n in report.notes)
+    assert weight_ratio(report) > 3.5

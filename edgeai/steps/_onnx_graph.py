@@ -1,4 +1,4 @@
-"""ONNX graph helpers for the ONNX artifact steps: load/save with external data, staged output, op and weight counts."""
+"""Helpers for the ONNX artifact steps: load/save with external data, staged output, op and weight counts."""
 from __future__ import annotations
 
 import contextlib
@@ -144,6 +144,13 @@ def weight_stats(model) -> dict[str, dict[str, int]]:
 
 def weight_bytes(model) -> int:
     return sum(s["bytes"] for s in weight_stats(model).values())
+
+
+def stats(path: str | Path, when: str) -> dict:
+    """{"ops_<when>", "weights_<when>", "weight_bytes_<when>", "size_bytes_<when>"} of the model at `path`."""
+    model = load_model(path, with_weights=False)
+    return {f"ops_{when}": op_histogram(model), f"weights_{when}": weight_stats(model),
+            f"weight_bytes_{when}": weight_bytes(model), f"size_bytes_{when}": size_on_disk(path)}
 
 
 def float_weighted_nodes(model) -> dict[str, list[str]]:

@@ -1,4 +1,4 @@
-"""Accuracy-aware INT8: rank nodes by quantization sensitivity, keep the worst in FP32 until the metric drop fits."""
+"""Accuracy-aware INT8: rank nodes by quantization error, keep the worst in FP32 until the metric drop fits."""
 from __future__ import annotations
 
 import logging
@@ -38,7 +38,7 @@ class FallbackReport:
     tries: list[FallbackTry] = field(default_factory=list)
     chosen: int = 0
     within: bool = False                                       # the chosen try meets max_drop
-    ranking: list[tuple[str, float]] = field(default_factory=list)  # (node, sensitivity), worst first
+    ranking: list[tuple[str, float | None]] = field(default_factory=list)  # (node, sensitivity), worst first
 
     @property
     def chosen_try(self) -> FallbackTry:
@@ -52,7 +52,8 @@ class FallbackReport:
             return [f"accuracy fallback: kept {len(best.excluded)} node(s) in FP32 "
                     f"({g.short_list(list(best.excluded))}) to stay within a drop of {self.max_drop:g}; "
                     f"drop {best.drop:.4g} after {len(self.tries)} tries"]
-        return [f"accuracy fallback did NOT reach a drop within {self.max_drop:g} after {len(self.tries)} tries; "
+        return [f"accuracy fallback did NOT reach a drop within {self.max_drop:g} "
+                f"after {len(self.tries)} tries; "
                 f"best drop {best.drop:.4g} with {len(best.excluded)} node(s) in FP32 "
                 f"({g.short_list(list(best.excluded))}); consider another scheme or FP16"]
 
@@ -61,18 +62,19 @@ class FallbackReport:
         for t in d["tries"]:
             t.pop("path")
             t["excluded"] = list(t["excluded"])
-        d["ranking"] = [[n, round(s, 6)] for n, s in self.ranking]
+        d["ranking"] = [[n, None if s is None else round(s, 6)] for n, s in self.ranking]
         return d
 
 
 def node_sensitivity(fp32_path: str | Path, quant_path: str | Path, feeds: Mapping[str, np.ndarray],
-                     candidates: Sequence[str] | None = None) -> list[tuple[str, float]]:
+                     candidates: Sequence[str] | None = None) -> list[tuple[str, float | None]]:
     """(node name, error the node adds) for weighted FP32 nodes, largest first.
 
     Both models are run with the node's input and output tensors exposed as extra graph
     outputs (matched by tensor name). A node's score is the relative L2 error of its output
     (quantized vs FP32) minus the largest relative error among its inputs, i.e. the error
-    it introduces rather than the error it inherits.
+    it introduces rather than the error it inherits. Nodes none of whose outputs can be
+    found in the quantized model come last, with score None.
     """
     from edgeai import runtime
     from edgeai.evaluate import run_batched
@@ -103,14 +105,15 @@ def node_sensitivity(fp32_path: str | Path, quant_path: str | Path, feeds: Mappi
             tensor = nxt[0].output[0]
         return None
 
-    plan = {}  # node -> ([(fp32 tensor, quantized tensor)] for inputs, same for outputs)
+    plan, unmatched = {}, []  # node -> ([(fp32 tensor, quantized tensor)] for inputs, same for outputs)
     for n in nodes:
         outs = [p for p in (match(o) for o in n.output if o) if p]
         ins = [p for p in (match(i) for i in n.input if i and i not in inits) if p]
         if outs:
             plan[n.name] = (ins, outs)
         else:
-            log.debug("sensitivity: no output of node %s found in the quantized model", n.name)
+            unmatched.append(n.name)
+            log.info("sensitivity: no output of node %s found in the quantized model", n.name)
     pairs = sorted({p for ins, outs in plan.values() for p in ins + outs})
     with g.work_dir() as work:
         values = []
@@ -126,7 +129,7 @@ def node_sensitivity(fp32_path: str | Path, quant_path: str | Path, feeds: Mappi
         out_err = max(err.get(t, 0.0) for t in outs)
         in_err = max((err.get(t, 0.0) for t in ins), default=0.0)
         scores.append((name, out_err - in_err))
-    return sorted(scores, key=lambda s: -s[1])
+    return sorted(scores, key=lambda s: -s[1]) + [(name, None) for name in unmatched]
 
 
 def _consumers(model) -> dict[str, list]:
@@ -159,8 +162,8 @@ def fallback_until_within(fp32_path: str | Path, quantize: Callable[[tuple[str, 
     `quantize(excluded_nodes)` writes a quantized model and returns its path; node names are
     those of the FP32 model at `fp32_path` (quantize exactly that model). `evaluate(path)`
     returns the metric, higher is better. Nodes are ranked once by `node_sensitivity` on the
-    first `sensitivity_samples` samples of `calib_feeds`, then excluded cumulatively, at most
-    `max_tries` of them. The first try within `max_drop` is chosen, else the best one.
+    first `sensitivity_samples` samples of `calib_feeds`, then excluded cumulatively, one more
+    per try, at most `max_tries` of them. The first try within `max_drop` is chosen, else the best one.
     """
     report = FallbackReport(baseline=float(baseline), max_drop=float(max_drop))
 
@@ -209,8 +212,7 @@ def quantize_with_fallback(step_name: str, src: str | Path, dst: str | Path, con
     reports: dict[str, StepReport] = {}
     with g.work_dir() as work:
         fp32 = work / "fp32.onnx"
-        pre_ran = getattr(config, "preprocess", True)
-        pre_notes = preprocess(src, fp32) if pre_ran else []
+        pre_ran, pre_notes = preprocess(src, fp32) if getattr(config, "preprocess", True) else ("none", [])
         if not fp32.exists():
             g.save_model(g.load_model(src), fp32)
         feeds = load_feeds(samples, g.input_specs(g.load_model(fp32, with_weights=False)),
@@ -228,12 +230,13 @@ def quantize_with_fallback(step_name: str, src: str | Path, dst: str | Path, con
         fb = fallback_until_within(fp32, quantize, evaluate, baseline, max_drop, feeds, max_tries)
         chosen = fb.chosen_try
         with g.staged_output(dst, src) as out:
-            extra = g.save_model(g.load_model(chosen.path), out, external=g.stores_external_data(chosen.path) or None)
+            external = g.stores_external_data(chosen.path) or None
+            extra = g.save_model(g.load_model(chosen.path), out, external=external)
     report = reports[chosen.path]
     # the config that reproduces this artifact from src in one run
     report.config = config_to_dict(replace(config, exclude_nodes=tuple(config.exclude_nodes) + chosen.excluded))
     report.notes = pre_notes + report.notes + fb.notes()
-    report.details.update({"preprocessed": pre_ran and not pre_notes, "extra_files": extra,
-                           "fallback": fb.to_dict(), "size_bytes_before": g.size_on_disk(src),
+    report.details.update({"preprocessed": pre_ran, "extra_files": extra,
+                           "fallback": fb.to_dict(), **g.stats(src, "before"),
                            "size_bytes_after": g.size_on_disk(dst)})
     return report, fb

@@ -47,7 +47,7 @@ def _choice(what: str, value: str, known: dict) -> None:
 
 @dataclass(frozen=True)
 class Fp16Config:
-    """Weights and activations in float16 (onnxruntime.transformers.float16); halves size, rarely faster on CPU."""
+    """Weights and compute in float16 (onnxruntime.transformers.float16): half the size, rarely faster on CPU."""
 
     keep_io_types: bool = True            # inputs/outputs stay float32 (Casts at the edges)
     op_block_list: tuple[str, ...] = ()   # op types kept in float32, on top of onnxruntime's defaults
@@ -119,46 +119,46 @@ def resolve_reduce_range(value: bool | None) -> tuple[bool, str]:
     return chosen, why
 
 
-def preprocess(src: str | Path, dst: str | Path) -> list[str]:
+def preprocess(src: str | Path, dst: str | Path) -> tuple[str, list[str]]:
     """onnxruntime's quant_pre_process (shape inference, basic graph optimizations) from src to dst.
 
-    If it fails, dst is a plain copy of src and the returned notes say why.
+    Symbolic shape inference fails on some exported graphs (e.g. Reshape of a computed
+    shape); then it is retried without it. If that fails too, dst is a plain copy of src.
+    Returns (what ran: "full" | "no-symbolic-shape" | "none", notes for the StepReport).
     """
     from onnxruntime.quantization import quant_pre_process
     src, dst = Path(src), Path(dst)
     external = g.stores_external_data(src)
-    try:
-        quant_pre_process(str(src), str(dst), save_as_external_data=external, all_tensors_to_one_file=True,
-                          external_data_location=f"{dst.name}.data")
-        g.load_model(dst, with_weights=False)
-        return []
-    except Exception as e:  # symbolic shape inference and the optimizer fail on some exotic graphs
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        log.warning("quant_pre_process failed on %s: %s", src, first)
-        g.save_model(g.load_model(src), dst, external=external)
-        return [f"onnxruntime's quantization pre-processing failed ({type(e).__name__}: {first[:200]}); "
-                "quantized the model as exported"]
+    errors = []
+    for skip_symbolic in (False, True):
+        try:
+            quant_pre_process(str(src), str(dst), skip_symbolic_shape=skip_symbolic,
+                              save_as_external_data=external, all_tensors_to_one_file=True,
+                              external_data_location=f"{dst.name}.data")
+            g.load_model(dst, with_weights=False)
+        except Exception as e:  # the shape inferences and the optimizer fail on some exotic graphs
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            errors.append(f"{type(e).__name__}: {first}" if first else type(e).__name__)
+            log.info("quant_pre_process (skip_symbolic_shape=%s) failed on %s: %s",
+                     skip_symbolic, src, errors[-1])
+            continue
+        if not skip_symbolic:
+            return "full", []
+        return "no-symbolic-shape", [f"pre-processing ran without symbolic shape inference, which failed "
+                                     f"({errors[0]})"]
+    log.warning("quant_pre_process failed on %s: %s", src, errors[-1])
+    g.save_model(g.load_model(src), dst, external=external)
+    return "none", [f"onnxruntime's quantization pre-processing failed ({errors[-1]}); "
+                    "quantized the model as exported"]
 
 
-def _prepare(src: Path, work: Path, enabled: bool) -> tuple[Path, list[str], bool]:
-    """(model to quantize, notes, whether pre-processing ran)."""
+def _prepare(src: Path, work: Path, enabled: bool) -> tuple[Path, list[str], str]:
+    """(model to quantize, notes, which pre-processing ran)."""
     if not enabled:
-        return src, [], False
+        return src, [], "none"
     pre = work / "preprocessed.onnx"
-    notes = preprocess(src, pre)
-    return pre, notes, not notes
-
-
-def _counts(report: StepReport, before: Path, after: Path):
-    """Op histograms, weights by dtype and sizes before/after into report.details; returns both graphs."""
-    m0, m1 = g.load_model(before, with_weights=False), g.load_model(after, with_weights=False)
-    report.details.update({
-        "ops_before": g.op_histogram(m0), "ops_after": g.op_histogram(m1),
-        "weights_before": g.weight_stats(m0), "weights_after": g.weight_stats(m1),
-        "weight_bytes_before": g.weight_bytes(m0), "weight_bytes_after": g.weight_bytes(m1),
-        "size_bytes_before": g.size_on_disk(before), "size_bytes_after": g.size_on_disk(after),
-    })
-    return m0, m1
+    ran, notes = preprocess(src, pre)
+    return pre, notes, ran
 
 
 def _origin(name: str, present: set[str]) -> str:
@@ -167,12 +167,17 @@ def _origin(name: str, present: set[str]) -> str:
     return base if name not in present and base in present else name
 
 
-def _describe(report: StepReport, before: Path, after: Path, scheme: str, op_types: tuple[str, ...] | None,
-              exclude: tuple[str, ...]) -> None:
-    """Fill `report` with what was and was not quantized, and notes for parts left in float."""
-    m0, m1 = _counts(report, before, after)
+def _describe(report: StepReport, src: Path, quantized_from: Path, after: Path, scheme: str,
+              op_types: tuple[str, ...] | None, exclude: tuple[str, ...]) -> None:
+    """Fill `report` with what was and was not quantized, and notes for parts left in float.
+
+    Op and weight counts compare `src` with `after`; node names are those of `quantized_from`
+    (src after pre-processing), the names exclude_nodes refers to.
+    """
+    report.details.update({**g.stats(src, "before"), **g.stats(after, "after")})
+    m1 = g.load_model(after, with_weights=False)
     w1 = report.details["weights_after"]
-    present = {n.name for n in m0.graph.node}
+    present = {n.name for n in g.load_model(quantized_from, with_weights=False).graph.node}
     left = {op: [_origin(n, present) for n in names] for op, names in g.float_weighted_nodes(m1).items()}
     report.details.update({"quantized_nodes": g.quantized_node_count(m1), "left_in_fp32": left})
     missing = [n for n in exclude if n not in present]
@@ -215,8 +220,8 @@ def fp16(src: Path, dst: Path, config: Fp16Config, ctx: StepContext) -> StepRepo
                                     node_block_list=list(config.node_block_list))
     with g.staged_output(dst, src) as out:
         extra = g.save_model(half, out, external=external or None)
-        _, m1 = _counts(report, src, out)
-    report.details["extra_files"] = extra
+        report.details.update({**g.stats(src, "before"), **g.stats(out, "after"), "extra_files": extra})
+        m1 = g.load_model(out, with_weights=False)
     kept32 = sorted(t.name for t in m1.graph.initializer if t.data_type == 1 and len(t.dims) >= 2)
     if kept32:
         report.notes.append(f"{len(kept32)} weight tensor(s) kept in float32 (blocked ops/nodes): "
@@ -239,7 +244,7 @@ def int8_dynamic(src: Path, dst: Path, config: Int8DynamicConfig, ctx: StepConte
                          nodes_to_exclude=_dynamic_exclude(model, config.exclude_nodes),
                          use_external_data_format=g.needs_external_data(model))
         report.notes.extend(notes)
-        _describe(report, model_in, out, "dynamic", config.op_types, config.exclude_nodes)
+        _describe(report, src, model_in, out, "dynamic", config.op_types, config.exclude_nodes)
         report.details.update({"preprocessed": pre, "reduce_range": reduce_range, "reduce_range_reason": why,
                                "extra_files": [f.name for f in g.files_of(out)[1:]]})
     return report
@@ -323,7 +328,7 @@ def int8_static(src: Path, dst: Path, config: Int8StaticConfig, ctx: StepContext
             # explicit Relu/Clip, so a node kept in FP32 can read the activation in float
             extra_options={"QDQKeepRemovableActivations": bool(config.exclude_nodes or config.op_types)})
         report.notes.extend(notes + cal_notes + _keep_fp32_nodes_fp32(out, model_in))
-        _describe(report, model_in, out, "static", config.op_types, config.exclude_nodes)
+        _describe(report, src, model_in, out, "static", config.op_types, config.exclude_nodes)
         report.details.update({"preprocessed": pre, "reduce_range": reduce_range, "reduce_range_reason": why,
                                "calibration_samples": num_samples(feeds), "calibration_batch": batch,
                                "extra_files": [f.name for f in g.files_of(out)[1:]]})
