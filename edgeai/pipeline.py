@@ -74,7 +74,7 @@ def run(recipe: Recipe, out_dir: Path, progress: Progress) -> ExportOutcome:
         if recipe.data.eval:
             _evaluate_all(source, recipe, stage, entries, progress, teacher)
         if recipe.summary.bench:
-            _bench_all(recipe, stage, entries, progress)
+            _bench_all(source, recipe, stage, entries, progress)
         manifest = Manifest(source=source.to_dict() | {"recipe": recipe.name or None},
                             artifacts=entries, versions=versions(),
                             created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
@@ -207,13 +207,15 @@ def _reference_outputs(source: ModelSource, feeds: dict) -> dict:
     return {"reference": np.concatenate(outs)}
 
 
-def _bench_all(recipe: Recipe, stage: Path, entries: list[ArtifactEntry], progress: Progress) -> None:
-    """p50 latency of every artifact, each in a fresh process, for the summary table."""
+def _bench_all(source: ModelSource, recipe: Recipe, stage: Path, entries: list[ArtifactEntry],
+               progress: Progress) -> None:
+    """p50 latency (batch 1, other dims as exported) of every artifact, each in a fresh process."""
     from edgeai.bench import bench
-    progress("timing every variant (each in a fresh process)")
+    progress("timing every variant (batch 1, each in a fresh process)")
     cfg = recipe.summary
+    dims = {d: n for d, n in source.example_dims.items() if d != "batch"}
     report = bench([str(stage / e.file) for e in entries], threads=cfg.threads, warmup=cfg.warmup,
-                   min_seconds=cfg.min_seconds)
+                   min_seconds=cfg.min_seconds, batch=1, dims=dims)
     for e, r in zip(entries, report.results):
         if r.ok:
             e.metrics["latency_p50_ms"] = r.timing.p50_ms

@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from edgeai.errors import InputSpecError, ModelLoadError
-from edgeai.specs import TensorSpec, load_npz, parse_input_spec, random_feeds
+from edgeai.specs import TensorSpec, dim_sizes, load_npz, parse_input_spec, random_feeds
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +37,14 @@ class ModelSource:
         import torch
         return {k: torch.from_numpy(np.array(v, copy=True)) for k, v in self.example_inputs.items()}
 
+    @property
+    def example_dims(self) -> dict[str, int]:
+        """Size of each named (dynamic) dim in the example inputs, e.g. {"batch": 2, "seq": 100}."""
+        return dim_sizes(self.input_specs, self.example_inputs)
+
     def to_dict(self) -> dict:
         return {"kind": self.kind, "origin": self.origin,
-                "inputs": [s.to_dict() for s in self.input_specs]}
+                "inputs": [s.to_dict() for s in self.input_specs], "example_dims": self.example_dims}
 
 
 def load_model(spec: str, *, inputs: Sequence[str | TensorSpec] | None = None,

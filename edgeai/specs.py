@@ -86,6 +86,16 @@ def concrete_shape(spec: TensorSpec, sizes: Mapping[str, int] | None = None) -> 
     return tuple(d if isinstance(d, int) else int(sizes.get(d, DEFAULT_DIM_SIZE)) for d in spec.shape)
 
 
+def dim_sizes(specs: Sequence[TensorSpec], feeds: Mapping[str, np.ndarray]) -> dict[str, int]:
+    """The size each named dim has in `feeds` (first input that has it)."""
+    sizes: dict[str, int] = {}
+    for spec in specs:
+        for axis, d in enumerate(spec.shape):
+            if isinstance(d, str):
+                sizes.setdefault(d, int(np.shape(feeds[spec.name])[axis]))
+    return sizes
+
+
 def random_feeds(specs: Sequence[TensorSpec], sizes: Mapping[str, int] | None = None,
                  seed: int = 0) -> dict[str, np.ndarray]:
     """Random inputs matching `specs`: floats ~ N(0, 1); integers in {0, 1} (masks all ones)."""

@@ -10,7 +10,7 @@ import numpy as np
 
 from edgeai.errors import EdgeAIError, VerificationError
 from edgeai.source import ModelSource
-from edgeai.specs import SECOND_SHAPE_DELTA, TensorSpec
+from edgeai.specs import SECOND_SHAPE_DELTA, TensorSpec, dim_sizes
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ QUANTIZED_TOLERANCE = Tolerance(atol=float("inf"), rtol=0.0, min_cosine=0.9)
 def feed_sets(source: ModelSource, frozen: set[str] = frozenset()) -> list[tuple[dict[str, int], dict[str, np.ndarray]]]:
     """The example feeds, then one set per dynamic dim resized to another size (values tiled)."""
     examples = source.example_inputs
-    sizes = _dim_sizes(source.input_specs, examples)
+    sizes = dim_sizes(source.input_specs, examples)
     sets = [(sizes, dict(examples))]
     for dim, size in sizes.items():
         if dim in frozen:
@@ -50,15 +50,6 @@ def feed_sets(source: ModelSource, frozen: set[str] = frozenset()) -> list[tuple
             feeds[spec.name] = arr
         sets.append(({**sizes, dim: new}, feeds))
     return sets
-
-
-def _dim_sizes(specs: list[TensorSpec], feeds: Mapping[str, np.ndarray]) -> dict[str, int]:
-    sizes: dict[str, int] = {}
-    for spec in specs:
-        for axis, d in enumerate(spec.shape):
-            if isinstance(d, str):
-                sizes.setdefault(d, int(feeds[spec.name].shape[axis]))
-    return sizes
 
 
 def _resize_along(arr: np.ndarray, axis: int, new: int) -> np.ndarray:

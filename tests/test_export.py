@@ -139,3 +139,13 @@ def test_reexport_replaces_files_atomically_and_failed_export_keeps_old_output(t
 def test_import_edgeai_does_not_import_torch():
     code = "import sys, edgeai, edgeai.runtime; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+def test_bench_of_an_export_folder_uses_the_exported_dim_sizes(tmp_path):
+    from edgeai.bench import bench
+    edgeai.export(factory("lstm"), tmp_path, inputs=["rows:batch,seq=7,6"], summary=edgeai.recipe.SummaryConfig(bench=False))
+    assert Manifest.read(tmp_path).source["example_dims"] == {"batch": 2, "seq": 7}
+    report = bench([str(tmp_path)], runs=3, warmup=0, isolate=False)
+    assert report.results[0].inputs[0]["shape"] == [1, 7, 6]
+    report = bench([str(tmp_path)], runs=3, warmup=0, isolate=False, batch=4, dims={"seq": 11})
+    assert report.results[0].inputs[0]["shape"] == [4, 11, 6]

@@ -1,7 +1,7 @@
 """Turn what the user named (files, export folders, FOLDER@NAME, model specs) into benchmark targets."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -25,6 +25,7 @@ class Target:
     format: str                     # "onnx", "tflite", "torch"
     artifact: str | None = None     # artifact name within an export folder
     size_bytes: int | None = None   # file size, or the manifest's size_bytes (model + extra files)
+    example_dims: dict = field(default_factory=dict)  # dynamic dim sizes the model was exported with
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -61,7 +62,8 @@ def _artifacts(text: str) -> list[Target]:
         if not entries:
             raise RuntimeLoadError(f"{str(path)!r}: {MANIFEST_NAME} lists no artifacts")
         base = str(path).rstrip("/") or "/"
-        return [Target(f"{base}@{e.name}", "artifact", str(path), e.format, e.name, e.size_bytes)
+        dims = dict(manifest.source.get("example_dims", {}))
+        return [Target(f"{base}@{e.name}", "artifact", str(path), e.format, e.name, e.size_bytes, dims)
                 for e in entries]
     if not path.is_file():
         raise RuntimeLoadError(f"target {text!r} does not exist; pass {_WHAT}")

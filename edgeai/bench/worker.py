@@ -39,12 +39,14 @@ def open_session(target: Target, config: BenchConfig) -> Session:
                         threads=config.threads)
 
 
-def feed_sizes(specs: Sequence[TensorSpec], batch: int,
-               dims: Mapping[str, int]) -> tuple[dict[str, int], list[str]]:
+def feed_sizes(specs: Sequence[TensorSpec], batch: int, dims: Mapping[str, int],
+               example_dims: Mapping[str, int] | None = None) -> tuple[dict[str, int], list[str]]:
     """Sizes of dynamic dims: `batch` for the dim named "batch" (else the first dynamic dim),
-    `dims` for any dim by name; the rest keep their example sizes. Also notes for the report."""
+    `dims` for any dim by name; the rest keep the size they were exported with (`example_dims`,
+    from the manifest), else the spec's example size. Also notes for the report."""
     dynamic = list(dict.fromkeys(d for s in specs for d in s.dynamic_dims))
-    notes, sizes = [], {}
+    notes = []
+    sizes = {d: int(n) for d, n in (example_dims or {}).items() if d in dynamic}
     batch_dim = "batch" if "batch" in dynamic else (dynamic[0] if dynamic else None)
     if batch_dim is not None:
         sizes[batch_dim] = batch
@@ -78,7 +80,7 @@ def measure(target: Target, config: BenchConfig, open_fn: Callable[[], Session] 
     t0 = time.perf_counter()
     session = open_fn() if open_fn else open_session(target, config)
     load_ms = (time.perf_counter() - t0) * 1e3
-    sizes, notes = feed_sizes(session.inputs, config.batch, config.dims)
+    sizes, notes = feed_sizes(session.inputs, config.batch, config.dims, target.example_dims)
     feeds = prepare_feeds(session, random_feeds(session.inputs, sizes, config.seed))
     t0 = time.perf_counter()
     session.run_unchecked(feeds)
