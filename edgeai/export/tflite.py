@@ -5,6 +5,7 @@ import contextlib
 import inspect
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
@@ -228,7 +229,10 @@ def _convert(litert_torch, wrapper, sample, dynamic_shapes, out_path: Path, modu
         lstm_ctx = fuse_lstm_context(module, fused, exclude)
     else:
         lstm_ctx = contextlib.nullcontext()
-    with _quiet_progress(), lstm_ctx, torch.no_grad():
+    with _quiet_progress(), lstm_ctx, torch.no_grad(), warnings.catch_warnings():
+        # known noise of torch.export on nn.LSTM and of litert-torch's pytree use
+        warnings.filterwarnings("ignore", message=r".*were assigned during export.*")
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
         edge_model = litert_torch.convert(wrapper, sample_kwargs=sample, dynamic_shapes=dynamic_shapes)
         edge_model.export(str(out_path))
 

@@ -45,7 +45,7 @@ def run_isolated_many(path: str | Path, feeds_list: Sequence[Mapping[str, np.nda
         pkg_root = str(Path(errors.__file__).resolve().parent.parent)  # the folder holding edgeai/
         env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH", "")) if p)
         try:
-            proc = subprocess.run([sys.executable, "-m", "edgeai.runtime.subproc", str(tmp)], env=env,
+            proc = subprocess.run(_child_command(tmp), env=env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=timeout)
         except subprocess.TimeoutExpired:
             raise RuntimeLoadError(f"{runtime} did not finish running {str(path)!r} within {timeout:.0f} s") from None
@@ -71,6 +71,10 @@ def run_isolated_many(path: str | Path, feeds_list: Sequence[Mapping[str, np.nda
             with np.load(tmp / f"out{i}.npz") as z:
                 results.append({name: z[f"arr_{j}"] for j, name in enumerate(names)})
         return results
+
+
+def _child_command(folder: Path) -> list[str]:
+    return [sys.executable, "-m", "edgeai.runtime.subproc", str(folder)]
 
 
 def _signal_name(num: int) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -48,7 +49,9 @@ def _quiet() -> Iterator[None]:
         return
     buf = io.StringIO()
     try:
-        with contextlib.redirect_stderr(buf):
+        with contextlib.redirect_stderr(buf), warnings.catch_warnings():
+            # the calibrator keeps all tensors on purpose; LiteRT warns about that debug option
+            warnings.filterwarnings("ignore", message=r".*experimental_preserve_all_tensors.*")
             yield
     finally:
         text = "\n".join(ln for ln in buf.getvalue().replace("\r", "\n").splitlines() if ln.strip() and "it/s]" not in ln)
