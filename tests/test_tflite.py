@@ -63,6 +63,19 @@ class TinyTransformer(nn.Module):
         return self.head(self.encoder(x).mean(1))
 
 
+class TinyTextModel(nn.Module):
+    """Two inputs (int64 ids first) and a dict of two outputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(100, 16)
+        self.fc = nn.Linear(16, 2)
+
+    def forward(self, ids, mask):
+        pooled = (self.embed(ids) * mask.unsqueeze(-1)).mean(1)
+        return {"logits": self.fc(pooled), "pooled": pooled}
+
+
 def _export(module, x, path, name="x", **options):
     torch.manual_seed(0)
     exporter = get_exporter("tflite")
@@ -153,6 +166,25 @@ def test_transformer_export_matches_torch(out):
     path, result = _export(model, torch.randn(1, 10, 32), out / "transformer.tflite")
     assert _max_err(load(path), model, torch.randn(1, 10, 32)) < 1e-4
     assert result.details["input_layout"] is None and result.details["op_count"] > 10
+
+
+def test_two_input_model_keeps_call_order_names_and_narrows_int64_ids(out):
+    torch.manual_seed(0)
+    model = TinyTextModel().eval()
+    ids, mask = torch.randint(0, 100, (1, 8)), torch.ones(1, 8)
+    exporter = get_exporter("tflite")
+    specs = [TensorSpec("input_ids", (1, 8), "int64"), TensorSpec("attention_mask", (1, 8))]
+    path = out / "text.tflite"
+    result = exporter.fn(model, {"input_ids": ids, "attention_mask": mask}, specs, path, exporter.config_cls())
+    session = load(path)
+    assert [(s.name, s.dtype) for s in session.inputs] == [("input_ids", "int32"), ("attention_mask", "float32")]
+    assert [s.name for s in session.outputs] == ["logits", "pooled"]
+    assert [d["dtype"] for d in result.details["inputs"]] == ["int32", "float32"]
+    assert any("int64 in torch" in n for n in result.notes)
+    got = session.run({"input_ids": ids.numpy(), "attention_mask": mask.numpy()})  # int64 feed is cast
+    with torch.no_grad():
+        want = model(ids, mask)
+    assert max(float(np.abs(got[k] - want[k].numpy()).max()) for k in want) < 1e-4
 
 
 def test_fused_lstm_is_one_op_per_layer_and_matches_torch_on_every_run(lstm, lstm_fused):

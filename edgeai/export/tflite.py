@@ -70,14 +70,14 @@ def _nchw_to_nhwc(shape: tuple) -> tuple:
 
 def _output_names(outputs: Any) -> tuple[list[str], Any]:
     """Names for the flattened outputs: 'output' for one tensor, dict keys, else output_0, output_1..."""
+    import torch
     import torch.utils._pytree as pytree
 
     leaves, _ = pytree.tree_flatten(outputs)
     if len(leaves) == 1:
         return ["output"], leaves
-    if isinstance(outputs, dict) and all(isinstance(v, type(leaves[0])) for v in outputs.values()) \
-            and len(outputs) == len(leaves):
-        return [str(k) for k in outputs], list(outputs.values())
+    if isinstance(outputs, dict) and all(isinstance(v, torch.Tensor) for v in outputs.values()):
+        return [str(k) for k in outputs], leaves
     return [f"output_{i}" for i in range(len(leaves))], leaves
 
 
@@ -194,12 +194,17 @@ def export_tflite(module: "torch.nn.Module", example_inputs: "dict[str, torch.Te
     has_image = any(t.ndim == 4 for t in example_inputs.values())
     layout = "NHWC" if nhwc_in else ("NCHW" if has_image else None)  # None: no rank-4 input
     in_specs = []
+    tfl_dtypes = {d["name"]: d["dtype"] for d in info["inputs"]}
     for n in names:
         spec = specs.get(n)
         shape = tuple(spec.shape) if spec is not None and config.dynamic_dims else tuple(example_inputs[n].shape)
         if n in nhwc_in:
             shape = _nchw_to_nhwc(shape)
-        in_specs.append(TensorSpec(n, shape, str(sample[n].dtype).removeprefix("torch.")).to_dict())
+        torch_dtype = str(example_inputs[n].dtype).removeprefix("torch.")
+        dtype = tfl_dtypes.get(n, torch_dtype)
+        if dtype != torch_dtype:  # litert-torch narrows 64-bit I/O (int64 -> int32, float64 -> float32)
+            notes.append(f"input {n!r} is {dtype} in the .tflite file ({torch_dtype} in torch)")
+        in_specs.append(TensorSpec(n, shape, dtype).to_dict())
     details = {
         "op_count": info["op_count"],
         "op_histogram": info["op_histogram"],

@@ -86,19 +86,19 @@ class TFLiteSession(Session):
         self._static = {n: all(int(s) >= 0 for s in d.get("shape_signature", d["shape"])) for n, d in in_named}
 
     def _named_io(self) -> tuple[list[tuple[str, dict]], list[tuple[str, dict]]]:
-        """(name, tensor details) for inputs and outputs, signature names when the main graph has one."""
-        ins = {d["index"]: d for d in self._it.get_input_details()}
-        outs = {d["index"]: d for d in self._it.get_output_details()}
+        """(name, tensor details) for inputs and outputs in the graph's (call) order, named by the
+        signature when the main graph has one (signature defs list names alphabetically)."""
+        ins, outs = self._it.get_input_details(), self._it.get_output_details()
         for key in self._it.get_signature_list():
             runner = self._it.get_signature_runner(key)
-            sig_in, sig_out = runner.get_input_details(), runner.get_output_details()
-            if {d["index"] for d in sig_in.values()} == set(ins) and \
-                    {d["index"] for d in sig_out.values()} == set(outs):
-                return ([(n, ins[d["index"]]) for n, d in sig_in.items()],
-                        [(n, outs[d["index"]]) for n, d in sig_out.items()])
-        strip = "serving_default_"
-        return ([(d["name"].removeprefix(strip).split(":")[0], d) for d in ins.values()],
-                [(d["name"].removeprefix(strip).split(":")[0], d) for d in outs.values()])
+            in_names = {d["index"]: n for n, d in runner.get_input_details().items()}
+            out_names = {d["index"]: n for n, d in runner.get_output_details().items()}
+            if set(in_names) == {d["index"] for d in ins} and set(out_names) == {d["index"] for d in outs}:
+                return ([(in_names[d["index"]], d) for d in ins], [(out_names[d["index"]], d) for d in outs])
+
+        def plain(d: dict) -> str:
+            return d["name"].removeprefix("serving_default_").split(":")[0]
+        return [(plain(d), d) for d in ins], [(plain(d), d) for d in outs]
 
     def _resize(self, feeds: Mapping[str, np.ndarray]) -> None:
         changed = False

@@ -118,16 +118,12 @@ def inspect_tflite(path: str | Path) -> dict[str, Any]:
 
 
 def _main_io(schema, model, main, codes, dtype_names, np):
-    """Inputs and outputs of subgraph 0 in signature order (signature names), and input layouts."""
-    sig = _signature_io(model, 0)
-    if sig:  # the order and names users call the signature with
-        in_names, out_names = sig
-    else:
-        in_names = {int(i): None for i in main.InputsAsNumpy()} if main.InputsLength() else {}
-        out_names = {int(i): None for i in main.OutputsAsNumpy()} if main.OutputsLength() else {}
-    inputs = [_tensor_info(schema, main, i, dtype_names, n) for i, n in in_names.items()]
-    outputs = [_tensor_info(schema, main, i, dtype_names, n) for i, n in out_names.items()]
-    in_idx = list(in_names)
+    """Inputs and outputs of subgraph 0 in graph (call) order, named by its signature if any, and input layouts."""
+    in_idx = [int(i) for i in main.InputsAsNumpy()] if main.InputsLength() else []
+    out_idx = [int(i) for i in main.OutputsAsNumpy()] if main.OutputsLength() else []
+    in_names, out_names = _signature_io(model, 0) or ({}, {})
+    inputs = [_tensor_info(schema, main, i, dtype_names, in_names.get(i)) for i in in_idx]
+    outputs = [_tensor_info(schema, main, i, dtype_names, out_names.get(i)) for i in out_idx]
     consumers: dict[int, list[tuple[str, list[int] | None]]] = {i: [] for i in in_idx}
     for k in range(main.OperatorsLength()):
         op = main.Operators(k)
