@@ -74,7 +74,8 @@ class TFLiteSession(Session):
         except (ValueError, RuntimeError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise RuntimeLoadError(f"LiteRT cannot load {str(path)!r}: {first}") from None
-        self.path, self.provider, self.threads, self.xnnpack = path, provider, threads, xnnpack
+        # LiteRT runs on 1 thread unless told otherwise; report what it really uses
+        self.path, self.provider, self.threads, self.xnnpack = path, provider, threads or 1, xnnpack
         # a fused LSTM keeps h/c in variable tensors that survive invoke(); zero them per run
         self._reset = reset_variables and inspect_tflite(path)["variable_tensors"] > 0
         in_named, out_named = self._named_io()
