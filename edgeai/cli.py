@@ -46,6 +46,10 @@ def _add_export(sub) -> None:
     p.add_argument("--exporter", choices=("auto", "dynamo", "torchscript"), default=None,
                    help="ONNX export path: auto tries torch.export first, then TorchScript (default auto)")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18)")
+    p.add_argument("--channels-last-io", action="store_true",
+                   help="TFLite: take image inputs as NHWC (a camera frame needs no transpose)")
+    p.add_argument("--fuse-lstm", action="store_true",
+                   help="TFLite: emit nn.LSTM as the fused UNIDIRECTIONAL_SEQUENCE_LSTM op instead of unrolling it")
     p.add_argument("--atol", type=float, default=None, help="verification absolute tolerance (default 1e-4)")
     p.add_argument("--rtol", type=float, default=None,
                    help="verification tolerance relative to max |reference| (default 1e-3)")
@@ -92,6 +96,10 @@ def cmd_export(args) -> int:
         export_opts["exporter"] = args.exporter
     if args.opset:
         export_opts["opset"] = args.opset
+    if args.channels_last_io:
+        export_opts["channels_last_io"] = True
+    if args.fuse_lstm:
+        export_opts["fuse_lstm"] = True
     tol = dict(recipe.tolerance)
     tol.update({k: v for k, v in (("atol", args.atol), ("rtol", args.rtol)) if v is not None})
     data = recipe.data

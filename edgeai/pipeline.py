@@ -16,11 +16,15 @@ from edgeai.fsutil import ensure_writable_dir, publish, sha256_file, staging_dir
 from edgeai.manifest import MANIFEST_NAME, ArtifactEntry, Manifest
 from edgeai.recipe import Recipe, RecipeError, load_recipe
 from edgeai.source import ModelSource, load_model
-from edgeai.verify import FP32_TOLERANCE, Parity, Tolerance, check_onnx_file, session_runner, verify
+from edgeai.verify import (FP32_TOLERANCE, ArtifactHandle, Parity, Tolerance, check_onnx_file, open_artifact,
+                           to_artifact_layout, verify)
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
+
+# exporter details that say how to feed an artifact; quantized variants inherit them from FP32
+LAYOUT_KEYS = ("channels_last_inputs", "channels_last_outputs", "input_layout", "static_shapes")
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,10 @@ def run(recipe: Recipe, out_dir: Path, progress: Progress) -> ExportOutcome:
                         dynamic_batch=recipe.dynamic_batch)
     teacher = source.module
     source, steps = _model_steps(source, recipe, progress)
+    exporter = get_exporter(recipe.format)
+    if (exporter.fixed_shapes(_make_config(exporter.config_cls, recipe.export, f"{recipe.format} export"))
+            and source.example_dims.get("batch", 1) != 1):
+        source = source.with_dims(batch=1)  # a fixed-shape model is deployed at batch 1
     with staging_dir(out_dir) as stage:
         entry = _export_verified(source, recipe, stage, steps, progress)
         entries = [entry] + _artifact_steps(source, recipe, stage, entry, progress)
@@ -132,13 +140,13 @@ def _artifact_steps(source: ModelSource, recipe: Recipe, stage: Path, fp32: Arti
     """File-in, file-out steps (quantization) on the FP32 artifact; each result verified on its own."""
     if not recipe.quantize:
         return []
-    from edgeai.runtime import load as load_session
     from edgeai.steps import StepContext, config_to_dict, get_artifact_step
     from edgeai.verify import FP16_TOLERANCE, QUANTIZED_TOLERANCE
 
     ctx = StepContext(calibration=_load_data(recipe.data.calibration, source, "calibration data"),
                       eval_data=_load_data(recipe.data.eval, source, "evaluation data"),
-                      input_specs=source.input_specs)
+                      input_specs=source.input_specs,
+                      extra={"channels_last_inputs": list(fp32.details.get("channels_last_inputs", []))})
     metric = _metric_fn(source, ctx.eval_data) if recipe.max_drop is not None else None
     entries = []
     for item in recipe.quantize:
@@ -155,17 +163,17 @@ def _artifact_steps(source: ModelSource, recipe: Recipe, stage: Path, fp32: Arti
         else:
             progress(f"quantizing: {name}")
             report = step.fn(src, dst, config, ctx)
-        session = load_session(dst)
+        layout = {k: fp32.details[k] for k in LAYOUT_KEYS if k in fp32.details}
+        handle = open_artifact(dst, recipe.format, layout)
         tolerance = FP16_TOLERANCE if step.precision == "fp16" else QUANTIZED_TOLERANCE
         progress(f"verifying {dst.name} against {'PyTorch' if source.module is not None else 'ONNX'}")
-        parity = verify(source, session_runner(session), session.inputs, [o.name for o in session.outputs],
-                        tolerance)
+        parity = verify(source, handle, tolerance, allow_frozen=bool(layout.get("static_shapes")))
         if not parity.passed:
             raise VerificationError(f"{name} artifact is broken: {parity.failure()}")
         result = ExportResult(exporter=fp32.exporter, files=[dst.name, *report.details.get("extra_files", [])],
-                              details=report.details)
+                              details={**layout, **report.details})
         steps = fp32.steps + [{"type": report.step, "config": report.config or config_to_dict(config)}]
-        entries.append(_entry(name, dst, recipe.format, step.precision or name, result, session, parity,
+        entries.append(_entry(name, dst, recipe.format, step.precision or name, result, handle, parity,
                               steps, list(report.notes)))
     return entries
 
@@ -194,7 +202,7 @@ def _evaluate_all(source: ModelSource, recipe: Recipe, stage: Path, entries: lis
         reference = _reference_outputs(source, feeds)
     for e in entries:
         progress(f"evaluating {e.name}")
-        result = evaluate(stage / e.file, feeds, labels=labels, reference=reference)
+        result = evaluate(stage / e.file, to_artifact_layout(feeds, e.details), labels=labels, reference=reference)
         e.metrics[result.metric] = result.value
         e.metrics["eval_samples"] = result.n
 
@@ -227,14 +235,8 @@ def _bench_all(source: ModelSource, recipe: Recipe, stage: Path, entries: list[A
 def _export_verified(source: ModelSource, recipe: Recipe, stage: Path, steps: list[dict],
                      progress: Progress) -> ArtifactEntry:
     """Export with each attempt the exporter offers until one verifies; the FP32 entry."""
-    from edgeai.runtime import load as load_session
-
     exporter = get_exporter(recipe.format)
-    try:
-        config = exporter.config_cls(**recipe.export)
-    except TypeError:
-        known = ", ".join(f.name for f in fields(exporter.config_cls))
-        raise RecipeError(f"bad {recipe.format} export options {dict(recipe.export)}; known: {known}") from None
+    config = _make_config(exporter.config_cls, recipe.export, f"{recipe.format} export")
     tolerance = _tolerance(recipe)
     failures = []
     if source.kind == "onnx":
@@ -252,9 +254,8 @@ def _export_verified(source: ModelSource, recipe: Recipe, stage: Path, steps: li
             if recipe.format == "onnx":
                 check_onnx_file(model_path)
             progress(f"verifying {model_path.name} against {'PyTorch' if source.module is not None else 'ONNX'}")
-            session = load_session(model_path)
-            parity = verify(source, session_runner(session), session.inputs, [o.name for o in session.outputs],
-                            tolerance)
+            handle = open_artifact(model_path, recipe.format, result.details)
+            parity = verify(source, handle, tolerance, allow_frozen=bool(result.details.get("static_shapes")))
             if not parity.passed:
                 raise VerificationError(f"exported model differs from the reference: {parity.failure()}")
         except (ExportError, VerificationError, EdgeAIError) as e:
@@ -266,20 +267,20 @@ def _export_verified(source: ModelSource, recipe: Recipe, stage: Path, steps: li
         notes = list(result.notes)
         if failures:
             notes.append("fell back after: " + " | ".join(failures))
-        return _entry("fp32", model_path, recipe.format, "fp32", result, session, parity, steps + [step], notes)
+        return _entry("fp32", model_path, recipe.format, "fp32", result, handle, parity, steps + [step], notes)
     if len(failures) == 1:
         raise ExportError(failures[0])
     raise ExportError("every export path failed: " + " | ".join(failures))
 
 
-def _entry(name: str, model_path: Path, fmt: str, precision: str, result: ExportResult, session,
+def _entry(name: str, model_path: Path, fmt: str, precision: str, result: ExportResult, handle: ArtifactHandle,
            parity: Parity, steps: list[dict], notes: list[str]) -> ArtifactEntry:
     files = [model_path.name] + [f for f in result.files if f != model_path.name]
     size = sum((model_path.parent / f).stat().st_size for f in files)
     return ArtifactEntry(
         name=name, file=files[0], format=fmt, precision=precision, sha256=sha256_file(model_path),
-        size_bytes=size, inputs=[s.to_dict() for s in session.inputs],
-        outputs=[s.to_dict() for s in session.outputs], exporter=result.exporter,
+        size_bytes=size, inputs=[s.to_dict() for s in handle.inputs],
+        outputs=[s.to_dict() for s in handle.outputs], exporter=result.exporter,
         extra_files=files[1:], parity=parity.to_dict(), steps=steps, notes=notes, details=result.details)
 
 

@@ -52,13 +52,19 @@ def print_export_summary(manifest: Manifest, out_dir: Path) -> None:
                          ("max abs err", "right"), ("cosine", "right")):
         table.add_column(col, justify=justify, no_wrap=True)
     for r in rows:
-        metric = f"{r['metric']} {r['metric_value']:.2f}" if "metric" in r else "-"
+        spec = ".2f" if r.get("metric") == "top1" else ".5f"
+        metric = f"{r['metric']} {r['metric_value']:{spec}}" if "metric" in r else "-"
         table.add_row(r["variant"], r["format"], f"{r['size_mb']:.3f}", f"{r['size_ratio']:.2f}",
                       _fmt(r.get("p50_ms"), ".3f"), _fmt(r.get("speedup"), ".2f"), metric,
-                      _fmt(r.get("drop"), "+.2f"), _fmt(r["max_abs_err"], ".2e"), _fmt(r["cosine"], ".6f"))
+                      _fmt(r.get("drop"), "+" + spec), _fmt(r["max_abs_err"], ".2e"), _fmt(r["cosine"], ".6f"))
     console = Console()
     print_wide(table, console)
     for a in manifest.artifacts:
+        d = a.details
+        if "op_count" in d:
+            layout = f", input layout {d['input_layout']}" if d.get("input_layout") else ""
+            console.print(f"graph {a.name}: {d['op_count']} ops, {d.get('transpose_count', 0)} TRANSPOSE{layout}",
+                          markup=False, highlight=False)
         for note in a.notes:
             console.print(f"note {a.name}: {note}", style="yellow", markup=False, highlight=False)
     if any("p50_ms" in r for r in rows):

@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from edgeai.errors import InputSpecError, ModelLoadError
-from edgeai.specs import TensorSpec, dim_sizes, load_npz, parse_input_spec, random_feeds
+from edgeai.specs import TensorSpec, dim_sizes, load_npz, parse_input_spec, random_feeds, resize_along
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,17 @@ class ModelSource:
     def example_dims(self) -> dict[str, int]:
         """Size of each named (dynamic) dim in the example inputs, e.g. {"batch": 2, "seq": 100}."""
         return dim_sizes(self.input_specs, self.example_inputs)
+
+    def with_dims(self, **sizes: int) -> "ModelSource":
+        """The same source with its example inputs resized along the named dims (e.g. batch=1)."""
+        feeds = {}
+        for spec in self.input_specs:
+            arr = self.example_inputs[spec.name]
+            for axis, d in enumerate(spec.shape):
+                if isinstance(d, str) and d in sizes:
+                    arr = resize_along(arr, axis, sizes[d])
+            feeds[spec.name] = arr
+        return replace(self, example_inputs=feeds)
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "origin": self.origin,

@@ -96,6 +96,13 @@ def dim_sizes(specs: Sequence[TensorSpec], feeds: Mapping[str, np.ndarray]) -> d
     return sizes
 
 
+def resize_along(arr: np.ndarray, axis: int, new: int) -> np.ndarray:
+    """`arr` with `new` entries along `axis`: cut, or tiled from its own values (ids stay valid)."""
+    reps = -(-new // arr.shape[axis])
+    tiled = np.concatenate([arr] * reps, axis=axis) if reps > 1 else arr
+    return np.take(tiled, np.arange(new), axis=axis)
+
+
 def random_feeds(specs: Sequence[TensorSpec], sizes: Mapping[str, int] | None = None,
                  seed: int = 0) -> dict[str, np.ndarray]:
     """Random inputs matching `specs`: floats ~ N(0, 1); integers in {0, 1} (masks all ones)."""

@@ -10,7 +10,7 @@ import numpy as np
 
 from edgeai.errors import EdgeAIError, VerificationError
 from edgeai.source import ModelSource
-from edgeai.specs import SECOND_SHAPE_DELTA, TensorSpec, dim_sizes
+from edgeai.specs import SECOND_SHAPE_DELTA, TensorSpec, dim_sizes, resize_along
 
 log = logging.getLogger(__name__)
 
@@ -46,16 +46,10 @@ def feed_sets(source: ModelSource, frozen: set[str] = frozenset()) -> list[tuple
             arr = examples[spec.name]
             for axis, d in enumerate(spec.shape):
                 if d == dim:
-                    arr = _resize_along(arr, axis, new)
+                    arr = resize_along(arr, axis, new)
             feeds[spec.name] = arr
         sets.append(({**sizes, dim: new}, feeds))
     return sets
-
-
-def _resize_along(arr: np.ndarray, axis: int, new: int) -> np.ndarray:
-    reps = -(-new // arr.shape[axis])
-    tiled = np.concatenate([arr] * reps, axis=axis)
-    return np.take(tiled, np.arange(new), axis=axis)
 
 
 def torch_runner(module) -> Runner:
@@ -78,6 +72,51 @@ def session_runner(session) -> Runner:
         out = session.run(feeds)
         return [out[n] for n in names]
     return run
+
+
+@dataclass(frozen=True)
+class ArtifactHandle:
+    """A model file ready to be run on feeds in the PyTorch layout (NCHW), in or out of process."""
+
+    path: Path
+    format: str
+    inputs: list[TensorSpec]     # as the artifact declares them (its own layout, e.g. NHWC)
+    outputs: list[TensorSpec]
+    run_many: Callable[[list[Mapping[str, np.ndarray]]], list[list[np.ndarray]]]
+    isolated: bool = False       # runs in a child process: batch feed sets into one call
+
+
+def to_artifact_layout(feeds: Mapping[str, np.ndarray], layout: Mapping | None) -> dict[str, np.ndarray]:
+    """NCHW -> NHWC for the inputs an exporter made channels-last (layout["channels_last_inputs"])."""
+    nhwc = set((layout or {}).get("channels_last_inputs", ()))
+    return {k: (np.ascontiguousarray(v.transpose(0, 2, 3, 1)) if k in nhwc else v) for k, v in feeds.items()}
+
+
+def open_artifact(path: Path, fmt: str, layout: Mapping | None = None) -> ArtifactHandle:
+    """Open `path` in its runtime; crash-prone runtimes (LiteRT) run in a child process."""
+    from edgeai.runtime import get_runtime
+
+    cls = get_runtime(fmt)
+    nhwc_out = set((layout or {}).get("channels_last_outputs", ()))
+
+    def outputs_of(result: Mapping[str, np.ndarray], specs: list[TensorSpec]) -> list[np.ndarray]:
+        # NHWC -> NCHW for outputs the exporter made channels-last, to compare with PyTorch
+        return [result[s.name].transpose(0, 3, 1, 2) if s.name in nhwc_out else result[s.name] for s in specs]
+
+    if cls.crash_prone:
+        from edgeai.runtime.subproc import run_isolated_many
+        inputs, outputs = cls.read_specs(path)
+
+        def run_many(sets):
+            results = run_isolated_many(path, [to_artifact_layout(f, layout) for f in sets], fmt=fmt)
+            return [outputs_of(r, outputs) for r in results]
+    else:
+        session = cls(path)
+        inputs, outputs = session.inputs, session.outputs
+
+        def run_many(sets):
+            return [outputs_of(session.run(to_artifact_layout(f, layout)), outputs) for f in sets]
+    return ArtifactHandle(Path(path), fmt, inputs, outputs, run_many, cls.crash_prone)
 
 
 def reference_runner(source: ModelSource) -> tuple[Runner, str]:
@@ -158,35 +197,40 @@ class Parity:
         return "passed"
 
 
-def verify(source: ModelSource, artifact_run: Runner, artifact_inputs: list[TensorSpec],
-           output_names: list[str], tolerance: Tolerance = FP32_TOLERANCE,
+def verify(source: ModelSource, artifact: ArtifactHandle, tolerance: Tolerance = FP32_TOLERANCE,
            allow_frozen: bool = False, reference: tuple[Runner, str] | None = None) -> Parity:
-    """Compare `artifact_run` with the reference on the example shape and every other dynamic size.
+    """Compare the artifact with the reference on the example shape and every other dynamic size.
 
     A dynamic dim the artifact fixed fails verification (the exporter froze it) unless
     `allow_frozen` (formats with static shapes, e.g. TFLite), where it is recorded.
     """
     ref_run, ref_name = reference or reference_runner(source)
-    art_dims = {d for s in artifact_inputs for d in s.shape if isinstance(d, str)}
+    art_dims = {d for s in artifact.inputs for d in s.shape if isinstance(d, str)}
     frozen = sorted({d for s in source.input_specs for d in s.dynamic_dims} - art_dims)
     if frozen and not allow_frozen:
-        fixed = {d: s for sp in artifact_inputs for d, s in zip(
-            next(x.shape for x in source.input_specs if x.name == sp.name), sp.shape) if d in frozen}
+        fixed = {d: s for sp in artifact.inputs for d, s in zip(
+            next((x.shape for x in source.input_specs if x.name == sp.name), ()), sp.shape) if d in frozen}
         raise VerificationError(f"the exporter froze dynamic dim(s) {fixed} (name -> fixed size): the artifact "
                                 "would reject any other size")
-    checks = []
-    for dims, feeds in feed_sets(source, set(frozen) if allow_frozen else set()):
-        try:
-            got = artifact_run(feeds)
-        except EdgeAIError as e:
-            raise VerificationError(f"the artifact failed to run at {_dims_text(dims)}: {e}") from None
-        except Exception as e:  # runtime errors: a frozen dim usually shows up here
-            text = " ".join(str(e).split())[:300]
-            raise VerificationError(f"the artifact failed to run at {_dims_text(dims)} "
-                                    f"({type(e).__name__}: {text})") from None
-        checks.append({"dims": dims, "outputs": compare(ref_run(feeds), got, output_names)})
+    sets = feed_sets(source, set(frozen) if allow_frozen else set())
+    groups = [sets] if artifact.isolated else [[s] for s in sets]  # one child process for all sets
+    results = [out for group in groups for out in _run_group(artifact, group)]
+    names = [o.name for o in artifact.outputs]
+    checks = [{"dims": dims, "outputs": compare(ref_run(feeds), got, names)}
+              for (dims, feeds), got in zip(sets, results)]
     ok = all(passes(c["outputs"], tolerance) for c in checks)
     return Parity(ok, ref_name, tolerance, checks, frozen)
+
+
+def _run_group(artifact: ArtifactHandle, group: list) -> list[list[np.ndarray]]:
+    where = _dims_text(group[0][0]) if len(group) == 1 else "the example shape and the other sizes"
+    try:
+        return artifact.run_many([feeds for _, feeds in group])
+    except EdgeAIError as e:
+        raise VerificationError(f"the artifact failed to run at {where}: {e}") from None
+    except Exception as e:  # runtime errors: a frozen dim usually shows up here
+        text = " ".join(str(e).split())[:300]
+        raise VerificationError(f"the artifact failed to run at {where} ({type(e).__name__}: {text})") from None
 
 
 def _dims_text(dims: Mapping[str, int]) -> str:

@@ -45,6 +45,8 @@ class Exporter:
     # configs to try in order (export + verify each) until one passes; e.g. ONNX tries
     # torch.export first and TorchScript after it
     attempts: Callable[[Any], list[Any]] = _single_attempt
+    # True when this config writes a model with fixed shapes: the pipeline then exports at batch 1
+    fixed_shapes: Callable[[Any], bool] = lambda config: False
 
 
 EXPORTERS: Registry[Exporter] = Registry("exporter")

@@ -266,4 +266,5 @@ def _dynamic_shapes(names, specs, sample, nhwc_in) -> dict:
     return out
 
 
-EXPORTERS.add("tflite", Exporter(format="tflite", suffix=".tflite", config_cls=TFLiteExportConfig, fn=export_tflite))
+EXPORTERS.add("tflite", Exporter(format="tflite", suffix=".tflite", config_cls=TFLiteExportConfig, fn=export_tflite,
+                                  fixed_shapes=lambda config: not config.dynamic_dims))

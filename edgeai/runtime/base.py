@@ -14,6 +14,8 @@ class Session(abc.ABC):
     """A loaded model: named inputs and outputs, and `run(feeds) -> {name: array}`."""
 
     format: str = ""
+    # True where a bad model can kill the whole process (LiteRT aborts): run it in a child process
+    crash_prone: bool = False
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     provider: str = "cpu"
@@ -34,6 +36,12 @@ class Session(abc.ABC):
 
     def describe(self) -> dict:
         return {"format": self.format, "provider": self.provider, "threads": self.threads}
+
+    @classmethod
+    def read_specs(cls, path) -> tuple[list[TensorSpec], list[TensorSpec]]:
+        """(inputs, outputs) of the model file; crash-prone runtimes read them without running it."""
+        session = cls(path)
+        return session.inputs, session.outputs
 
 
 # format -> Session class; each runtime file registers its class with @RUNTIMES.register("fmt")

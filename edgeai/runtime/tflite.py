@@ -53,6 +53,13 @@ class TFLiteSession(Session):
     """
 
     format = "tflite"
+    crash_prone = True
+
+    @classmethod
+    def read_specs(cls, path) -> tuple[list[TensorSpec], list[TensorSpec]]:
+        """Inputs and outputs from the flatbuffer alone: no interpreter, so no crash."""
+        info = inspect_tflite(path)
+        return ([_spec(d["name"], d) for d in info["inputs"]], [_spec(d["name"], d) for d in info["outputs"]])
 
     def __init__(self, path: str | Path, provider: str = "cpu", threads: int | None = None,
                  xnnpack: bool = True, reset_variables: bool = True):
