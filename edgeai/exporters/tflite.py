@@ -143,7 +143,7 @@ def export_tflite(module: "torch.nn.Module", example_inputs: "dict[str, torch.Te
         ref_out = module(*example_inputs.values())
     out_names, out_leaves = _output_names(ref_out)
     nhwc_out = {i for i, t in enumerate(out_leaves) if config.channels_last_io and t.ndim == 4}
-    wrapper = _io_wrapper(module, names, out_names, nhwc_in, nhwc_out)
+    wrapper = _io_wrapper(module, names, out_names, nhwc_in, nhwc_out).eval()
     # the example inputs in the layout the .tflite takes: NCHW -> NHWC where exported channels-last
     sample = {n: (t.permute(0, 2, 3, 1).contiguous() if n in nhwc_in else t) for n, t in example_inputs.items()}
     dynamic_shapes = _dynamic_shapes(names, specs, sample, nhwc_in) if config.dynamic_dims else None
