@@ -51,8 +51,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     with C.workdir() as tmp:
         folder = Path(tmp)
-        models = (C.reference_models() if not args.only or any(o.startswith("digits") for o in args.only) else [])
-        models += C.edge_models(folder)
+        models = C.reference_models() + C.edge_models(folder)
         if args.only:
             models = [m for m in models if m[0] in args.only]
         rows = run(models, args.min_seconds, args.threads, folder)
