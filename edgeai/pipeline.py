@@ -70,6 +70,7 @@ def run(recipe: Recipe, out_dir: Path, progress: Progress) -> ExportOutcome:
     source = load_model(recipe.model, inputs=recipe.inputs, example_inputs=recipe.example_inputs,
                         arch=recipe.arch, trust_pickle=recipe.trust_pickle,
                         dynamic_batch=recipe.dynamic_batch)
+    source = _realistic_examples(source, recipe)
     teacher = source.module
     source, steps = _model_steps(source, recipe, progress)
     exporter = get_exporter(recipe.format)
@@ -94,6 +95,22 @@ def run(recipe: Recipe, out_dir: Path, progress: Progress) -> ExportOutcome:
             (out_dir / stale).unlink(missing_ok=True)
     progress(f"wrote {out_dir / MANIFEST_NAME}")
     return ExportOutcome(out_dir, manifest)
+
+
+def _realistic_examples(source: ModelSource, recipe: Recipe) -> ModelSource:
+    """Verify on real samples when the user gave data but no example inputs.
+
+    Random N(0, 1) inputs can lie far outside what a quantized model was calibrated for, and
+    then its parity error says nothing about the artifact; the user's data does not.
+    """
+    spec = recipe.data.calibration or recipe.data.eval
+    if recipe.example_inputs or not spec:
+        return source
+    from edgeai.data import split_labels, take
+    feeds, _ = split_labels(_load_data(spec, source, "calibration data" if recipe.data.calibration else
+                                       "evaluation data"))
+    batch = source.example_dims.get("batch", 2)
+    return replace(source, example_inputs=take(feeds, batch))
 
 
 def _load_data(source_spec: str | None, source: ModelSource, what: str, min_samples: int = 1) -> dict | None:
