@@ -182,15 +182,18 @@ def build_parser() -> argparse.ArgumentParser:
         prog="edgeai", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
         description="Make a trained PyTorch model small and fast, export it, verify it, run and benchmark it.")
     parser.add_argument("--version", action="version", version=f"edgeai {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
-    parser.add_argument("-q", "--quiet", action="store_true", help="only print results and errors")
+    _add_common(parser, False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    _add_export(sub)
-    _add_run(sub)
-    _add_info(sub)
-    for add in _extra_commands():
+    for add in (_add_export, _add_run, _add_info, *_extra_commands()):
         add(sub)
+    for command in sub.choices.values():  # --debug / -q work after the command name too
+        _add_common(command, argparse.SUPPRESS)
     return parser
+
+
+def _add_common(parser: argparse.ArgumentParser, default) -> None:
+    parser.add_argument("--debug", action="store_true", default=default, help="show tracebacks and debug logs")
+    parser.add_argument("-q", "--quiet", action="store_true", default=default, help="only print results and errors")
 
 
 def _extra_commands():
