@@ -86,13 +86,34 @@ def concrete_shape(spec: TensorSpec, sizes: Mapping[str, int] | None = None) -> 
     return tuple(d if isinstance(d, int) else int(sizes.get(d, DEFAULT_DIM_SIZE)) for d in spec.shape)
 
 
+def dim_sizes(specs: Sequence[TensorSpec], feeds: Mapping[str, np.ndarray]) -> dict[str, int]:
+    """The size each named dim has in `feeds` (first input that has it)."""
+    sizes: dict[str, int] = {}
+    for spec in specs:
+        for axis, d in enumerate(spec.shape):
+            if isinstance(d, str):
+                sizes.setdefault(d, int(np.shape(feeds[spec.name])[axis]))
+    return sizes
+
+
+def resize_along(arr: np.ndarray, axis: int, new: int) -> np.ndarray:
+    """`arr` with `new` entries along `axis`: cut, or tiled from its own values (ids stay valid)."""
+    reps = -(-new // arr.shape[axis])
+    tiled = np.concatenate([arr] * reps, axis=axis) if reps > 1 else arr
+    return np.take(tiled, np.arange(new), axis=axis)
+
+
 def random_feeds(specs: Sequence[TensorSpec], sizes: Mapping[str, int] | None = None,
                  seed: int = 0) -> dict[str, np.ndarray]:
     """Random inputs matching `specs`: floats ~ N(0, 1); integers in {0, 1} (masks all ones)."""
     rng = np.random.default_rng(seed)
+    shared: dict[str, int] = {}  # a dim name means one size across all inputs
+    for spec in specs:
+        shared.update(spec.example_sizes)
+    shared.update(sizes or {})
     feeds = {}
     for spec in specs:
-        shape = concrete_shape(spec, sizes)
+        shape = concrete_shape(spec, shared)
         if spec.dtype.startswith("float"):
             feeds[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
         elif spec.dtype == "bool":

@@ -10,7 +10,6 @@ from pathlib import Path
 
 from edgeai.errors import RuntimeLoadError
 from edgeai.manifest import MANIFEST_NAME, Manifest
-from edgeai.registry import Registry
 from edgeai.runtime.base import RUNTIMES, Session
 
 

@@ -14,16 +14,21 @@ class Session(abc.ABC):
     """A loaded model: named inputs and outputs, and `run(feeds) -> {name: array}`."""
 
     format: str = ""
+    # True where a bad model can kill the whole process (LiteRT aborts): run it in a child process
+    crash_prone: bool = False
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     provider: str = "cpu"
     threads: int | None = None
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Check names and shapes against the model's specs, cast dtypes, and run."""
+    def prepare(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Check names and shapes against the model's specs and cast dtypes (once, outside timed loops)."""
         check_feeds(self.inputs, feeds)
-        cast = {s.name: np.ascontiguousarray(feeds[s.name], dtype=s.dtype) for s in self.inputs}
-        return self.run_unchecked(cast)
+        return {s.name: np.ascontiguousarray(feeds[s.name], dtype=s.dtype) for s in self.inputs}
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Check and cast the feeds, then run."""
+        return self.run_unchecked(self.prepare(feeds))
 
     @abc.abstractmethod
     def run_unchecked(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -31,6 +36,12 @@ class Session(abc.ABC):
 
     def describe(self) -> dict:
         return {"format": self.format, "provider": self.provider, "threads": self.threads}
+
+    @classmethod
+    def read_specs(cls, path) -> tuple[list[TensorSpec], list[TensorSpec]]:
+        """(inputs, outputs) of the model file; crash-prone runtimes read them without running it."""
+        session = cls(path)
+        return session.inputs, session.outputs
 
 
 # format -> Session class; each runtime file registers its class with @RUNTIMES.register("fmt")

@@ -30,7 +30,7 @@ class StepReport:
 class StepContext:
     """Data steps may need; every field is optional and a step that needs a missing one raises DataError."""
 
-    calibration: dict | None = None   # {input name: np.ndarray (N, ...)} samples stacked on axis 0
+    calibration: Any = None           # {input name: np.ndarray (N, ...)}, or anything edgeai.data.load_feeds takes
     eval_data: dict | None = None     # {input name: array, optionally "labels": array}
     train_data: dict | None = None
     teacher: Any = None               # torch.nn.Module for distillation
@@ -63,7 +63,8 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 
 def _import_step_modules() -> None:
     for info in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{info.name}")
+        if not info.name.startswith("_"):  # private helpers register nothing
+            importlib.import_module(f"{__name__}.{info.name}")
 
 
 def get_model_step(name: str) -> ModelStep:

@@ -32,12 +32,21 @@ class ExportResult:
 ExportFn = Callable[["torch.nn.Module", "dict[str, torch.Tensor]", "list[TensorSpec]", Path, Any], ExportResult]
 
 
+def _single_attempt(config: Any) -> list[Any]:
+    return [config]
+
+
 @dataclass(frozen=True)
 class Exporter:
     format: str
     suffix: str           # ".onnx"
     config_cls: type      # frozen dataclass of options
     fn: ExportFn
+    # configs to try in order (export + verify each) until one passes; e.g. ONNX tries
+    # torch.export first and TorchScript after it
+    attempts: Callable[[Any], list[Any]] = _single_attempt
+    # True when this config writes a model with fixed shapes: the pipeline then exports at batch 1
+    fixed_shapes: Callable[[Any], bool] = lambda config: False
 
 
 EXPORTERS: Registry[Exporter] = Registry("exporter")

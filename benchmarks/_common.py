@@ -1,0 +1,81 @@
+"""Shared by the benchmark scripts: model lists, random data, Markdown/JSON output with the machine named."""
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(ROOT))
+
+
+def environment() -> dict:
+    from edgeai.hw import cpu_info, os_info
+    from edgeai.pipeline import versions
+    return {"cpu": cpu_info(), "os": os_info(), "versions": versions()}
+
+
+def machine_line(env: dict) -> str:
+    cpu = env["cpu"]
+    return (f"{cpu['model']} ({cpu['machine']}, {cpu['logical_cores']} cores; flags: {' '.join(cpu['flags'])}); "
+            + ", ".join(f"{k} {v}" for k, v in env["versions"].items()))
+
+
+def random_data(specs: list[str], n: int, seed: int, folder: Path, name: str) -> str:
+    """Write n random N(0,1) samples for float inputs to an .npz; return its path."""
+    from edgeai.specs import parse_input_spec, random_feeds
+    parsed = [parse_input_spec(s) for s in specs]
+    feeds = random_feeds(parsed, {"batch": n}, seed=seed)
+    path = folder / f"{name}.npz"
+    np.savez(path, **feeds)
+    return str(path)
+
+
+def reference_models() -> list[tuple[str, str, list[str], str, str, str]]:
+    """(name, factory, inputs, kind, eval data, calibration data) of the zoo models."""
+    from edgeai.zoo import REFERENCE_MODELS
+    return [(f"digits-{m.name}", m.factory, list(m.inputs), m.kind, m.test_data, m.calib_data)
+            for m in REFERENCE_MODELS.values()]
+
+
+def edge_models(folder: Path, n_eval: int = 32, n_calib: int = 32):
+    """(name, factory, inputs, kind, eval data, calibration data) of the random-weight edge models."""
+    from edge_models import EDGE_MODELS
+    out = []
+    for name, (factory, inputs, kind) in EDGE_MODELS.items():
+        out.append((name, str(ROOT / factory), inputs, kind,
+                    random_data(inputs, n_eval, 1, folder, f"{name}-eval"),
+                    random_data(inputs, n_calib, 2, folder, f"{name}-calib")))
+    return out
+
+
+def markdown_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
+    """columns: (key, header, format spec)."""
+    lines = ["| " + " | ".join(h for _, h, _ in columns) + " |",
+             "|" + "|".join("---" for _ in columns) + "|"]
+    for r in rows:
+        cells = []
+        for key, _, spec in columns:
+            v = r.get(key)
+            cells.append("-" if v is None else format(v, spec) if spec else str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_results(name: str, rows: list[dict], table: str, env: dict, extra: dict | None = None) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    payload = {"schema": f"edgeai.benchmarks.{name}/1", "created": created, "env": env, "rows": rows,
+               **(extra or {})}
+    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (RESULTS / f"{name}.md").write_text(f"Machine: {machine_line(env)}\n\nCreated {created}.\n\n{table}\n")
+    print(f"\nMachine: {machine_line(env)}\n\n{table}\n\nwrote {RESULTS / (name + '.json')} and .md")
+
+
+def workdir():
+    return tempfile.TemporaryDirectory(prefix="edgeai-bench-")

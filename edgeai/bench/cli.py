@@ -1,0 +1,128 @@
+"""The `edgeai bench` subcommand: `add_parser(subparsers)` registers it, `run(args)` runs it."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from edgeai.bench.results import PROVIDERS, RUNTIMES
+from edgeai.bench.stats import DEFAULT_MAX_SECONDS, DEFAULT_MIN_RUNS, DEFAULT_MIN_SECONDS
+from edgeai.errors import InputSpecError, OutputError
+from edgeai.fsutil import ensure_writable_dir
+
+DESCRIPTION = f"""\
+Time models the way TFLite's benchmark_model and MLPerf do. For each target: load time, the
+first (cold) inference, then after --warmup runs the p50/p90/p99, mean, std, min and max
+latency of the timed runs, peak RSS of the process and model size. Each target runs in its
+own fresh Python process (so one cannot warm caches for the next); a target whose runtime
+crashes is reported as failed with its signal, and the others are still measured.
+Timed runs: --runs N exactly, or --min-seconds S at least; by default at least
+{DEFAULT_MIN_RUNS} runs and at least {DEFAULT_MIN_SECONDS:g} s, stopping at {DEFAULT_MAX_SECONDS:g} s.
+Exit status: 0 when every target was measured, 1 when any failed."""
+
+EPILOG = """\
+examples:
+  edgeai bench model.onnx model-int8.onnx
+  edgeai bench out/                      every artifact in out/manifest.json, in order
+  edgeai bench out/@int8-static --threads 4 --runs 200 --json bench.json
+  edgeai bench --runtime torch edgeai.zoo:digits_cnn --input image:batch,1,32,32
+JSON schema (edgeai.bench/1): edgeai/bench/SCHEMA.md"""
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return int(text)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return value
+
+
+def parse_dims(texts: list[str]) -> dict[str, int]:
+    """`["seq=128", "height=224"]` -> {"seq": 128, "height": 224}."""
+    dims = {}
+    for text in texts:
+        name, _, size = text.partition("=")
+        if not name or not size.isdigit() or int(size) < 1:
+            raise InputSpecError(f"bad --dim {text!r}: expected NAME=SIZE with a positive size, e.g. seq=128")
+        dims[name] = int(size)
+    return dims
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "bench", help="time models: load, first inference, p50/p90/p99 latency, memory",
+        description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("targets", nargs="+", metavar="ARTIFACT_OR_MODEL",
+                   help="a .onnx/.tflite file, an edgeai export folder (every artifact of its manifest) "
+                        "or FOLDER@ARTIFACT; with --runtime torch a model spec (e.g. edgeai.zoo:digits_cnn)")
+    p.add_argument("--runtime", choices=RUNTIMES, default="auto",
+                   help="auto: each artifact in its format's runtime (onnx: onnxruntime); torch: run "
+                        "model specs in PyTorch (default: auto)")
+    p.add_argument("--threads", type=_positive_int, default=1, metavar="N",
+                   help="intra-op threads (onnxruntime intra_op_num_threads, torch.set_num_threads); "
+                        "default: 1")
+    p.add_argument("--warmup", type=_count, default=10, metavar="W",
+                   help="untimed runs after the first inference (default: 10)")
+    stop = p.add_mutually_exclusive_group()
+    stop.add_argument("--runs", type=_positive_int, metavar="N", help="time exactly N runs")
+    stop.add_argument("--min-seconds", type=_seconds, metavar="S",
+                      help="time runs until S seconds have passed (no cap)")
+    p.add_argument("--batch", type=_positive_int, default=1, metavar="B",
+                   help="size of the dynamic dim named 'batch' (else the first dynamic dim); default: 1")
+    p.add_argument("--dim", action="append", default=[], metavar="NAME=SIZE",
+                   help="size of another dynamic dim, e.g. --dim seq=128 (repeatable); unset dims "
+                        "take their example size")
+    p.add_argument("--provider", choices=PROVIDERS, default="cpu",
+                   help="execution device (cuda needs onnxruntime-gpu or a CUDA torch); default: cpu")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON (schema edgeai.bench/1)")
+    p.add_argument("--no-isolate", action="store_true",
+                   help="measure every target in this process (faster to run; caches and peak RSS "
+                        "are shared between targets)")
+    torch_opts = p.add_argument_group("model specs (--runtime torch), passed to edgeai.source.load_model")
+    torch_opts.add_argument("--input", action="append", default=[], metavar="NAME:DIM,...[:DTYPE]",
+                            help="an input of the model, e.g. image:batch,1,32,32 (repeatable, call order)")
+    torch_opts.add_argument("--example-inputs", metavar="NPZ", help="example inputs file (.npz)")
+    torch_opts.add_argument("--arch", metavar="MODULE:FACTORY", help="builds the module a state_dict is loaded into")
+    torch_opts.add_argument("--trust-pickle", action="store_true",
+                            help="allow loading a pickled full model (runs code from the file)")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from edgeai.bench.report import print_report
+    from edgeai.bench.runner import bench
+
+    dims = parse_dims(args.dim)
+    load_options = {k: v for k, v in (("example_inputs", args.example_inputs), ("arch", args.arch),
+                                      ("trust_pickle", args.trust_pickle)) if v}
+    if (args.input or load_options) and args.runtime != "torch":
+        raise InputSpecError("--input, --example-inputs, --arch and --trust-pickle describe PyTorch model "
+                             "specs; add --runtime torch (exported artifacts carry their own input specs)")
+    if args.json:
+        json_path = Path(args.json)
+        if json_path.is_dir():
+            raise OutputError(f"--json {args.json!r} is a folder; name a file, e.g. {json_path / 'bench.json'}")
+        ensure_writable_dir(json_path.parent)  # fail before spending minutes benchmarking
+    report = bench(args.targets, runtime=args.runtime, threads=args.threads, warmup=args.warmup,
+                   runs=args.runs, min_seconds=args.min_seconds, batch=args.batch,
+                   dims=dims, provider=args.provider, isolate=not args.no_isolate,
+                   inputs=args.input, load_options=load_options)
+    print_report(report)
+    if args.json:
+        report.write_json(args.json)
+        print(f"wrote {args.json}")
+    return 1 if report.failed else 0

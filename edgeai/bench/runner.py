@@ -1,0 +1,90 @@
+"""`bench(targets, ...)`: measure each target, by default each in a fresh worker process, into a BenchReport."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import edgeai
+from edgeai.bench.env import environment
+from edgeai.bench.results import BenchConfig, BenchReport, BenchResult
+from edgeai.bench.targets import Target, expand_targets
+from edgeai.bench.worker import failed_result, measure_or_fail
+
+log = logging.getLogger(__name__)
+
+WORKER_CMD = (sys.executable, "-m", "edgeai.bench.worker")
+STDERR_TAIL_LINES = 20
+
+
+def bench(targets: Sequence[str | Path], *, runtime: str = "auto", threads: int = 1, warmup: int = 10,
+          runs: int | None = None, min_seconds: float | None = None, batch: int = 1,
+          dims: Mapping[str, int] | None = None, provider: str = "cpu", isolate: bool = True,
+          inputs: Sequence[str] | None = None, load_options: Mapping[str, Any] | None = None) -> BenchReport:
+    """Time every target (see edgeai/bench/SCHEMA.md for what is measured and how).
+
+    targets: .onnx/.tflite files, edgeai export folders (every artifact, manifest order) or
+    FOLDER@ARTIFACT; with runtime="torch", model specs for edgeai.source.load_model, whose
+    `inputs` (NAME:DIM,... specs) and `load_options` (example_inputs, arch, trust_pickle) are
+    passed through. Neither runs nor min_seconds: >= 50 runs and >= 1 s, stopping at 10 s.
+    """
+    config = BenchConfig(runtime=runtime, threads=threads, warmup=warmup, runs=runs,
+                         min_seconds=min_seconds, batch=batch, dims=dict(dims or {}), provider=provider,
+                         isolate=isolate, inputs=tuple(inputs or ()), load_options=dict(load_options or {}))
+    return run_bench(targets, config)
+
+
+def run_bench(targets: Sequence[str | Path], config: BenchConfig) -> BenchReport:
+    expanded = expand_targets(targets, config.runtime)
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    env = environment(config.threads, config.provider)
+    results = []
+    for i, target in enumerate(expanded, 1):
+        log.info("bench %d/%d: %s", i, len(expanded), target.label)
+        result = (measure_isolated(target, config) if config.isolate
+                  else measure_or_fail(target, config, isolated=False))
+        if result.ok:
+            log.info("%s: p50 %.3f ms over %d runs", target.label, result.timing.p50_ms, result.timing.n)
+        else:
+            log.warning("%s failed: %s", target.label, result.error)
+        results.append(result)
+    return BenchReport.build(env, config, results, created)
+
+
+def measure_isolated(target: Target, config: BenchConfig) -> BenchResult:
+    """Run the worker in a fresh interpreter; a worker that dies becomes a failed result."""
+    job = json.dumps({"target": target.to_dict(), "config": config.to_dict()})
+    with tempfile.TemporaryDirectory(prefix="edgeai-bench-") as tmp:
+        out = Path(tmp) / "result.json"
+        proc = subprocess.run([*WORKER_CMD, str(out)], input=job, capture_output=True, text=True,
+                              env=_worker_env())
+        if proc.returncode == 0 and out.is_file():
+            return BenchResult.from_dict(json.loads(out.read_text()))
+    rc = proc.returncode
+    sig = _signal_name(-rc) if rc < 0 else None
+    how = f"was killed by {sig}" if sig else f"exited with code {rc}"
+    tail = proc.stderr.strip().splitlines()[-STDERR_TAIL_LINES:]
+    return failed_result(target, f"the worker process {how} before reporting a result", isolated=True,
+                  exit_code=rc, signal=sig, stderr_tail="\n".join(tail) or None)
+
+
+def _signal_name(num: int) -> str:
+    try:
+        return signal.Signals(num).name
+    except ValueError:
+        return f"signal {num}"
+
+
+def _worker_env() -> dict[str, str]:
+    """This environment, with this edgeai first on the path (it may run from a source checkout)."""
+    env = dict(os.environ)
+    root = str(Path(edgeai.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    return env

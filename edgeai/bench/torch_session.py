@@ -1,0 +1,97 @@
+"""The PyTorch "runtime" for `edgeai bench --runtime torch`: an nn.Module behind the Session interface.
+
+It lives in bench, not in edgeai.runtime, because the on-device runtime never imports torch.
+torch is imported only when a TorchSession is built.
+"""
+from __future__ import annotations
+
+from itertools import chain
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+import numpy as np
+
+from edgeai.bench.results import BenchConfig, BenchResult
+from edgeai.bench.targets import Target
+from edgeai.bench.worker import measure_or_fail
+from edgeai.errors import RuntimeLoadError
+from edgeai.runtime.base import Session
+from edgeai.specs import TensorSpec
+
+if TYPE_CHECKING:
+    import torch
+
+
+class TorchSession(Session):
+    """Runs `module(*inputs)` under inference_mode; numpy in, numpy out, like every Session.
+
+    The timed call includes `torch.from_numpy` (zero-copy on CPU), the copy to the device for
+    CUDA, and the copy of outputs back to numpy, as an onnxruntime session does for its own.
+    `outputs` is empty: a module's outputs are not known before it runs.
+    """
+
+    format = "torch"
+
+    def __init__(self, module: "torch.nn.Module", input_specs: Sequence[TensorSpec],
+                 provider: str = "cpu", threads: int | None = None):
+        import torch
+        if threads:
+            torch.set_num_threads(threads)  # process-wide, as for any torch program
+            try:
+                torch.set_num_interop_threads(1)
+            except RuntimeError:  # only settable before the first parallel op of the process
+                pass
+        if provider not in ("cpu", "cuda"):
+            raise RuntimeLoadError(f"unknown provider {provider!r} for torch; known: cpu, cuda")
+        if provider == "cuda" and not torch.cuda.is_available():
+            raise RuntimeLoadError(f"provider cuda: this torch ({torch.__version__}) has no CUDA device; "
+                                   "use --provider cpu")
+        self._torch, self._device = torch, torch.device(provider)
+        self.module = module.eval().to(self._device)
+        self.inputs, self.outputs = list(input_specs), []
+        self.provider, self.threads = provider, threads
+        tensors = chain(self.module.parameters(), self.module.buffers())
+        self.size_bytes = sum(t.numel() * t.element_size() for t in tensors)  # in-memory weights
+
+    def run_unchecked(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        torch, device = self._torch, self._device
+        with torch.inference_mode():
+            out = self.module(*(torch.from_numpy(feeds[s.name]).to(device) for s in self.inputs))
+        return dict(_flatten("output", out))
+
+    def describe(self) -> dict:
+        return {**super().describe(), "runtime": "torch", "runtime_version": self._torch.__version__}
+
+
+def _flatten(name: str, value: Any):
+    """Yield (name, array) for a tensor or a nest of tuples/lists/dicts of tensors."""
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            yield from _flatten(str(k), v)
+    elif isinstance(value, (tuple, list)):
+        for i, v in enumerate(value):
+            yield from _flatten(f"{name}{i}", v)
+    elif hasattr(value, "detach"):
+        yield name, value.detach().cpu().numpy()
+
+
+def specs_from_examples(example_inputs: Mapping[str, "torch.Tensor"]) -> list[TensorSpec]:
+    """Fixed-shape specs (in call order) from named example tensors."""
+    return [TensorSpec(name, tuple(t.shape), str(t.dtype).removeprefix("torch."))
+            for name, t in example_inputs.items()]
+
+
+def load_torch_session(spec: str, config: BenchConfig) -> TorchSession:
+    """Build the module of a model spec with edgeai.source.load_model and wrap it."""
+    from edgeai.source import load_model
+    source = load_model(spec, inputs=list(config.inputs) or None, **config.load_options)
+    return TorchSession(source.module, source.input_specs, config.provider, config.threads)
+
+
+def measure_module(module: "torch.nn.Module", example_inputs: Mapping[str, "torch.Tensor"],
+                   config: BenchConfig | None = None, label: str = "module") -> BenchResult:
+    """Benchmark an in-memory module in this process (for callers and tests that hold one)."""
+    config = config or BenchConfig(runtime="torch", isolate=False)
+    target = Target(label, "module", label, "torch")
+    specs = specs_from_examples(example_inputs)
+    return measure_or_fail(target, config, isolated=False,
+                           open_fn=lambda: TorchSession(module, specs, config.provider, config.threads))

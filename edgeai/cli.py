@@ -1,0 +1,242 @@
+"""The `edgeai` command line: parses arguments, calls the library, prints results."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from edgeai import __version__
+from edgeai.errors import EdgeAIError
+
+log = logging.getLogger("edgeai")
+
+EPILOG = """examples:
+  edgeai export recipes/digits_cnn.yaml -o out/cnn
+  edgeai export model.py:make_model --input image:batch,3,224,224 -o out/m
+  edgeai export weights.pt --arch model.py:Net --example-inputs inputs.npz -o out/m
+  edgeai run out/cnn --input inputs.npz -o outputs.npz
+  edgeai bench out/cnn --threads 1
+  edgeai eval out/cnn --data edgeai/zoo/data/digits_test_image.npz
+"""
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser(
+        "export", help="export a trained model (or run a recipe), verify it and write a manifest",
+        description="Export MODEL to ONNX (or run RECIPE.yaml), verify the artifact against PyTorch on the "
+                    "example shape and a second size of every dynamic dim, and write OUTDIR/manifest.json.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="MODEL is one of: file.py:factory | package.module:factory | TorchScript file | "
+               "ExportedProgram .pt2 | state_dict file with --arch | .onnx file | RECIPE.yaml")
+    p.add_argument("model", metavar="MODEL|RECIPE.yaml")
+    p.add_argument("-o", "--output", metavar="OUTDIR", help="output folder (default: the recipe's 'output')")
+    p.add_argument("--input", dest="inputs", action="append", default=None, metavar="NAME:DIMS[:DTYPE]",
+                   help="one per forward() input, in call order: DIMS are comma-separated ints or names; a "
+                        "name is a dynamic dim, name=N sets its example size (e.g. image:batch,3,224,224 or "
+                        "input_ids:batch,seq=16:int64); dtype defaults to float32")
+    p.add_argument("--example-inputs", metavar="FILE.npz",
+                   help="example inputs: keys are forward()'s parameter names, in call order; the leading dim "
+                        "is a dynamic batch unless --fixed-batch")
+    p.add_argument("--fixed-batch", action="store_true", help="with --example-inputs: keep the leading dim fixed")
+    p.add_argument("--arch", metavar="FILE.py:FACTORY", help="builds the model a state_dict file belongs to")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="allow full unpickling of MODEL (runs code from the file: only for files you trust)")
+    p.add_argument("--format", default=None, help="export format (default onnx)")
+    p.add_argument("--exporter", choices=("auto", "dynamo", "torchscript"), default=None,
+                   help="ONNX export path: auto tries torch.export first, then TorchScript (default auto)")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18)")
+    p.add_argument("--channels-last-io", action="store_true",
+                   help="TFLite: take image inputs as NHWC (a camera frame needs no transpose)")
+    p.add_argument("--fuse-lstm", action="store_true",
+                   help="TFLite: emit nn.LSTM as the fused UNIDIRECTIONAL_SEQUENCE_LSTM op instead of unrolling it")
+    p.add_argument("--atol", type=float, default=None, help="verification absolute tolerance (default 1e-4)")
+    p.add_argument("--rtol", type=float, default=None,
+                   help="verification tolerance relative to max |reference| (default 1e-3)")
+    p.add_argument("--quantize", action="append", default=None, metavar="SCHEME[,SCHEME]",
+                   help="also write quantized variants, each verified and measured: fp16, int8-dynamic, "
+                        "int8-static (ONNX); fp16, int8-dynamic, int8-full (TFLite)")
+    p.add_argument("--calibration", metavar="DATA",
+                   help="calibration inputs for static INT8: FILE.npz keyed by input name, a folder of "
+                        "NAME.npy files, or module:function")
+    p.add_argument("--eval-data", metavar="DATA",
+                   help="evaluate every artifact on this data: inputs keyed by input name plus optional "
+                        "'labels' (top-1 in points); without labels, cosine similarity to FP32 PyTorch")
+    p.add_argument("--max-drop", type=float, default=None,
+                   help="accuracy budget for INT8 in the metric's units (points of top-1, or cosine: 0.01 means "
+                        ">= 0.99): keep the most sensitive layers in FP32 until the drop fits")
+    p.add_argument("--no-bench", action="store_true", help="skip timing the variants for the summary table")
+    p.add_argument("--threads", type=int, default=None, help="threads for the summary timings (default 1)")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args) -> int:
+    from dataclasses import replace
+
+    from edgeai.pipeline import export
+    from edgeai.recipe import Recipe, load_recipe
+    from edgeai.report import print_export_summary
+
+    if args.model.endswith((".yaml", ".yml")):
+        recipe = load_recipe(args.model)
+    else:
+        recipe = Recipe(model=args.model)
+    opts = {}
+    if args.inputs:
+        opts["inputs"] = tuple(args.inputs)
+    for key in ("example_inputs", "arch", "format"):
+        if getattr(args, key):
+            opts[key] = getattr(args, key)
+    if args.trust_pickle:
+        opts["trust_pickle"] = True
+    if args.fixed_batch:
+        opts["dynamic_batch"] = False
+    export_opts = dict(recipe.export)
+    if args.exporter:
+        export_opts["exporter"] = args.exporter
+    if args.opset:
+        export_opts["opset"] = args.opset
+    if args.channels_last_io:
+        export_opts["channels_last_io"] = True
+    if args.fuse_lstm:
+        export_opts["fuse_lstm"] = True
+    tol = dict(recipe.tolerance)
+    tol.update({k: v for k, v in (("atol", args.atol), ("rtol", args.rtol)) if v is not None})
+    data = recipe.data
+    if args.eval_data:
+        data = replace(data, eval=args.eval_data)
+    if args.calibration:
+        data = replace(data, calibration=args.calibration)
+    if args.quantize:
+        opts["quantize"] = tuple({name.strip(): {}} for arg in args.quantize for name in arg.split(",") if name.strip())
+    if args.max_drop is not None:
+        opts["max_drop"] = args.max_drop
+    summary = recipe.summary
+    if args.no_bench:
+        summary = replace(summary, bench=False)
+    if args.threads:
+        summary = replace(summary, threads=args.threads)
+    recipe = replace(recipe, export=export_opts, tolerance=tol, data=data, summary=summary, **opts)
+    outcome = export(recipe=recipe, out_dir=args.output, progress=_progress)
+    print_export_summary(outcome.manifest, outcome.out_dir)
+    return 0
+
+
+def _add_run(sub) -> None:
+    p = sub.add_parser("run", help="run an artifact on inputs from an .npz and save the outputs",
+                       description="Run ARTIFACT (a .onnx/.tflite file or an export folder) in its runtime.")
+    p.add_argument("artifact")
+    p.add_argument("--input", required=True, metavar="FILE.npz", help="inputs keyed by input name")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.npz", help="where to write the outputs")
+    p.add_argument("--artifact-name", default=None, help="which artifact of an export folder (default: first)")
+    p.add_argument("--provider", default="cpu", choices=("cpu", "cuda"), help="execution provider (default cpu)")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: runtime's choice)")
+    p.set_defaults(func=cmd_run)
+
+
+def cmd_run(args) -> int:
+    import io
+
+    import numpy as np
+
+    from edgeai import runtime
+    from edgeai.errors import OutputError
+    from edgeai.fsutil import atomic_write_bytes
+    from edgeai.specs import load_npz
+
+    session = runtime.load(args.artifact, artifact=args.artifact_name, provider=args.provider, threads=args.threads)
+    feeds = load_npz(args.input, "input file")
+    feeds.pop("labels", None)
+    outputs = session.run(feeds)
+    buf = io.BytesIO()
+    np.savez(buf, **outputs)
+    out = Path(args.output)
+    if out.is_dir():
+        raise OutputError(f"output {str(out)!r} is a folder; give a file name such as out.npz")
+    atomic_write_bytes(out, buf.getvalue())
+    for name, arr in outputs.items():
+        print(f"{name}: shape {tuple(arr.shape)} {arr.dtype}")
+    print(f"wrote {out}")
+    return 0
+
+
+def _add_info(sub) -> None:
+    p = sub.add_parser("info", help="show what an export folder holds (from its manifest)")
+    p.add_argument("folder")
+    p.set_defaults(func=cmd_info)
+
+
+def cmd_info(args) -> int:
+    from edgeai.manifest import Manifest
+    from edgeai.report import print_export_summary
+    print_export_summary(Manifest.read(args.folder), Path(args.folder))
+    return 0
+
+
+def _progress(message: str) -> None:
+    log.info("%s", message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgeai", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        description="Make a trained PyTorch model small and fast, export it, verify it, run and benchmark it.")
+    parser.add_argument("--version", action="version", version=f"edgeai {__version__}")
+    _add_common(parser, False)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in (_add_export, _add_run, _add_info, *_extra_commands()):
+        add(sub)
+    for command in sub.choices.values():  # --debug / -q work after the command name too
+        _add_common(command, argparse.SUPPRESS)
+    return parser
+
+
+def _add_common(parser: argparse.ArgumentParser, default) -> None:
+    parser.add_argument("--debug", action="store_true", default=default, help="show tracebacks and debug logs")
+    parser.add_argument("-q", "--quiet", action="store_true", default=default, help="only print results and errors")
+
+
+def _extra_commands():
+    """Subcommands that live beside the code they drive (bench, eval)."""
+    from edgeai.bench.cli import add_parser as add_bench
+    from edgeai.evaluate_cli import add_parser as add_eval
+    return [add_bench, add_eval]
+
+
+def _setup_logging(debug: bool, quiet: bool) -> None:
+    from rich.logging import RichHandler
+    handler = RichHandler(show_time=False, show_path=False, markup=False, rich_tracebacks=debug)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO)
+    log.propagate = False
+    logging.getLogger().setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    _setup_logging(args.debug, args.quiet)
+    try:
+        return int(args.func(args) or 0)
+    except EdgeAIError as e:
+        if args.debug:
+            raise
+        print(f"edgeai: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("edgeai: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if args.debug:
+            raise
+        print(f"edgeai: internal error: {type(e).__name__}: {' '.join(str(e).split())[:300]} "
+              "(run with --debug for the traceback and please report it)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,214 @@
+"""Calibration/evaluation data: named sample arrays from an .npz, a .npy folder or a callable, checked."""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import re
+import sys
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence, Union
+
+import numpy as np
+
+from edgeai.errors import DataError
+from edgeai.specs import TensorSpec, load_npz
+
+log = logging.getLogger(__name__)
+
+LABELS = "labels"   # the reserved array name for class labels (one per sample)
+DataSource = Union[str, Path, Callable[[], Mapping[str, Any]], Mapping[str, Any]]
+
+_CALLABLE_SPEC = re.compile(r"^(?P<target>.+):(?P<func>[A-Za-z_][A-Za-z0-9_]*)$")
+
+
+def load_feeds(source: DataSource, specs: Sequence[TensorSpec] | None = None, *,
+               what: str = "calibration data", min_samples: int = 1) -> dict[str, np.ndarray]:
+    """Load samples stacked on axis 0 (the model's batch axis), one array per model input.
+
+    `source` is one of:
+    - an ``.npz`` file: one array per input name, plus an optional ``labels`` array;
+    - a folder of ``.npy`` files: ``<input_name>.npy`` per input (samples stacked on axis 0),
+      plus an optional ``labels.npy``; other files in the folder are ignored;
+    - ``"package.module:function"`` or ``"path/to/file.py:function"``: a function taking no
+      arguments and returning a dict {input name: array};
+    - a callable returning such a dict, or the dict itself.
+
+    With `specs` every input must be present (no other arrays but ``labels``), float data is
+    cast to the spec dtype (integer inputs must hold integral values), and each array must
+    have the spec's rank with its fixed non-batch dims. Every array, ``labels`` included,
+    must hold the same number of samples, at least `min_samples`, all finite.
+    Raises DataError saying what is wrong, naming `what` ("calibration data", ...).
+    """
+    raw = _read_source(source, what)
+    feeds = {str(k): np.asarray(v) for k, v in raw.items()}
+    if not feeds:
+        raise DataError(f"{what} holds no arrays")
+    if specs is not None:
+        feeds = _match_specs(feeds, specs, what)
+    _check_counts(feeds, what, min_samples)
+    _check_finite(feeds, what)
+    return feeds
+
+
+def split_labels(feeds: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """(inputs without ``labels``, the ``labels`` array or None)."""
+    inputs = {k: v for k, v in feeds.items() if k != LABELS}
+    return inputs, feeds.get(LABELS)
+
+
+def num_samples(feeds: Mapping[str, np.ndarray]) -> int:
+    """Samples in `feeds` (the length of axis 0, equal for every array after load_feeds)."""
+    first = next(iter(feeds.values()), None)
+    return 0 if first is None or np.ndim(first) == 0 else int(np.shape(first)[0])
+
+
+def iter_batches(feeds: Mapping[str, np.ndarray], batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+    """Consecutive slices of at most `batch_size` samples along axis 0 of every array."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    n = num_samples(feeds)
+    for start in range(0, n, batch_size):
+        yield {k: v[start:start + batch_size] for k, v in feeds.items()}
+
+
+def take(feeds: Mapping[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+    """The first `n` samples of every array."""
+    return {k: v[:n] for k, v in feeds.items()}
+
+
+# ---------------------------------------------------------------- reading
+
+
+def _read_source(source: DataSource, what: str) -> Mapping[str, Any]:
+    if isinstance(source, Mapping):
+        return source
+    if callable(source):
+        return _call(source, getattr(source, "__name__", repr(source)), what)
+    text = str(source)
+    path = Path(text)
+    if path.is_dir():
+        return _read_npy_folder(path, what)
+    if path.is_file() or text.endswith(".npz"):
+        return load_npz(path, what)
+    m = _CALLABLE_SPEC.match(text)
+    if m:
+        return _call(_import_function(m["target"], m["func"], what), text, what)
+    raise DataError(f"{what} {text!r} is neither an .npz file, a folder of .npy files, nor "
+                    "'module:function' / 'file.py:function'")
+
+
+def _read_npy_folder(folder: Path, what: str) -> dict[str, np.ndarray]:
+    files = sorted(folder.glob("*.npy"))
+    if not files:
+        raise DataError(f"{what} folder {str(folder)!r} holds no .npy files; expected one "
+                        "<input_name>.npy per model input (samples stacked on axis 0)")
+    arrays = {}
+    for f in files:
+        try:
+            arrays[f.stem] = np.load(f, allow_pickle=False)
+        except Exception as e:  # truncated file, pickled object array, not an .npy at all
+            raise DataError(f"{what}: {str(f)!r} is not a readable .npy file "
+                            f"({type(e).__name__}: {e})") from None
+    return arrays
+
+
+def _import_function(target: str, func: str, what: str) -> Callable:
+    try:
+        if target.endswith(".py"):
+            path = Path(target)
+            if not path.is_file():
+                raise DataError(f"{what}: file {target!r} does not exist")
+            mod_name = f"_edgeai_data_{abs(hash(str(path.resolve())))}"
+            spec = importlib.util.spec_from_file_location(mod_name, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[mod_name] = module
+            spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(target)
+    except DataError:
+        raise
+    except Exception as e:
+        raise DataError(f"{what}: cannot import {target!r} ({type(e).__name__}: {e})") from None
+    fn = getattr(module, func, None)
+    if not callable(fn):
+        raise DataError(f"{what}: {target!r} has no function {func!r}")
+    return fn
+
+
+def _call(fn: Callable, label: str, what: str) -> Mapping[str, Any]:
+    try:
+        result = fn()
+    except Exception as e:
+        raise DataError(f"{what}: {label} raised {type(e).__name__}: {e}") from None
+    if not isinstance(result, Mapping):
+        raise DataError(f"{what}: {label} returned {type(result).__name__}; it must return a dict "
+                        "{input name: array with samples on axis 0}")
+    return result
+
+
+# ---------------------------------------------------------------- checking
+
+
+def _match_specs(feeds: dict[str, np.ndarray], specs: Sequence[TensorSpec], what: str) -> dict[str, np.ndarray]:
+    names = [s.name for s in specs]
+    missing = [n for n in names if n not in feeds]
+    if missing:
+        raise DataError(f"{what} lacks input(s) {', '.join(missing)}; the model needs "
+                        f"{', '.join(names)} (got {', '.join(feeds)})")
+    extra = [k for k in feeds if k not in names and k != LABELS]
+    if extra:
+        raise DataError(f"{what} has array(s) {', '.join(extra)} that are not model inputs; the model "
+                        f"needs {', '.join(names)} (and optionally '{LABELS}')")
+    out = {}
+    for spec in specs:
+        arr = feeds[spec.name]
+        want = "x".join(str(d) for d in spec.shape)
+        got = "x".join(map(str, arr.shape)) or "scalar"
+        if arr.ndim != len(spec.shape):
+            raise DataError(f"{what}: input {spec.name!r} has shape {got}, the model wants {want} "
+                            "(samples stacked on axis 0)")
+        bad = [i for i, d in enumerate(spec.shape) if i > 0 and isinstance(d, int) and arr.shape[i] != d]
+        if bad:
+            raise DataError(f"{what}: input {spec.name!r} has shape {got}, the model wants {want} "
+                            f"(dim {bad[0]} must be {spec.shape[bad[0]]})")
+        out[spec.name] = _cast(arr, spec, what)
+    if LABELS in feeds:
+        out[LABELS] = feeds[LABELS]
+    return out
+
+
+def _cast(arr: np.ndarray, spec: TensorSpec, what: str) -> np.ndarray:
+    if arr.dtype == np.dtype(spec.dtype):
+        return arr
+    if arr.dtype.kind not in "biuf":
+        raise DataError(f"{what}: input {spec.name!r} has dtype {arr.dtype}, the model wants {spec.dtype}")
+    target = np.dtype(spec.dtype)
+    if target.kind in "iub" and arr.dtype.kind == "f":
+        if not np.isfinite(arr).all() or not np.array_equal(arr, np.round(arr)):
+            raise DataError(f"{what}: input {spec.name!r} holds non-integer floats but the model wants "
+                            f"{spec.dtype}; store token ids / indices as integers")
+    log.debug("casting %s input %r from %s to %s", what, spec.name, arr.dtype, target)
+    return arr.astype(target)
+
+
+def _check_counts(feeds: Mapping[str, np.ndarray], what: str, min_samples: int) -> None:
+    scalars = [k for k, v in feeds.items() if v.ndim == 0]
+    if scalars:
+        raise DataError(f"{what}: array(s) {', '.join(scalars)} are scalars; stack samples on axis 0")
+    counts = {k: int(v.shape[0]) for k, v in feeds.items()}
+    if len(set(counts.values())) > 1:
+        listed = ", ".join(f"{k}={n}" for k, n in counts.items())
+        raise DataError(f"{what}: arrays hold different numbers of samples on axis 0 ({listed}); "
+                        "every input (and labels) needs one entry per sample")
+    n = next(iter(counts.values()))
+    if n < min_samples:
+        raise DataError(f"{what} needs at least {min_samples} samples, got {n}; add samples "
+                        "(stacked on axis 0)")
+
+
+def _check_finite(feeds: Mapping[str, np.ndarray], what: str) -> None:
+    for k, a in feeds.items():
+        if a.dtype.kind in "fc" and not np.isfinite(a).all():
+            bad = int((~np.isfinite(a)).sum())
+            raise DataError(f"{what}: array {k!r} has {bad} NaN/Inf value(s); clean the data first")

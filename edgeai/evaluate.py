@@ -1,0 +1,123 @@
+"""Task metric of an artifact: top-1 accuracy against labels, or cosine similarity to reference outputs."""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from edgeai.data import DataSource, iter_batches, load_feeds, num_samples, split_labels
+from edgeai.errors import DataError
+from edgeai.runtime import Session, load
+
+log = logging.getLogger(__name__)
+
+METRICS = {"top1": "top-1 accuracy (points, 0-100)", "cosine": "mean cosine similarity to the reference"}
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """One metric value over `n` samples; higher is better for every metric."""
+
+    metric: str     # "top1" | "cosine"
+    value: float
+    n: int
+
+    def drop_from(self, other: "EvalResult") -> float:
+        """How much worse this result is than `other` (positive = worse), in the metric's units."""
+        if other.metric != self.metric:
+            raise ValueError(f"cannot compare {self.metric} with {other.metric}")
+        return float(other.value - self.value)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return f"{self.metric}={self.value:.2f} (n={self.n})" if self.metric == "top1" else \
+            f"{self.metric}={self.value:.5f} (n={self.n})"
+
+
+def evaluate(model: str | Path | Session, data: DataSource, *, labels: np.ndarray | None = None,
+             reference: Mapping[str, np.ndarray] | None = None, batch_size: int = 64,
+             provider: str = "cpu", threads: int | None = None) -> EvalResult:
+    """Run `model` on `data` (samples on axis 0) and score it.
+
+    `data` is anything `edgeai.data.load_feeds` accepts; a ``labels`` array in it is used
+    unless `labels` or `reference` is given. With labels the metric is top-1 accuracy in
+    points: argmax over the last dim of the first output against labels of the same leading
+    shape. Without labels it is the mean
+    per-sample cosine similarity between the first output (flattened per sample) and
+    `reference` (the output of the same name, else the first reference array). A model whose
+    batch dim is fixed (e.g. 1) is run in chunks of that size, the last chunk padded.
+    """
+    session = model if isinstance(model, Session) else load(model, provider=provider, threads=threads)
+    feeds, data_labels = split_labels(load_feeds(data, session.inputs, what="evaluation data"))
+    if labels is None and reference is None:  # explicit arguments win over a 'labels' array
+        labels = data_labels
+    if labels is None and reference is None:
+        raise DataError("evaluation needs labels (a 'labels' array in the data or labels=...) or "
+                        "reference outputs to compare with")
+    n = num_samples(feeds)
+    out = run_batched(session, feeds, batch_size)[session.outputs[0].name]
+    if labels is not None:
+        return EvalResult("top1", _top1(out, np.asarray(labels)), n)
+    return EvalResult("cosine", _cosine(out, _pick_reference(session, reference, n)), n)
+
+
+def run_batched(session: Session, feeds: Mapping[str, np.ndarray],
+                batch_size: int = 64) -> dict[str, np.ndarray]:
+    """All outputs of `session` on `feeds`, run in batches the model accepts, concatenated on axis 0."""
+    fixed = _fixed_batch(session)
+    step = fixed or batch_size
+    n = num_samples(feeds)
+    parts: dict[str, list[np.ndarray]] = {}
+    for batch in iter_batches(feeds, step):
+        got = num_samples(batch)
+        if fixed and got < fixed:  # pad the last chunk by repeating its last sample
+            batch = {k: np.concatenate([v, np.repeat(v[-1:], fixed - got, axis=0)]) for k, v in batch.items()}
+        for name, arr in session.run(batch).items():
+            parts.setdefault(name, []).append(arr[:got])
+    result = {k: np.concatenate(v) for k, v in parts.items()}
+    assert all(v.shape[0] == n for v in result.values()), "batched outputs lost samples"
+    return result
+
+
+def _fixed_batch(session: Session) -> int | None:
+    dims = {s.shape[0] for s in session.inputs if s.shape}
+    fixed = [d for d in dims if isinstance(d, int)]
+    return fixed[0] if fixed else None
+
+
+def _top1(out: np.ndarray, labels: np.ndarray) -> float:
+    pred = np.argmax(out, axis=-1)
+    if labels.shape != pred.shape:
+        if labels.size != pred.size:
+            raise DataError(f"labels have shape {labels.shape} but the model predicts {pred.shape} "
+                            f"(argmax over the last dim of an output of shape {out.shape})")
+        labels = labels.reshape(pred.shape)
+    return float(100.0 * np.mean(pred == labels))
+
+
+def _pick_reference(session: Session, reference: Mapping[str, np.ndarray], n: int) -> np.ndarray:
+    if not reference:
+        raise DataError("reference outputs are empty")
+    first = session.outputs[0].name
+    ref = np.asarray(reference[first] if first in reference else next(iter(reference.values())))
+    if ref.ndim == 0 or ref.shape[0] != n:
+        raise DataError(f"reference output has {ref.shape[0] if ref.ndim else 0} samples, the data has {n}")
+    return ref
+
+
+def _cosine(out: np.ndarray, ref: np.ndarray) -> float:
+    a = out.reshape(out.shape[0], -1).astype(np.float64)
+    b = ref.reshape(ref.shape[0], -1).astype(np.float64)
+    if a.shape != b.shape:
+        raise DataError(f"reference output has shape {ref.shape}, the model's output has {out.shape}")
+    num = (a * b).sum(axis=1)
+    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    # two all-zero vectors are identical; one zero vector against a non-zero one is orthogonal
+    cos = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.where(
+        (np.linalg.norm(a, axis=1) == 0) & (np.linalg.norm(b, axis=1) == 0), 1.0, 0.0))
+    return float(cos.mean())

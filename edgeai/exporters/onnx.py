@@ -1,0 +1,169 @@
+"""ONNX exporter: torch.export-based (dynamo) first, TorchScript-based as the fallback."""
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import logging
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from edgeai.errors import ExportError
+from edgeai.exporters import EXPORTERS, Exporter, ExportResult
+from edgeai.specs import TensorSpec
+
+log = logging.getLogger(__name__)
+
+EXPORT_PATHS = ("dynamo", "torchscript")
+
+
+@dataclass(frozen=True)
+class OnnxExportConfig:
+    exporter: str = "auto"          # "auto" (dynamo, then torchscript), "dynamo" or "torchscript"
+    opset: int = 18
+    external_data: bool = False     # force weights into model.onnx.data (automatic past 2 GB)
+
+
+def attempts(config: OnnxExportConfig) -> list[OnnxExportConfig]:
+    """The export paths to try, in order: 'auto' means torch.export first, TorchScript second."""
+    if config.exporter == "auto":
+        return [replace(config, exporter=p) for p in EXPORT_PATHS]
+    if config.exporter not in EXPORT_PATHS:
+        raise ExportError(f"unknown ONNX exporter {config.exporter!r}; known: auto, {', '.join(EXPORT_PATHS)}")
+    return [config]
+
+
+def export_onnx(module, example_inputs: dict, input_specs: list[TensorSpec], out_path: Path,
+                config: OnnxExportConfig) -> ExportResult:
+    """Export with the one path config.exporter names ("dynamo" or "torchscript")."""
+    import torch
+
+    path = config.exporter
+
+    names = list(example_inputs)
+    # fresh tensors: one tensor object passed for two inputs makes the exporter alias them
+    args = tuple(example_inputs[n].clone() for n in names)
+    with torch.no_grad():
+        outputs = module(*args)
+    output_names = _output_names(outputs)
+    out_path = Path(out_path)
+    quiet = contextlib.redirect_stdout(io.StringIO())
+    try:
+        with warnings.catch_warnings(), quiet, _quiet_torch_logs():
+            warnings.simplefilter("ignore")
+            if path == "dynamo":
+                args = _grow_size_one_dims(args, input_specs)
+                torch.onnx.export(module, args, str(out_path), dynamo=True, input_names=names,
+                                  output_names=output_names, opset_version=config.opset,
+                                  dynamic_shapes=_dynamic_shapes(input_specs) or None,
+                                  external_data=config.external_data, verbose=False, optimize=True)
+            else:
+                torch.onnx.export(module, args, str(out_path), dynamo=False, input_names=names,
+                                  output_names=output_names, opset_version=min(config.opset, 17),
+                                  dynamic_axes=_dynamic_axes(input_specs) or None)
+    except Exception as e:
+        raise ExportError(f"{path} ONNX export failed: {root_cause(e)}") from e
+    files = [out_path.name] + external_files(out_path)
+    return ExportResult(exporter=f"torch.onnx ({'torch.export' if path == 'dynamo' else 'TorchScript'})",
+                        files=files, details={"opset": _opset(out_path), "export_path": path,
+                                              "op_histogram": op_histogram(out_path)})
+
+
+@contextlib.contextmanager
+def _quiet_torch_logs():
+    """torch.onnx logs warnings (e.g. 'torchvision is not installed') that are not the user's concern."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "onnxscript", "onnx_ir")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def root_cause(e: BaseException, limit: int = 300) -> str:
+    """The innermost exception's message, on one line without terminal colours."""
+    while e.__cause__ is not None:
+        e = e.__cause__
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    text = " ".join(text.split())
+    return f"{type(e).__name__}: {text[:limit]}"
+
+
+def _output_names(outputs: Any) -> list[str]:
+    if isinstance(outputs, dict):
+        return [str(k) for k in outputs]
+    if isinstance(outputs, (tuple, list)):
+        return [f"output_{i}" for i in range(len(flatten_outputs(outputs)))]
+    return ["output"]
+
+
+def flatten_outputs(outputs: Any) -> list:
+    """Module outputs (tensor, nested tuples/lists, dict) as a flat list in ONNX output order."""
+    if isinstance(outputs, dict):
+        return [t for v in outputs.values() for t in flatten_outputs(v)]
+    if isinstance(outputs, (tuple, list)):
+        return [t for v in outputs for t in flatten_outputs(v)]
+    return [outputs]
+
+
+def _dynamic_shapes(specs: list[TensorSpec]) -> dict:
+    import torch
+    dims: dict[str, Any] = {}
+    shapes = {}
+    for spec in specs:
+        axes = {i: dims.setdefault(d, torch.export.Dim(d)) for i, d in enumerate(spec.shape) if isinstance(d, str)}
+        shapes[spec.name] = axes or None
+    return shapes if any(v for v in shapes.values()) else {}
+
+
+def _dynamic_axes(specs: list[TensorSpec]) -> dict:
+    return {s.name: {i: d for i, d in enumerate(s.shape) if isinstance(d, str)}
+            for s in specs if s.dynamic_dims}
+
+
+def _grow_size_one_dims(args: tuple, specs: list[TensorSpec]) -> tuple:
+    """torch.export specialises dynamic dims of size 1; trace with size 2 (values are irrelevant)."""
+    out = []
+    for arg, spec in zip(args, specs):
+        for axis, d in enumerate(spec.shape):
+            if isinstance(d, str) and arg.shape[axis] == 1:
+                arg = arg.repeat_interleave(2, dim=axis)
+        out.append(arg)
+    return tuple(out)
+
+
+def external_files(model_path: Path) -> list[str]:
+    """Names of external-data files the ONNX model refers to (weights stored beside it)."""
+    import onnx
+    model = onnx.load(str(model_path), load_external_data=False)
+    names = []
+    for init in model.graph.initializer:
+        if init.data_location == onnx.TensorProto.EXTERNAL:
+            loc = next((e.value for e in init.external_data if e.key == "location"), None)
+            if loc and loc not in names:
+                names.append(loc)
+    return names
+
+
+def op_histogram(model_path: Path) -> dict[str, int]:
+    import onnx
+    model = onnx.load(str(model_path), load_external_data=False)
+    hist: dict[str, int] = {}
+    for node in model.graph.node:
+        hist[node.op_type] = hist.get(node.op_type, 0) + 1
+    return dict(sorted(hist.items(), key=lambda kv: -kv[1]))
+
+
+def _opset(model_path: Path) -> int:
+    import onnx
+    model = onnx.load(str(model_path), load_external_data=False)
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+EXPORTERS.add("onnx", Exporter(format="onnx", suffix=".onnx", config_cls=OnnxExportConfig, fn=export_onnx,
+                                attempts=attempts))

@@ -1,0 +1,367 @@
+"""The export pipeline: load -> model steps -> export -> verify -> artifact steps -> evaluate -> manifest."""
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass, fields, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from edgeai.errors import EdgeAIError, ExportError, VerificationError
+from edgeai.exporters import ExportResult, get_exporter
+from edgeai.fsutil import ensure_writable_dir, publish, sha256_file, staging_dir
+from edgeai.manifest import MANIFEST_NAME, ArtifactEntry, Manifest
+from edgeai.recipe import Recipe, RecipeError, load_recipe
+from edgeai.source import ModelSource, load_model
+from edgeai.verify import (FP32_TOLERANCE, ArtifactHandle, Parity, Tolerance, check_onnx_file, open_artifact,
+                           to_artifact_layout, verify)
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+
+# exporter details that say how to feed an artifact; quantized variants inherit them from FP32
+LAYOUT_KEYS = ("channels_last_inputs", "channels_last_outputs", "input_layout", "static_shapes")
+
+
+@dataclass(frozen=True)
+class ExportOutcome:
+    out_dir: Path
+    manifest: Manifest
+
+    @property
+    def artifacts(self) -> list[ArtifactEntry]:
+        return self.manifest.artifacts
+
+
+def export(model: str | None = None, out_dir: str | Path | None = None, *,
+           recipe: Recipe | str | Path | None = None, progress: Progress | None = None,
+           **options: Any) -> ExportOutcome:
+    """Export `model` (or run `recipe`) into `out_dir`; `options` are Recipe fields.
+
+    >>> edgeai.export("edgeai.zoo:digits_cnn", "out/cnn", inputs=["image:batch,1,32,32"])
+    """
+    if isinstance(recipe, (str, Path)):
+        recipe = load_recipe(recipe)
+    if recipe is None:
+        if model is None:
+            raise RecipeError("nothing to export: pass a model or a recipe")
+        recipe = Recipe(model=model)
+    elif model is not None:
+        options["model"] = model
+    if options:
+        known = {f.name for f in fields(Recipe)}
+        bad = set(options) - known
+        if bad:
+            raise RecipeError(f"unknown export option(s) {sorted(bad)}; known: {', '.join(sorted(known))}")
+        recipe = replace(recipe, **options)
+    out = out_dir or recipe.output
+    if not out:
+        raise RecipeError("no output folder: pass -o OUTDIR (or 'output:' in the recipe)")
+    return run(recipe, Path(out), progress or (lambda msg: log.info("%s", msg)))
+
+
+def run(recipe: Recipe, out_dir: Path, progress: Progress) -> ExportOutcome:
+    ensure_writable_dir(out_dir)
+    progress(f"loading {recipe.model}")
+    source = load_model(recipe.model, inputs=recipe.inputs, example_inputs=recipe.example_inputs,
+                        arch=recipe.arch, trust_pickle=recipe.trust_pickle,
+                        dynamic_batch=recipe.dynamic_batch)
+    source = _realistic_examples(source, recipe)
+    teacher = source.module
+    source, steps = _model_steps(source, recipe, progress)
+    exporter = get_exporter(recipe.format)
+    if (exporter.fixed_shapes(_make_config(exporter.config_cls, recipe.export, f"{recipe.format} export"))
+            and source.example_dims.get("batch", 1) != 1):
+        source = source.with_dims(batch=1)  # a fixed-shape model is deployed at batch 1
+    with staging_dir(out_dir) as stage:
+        entry = _export_verified(source, recipe, stage, steps, progress)
+        entries = [entry] + _artifact_steps(source, recipe, stage, entry, progress)
+        if recipe.data.eval:
+            _evaluate_all(source, recipe, stage, entries, progress, teacher)
+        if recipe.summary.bench:
+            _bench_all(source, recipe, stage, entries, progress)
+        manifest = Manifest(source=source.to_dict() | {"recipe": recipe.name or None},
+                            artifacts=entries, versions=versions(),
+                            created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        manifest.write(stage)
+        old = _old_files(out_dir)
+        files = [f for e in entries for f in [e.file, *e.extra_files]]
+        publish(stage, out_dir, files + [MANIFEST_NAME])
+        for stale in old - set(files):
+            (out_dir / stale).unlink(missing_ok=True)
+    progress(f"wrote {out_dir / MANIFEST_NAME}")
+    return ExportOutcome(out_dir, manifest)
+
+
+def _realistic_examples(source: ModelSource, recipe: Recipe) -> ModelSource:
+    """Verify on real samples when the user gave data but no example inputs.
+
+    Random N(0, 1) inputs can lie far outside what a quantized model was calibrated for, and
+    then its parity error says nothing about the artifact; the user's data does not.
+    """
+    spec = recipe.data.calibration or recipe.data.eval
+    if recipe.example_inputs or not spec:
+        return source
+    from edgeai.data import split_labels, take
+    feeds, _ = split_labels(_load_data(spec, source, "calibration data" if recipe.data.calibration else
+                                       "evaluation data"))
+    batch = source.example_dims.get("batch", 2)
+    return replace(source, example_inputs=take(feeds, batch))
+
+
+def _load_data(source_spec: str | None, source: ModelSource, what: str, min_samples: int = 1) -> dict | None:
+    if not source_spec:
+        return None
+    from edgeai.data import load_feeds
+    return load_feeds(source_spec, source.input_specs, what=what, min_samples=min_samples)
+
+
+def _model_steps(source: ModelSource, recipe: Recipe, progress: Progress) -> tuple[ModelSource, list[dict]]:
+    """Torch-in, torch-out steps (prune, distill, ...) in recipe order; the original is the teacher."""
+    if not recipe.steps:
+        return source, []
+    from edgeai.steps import StepContext, config_to_dict, get_model_step
+
+    if source.module is None:
+        raise RecipeError("model steps (prune, distill, ...) need a PyTorch model, not an ONNX file")
+    ctx = StepContext(train_data=_load_data(recipe.data.train, source, "training data"),
+                      eval_data=_load_data(recipe.data.eval, source, "evaluation data"),
+                      teacher=source.module, input_specs=source.input_specs)
+    records = []
+    module = source.module
+    for item in recipe.steps:
+        (name, opts), = item.items()
+        step = get_model_step(name)
+        config = _make_config(step.config_cls, opts, f"step {name!r}")
+        progress(f"model step {name}")
+        module, report = step.fn(module, source.torch_inputs(), config, ctx)
+        records.append({"type": f"model.{name}", "config": config_to_dict(config), "notes": report.notes,
+                        "details": report.details})
+    return replace(source, module=module.eval()), records
+
+
+def _make_config(config_cls: type, opts: dict, what: str):
+    try:
+        return config_cls(**opts)
+    except TypeError:
+        known = ", ".join(f.name for f in fields(config_cls))
+        raise RecipeError(f"bad options {dict(opts)} for {what}; known: {known}") from None
+
+
+def _artifact_steps(source: ModelSource, recipe: Recipe, stage: Path, fp32: ArtifactEntry,
+                    progress: Progress) -> list[ArtifactEntry]:
+    """File-in, file-out steps (quantization) on the FP32 artifact; each result verified on its own."""
+    if not recipe.quantize:
+        return []
+    from edgeai.steps import StepContext, config_to_dict, get_artifact_step
+    from edgeai.verify import FP16_TOLERANCE, QUANTIZED_TOLERANCE
+
+    ctx = StepContext(calibration=_load_data(recipe.data.calibration, source, "calibration data"),
+                      eval_data=_load_data(recipe.data.eval, source, "evaluation data"),
+                      input_specs=source.input_specs,
+                      extra={"channels_last_inputs": list(fp32.details.get("channels_last_inputs", []))})
+    metric = _metric_fn(source, ctx.eval_data) if recipe.max_drop is not None else None
+    entries = []
+    for item in recipe.quantize:
+        (name, opts), = item.items()
+        key = f"{recipe.format}:{name}"
+        step = get_artifact_step(key)
+        config = _make_config(step.config_cls, opts, f"quantization {name!r}")
+        src = stage / fp32.file
+        dst = stage / f"model.{name}{src.suffix}"
+        if metric is not None and hasattr(config, "exclude_nodes"):
+            from edgeai.steps.quant_fallback import quantize_with_fallback
+            progress(f"quantizing: {name}, keeping sensitive layers in FP32 until the drop is <= {recipe.max_drop:g}")
+            report, _ = quantize_with_fallback(key, src, dst, config, ctx, metric, recipe.max_drop)
+        else:
+            progress(f"quantizing: {name}")
+            report = step.fn(src, dst, config, ctx)
+        layout = {k: fp32.details[k] for k in LAYOUT_KEYS if k in fp32.details}
+        handle = open_artifact(dst, recipe.format, layout)
+        tolerance = FP16_TOLERANCE if step.precision == "fp16" else QUANTIZED_TOLERANCE
+        progress(f"verifying {dst.name} against {'PyTorch' if source.module is not None else 'ONNX'}")
+        parity = verify(source, handle, tolerance, allow_frozen=bool(layout.get("static_shapes")))
+        if not parity.passed:
+            raise VerificationError(f"{name} artifact is broken: {parity.failure()}")
+        result = ExportResult(exporter=fp32.exporter, files=[dst.name, *report.details.get("extra_files", [])],
+                              details={**layout, **report.details})
+        steps = fp32.steps + [{"type": report.step, "config": report.config or config_to_dict(config)}]
+        entries.append(_entry(name, dst, recipe.format, step.precision or name, result, handle, parity,
+                              steps, list(report.notes)))
+    return entries
+
+
+def _metric_fn(source: ModelSource, eval_feeds: dict | None) -> Callable[[Path], float]:
+    """path -> task metric on the evaluation data (top-1 with labels, else cosine to FP32 PyTorch)."""
+    if eval_feeds is None:
+        raise RecipeError("max_drop needs evaluation data (--eval-data or data.eval in the recipe)")
+    from edgeai.data import split_labels
+    from edgeai.evaluate import evaluate
+
+    feeds, labels = split_labels(eval_feeds)
+    reference = None if labels is not None else _reference_outputs(source, feeds)
+    return lambda path: evaluate(path, feeds, labels=labels, reference=reference).value
+
+
+def _evaluate_all(source: ModelSource, recipe: Recipe, stage: Path, entries: list[ArtifactEntry],
+                  progress: Progress, teacher) -> None:
+    """Task metric of every artifact in its runtime: top-1 with labels, else cosine to FP32 PyTorch."""
+    from edgeai.data import split_labels
+    from edgeai.evaluate import evaluate
+
+    feeds, labels = split_labels(_load_data(recipe.data.eval, source, "evaluation data"))
+    reference = None
+    if labels is None:
+        reference = _reference_outputs(source, feeds)
+    for e in entries:
+        progress(f"evaluating {e.name}")
+        result = evaluate(stage / e.file, to_artifact_layout(feeds, e.details), labels=labels, reference=reference)
+        e.metrics[result.metric] = result.value
+        e.metrics["eval_samples"] = result.n
+
+
+def _reference_outputs(source: ModelSource, feeds: dict) -> dict:
+    from edgeai.data import iter_batches
+    from edgeai.verify import reference_runner
+    run_ref, _ = reference_runner(source)
+    outs = [run_ref(batch)[0] for batch in iter_batches(feeds, 64)]
+    return {"reference": np.concatenate(outs)}
+
+
+def _bench_all(source: ModelSource, recipe: Recipe, stage: Path, entries: list[ArtifactEntry],
+               progress: Progress) -> None:
+    """p50 latency (batch 1, other dims as exported) of every artifact, each in a fresh process."""
+    from edgeai.bench import bench
+    progress("timing every variant (batch 1, each in a fresh process)")
+    cfg = recipe.summary
+    dims = {d: n for d, n in source.example_dims.items() if d != "batch"}
+    report = bench([str(stage / e.file) for e in entries], threads=cfg.threads, warmup=cfg.warmup,
+                   min_seconds=cfg.min_seconds, batch=1, dims=dims)
+    for e, r in zip(entries, report.results):
+        if r.ok:
+            e.metrics["latency_p50_ms"] = r.timing.p50_ms
+            e.metrics["latency_threads"] = cfg.threads
+        else:
+            e.notes.append(f"benchmark failed: {r.error}")
+
+
+def _export_verified(source: ModelSource, recipe: Recipe, stage: Path, steps: list[dict],
+                     progress: Progress) -> ArtifactEntry:
+    """Export with each attempt the exporter offers until one verifies; the FP32 entry."""
+    exporter = get_exporter(recipe.format)
+    config = _make_config(exporter.config_cls, recipe.export, f"{recipe.format} export")
+    tolerance = _tolerance(recipe)
+    failures = []
+    if source.kind == "onnx":
+        attempts = [None]
+    else:
+        attempts = exporter.attempts(config)
+    for attempt in attempts:
+        model_path = stage / f"model{exporter.suffix}"
+        try:
+            if attempt is None:
+                result = _copy_onnx(source.onnx_path, model_path)
+            else:
+                progress(f"exporting to {recipe.format} ({_attempt_name(attempt)})")
+                result = exporter.fn(source.module, source.torch_inputs(), source.input_specs, model_path, attempt)
+            if recipe.format == "onnx":
+                check_onnx_file(model_path)
+            progress(f"verifying {model_path.name} against {'PyTorch' if source.module is not None else 'ONNX'}")
+            handle = open_artifact(model_path, recipe.format, result.details)
+            parity = verify(source, handle, tolerance, allow_frozen=bool(result.details.get("static_shapes")))
+            if not parity.passed:
+                raise VerificationError(f"exported model differs from the reference: {parity.failure()}")
+        except (ExportError, VerificationError, EdgeAIError) as e:
+            failures.append(f"{_attempt_name(attempt)}: {e}")
+            log.warning("%s", failures[-1])
+            _remove_model_files(stage)
+            continue
+        step = {"type": f"export.{recipe.format}", "config": _config_dict(attempt)}
+        notes = list(result.notes)
+        if failures:
+            notes.append("fell back after: " + " | ".join(failures))
+        return _entry("fp32", model_path, recipe.format, "fp32", result, handle, parity, steps + [step], notes)
+    if len(failures) == 1:
+        raise ExportError(failures[0])
+    raise ExportError("every export path failed: " + " | ".join(failures))
+
+
+def _entry(name: str, model_path: Path, fmt: str, precision: str, result: ExportResult, handle: ArtifactHandle,
+           parity: Parity, steps: list[dict], notes: list[str]) -> ArtifactEntry:
+    files = [model_path.name] + [f for f in result.files if f != model_path.name]
+    size = sum((model_path.parent / f).stat().st_size for f in files)
+    return ArtifactEntry(
+        name=name, file=files[0], format=fmt, precision=precision, sha256=sha256_file(model_path),
+        size_bytes=size, inputs=[s.to_dict() for s in handle.inputs],
+        outputs=[s.to_dict() for s in handle.outputs], exporter=result.exporter,
+        extra_files=files[1:], parity=parity.to_dict(), steps=steps, notes=notes, details=result.details)
+
+
+def _copy_onnx(src: Path, dst: Path) -> ExportResult:
+    """Re-manifest an existing ONNX file: copy it (and its external data) without touching it."""
+    from edgeai.exporters.onnx import external_files, op_histogram
+    try:
+        extra = external_files(src)
+    except Exception as e:
+        raise VerificationError(f"{str(src)!r} is not a readable ONNX model: {' '.join(str(e).split())[:200]}") from None
+    shutil.copyfile(src, dst)
+    for name in extra:
+        if not (src.parent / name).is_file():
+            raise VerificationError(f"{str(src)!r} refers to external data {name!r}, which is missing")
+        shutil.copyfile(src.parent / name, dst.parent / name)
+    return ExportResult(exporter="existing ONNX file", files=[dst.name, *extra],
+                        details={"op_histogram": op_histogram(dst)})
+
+
+def _remove_model_files(stage: Path) -> None:
+    for p in stage.iterdir():
+        if p.is_file():
+            p.unlink()
+        else:
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _attempt_name(attempt: Any) -> str:
+    if attempt is None:
+        return "existing ONNX file"
+    return str(getattr(attempt, "exporter", type(attempt).__name__))
+
+
+def _config_dict(config: Any) -> dict:
+    from edgeai.steps import config_to_dict
+    return config_to_dict(config) if config is not None else {}
+
+
+def _tolerance(recipe: Recipe) -> Tolerance:
+    try:
+        return replace(FP32_TOLERANCE, **recipe.tolerance)
+    except TypeError:
+        raise RecipeError(f"bad tolerance {dict(recipe.tolerance)}; known: atol, rtol, min_cosine") from None
+
+
+def _old_files(out_dir: Path) -> set[str]:
+    if not (out_dir / MANIFEST_NAME).is_file():
+        return set()
+    try:
+        old = Manifest.read(out_dir)
+    except EdgeAIError:
+        return set()
+    return {f for e in old.artifacts for f in [e.file, *e.extra_files]}
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    import edgeai
+    out = {"edgeai": edgeai.__version__}
+    for pkg in ("torch", "onnx", "onnxruntime", "onnxscript", "numpy", "litert-torch", "ai-edge-litert",
+                "ai-edge-quantizer"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            continue
+    return out

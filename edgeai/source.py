@@ -1,0 +1,297 @@
+"""Load a trained model (factory, TorchScript, ExportedProgram, state_dict, ONNX) with named example inputs."""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import logging
+import sys
+import zipfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from edgeai.errors import InputSpecError, ModelLoadError
+from edgeai.specs import TensorSpec, dim_sizes, load_npz, parse_input_spec, random_feeds, resize_along
+
+log = logging.getLogger(__name__)
+
+KINDS = ("factory", "torchscript", "exported_program", "state_dict", "pickled_module", "onnx")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A model ready to export: the module (None for ONNX), named example inputs and their specs."""
+
+    kind: str                                 # one of KINDS
+    origin: str                               # what the user passed
+    module: Any                               # torch.nn.Module, or None when kind == "onnx"
+    example_inputs: dict[str, np.ndarray]     # call order; numpy so the verifier can reuse them
+    input_specs: list[TensorSpec]
+    onnx_path: Path | None = None
+
+    def torch_inputs(self) -> dict:
+        """Example inputs as fresh torch tensors (a fresh copy each call: never aliased)."""
+        import torch
+        return {k: torch.from_numpy(np.array(v, copy=True)) for k, v in self.example_inputs.items()}
+
+    @property
+    def example_dims(self) -> dict[str, int]:
+        """Size of each named (dynamic) dim in the example inputs, e.g. {"batch": 2, "seq": 100}."""
+        return dim_sizes(self.input_specs, self.example_inputs)
+
+    def with_dims(self, **sizes: int) -> "ModelSource":
+        """The same source with its example inputs resized along the named dims (e.g. batch=1)."""
+        feeds = {}
+        for spec in self.input_specs:
+            arr = self.example_inputs[spec.name]
+            for axis, d in enumerate(spec.shape):
+                if isinstance(d, str) and d in sizes:
+                    arr = resize_along(arr, axis, sizes[d])
+            feeds[spec.name] = arr
+        return replace(self, example_inputs=feeds)
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "origin": self.origin,
+                "inputs": [s.to_dict() for s in self.input_specs], "example_dims": self.example_dims}
+
+
+def load_model(spec: str, *, inputs: Sequence[str | TensorSpec] | None = None,
+               example_inputs: str | Path | Mapping[str, np.ndarray] | None = None,
+               arch: str | None = None, trust_pickle: bool = False,
+               dynamic_batch: bool = True) -> ModelSource:
+    """Load `spec` and build its example inputs from `inputs` specs or an `example_inputs` .npz.
+
+    spec: `file.py:factory`, `package.module:factory`, a TorchScript file, a `.pt2`
+    ExportedProgram, a state_dict file (with `arch`), a pickled module (with `trust_pickle`),
+    or a `.onnx` file.
+    """
+    specs = [s if isinstance(s, TensorSpec) else parse_input_spec(s) for s in (inputs or [])]
+    kind, module, onnx_path = _load(spec, arch, trust_pickle)
+    if kind == "onnx":
+        specs = specs or _onnx_input_specs(onnx_path)
+    elif module is not None and kind != "exported_program":  # exported programs are inference graphs
+        module.eval()
+    names = _forward_params(module) if module is not None else None
+    feeds, specs = _examples(specs, example_inputs, names, dynamic_batch)
+    source = ModelSource(kind, spec, module, feeds, specs, onnx_path)
+    if module is not None:
+        _check_forward(source)
+    return source
+
+
+def _check_forward(source: ModelSource) -> None:
+    """Run the model once on the example inputs so a wrong shape fails here, in the user's terms."""
+    import torch
+    try:
+        with torch.inference_mode():
+            source.module(*source.torch_inputs().values())
+    except Exception as e:
+        shapes = ", ".join(f"{k}={'x'.join(map(str, v.shape))}:{v.dtype}" for k, v in source.example_inputs.items())
+        text = " ".join(str(e).split())[:250]
+        raise InputSpecError(f"the model fails on the example inputs ({shapes}): {type(e).__name__}: {text}; "
+                             "check the --input shapes and dtypes") from None
+
+
+# ---------------------------------------------------------------------------- loading
+
+def _load(spec: str, arch: str | None, trust_pickle: bool):
+    path = Path(spec)
+    if path.suffix.lower() == ".onnx":
+        if not path.is_file():
+            raise ModelLoadError(f"model file {spec!r} does not exist")
+        return "onnx", None, path
+    if path.is_file():
+        return _load_file(path, arch, trust_pickle)
+    if _looks_like_factory(spec):
+        if arch:
+            raise ModelLoadError("--arch is for state_dict files; a factory already returns a model")
+        return "factory", call_factory(spec), None
+    if path.suffix or "/" in spec or "\\" in spec:
+        raise ModelLoadError(f"model file {spec!r} does not exist")
+    raise ModelLoadError(f"cannot tell what model {spec!r} is: pass a file (.onnx, .pt2, TorchScript, "
+                         "state_dict with --arch) or a factory as 'file.py:function' or 'package.module:function'")
+
+
+def _looks_like_factory(spec: str) -> bool:
+    target, sep, func = spec.rpartition(":")
+    return bool(sep and target and func.isidentifier() and not (len(target) == 1 and target.isalpha()))
+
+
+def resolve_callable(spec: str, what: str = "factory") -> Callable:
+    """Import `file.py:name` or `package.module:name` and return the attribute."""
+    target, _, name = spec.rpartition(":")
+    try:
+        if target.endswith(".py"):
+            file = Path(target)
+            if not file.is_file():
+                raise ModelLoadError(f"{what} file {target!r} does not exist")
+            mod_name = f"_edgeai_user_{abs(hash(str(file.resolve())))}"
+            mod_spec = importlib.util.spec_from_file_location(mod_name, file)
+            module = importlib.util.module_from_spec(mod_spec)
+            sys.modules[mod_name] = module
+            mod_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(target)
+    except ModelLoadError:
+        raise
+    except ModuleNotFoundError as e:
+        raise ModelLoadError(f"cannot import {target!r} for {what} {spec!r}: {e}") from None
+    except Exception as e:
+        raise ModelLoadError(f"importing {target!r} for {what} {spec!r} raised {type(e).__name__}: {e}") from None
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise ModelLoadError(f"{what} {spec!r}: {target!r} has no callable {name!r}")
+    return fn
+
+
+def call_factory(spec: str):
+    import torch
+    fn = resolve_callable(spec)
+    try:
+        module = fn()
+    except Exception as e:
+        raise ModelLoadError(f"factory {spec!r} raised {type(e).__name__}: {e}") from None
+    if not isinstance(module, torch.nn.Module):
+        raise ModelLoadError(f"factory {spec!r} returned {type(module).__name__}, not a torch.nn.Module")
+    return module
+
+
+def _load_file(path: Path, arch: str | None, trust_pickle: bool):
+    import torch
+    if path.suffix.lower() == ".pt2":
+        try:
+            ep = torch.export.load(str(path))
+        except Exception as e:
+            raise ModelLoadError(f"{str(path)!r} is not a loadable ExportedProgram (.pt2): {_first_line(e)}") from None
+        return "exported_program", ep.module(), None
+    if _is_torchscript(path):
+        try:
+            return "torchscript", torch.jit.load(str(path), map_location="cpu"), None
+        except Exception as e:
+            raise ModelLoadError(f"{str(path)!r} looks like TorchScript but does not load: {_first_line(e)}") from None
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=not trust_pickle)
+    except Exception as e:  # torch.load raises many types for files that are not its own
+        if not trust_pickle and "weights_only" in str(e):
+            raise ModelLoadError(
+                f"{str(path)!r} needs full unpickling, which can run arbitrary code; if you trust the file, "
+                "pass --trust-pickle (Python: trust_pickle=True)") from None
+        raise ModelLoadError(f"{str(path)!r} is not a PyTorch model file: {_first_line(e)}") from None
+    if isinstance(obj, torch.nn.Module):
+        if arch:
+            raise ModelLoadError(f"{str(path)!r} holds a whole module; drop --arch")
+        return "pickled_module", obj, None
+    state = _find_state_dict(obj)
+    if state is None:
+        raise ModelLoadError(f"{str(path)!r} holds a {type(obj).__name__}, neither a model nor a state_dict")
+    if not arch:
+        raise ModelLoadError(f"{str(path)!r} is a state_dict (weights only); pass --arch file.py:factory "
+                             "to build the model it belongs to")
+    module = call_factory(arch)
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        detail = " ".join(str(e).split())[:300]
+        raise ModelLoadError(f"weights in {str(path)!r} do not fit --arch {arch!r}: {detail}") from None
+    return "state_dict", module, None
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any(n.endswith("/constants.pkl") or "/code/" in n for n in z.namelist())
+
+
+def _find_state_dict(obj) -> dict | None:
+    import torch
+    if isinstance(obj, Mapping) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return dict(obj)
+    if isinstance(obj, Mapping):  # training checkpoints: {"state_dict": ..., "epoch": ...}
+        for key in ("state_dict", "model_state_dict", "model", "weights"):
+            if key in obj:
+                found = _find_state_dict(obj[key])
+                if found is not None:
+                    return found
+    return None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else type(e).__name__
+
+
+def _onnx_input_specs(path: Path) -> list[TensorSpec]:
+    from edgeai.runtime.onnx import OnnxSession
+    return OnnxSession(path).inputs
+
+
+# ---------------------------------------------------------------------------- inputs
+
+def _forward_params(module) -> list[str] | None:
+    """Names of forward()'s positional parameters, or None if they cannot be read."""
+    try:
+        if hasattr(module, "forward") and hasattr(module.forward, "schema"):  # TorchScript
+            return [a.name for a in module.forward.schema.arguments[1:]]
+        sig = inspect.signature(module.forward)
+    except (TypeError, ValueError, AttributeError):
+        return None
+    params = [p for p in sig.parameters.values()
+              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if any(p.kind is p.VAR_POSITIONAL for p in sig.parameters.values()):
+        return None
+    return [p.name for p in params]
+
+
+def _examples(specs: list[TensorSpec], example_inputs, names: list[str] | None,
+              dynamic_batch: bool) -> tuple[dict[str, np.ndarray], list[TensorSpec]]:
+    if example_inputs is None and not specs:
+        raise InputSpecError("no inputs given: pass --input NAME:DIM,DIM,... (one per forward() input) "
+                             "or --example-inputs FILE.npz"
+                             + (f"; forward() takes {', '.join(names)}" if names else ""))
+    if example_inputs is not None:
+        arrays = (load_npz(example_inputs, "example inputs") if isinstance(example_inputs, (str, Path))
+                  else {k: np.asarray(v) for k, v in example_inputs.items()})
+        arrays.pop("labels", None)
+        if specs:
+            _check_names([s.name for s in specs], list(arrays), "--input specs and --example-inputs")
+            arrays = {s.name: arrays[s.name] for s in specs}
+            specs = [_check_example_fits(s, arrays[s.name]) for s in specs]
+        else:
+            specs = [_spec_from_array(k, a, dynamic_batch) for k, a in arrays.items()]
+        feeds = arrays
+    else:
+        feeds = random_feeds(specs)
+        log.info("example inputs generated from specs: %s", ", ".join(map(str, specs)))
+    # numpy defaults to float64; torch models almost always want float32
+    for i, spec in enumerate(specs):
+        if spec.dtype == "float64" and feeds[spec.name].dtype == np.float64:
+            feeds[spec.name] = feeds[spec.name].astype(np.float32)
+            specs[i] = replace(spec, dtype="float32")
+    if names is not None and list(feeds) != names[:len(feeds)]:
+        _check_names(names[:len(feeds)], list(feeds), "forward()")
+    return feeds, specs
+
+
+def _check_names(expected: list[str], got: list[str], what: str) -> None:
+    if list(expected) != list(got):
+        raise InputSpecError(f"input names {got} do not match {what} parameters {expected} "
+                             "(names and order must match)")
+
+
+def _spec_from_array(name: str, arr: np.ndarray, dynamic_batch: bool) -> TensorSpec:
+    if arr.ndim == 0:
+        raise InputSpecError(f"example input {name!r} is a scalar; inputs need at least one dimension")
+    shape = (("batch",) if dynamic_batch else (arr.shape[0],)) + tuple(arr.shape[1:])
+    return TensorSpec(name, shape, str(arr.dtype), {"batch": arr.shape[0]} if dynamic_batch else {})
+
+
+def _check_example_fits(spec: TensorSpec, arr: np.ndarray) -> TensorSpec:
+    if arr.ndim != len(spec.shape) or any(isinstance(d, int) and d != s for d, s in zip(spec.shape, arr.shape)):
+        raise InputSpecError(f"example input {spec.name!r} has shape {tuple(arr.shape)}, --input says "
+                             f"{','.join(map(str, spec.shape))}")
+    sizes = {d: s for d, s in zip(spec.shape, arr.shape) if isinstance(d, str)}
+    return replace(spec, dtype=str(arr.dtype), example_sizes=sizes)

@@ -1,0 +1,77 @@
+"""Quantized variants through `edgeai export`: written beside FP32, verified, evaluated, timed, reported."""
+import numpy as np
+import onnx
+from onnx import numpy_helper
+import torch
+
+import edgeai
+from edgeai.manifest import Manifest
+
+from conftest import factory
+import models
+
+
+def _labelled(module, n=256, seed=0):
+    x = np.random.default_rng(seed).standard_normal((n, module.a.in_features if hasattr(module, "a") else 64))
+    x = x.astype(np.float32)
+    with torch.no_grad():
+        labels = module(torch.from_numpy(x)).argmax(-1).numpy()
+    return x, labels
+
+
+def test_quantized_variants_are_verified_evaluated_and_timed(tmp_path):
+    x, labels = _labelled(models.wide_mlp())
+    np.savez(tmp_path / "eval.npz", x=x, labels=labels)
+    np.savez(tmp_path / "calib.npz", x=x[:64])
+    out = edgeai.export(factory("wide_mlp"), tmp_path / "o", inputs=["x:batch,64"],
+                        quantize=({"fp16": {}}, {"int8-dynamic": {}}, {"int8-static": {}}),
+                        data=edgeai.recipe.DataConfig(eval=str(tmp_path / "eval.npz"),
+                                                      calibration=str(tmp_path / "calib.npz")))
+    by = {a.name: a for a in out.artifacts}
+    assert list(by) == ["fp32", "fp16", "int8-dynamic", "int8-static"]
+    fp32 = by["fp32"]
+    assert fp32.metrics["top1"] == 100.0          # labels are the FP32 model's own predictions
+    assert 0.45 < by["fp16"].size_bytes / fp32.size_bytes < 0.6
+    assert by["int8-dynamic"].size_bytes / fp32.size_bytes < 0.35
+    for a in out.artifacts:
+        assert a.parity["passed"] and (tmp_path / "o" / a.file).is_file()
+        assert a.metrics["latency_p50_ms"] > 0 and a.metrics["latency_threads"] == 1
+        assert a.metrics["top1"] >= 97.0, (a.name, a.metrics)
+        assert a.steps[0]["type"] == "export.onnx"
+    assert by["int8-static"].steps[-1]["type"] == "onnx:int8-static"
+    assert Manifest.read(tmp_path / "o").get("int8-dynamic").precision == "int8"
+
+
+def test_max_drop_keeps_the_planted_sensitive_layer_in_fp32(cli, tmp_path):
+    x, labels = _labelled(models.outlier_mlp())
+    x = x[:, :16]
+    with torch.no_grad():
+        labels = models.outlier_mlp()(torch.from_numpy(x)).argmax(-1).numpy()
+    np.savez(tmp_path / "eval.npz", x=x, labels=labels)
+    code, out, err = cli("export", factory("outlier_mlp"), "--input", "x:batch,16", "-o", tmp_path / "o",
+                         "--quantize", "int8-dynamic", "--eval-data", tmp_path / "eval.npz", "--max-drop", "2",
+                         "--no-bench")
+    assert code == 0, err
+    m = Manifest.read(tmp_path / "o")
+    q = m.get("int8-dynamic")
+    excluded = q.steps[-1]["config"]["exclude_nodes"]
+    assert len(excluded) == 1
+    # the excluded node is the one that reads the outlier weights (layer b)
+    graph = onnx.load(str(tmp_path / "o" / m.get("fp32").file)).graph
+    weights = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    node = next(n for n in graph.node if n.name == excluded[0])
+    assert max(float(np.abs(weights[i]).max()) for i in node.input if i in weights) == 50.0
+    assert q.metrics["top1"] >= 98.0
+    assert any("kept 1 node(s) in FP32" in n for n in q.notes)
+    assert "int8-dynamic" in out and "kept 1 node(s) in FP32" in out
+
+
+def test_cosine_metric_without_labels(tmp_path):
+    x = np.random.default_rng(3).standard_normal((64, 64)).astype(np.float32)
+    np.savez(tmp_path / "eval.npz", x=x)
+    out = edgeai.export(factory("wide_mlp"), tmp_path / "o", inputs=["x:batch,64"], quantize=({"fp16": {}},),
+                        data=edgeai.recipe.DataConfig(eval=str(tmp_path / "eval.npz")),
+                        summary=edgeai.recipe.SummaryConfig(bench=False))
+    fp32, fp16 = out.artifacts
+    assert fp32.metrics["cosine"] > 0.99999 and fp16.metrics["cosine"] > 0.999
+    assert "latency_p50_ms" not in fp32.metrics
