@@ -357,3 +357,19 @@ def test_heads_and_hidden_units_prune_exactly_under_every_importance(importance,
     assert rep.details["macs_after"] < 0.7 * rep.details["macs_before"]
     assert all(p.requires_grad for p in pruned.parameters()) and all(p.grad is None for p in pruned.parameters())
     assert (importance == "bn_scale") == any("bn_scale has no meaning" in n for n in rep.notes)
+
+
+@pytest.mark.parametrize("name", ["cnn", "lstm", "vit"])
+def test_zoo_models_prune_exactly_and_export_to_onnx(name, tmp_path):
+    import edgeai.zoo as zoo
+
+    ref = zoo.REFERENCE_MODELS[name]
+    model = getattr(zoo, f"digits_{name}")()
+    test = dict(np.load(ref.test_data))
+    key = next(k for k in test if k != "labels")
+    inputs = {key: torch.from_numpy(test[key][:2])}
+    pruned, rep = prune(model, inputs, PruneConfig(ratio=0.5))
+    assert abs(rep.details["achieved_ratio"] - 0.5) < 0.03
+    assert rep.details["max_abs_diff_vs_masked_original"] < 1e-4
+    assert rep.details["params_after"] < 0.7 * rep.details["params_before"]
+    assert _onnx_max_diff(pruned, inputs, tmp_path) < 1e-4
