@@ -33,6 +33,10 @@ class OutputError(EdgeAIError):
     """The output location cannot be written."""
 
 
+class ConfigError(EdgeAIError):
+    """A step, exporter or recipe option is out of range or contradicts another."""
+
+
 class UnknownNameError(EdgeAIError, KeyError):
     """A registry lookup failed; the message lists the known names."""
 

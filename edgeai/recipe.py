@@ -5,10 +5,10 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-from edgeai.errors import EdgeAIError
+from edgeai.errors import ConfigError
 
 
-class RecipeError(EdgeAIError):
+class RecipeError(ConfigError):
     """A recipe file is missing, not YAML, or has unknown or mistyped keys."""
 
 

@@ -12,7 +12,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from edgeai.errors import EdgeAIError
+from edgeai.errors import ConfigError
 from edgeai.steps import _prune_rnn as prune_rnn
 from edgeai.steps._prune_alloc import Slot
 
@@ -273,7 +273,7 @@ def cut_channels(model: Any, dg: Any, t: Target, remove: list[int]) -> None:
     try:
         dg.get_pruning_group(model.get_submodule(t.slot.name), t.handler, remove).prune()
     except (RuntimeError, IndexError, ValueError) as e:
-        raise EdgeAIError(f"prune: torch-pruning could not cut the channel group of '{t.slot.name}' "
+        raise ConfigError(f"prune: torch-pruning could not cut the channel group of '{t.slot.name}' "
                           f"({type(e).__name__}: {str(e)[:200]}); pin it with pinned=['{t.slot.name}']") from None
 
 

@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from edgeai.errors import DataError, EdgeAIError, UnknownNameError
+from edgeai.errors import ConfigError, DataError, UnknownNameError
 from edgeai.steps import MODEL_STEPS, ModelStep, StepContext, StepReport, config_to_dict
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def _validate(config: DistillConfig) -> None:
                       ("lr", config.lr > 0), ("temperature", config.temperature > 0),
                       ("alpha", 0.0 <= config.alpha <= 1.0), ("patience", config.patience >= 1)):
         if not ok:
-            raise EdgeAIError(f"distill: {field}={getattr(config, field)} is out of range")
+            raise ConfigError(f"distill: {field}={getattr(config, field)} is out of range")
 
 
 def _split(data: Mapping[str, Any] | None, names: list[str], what: str) -> tuple[dict, np.ndarray | None, int]:
@@ -96,7 +96,7 @@ def _first_tensor(out: Any) -> Any:
 
     leaves = [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
     if not leaves:
-        raise EdgeAIError("distill: the model returns no tensor")
+        raise ConfigError("distill: the model returns no tensor")
     return leaves[0]
 
 
@@ -115,7 +115,7 @@ class _Features:
                 import difflib
 
                 close = difflib.get_close_matches(n, list(known), n=3)
-                raise EdgeAIError(f"distill: feature layer {n!r} is not in the model"
+                raise ConfigError(f"distill: feature layer {n!r} is not in the model"
                                   + (f"; did you mean {', '.join(close)}?" if close else ""))
             m = known[n]
             conv_like = isinstance(m, (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm))
@@ -249,7 +249,7 @@ def distill(student: Any, example_inputs: Mapping[str, Any], config: DistillConf
             cs = s_feats.values[s].shape[s_feats.channel_dim[s]]
             ct = t_train_f[t].shape[t_feats.channel_dim[t]]
             if s_feats.values[s].shape[2:] != t_train_f[t].shape[2:] and s_feats.channel_dim[s] == 1:
-                raise EdgeAIError(f"distill: feature maps of '{s}' {tuple(s_feats.values[s].shape[1:])} and "
+                raise ConfigError(f"distill: feature maps of '{s}' {tuple(s_feats.values[s].shape[1:])} and "
                                   f"'{t}' {tuple(t_train_f[t].shape[1:])} differ in size; pair layers of equal resolution")
             if cs != ct:
                 adapters[str(i)] = torch.nn.Linear(cs, ct).to(dtype)

@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from edgeai.errors import EdgeAIError, InputSpecError, UnknownNameError, VerificationError
+from edgeai.errors import ConfigError, InputSpecError, UnknownNameError, VerificationError
 from edgeai.steps import MODEL_STEPS, ModelStep, StepContext, StepReport, config_to_dict
 from edgeai.steps._prune_alloc import ALLOCATIONS, search
 
@@ -47,22 +47,22 @@ class PruneConfig:
 
 def validate(config: PruneConfig) -> None:
     if (config.ratio is None) == (config.target_macs is None):
-        raise EdgeAIError("prune: give exactly one of ratio (fraction of MACs to remove, e.g. 0.5) "
+        raise ConfigError("prune: give exactly one of ratio (fraction of MACs to remove, e.g. 0.5) "
                           "or target_macs (MACs to keep)")
     if config.ratio is not None and not 0.0 < float(config.ratio) < 1.0:
-        raise EdgeAIError(f"prune: ratio must be between 0 and 1 (fraction of MACs to remove), got {config.ratio}")
+        raise ConfigError(f"prune: ratio must be between 0 and 1 (fraction of MACs to remove), got {config.ratio}")
     if config.target_macs is not None and int(config.target_macs) <= 0:
-        raise EdgeAIError(f"prune: target_macs must be a positive MAC count, got {config.target_macs}")
+        raise ConfigError(f"prune: target_macs must be a positive MAC count, got {config.target_macs}")
     if config.importance not in IMPORTANCES:
         raise UnknownNameError(f"prune: no importance named {config.importance!r}; known: {', '.join(IMPORTANCES)}")
     if config.allocation not in ALLOCATIONS:
         raise UnknownNameError(f"prune: no allocation named {config.allocation!r}; known: {', '.join(ALLOCATIONS)}")
     if int(config.round_to) < 1:
-        raise EdgeAIError(f"prune: round_to must be >= 1, got {config.round_to}")
+        raise ConfigError(f"prune: round_to must be >= 1, got {config.round_to}")
     if not 0.0 < float(config.max_layer_ratio) < 1.0:
-        raise EdgeAIError(f"prune: max_layer_ratio must be between 0 and 1, got {config.max_layer_ratio}")
+        raise ConfigError(f"prune: max_layer_ratio must be between 0 and 1, got {config.max_layer_ratio}")
     if int(config.protect_narrow) < 0:
-        raise EdgeAIError(f"prune: protect_narrow must be >= 0, got {config.protect_narrow}")
+        raise ConfigError(f"prune: protect_narrow must be >= 0, got {config.protect_narrow}")
 
 
 def _check_pinned(model: Any, pinned: tuple[str, ...]) -> None:
@@ -71,7 +71,7 @@ def _check_pinned(model: Any, pinned: tuple[str, ...]) -> None:
         if p not in names:
             close = difflib.get_close_matches(p, names, n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise EdgeAIError(f"prune: pinned module {p!r} is not in the model{hint}")
+            raise ConfigError(f"prune: pinned module {p!r} is not in the model{hint}")
 
 
 def _shapes(out: Any) -> list[tuple]:
@@ -127,7 +127,7 @@ def _plan_and_cut(module: Any, example_inputs: Mapping[str, Any], config: PruneC
     targets, notes = pg.discover(work, example_inputs, config, dg)
     live = [t for t in targets if not t.slot.protected]
     if not live:
-        raise EdgeAIError("prune: nothing can be pruned: "
+        raise ConfigError("prune: nothing can be pruned: "
                           + ("; ".join(f"'{t.slot.name}' {t.slot.protected}" for t in targets[:8])
                              or "no conv, linear, attention or RNN layer found")
                           + ". Unpin layers, lower protect_narrow, or use sparsity instead")
@@ -135,7 +135,7 @@ def _plan_and_cut(module: Any, example_inputs: Mapping[str, Any], config: PruneC
     keeps, pred, floor = search(slots, base.per_module, target_pred, config.allocation,
                                 int(config.round_to), float(config.max_layer_ratio), int(config.protect_narrow))
     if floor > target_pred + UNREACHABLE_MARGIN * base.total:
-        raise EdgeAIError(
+        raise ConfigError(
             f"prune: at most {1 - floor / base.total:.1%} of MACs can be removed with these settings, not "
             f"{1 - target_pred / base.total:.1%}; raise max_layer_ratio, lower protect_narrow or round_to, "
             f"or unpin layers")
@@ -249,10 +249,10 @@ def prune(module: Any, example_inputs: Mapping[str, Any], config: PruneConfig,
     with torch.no_grad():
         ref_out = module_eval(**example_inputs)
     if base.total <= 0:
-        raise EdgeAIError("prune: the model does no matmul/conv work on the example inputs; nothing to prune")
+        raise ConfigError("prune: the model does no matmul/conv work on the example inputs; nothing to prune")
     target = (1.0 - float(config.ratio)) * base.total if config.ratio is not None else float(config.target_macs)
     if target >= base.total:
-        raise EdgeAIError(f"prune: target_macs {int(target)} is not below the model's {base.total} MACs")
+        raise ConfigError(f"prune: target_macs {int(target)} is not below the model's {base.total} MACs")
 
     target_pred, best = target, None
     for _ in range(MAX_ROUNDS):

@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from edgeai.errors import EdgeAIError, UnknownNameError
+from edgeai.errors import ConfigError, UnknownNameError
 from edgeai.steps import MODEL_STEPS, ModelStep, StepContext, StepReport, config_to_dict
 
 log = logging.getLogger(__name__)
@@ -37,9 +37,9 @@ def _validate(config: SparsityConfig) -> None:
     if config.scope not in SCOPES:
         raise UnknownNameError(f"sparsity: no scope named {config.scope!r}; known: {', '.join(SCOPES)}")
     if not 0.0 < float(config.ratio) < 1.0:
-        raise EdgeAIError(f"sparsity: ratio must be between 0 and 1, got {config.ratio}")
+        raise ConfigError(f"sparsity: ratio must be between 0 and 1, got {config.ratio}")
     if config.pattern == "2:4" and abs(float(config.ratio) - 0.5) > 1e-9:
-        raise EdgeAIError(f"sparsity: the 2:4 pattern zeroes exactly half the weights; set ratio=0.5, "
+        raise ConfigError(f"sparsity: the 2:4 pattern zeroes exactly half the weights; set ratio=0.5, "
                           f"got {config.ratio}")
 
 
@@ -136,7 +136,7 @@ def sparsify(module: Any, example_inputs: Mapping[str, Any], config: SparsityCon
     _bake_parametrizations(model)
     weights = sparse_weights(model)
     if not weights:
-        raise EdgeAIError("sparsity: the model has no Linear, Conv or RNN weights to sparsify")
+        raise ConfigError("sparsity: the model has no Linear, Conv or RNN weights to sparsify")
     size_before = gzip_size(model)
     masks, skipped = _keep_masks(weights, config)
     with torch.no_grad():
