@@ -50,6 +50,7 @@ class Manifest:
     versions: dict[str, str]
     created: str
     schema: str = SCHEMA
+    failed: list[dict] = field(default_factory=list)  # variants that could not be made: {name, step, error}
 
     def get(self, name: str | None = None) -> ArtifactEntry:
         if not self.artifacts:

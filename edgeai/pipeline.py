@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from edgeai.errors import EdgeAIError, ExportError, VerificationError
+from edgeai.errors import EdgeAIError, ExportError, RuntimeLoadError, VerificationError
 from edgeai.exporters import ExportResult, get_exporter
 from edgeai.fsutil import ensure_writable_dir, publish, sha256_file, staging_dir
 from edgeai.manifest import MANIFEST_NAME, ArtifactEntry, Manifest
@@ -79,13 +79,14 @@ def run(recipe: Recipe, out_dir: Path, progress: Progress) -> ExportOutcome:
         source = source.with_dims(batch=1)  # a fixed-shape model is deployed at batch 1
     with staging_dir(out_dir) as stage:
         entry = _export_verified(source, recipe, stage, steps, progress)
-        entries = [entry] + _artifact_steps(source, recipe, stage, entry, progress)
+        failed: list[dict] = []
+        entries = [entry] + _artifact_steps(source, recipe, stage, entry, progress, failed)
         if recipe.data.eval:
             _evaluate_all(source, recipe, stage, entries, progress, teacher)
         if recipe.summary.bench:
             _bench_all(source, recipe, stage, entries, progress)
         manifest = Manifest(source=source.to_dict() | {"recipe": recipe.name or None},
-                            artifacts=entries, versions=versions(),
+                            artifacts=entries, versions=versions(), failed=failed,
                             created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         manifest.write(stage)
         old = _old_files(out_dir)
@@ -153,12 +154,15 @@ def _make_config(config_cls: type, opts: dict, what: str):
 
 
 def _artifact_steps(source: ModelSource, recipe: Recipe, stage: Path, fp32: ArtifactEntry,
-                    progress: Progress) -> list[ArtifactEntry]:
-    """File-in, file-out steps (quantization) on the FP32 artifact; each result verified on its own."""
+                    progress: Progress, failed: list[dict]) -> list[ArtifactEntry]:
+    """File-in, file-out steps (quantization) on the FP32 artifact; each result verified on its own.
+
+    A variant whose quantizer breaks, whose runtime crashes on it, or that computes something
+    else is left out and reported in `failed`; the other variants are still written.
+    """
     if not recipe.quantize:
         return []
-    from edgeai.steps import StepContext, config_to_dict, get_artifact_step
-    from edgeai.verify import FP16_TOLERANCE, QUANTIZED_TOLERANCE
+    from edgeai.steps import StepContext, get_artifact_step
 
     ctx = StepContext(calibration=_load_data(recipe.data.calibration, source, "calibration data"),
                       eval_data=_load_data(recipe.data.eval, source, "evaluation data"),
@@ -171,8 +175,27 @@ def _artifact_steps(source: ModelSource, recipe: Recipe, stage: Path, fp32: Arti
         key = f"{recipe.format}:{name}"
         step = get_artifact_step(key)
         config = _make_config(step.config_cls, opts, f"quantization {name!r}")
-        src = stage / fp32.file
-        dst = stage / f"model.{name}{src.suffix}"
+        dst = stage / f"model.{name}{(stage / fp32.file).suffix}"
+        try:
+            entries.append(_variant(name, key, step, config, source, recipe, fp32, dst, ctx, metric, progress))
+        except (VerificationError, RuntimeLoadError, _StepFailure) as e:
+            log.warning("variant %s left out: %s", name, e)
+            failed.append({"name": name, "step": key, "error": str(e).replace(f"{stage}/", "")})
+            for p in stage.glob(f"{dst.name}*"):
+                p.unlink()
+    return entries
+
+
+class _StepFailure(Exception):
+    """A step's own code broke (not the user's input): the variant is left out, the export goes on."""
+
+
+def _variant(name, key, step, config, source, recipe, fp32, dst, ctx, metric, progress) -> ArtifactEntry:
+    from edgeai.steps import config_to_dict
+    from edgeai.verify import FP16_TOLERANCE, QUANTIZED_TOLERANCE
+
+    src = dst.parent / fp32.file
+    try:
         if metric is not None and hasattr(config, "exclude_nodes"):
             from edgeai.steps.quant_fallback import quantize_with_fallback
             progress(f"quantizing: {name}, keeping sensitive layers in FP32 until the drop is <= {recipe.max_drop:g}")
@@ -180,19 +203,22 @@ def _artifact_steps(source: ModelSource, recipe: Recipe, stage: Path, fp32: Arti
         else:
             progress(f"quantizing: {name}")
             report = step.fn(src, dst, config, ctx)
-        layout = {k: fp32.details[k] for k in LAYOUT_KEYS if k in fp32.details}
-        handle = open_artifact(dst, recipe.format, layout)
-        tolerance = FP16_TOLERANCE if step.precision == "fp16" else QUANTIZED_TOLERANCE
-        progress(f"verifying {dst.name} against {'PyTorch' if source.module is not None else 'ONNX'}")
-        parity = verify(source, handle, tolerance, allow_frozen=bool(layout.get("static_shapes")))
-        if not parity.passed:
-            raise VerificationError(f"{name} artifact is broken: {parity.failure()}")
-        result = ExportResult(exporter=fp32.exporter, files=[dst.name, *report.details.get("extra_files", [])],
-                              details={**layout, **report.details})
-        steps = fp32.steps + [{"type": report.step, "config": report.config or config_to_dict(config)}]
-        entries.append(_entry(name, dst, recipe.format, step.precision or name, result, handle, parity,
-                              steps, list(report.notes)))
-    return entries
+    except EdgeAIError:
+        raise
+    except Exception as e:  # a bug or limitation of the quantizer on this graph
+        raise _StepFailure(f"the {key} step failed: {type(e).__name__}: {' '.join(str(e).split())[:300]}") from e
+    layout = {k: fp32.details[k] for k in LAYOUT_KEYS if k in fp32.details}
+    # a derived model is first run in a child process: runtimes have crashed on such graphs
+    handle = open_artifact(dst, recipe.format, layout, isolate=True)
+    tolerance = FP16_TOLERANCE if step.precision == "fp16" else QUANTIZED_TOLERANCE
+    progress(f"verifying {dst.name} against {'PyTorch' if source.module is not None else 'ONNX'}")
+    parity = verify(source, handle, tolerance, allow_frozen=bool(layout.get("static_shapes")))
+    if not parity.passed:
+        raise VerificationError(f"{name} artifact computes something else: {parity.failure()}")
+    result = ExportResult(exporter=fp32.exporter, files=[dst.name, *report.details.get("extra_files", [])],
+                          details={**layout, **report.details})
+    steps = fp32.steps + [{"type": report.step, "config": report.config or config_to_dict(config)}]
+    return _entry(name, dst, recipe.format, step.precision or name, result, handle, parity, steps, list(report.notes))
 
 
 def _metric_fn(source: ModelSource, eval_feeds: dict | None) -> Callable[[Path], float]:

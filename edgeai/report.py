@@ -67,6 +67,8 @@ def print_export_summary(manifest: Manifest, out_dir: Path) -> None:
                           markup=False, highlight=False)
         for note in a.notes:
             console.print(f"note {a.name}: {note}", style="yellow", markup=False, highlight=False)
+    for f in manifest.failed:
+        console.print(f"failed {f['name']}: {f['error']}", style="red", markup=False, highlight=False)
     if any("p50_ms" in r for r in rows):
         console.print("speedup = p50 of the first variant / p50 of this one, measured in this run "
                       f"({manifest.artifacts[0].metrics.get('latency_threads', '?')} thread(s)).", highlight=False)

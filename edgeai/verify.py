@@ -92,18 +92,23 @@ def to_artifact_layout(feeds: Mapping[str, np.ndarray], layout: Mapping | None) 
     return {k: (np.ascontiguousarray(v.transpose(0, 2, 3, 1)) if k in nhwc else v) for k, v in feeds.items()}
 
 
-def open_artifact(path: Path, fmt: str, layout: Mapping | None = None) -> ArtifactHandle:
-    """Open `path` in its runtime; crash-prone runtimes (LiteRT) run in a child process."""
+def open_artifact(path: Path, fmt: str, layout: Mapping | None = None, isolate: bool = False) -> ArtifactHandle:
+    """Open `path` in its runtime, in a child process when `isolate` or the runtime is crash-prone.
+
+    Isolation turns a runtime that crashes on a model (LiteRT aborts; onnxruntime has segfaulted
+    optimizing FP16 graphs) into a RuntimeLoadError instead of killing this process.
+    """
     from edgeai.runtime import get_runtime
 
     cls = get_runtime(fmt)
+    isolate = isolate or cls.crash_prone
     nhwc_out = set((layout or {}).get("channels_last_outputs", ()))
 
     def outputs_of(result: Mapping[str, np.ndarray], specs: list[TensorSpec]) -> list[np.ndarray]:
         # NHWC -> NCHW for outputs the exporter made channels-last, to compare with PyTorch
         return [result[s.name].transpose(0, 3, 1, 2) if s.name in nhwc_out else result[s.name] for s in specs]
 
-    if cls.crash_prone:
+    if isolate:
         from edgeai.runtime.subproc import run_isolated_many
         inputs, outputs = cls.read_specs(path)
 
@@ -116,7 +121,7 @@ def open_artifact(path: Path, fmt: str, layout: Mapping | None = None) -> Artifa
 
         def run_many(sets):
             return [outputs_of(session.run(to_artifact_layout(f, layout)), outputs) for f in sets]
-    return ArtifactHandle(Path(path), fmt, inputs, outputs, run_many, cls.crash_prone)
+    return ArtifactHandle(Path(path), fmt, inputs, outputs, run_many, isolate)
 
 
 def reference_runner(source: ModelSource) -> tuple[Runner, str]:

@@ -124,3 +124,20 @@ def outlier_mlp():
 
 def wide_mlp():
     return _seeded(WideMLP)
+
+
+class TinyEncoder(nn.Module):
+    """nn.TransformerEncoder: onnxruntime 1.31 segfaults loading its FP16 graph with full optimizations."""
+
+    def __init__(self, d=32):
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(d, 2, 64, dropout=0.0, batch_first=True, norm_first=True)
+        self.enc = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
+        self.head = nn.Linear(d, 3)
+
+    def forward(self, tokens):
+        return self.head(self.enc(tokens).mean(1))
+
+
+def tiny_encoder():
+    return _seeded(TinyEncoder)

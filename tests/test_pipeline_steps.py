@@ -75,3 +75,41 @@ def test_cosine_metric_without_labels(tmp_path):
     fp32, fp16 = out.artifacts
     assert fp32.metrics["cosine"] > 0.99999 and fp16.metrics["cosine"] > 0.999
     assert "latency_p50_ms" not in fp32.metrics
+
+
+def test_variant_that_crashes_its_runtime_is_left_out_and_reported(tmp_path):
+    # onnxruntime 1.31 segfaults creating a session for this FP16 graph (full optimizations);
+    # the export must survive, keep the other variants and say what happened
+    out = edgeai.export(factory("tiny_encoder"), tmp_path / "o", inputs=["tokens:batch,seq=8,32"],
+                        quantize=({"fp16": {}}, {"int8-dynamic": {}}), summary=edgeai.recipe.SummaryConfig(bench=False))
+    names = [a.name for a in out.artifacts]
+    assert names[0] == "fp32" and "int8-dynamic" in names
+    failed = {f["name"]: f["error"] for f in out.manifest.failed}
+    if "fp16" in failed:
+        assert "crashed (signal SIGSEGV)" in failed["fp16"] and "fp16" not in names
+        assert not list((tmp_path / "o").glob("model.fp16*"))
+    else:  # a fixed onnxruntime: then the variant must be a verified artifact
+        assert out.manifest.get("fp16").parity["passed"]
+
+
+def test_broken_variant_is_reported_and_the_rest_is_written(tmp_path):
+    from dataclasses import dataclass
+
+    from edgeai.steps import ARTIFACT_STEPS, ArtifactStep, StepReport
+
+    @dataclass(frozen=True)
+    class GarbageConfig:
+        pass
+
+    def garbage(src, dst, config, ctx):
+        dst.write_bytes(b"not an onnx model")
+        return StepReport("onnx:test-garbage", {})
+
+    if "onnx:test-garbage" not in ARTIFACT_STEPS:
+        ARTIFACT_STEPS.add("onnx:test-garbage", ArtifactStep(GarbageConfig, garbage, "int8"))
+    out = edgeai.export(factory("wide_mlp"), tmp_path / "o", inputs=["x:batch,64"],
+                        quantize=({"test-garbage": {}}, {"fp16": {}}), summary=edgeai.recipe.SummaryConfig(bench=False))
+    assert [a.name for a in out.artifacts] == ["fp32", "fp16"]
+    (f,) = out.manifest.failed
+    assert f["name"] == "test-garbage" and "cannot load" in f["error"]
+    assert Manifest.read(tmp_path / "o").failed == out.manifest.failed

@@ -63,6 +63,12 @@ class OnnxSession(Session):
         self.outputs = [_spec(a) for a in self._sess.get_outputs()]
         self._output_names = [o.name for o in self.outputs]
 
+    @classmethod
+    def read_specs(cls, path) -> tuple[list[TensorSpec], list[TensorSpec]]:
+        """Inputs and outputs, from a session without graph optimizations (where ORT crashes happen)."""
+        session = cls(path, optimization="none")
+        return session.inputs, session.outputs
+
     def run_unchecked(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(zip(self._output_names, self._sess.run(self._output_names, feeds)))
 
