@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from edgeai.errors import EdgeAIError, ExportError, RuntimeLoadError, VerificationError
+from edgeai.errors import EdgeAIError, ExportError, MissingDependencyError, RuntimeLoadError, VerificationError
 from edgeai.exporters import ExportResult, get_exporter
 from edgeai.fsutil import ensure_writable_dir, publish, sha256_file, staging_dir
 from edgeai.manifest import MANIFEST_NAME, ArtifactEntry, Manifest
@@ -71,18 +71,23 @@ def run(recipe: Recipe, out_dir: Path, progress: Progress) -> ExportOutcome:
                         arch=recipe.arch, trust_pickle=recipe.trust_pickle,
                         dynamic_batch=recipe.dynamic_batch)
     source = _realistic_examples(source, recipe)
-    teacher = source.module
-    source, steps = _model_steps(source, recipe, progress)
     exporter = get_exporter(recipe.format)
     if (exporter.fixed_shapes(_make_config(exporter.config_cls, recipe.export, f"{recipe.format} export"))
             and source.example_dims.get("batch", 1) != 1):
         source = source.with_dims(batch=1)  # a fixed-shape model is deployed at batch 1
+    original = source
+    source, steps = _model_steps(source, recipe, progress)
     with staging_dir(out_dir) as stage:
+        entries = []
+        if steps:  # the model before pruning/distillation: the baseline every stage is compared with
+            entries.append(_export_verified(original, recipe, stage, [], progress, name="original"))
         entry = _export_verified(source, recipe, stage, steps, progress)
         failed: list[dict] = []
-        entries = [entry] + _artifact_steps(source, recipe, stage, entry, progress, failed)
+        entries += [entry] + _artifact_steps(source, recipe, stage, entry, progress, failed)
+        if source.module is not None:
+            _count_macs(original, source, entries)
         if recipe.data.eval:
-            _evaluate_all(source, recipe, stage, entries, progress, teacher)
+            _evaluate_all(original, recipe, stage, entries, progress)
         if recipe.summary.bench:
             _bench_all(source, recipe, stage, entries, progress)
         manifest = Manifest(source=source.to_dict() | {"recipe": recipe.name or None},
@@ -130,6 +135,7 @@ def _model_steps(source: ModelSource, recipe: Recipe, progress: Progress) -> tup
     if source.module is None:
         raise RecipeError("model steps (prune, distill, ...) need a PyTorch model, not an ONNX file")
     ctx = StepContext(train_data=_load_data(recipe.data.train, source, "training data"),
+                      calibration=_load_data(recipe.data.calibration, source, "calibration data"),
                       eval_data=_load_data(recipe.data.eval, source, "evaluation data"),
                       teacher=source.module, input_specs=source.input_specs)
     records = []
@@ -233,9 +239,29 @@ def _metric_fn(source: ModelSource, eval_feeds: dict | None) -> Callable[[Path],
     return lambda path: evaluate(path, feeds, labels=labels, reference=reference).value
 
 
+def _count_macs(original: ModelSource, final: ModelSource, entries: list[ArtifactEntry]) -> None:
+    """MACs and parameters per sample (batch 1) of the torch model behind each artifact."""
+    from edgeai.macs import count_macs
+
+    def count(src: ModelSource) -> tuple[int, int]:
+        one = src.with_dims(batch=1) if "batch" in src.example_dims else src
+        c = count_macs(src.module, one.torch_inputs())
+        return c.total, c.params
+
+    try:
+        counts = {"original": count(original)} if entries[0].name == "original" else {}
+        final_counts = count(final)
+    except Exception as e:  # informational only: a module the counter cannot trace keeps no MACs
+        log.debug("MAC count skipped: %s", e)
+        return
+    for e in entries:
+        e.metrics["macs"], e.metrics["params"] = counts.get(e.name, final_counts)
+
+
 def _evaluate_all(source: ModelSource, recipe: Recipe, stage: Path, entries: list[ArtifactEntry],
-                  progress: Progress, teacher) -> None:
-    """Task metric of every artifact in its runtime: top-1 with labels, else cosine to FP32 PyTorch."""
+                  progress: Progress) -> None:
+    """Task metric of every artifact in its runtime: top-1 with labels, else cosine to the original
+    PyTorch model (before any pruning or distillation)."""
     from edgeai.data import split_labels
     from edgeai.evaluate import evaluate
 
@@ -276,8 +302,8 @@ def _bench_all(source: ModelSource, recipe: Recipe, stage: Path, entries: list[A
 
 
 def _export_verified(source: ModelSource, recipe: Recipe, stage: Path, steps: list[dict],
-                     progress: Progress) -> ArtifactEntry:
-    """Export with each attempt the exporter offers until one verifies; the FP32 entry."""
+                     progress: Progress, name: str = "fp32") -> ArtifactEntry:
+    """Export with each attempt the exporter offers until one verifies; the FP32 entry `name`."""
     exporter = get_exporter(recipe.format)
     config = _make_config(exporter.config_cls, recipe.export, f"{recipe.format} export")
     tolerance = _tolerance(recipe)
@@ -287,7 +313,7 @@ def _export_verified(source: ModelSource, recipe: Recipe, stage: Path, steps: li
     else:
         attempts = exporter.attempts(config)
     for attempt in attempts:
-        model_path = stage / f"model{exporter.suffix}"
+        model_path = stage / (f"model{exporter.suffix}" if name == "fp32" else f"model.{name}{exporter.suffix}")
         try:
             if attempt is None:
                 result = _copy_onnx(source.onnx_path, model_path)
@@ -301,16 +327,19 @@ def _export_verified(source: ModelSource, recipe: Recipe, stage: Path, steps: li
             parity = verify(source, handle, tolerance, allow_frozen=bool(result.details.get("static_shapes")))
             if not parity.passed:
                 raise VerificationError(f"exported model differs from the reference: {parity.failure()}")
-        except (ExportError, VerificationError, EdgeAIError) as e:
+        except MissingDependencyError:
+            raise
+        except EdgeAIError as e:
             failures.append(f"{_attempt_name(attempt)}: {e}")
             log.warning("%s", failures[-1])
-            _remove_model_files(stage)
+            for p in stage.glob(f"{model_path.name}*"):  # this attempt's files (model + external data)
+                p.unlink()
             continue
         step = {"type": f"export.{recipe.format}", "config": _config_dict(attempt)}
         notes = list(result.notes)
         if failures:
             notes.append("fell back after: " + " | ".join(failures))
-        return _entry("fp32", model_path, recipe.format, "fp32", result, handle, parity, steps + [step], notes)
+        return _entry(name, model_path, recipe.format, "fp32", result, handle, parity, steps + [step], notes)
     if len(failures) == 1:
         raise ExportError(failures[0])
     raise ExportError("every export path failed: " + " | ".join(failures))
@@ -341,14 +370,6 @@ def _copy_onnx(src: Path, dst: Path) -> ExportResult:
         shutil.copyfile(src.parent / name, dst.parent / name)
     return ExportResult(exporter="existing ONNX file", files=[dst.name, *extra],
                         details={"op_histogram": op_histogram(dst)})
-
-
-def _remove_model_files(stage: Path) -> None:
-    for p in stage.iterdir():
-        if p.is_file():
-            p.unlink()
-        else:
-            shutil.rmtree(p, ignore_errors=True)
 
 
 def _attempt_name(attempt: Any) -> str:

@@ -24,8 +24,39 @@ def summary_rows(manifest: Manifest) -> list[dict]:
             row["metric"], row["metric_value"] = name, value
             base_metric = _metric(base)
             row["drop"] = base_metric[1] - value if base_metric and base_metric[0] == name else None
+        if "macs" in a.metrics:
+            row["macs_m"] = a.metrics["macs"] / 1e6
+            row["macs_ratio"] = a.metrics["macs"] / base.metrics["macs"] if base.metrics.get("macs") else None
         rows.append(row)
     return rows
+
+
+def model_step_lines(manifest: Manifest) -> list[str]:
+    """One line per model step (prune, distill, ...) of the artifact after them, from its details."""
+    after = next((a for a in manifest.artifacts if any(s["type"].startswith("model.") for s in a.steps)), None)
+    lines = []
+    for s in after.steps if after else []:
+        d = s.get("details", {})
+        try:
+            lines.append(_step_line(s["type"], d))
+        except (KeyError, TypeError):  # a step without the usual numbers: show what it has
+            lines.append(f"{s['type'][6:]}: " + ", ".join(f"{k}={v}" for k, v in d.items()
+                                                         if not isinstance(v, (list, dict))))
+        lines += [f"note {s['type'][6:]}: {n}" for n in s.get("notes") or []]
+    return lines
+
+
+def _step_line(kind: str, d: dict) -> str:
+    if kind == "model.prune":
+        return (f"prune: MACs {d['macs_before'] / 1e6:.2f}M -> {d['macs_after'] / 1e6:.2f}M "
+                f"(asked {d['target_ratio']}, removed {d['achieved_ratio']:.3f}), params "
+                f"{d['params_before']:,} -> {d['params_after']:,} (example batch)")
+    if kind == "model.distill":
+        scale = 100.0 if d.get("metric") == "top1" else 1.0
+        return (f"distill: {d['metric']} {d['initial_metric'] * scale:.2f} -> {d['best_metric'] * scale:.2f} "
+                f"in {d['epochs_run']} epochs ({d['seconds']:.0f} s); teacher "
+                f"{d['teacher_metric'] * scale:.2f} (PyTorch, evaluation data)")
+    raise KeyError(kind)
 
 
 def _metric(a: ArtifactEntry) -> tuple[str, float] | None:
@@ -47,18 +78,23 @@ def print_export_summary(manifest: Manifest, out_dir: Path) -> None:
 
     rows = summary_rows(manifest)
     table = Table(title=f"edgeai export: {out_dir}", title_justify="left")
-    for col, justify in (("variant", "left"), ("format", "left"), ("size MB", "right"), ("size ×", "right"),
+    macs = any("macs_m" in r for r in rows)
+    for col, justify in (("variant", "left"), ("format", "left"), *((("MMACs", "right"),) if macs else ()),
+                         ("size MB", "right"), ("size ×", "right"),
                          ("p50 ms", "right"), ("speedup", "right"), ("metric", "right"), ("drop", "right"),
                          ("max abs err", "right"), ("cosine", "right")):
         table.add_column(col, justify=justify, no_wrap=True)
     for r in rows:
         spec = ".2f" if r.get("metric") == "top1" else ".5f"
         metric = f"{r['metric']} {r['metric_value']:{spec}}" if "metric" in r else "-"
-        table.add_row(r["variant"], r["format"], f"{r['size_mb']:.3f}", f"{r['size_ratio']:.2f}",
+        table.add_row(r["variant"], r["format"], *((_fmt(r.get("macs_m"), ".2f"),) if macs else ()),
+                      f"{r['size_mb']:.3f}", f"{r['size_ratio']:.2f}",
                       _fmt(r.get("p50_ms"), ".3f"), _fmt(r.get("speedup"), ".2f"), metric,
                       _fmt(r.get("drop"), "+" + spec), _fmt(r["max_abs_err"], ".2e"), _fmt(r["cosine"], ".6f"))
     console = Console()
     print_wide(table, console)
+    for line in model_step_lines(manifest):
+        console.print(line, markup=False, highlight=False)
     for a in manifest.artifacts:
         d = a.details
         if "op_count" in d:
