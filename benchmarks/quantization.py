@@ -39,6 +39,8 @@ def run(models, min_seconds: float, threads: int, folder: Path) -> list[dict]:
                          "size_ratio": r["size_ratio"], "p50_ms": r.get("p50_ms"), "speedup": r.get("speedup"),
                          "metric": r.get("metric"), "value": r.get("metric_value"), "drop": r.get("drop"),
                          "max_abs_err": r["max_abs_err"], "notes": notes[r["variant"]]})
+        for f in out.manifest.failed:  # variants edgeai had to leave out, with the reason
+            rows.append({"model": name, "kind": kind, "variant": f["name"], "notes": f"FAILED: {f['error']}"})
     return rows
 
 
