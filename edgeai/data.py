@@ -1,17 +1,15 @@
 """Calibration/evaluation data: named sample arrays from an .npz, a .npy folder or a callable, checked."""
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import logging
 import re
-import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence, Union
 
 import numpy as np
 
 from edgeai.errors import DataError
+from edgeai.imports import import_callable
 from edgeai.specs import TensorSpec, load_npz
 
 log = logging.getLogger(__name__)
@@ -93,7 +91,7 @@ def _read_source(source: DataSource, what: str) -> Mapping[str, Any]:
         return load_npz(path, what)
     m = _CALLABLE_SPEC.match(text)
     if m:
-        return _call(_import_function(m["target"], m["func"], what), text, what)
+        return _call(import_callable(f"{m['target']}:{m['func']}", what, DataError), text, what)
     raise DataError(f"{what} {text!r} is neither an .npz file, a folder of .npy files, nor "
                     "'module:function' / 'file.py:function'")
 
@@ -111,29 +109,6 @@ def _read_npy_folder(folder: Path, what: str) -> dict[str, np.ndarray]:
             raise DataError(f"{what}: {str(f)!r} is not a readable .npy file "
                             f"({type(e).__name__}: {e})") from None
     return arrays
-
-
-def _import_function(target: str, func: str, what: str) -> Callable:
-    try:
-        if target.endswith(".py"):
-            path = Path(target)
-            if not path.is_file():
-                raise DataError(f"{what}: file {target!r} does not exist")
-            mod_name = f"_edgeai_data_{abs(hash(str(path.resolve())))}"
-            spec = importlib.util.spec_from_file_location(mod_name, path)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[mod_name] = module
-            spec.loader.exec_module(module)
-        else:
-            module = importlib.import_module(target)
-    except DataError:
-        raise
-    except Exception as e:
-        raise DataError(f"{what}: cannot import {target!r} ({type(e).__name__}: {e})") from None
-    fn = getattr(module, func, None)
-    if not callable(fn):
-        raise DataError(f"{what}: {target!r} has no function {func!r}")
-    return fn
 
 
 def _call(fn: Callable, label: str, what: str) -> Mapping[str, Any]:

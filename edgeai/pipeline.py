@@ -8,16 +8,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
-
 from edgeai.errors import EdgeAIError, ExportError, MissingDependencyError, RuntimeLoadError, VerificationError
 from edgeai.exporters import ExportResult, get_exporter
 from edgeai.fsutil import ensure_writable_dir, publish, sha256_file, staging_dir
 from edgeai.manifest import MANIFEST_NAME, ArtifactEntry, Manifest
+from edgeai.measure import RunData, bench_all, count_stage_macs, evaluate_all, metric_fn
 from edgeai.recipe import Recipe, RecipeError, load_recipe
 from edgeai.source import ModelSource, load_model
-from edgeai.verify import (FP32_TOLERANCE, ArtifactHandle, Parity, Tolerance, check_onnx_file, open_artifact,
-                           to_artifact_layout, verify)
+from edgeai.verify import FP32_TOLERANCE, ArtifactHandle, Parity, Tolerance, check_onnx_file, open_artifact, verify
 
 log = logging.getLogger(__name__)
 
@@ -70,26 +68,27 @@ def run(recipe: Recipe, out_dir: Path, progress: Progress) -> ExportOutcome:
     source = load_model(recipe.model, inputs=recipe.inputs, example_inputs=recipe.example_inputs,
                         arch=recipe.arch, trust_pickle=recipe.trust_pickle,
                         dynamic_batch=recipe.dynamic_batch)
-    source = _realistic_examples(source, recipe)
+    data = RunData(recipe.data, source.input_specs)
+    source = _realistic_examples(source, recipe, data)
     exporter = get_exporter(recipe.format)
     if (exporter.fixed_shapes(_make_config(exporter.config_cls, recipe.export, f"{recipe.format} export"))
             and source.example_dims.get("batch", 1) != 1):
         source = source.with_dims(batch=1)  # a fixed-shape model is deployed at batch 1
     original = source
-    source, steps = _model_steps(source, recipe, progress)
+    source, steps = _model_steps(source, recipe, data, progress)
     with staging_dir(out_dir) as stage:
         entries = []
         if steps:  # the model before pruning/distillation: the baseline every stage is compared with
             entries.append(_export_verified(original, recipe, stage, [], progress, name="original"))
         entry = _export_verified(source, recipe, stage, steps, progress)
         failed: list[dict] = []
-        entries += [entry] + _artifact_steps(source, recipe, stage, entry, progress, failed)
+        entries += [entry] + _artifact_steps(source, recipe, data, stage, entry, progress, failed)
         if source.module is not None:
-            _count_macs(original, source, entries)
+            count_stage_macs(original, source, entries)
         if recipe.data.eval:
-            _evaluate_all(original, recipe, stage, entries, progress)
+            evaluate_all(original, data, stage, entries, progress)
         if recipe.summary.bench:
-            _bench_all(source, recipe, stage, entries, progress)
+            bench_all(source, recipe, stage, entries, progress)
         manifest = Manifest(source=source.to_dict() | {"recipe": recipe.name or None},
                             artifacts=entries, versions=versions(), failed=failed,
                             created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
@@ -103,30 +102,23 @@ def run(recipe: Recipe, out_dir: Path, progress: Progress) -> ExportOutcome:
     return ExportOutcome(out_dir, manifest)
 
 
-def _realistic_examples(source: ModelSource, recipe: Recipe) -> ModelSource:
+def _realistic_examples(source: ModelSource, recipe: Recipe, data: RunData) -> ModelSource:
     """Verify on real samples when the user gave data but no example inputs.
 
     Random N(0, 1) inputs can lie far outside what a quantized model was calibrated for, and
     then its parity error says nothing about the artifact; the user's data does not.
     """
-    spec = recipe.data.calibration or recipe.data.eval
-    if recipe.example_inputs or not spec:
+    samples = None if recipe.example_inputs else (data.get("calibration") or data.get("eval"))
+    if samples is None:
         return source
     from edgeai.data import split_labels, take
-    feeds, _ = split_labels(_load_data(spec, source, "calibration data" if recipe.data.calibration else
-                                       "evaluation data"))
+    feeds, _ = split_labels(samples)
     batch = source.example_dims.get("batch", 2)
     return replace(source, example_inputs=take(feeds, batch))
 
 
-def _load_data(source_spec: str | None, source: ModelSource, what: str, min_samples: int = 1) -> dict | None:
-    if not source_spec:
-        return None
-    from edgeai.data import load_feeds
-    return load_feeds(source_spec, source.input_specs, what=what, min_samples=min_samples)
-
-
-def _model_steps(source: ModelSource, recipe: Recipe, progress: Progress) -> tuple[ModelSource, list[dict]]:
+def _model_steps(source: ModelSource, recipe: Recipe, data: RunData,
+                 progress: Progress) -> tuple[ModelSource, list[dict]]:
     """Torch-in, torch-out steps (prune, distill, ...) in recipe order; the original is the teacher."""
     if not recipe.steps:
         return source, []
@@ -134,9 +126,7 @@ def _model_steps(source: ModelSource, recipe: Recipe, progress: Progress) -> tup
 
     if source.module is None:
         raise RecipeError("model steps (prune, distill, ...) need a PyTorch model, not an ONNX file")
-    ctx = StepContext(train_data=_load_data(recipe.data.train, source, "training data"),
-                      calibration=_load_data(recipe.data.calibration, source, "calibration data"),
-                      eval_data=_load_data(recipe.data.eval, source, "evaluation data"),
+    ctx = StepContext(train_data=data.get("train"), calibration=data.get("calibration"), eval_data=data.get("eval"),
                       teacher=source.module, input_specs=source.input_specs)
     records = []
     module = source.module
@@ -159,7 +149,7 @@ def _make_config(config_cls: type, opts: dict, what: str):
         raise RecipeError(f"bad options {dict(opts)} for {what}; known: {known}") from None
 
 
-def _artifact_steps(source: ModelSource, recipe: Recipe, stage: Path, fp32: ArtifactEntry,
+def _artifact_steps(source: ModelSource, recipe: Recipe, data: RunData, stage: Path, fp32: ArtifactEntry,
                     progress: Progress, failed: list[dict]) -> list[ArtifactEntry]:
     """File-in, file-out steps (quantization) on the FP32 artifact; each result verified on its own.
 
@@ -170,11 +160,10 @@ def _artifact_steps(source: ModelSource, recipe: Recipe, stage: Path, fp32: Arti
         return []
     from edgeai.steps import StepContext, get_artifact_step
 
-    ctx = StepContext(calibration=_load_data(recipe.data.calibration, source, "calibration data"),
-                      eval_data=_load_data(recipe.data.eval, source, "evaluation data"),
+    ctx = StepContext(calibration=data.get("calibration"), eval_data=data.get("eval"),
                       input_specs=source.input_specs,
                       extra={"channels_last_inputs": list(fp32.details.get("channels_last_inputs", []))})
-    metric = _metric_fn(source, ctx.eval_data) if recipe.max_drop is not None else None
+    metric = metric_fn(source, ctx.eval_data) if recipe.max_drop is not None else None
     entries = []
     for item in recipe.quantize:
         (name, opts), = item.items()
@@ -225,80 +214,6 @@ def _variant(name, key, step, config, source, recipe, fp32, dst, ctx, metric, pr
                           details={**layout, **report.details})
     steps = fp32.steps + [{"type": report.step, "config": report.config or config_to_dict(config)}]
     return _entry(name, dst, recipe.format, step.precision or name, result, handle, parity, steps, list(report.notes))
-
-
-def _metric_fn(source: ModelSource, eval_feeds: dict | None) -> Callable[[Path], float]:
-    """path -> task metric on the evaluation data (top-1 with labels, else cosine to FP32 PyTorch)."""
-    if eval_feeds is None:
-        raise RecipeError("max_drop needs evaluation data (--eval-data or data.eval in the recipe)")
-    from edgeai.data import split_labels
-    from edgeai.evaluate import evaluate
-
-    feeds, labels = split_labels(eval_feeds)
-    reference = None if labels is not None else _reference_outputs(source, feeds)
-    return lambda path: evaluate(path, feeds, labels=labels, reference=reference).value
-
-
-def _count_macs(original: ModelSource, final: ModelSource, entries: list[ArtifactEntry]) -> None:
-    """MACs and parameters per sample (batch 1) of the torch model behind each artifact."""
-    from edgeai.macs import count_macs
-
-    def count(src: ModelSource) -> tuple[int, int]:
-        one = src.with_dims(batch=1) if "batch" in src.example_dims else src
-        c = count_macs(src.module, one.torch_inputs())
-        return c.total, c.params
-
-    try:
-        counts = {"original": count(original)} if entries[0].name == "original" else {}
-        final_counts = count(final)
-    except Exception as e:  # informational only: a module the counter cannot trace keeps no MACs
-        log.debug("MAC count skipped: %s", e)
-        return
-    for e in entries:
-        e.metrics["macs"], e.metrics["params"] = counts.get(e.name, final_counts)
-
-
-def _evaluate_all(source: ModelSource, recipe: Recipe, stage: Path, entries: list[ArtifactEntry],
-                  progress: Progress) -> None:
-    """Task metric of every artifact in its runtime: top-1 with labels, else cosine to the original
-    PyTorch model (before any pruning or distillation)."""
-    from edgeai.data import split_labels
-    from edgeai.evaluate import evaluate
-
-    feeds, labels = split_labels(_load_data(recipe.data.eval, source, "evaluation data"))
-    reference = None
-    if labels is None:
-        reference = _reference_outputs(source, feeds)
-    for e in entries:
-        progress(f"evaluating {e.name}")
-        result = evaluate(stage / e.file, to_artifact_layout(feeds, e.details), labels=labels, reference=reference)
-        e.metrics[result.metric] = result.value
-        e.metrics["eval_samples"] = result.n
-
-
-def _reference_outputs(source: ModelSource, feeds: dict) -> dict:
-    from edgeai.data import iter_batches
-    from edgeai.verify import reference_runner
-    run_ref, _ = reference_runner(source)
-    outs = [run_ref(batch)[0] for batch in iter_batches(feeds, 64)]
-    return {"reference": np.concatenate(outs)}
-
-
-def _bench_all(source: ModelSource, recipe: Recipe, stage: Path, entries: list[ArtifactEntry],
-               progress: Progress) -> None:
-    """p50 latency (batch 1, other dims as exported) of every artifact, each in a fresh process."""
-    from edgeai.bench import bench
-    progress("timing every variant (batch 1, each in a fresh process)")
-    cfg = recipe.summary
-    dims = {d: n for d, n in source.example_dims.items() if d != "batch"}
-    report = bench([str(stage / e.file) for e in entries], threads=cfg.threads, warmup=cfg.warmup,
-                   min_seconds=cfg.min_seconds, batch=1, dims=dims)
-    for e, r in zip(entries, report.results):
-        if r.ok:
-            e.metrics["latency_p50_ms"] = r.timing.p50_ms
-            e.metrics["latency_threads"] = cfg.threads
-        else:
-            e.notes.append(f"benchmark failed: {r.error}")
 
 
 def _export_verified(source: ModelSource, recipe: Recipe, stage: Path, steps: list[dict],

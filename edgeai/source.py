@@ -1,11 +1,8 @@
 """Load a trained model (factory, TorchScript, ExportedProgram, state_dict, ONNX) with named example inputs."""
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import inspect
 import logging
-import sys
 import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -14,6 +11,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from edgeai.errors import InputSpecError, ModelLoadError
+from edgeai.imports import import_callable
 from edgeai.specs import TensorSpec, dim_sizes, load_npz, parse_input_spec, random_feeds, resize_along
 
 log = logging.getLogger(__name__)
@@ -122,29 +120,7 @@ def _looks_like_factory(spec: str) -> bool:
 
 def resolve_callable(spec: str, what: str = "factory") -> Callable:
     """Import `file.py:name` or `package.module:name` and return the attribute."""
-    target, _, name = spec.rpartition(":")
-    try:
-        if target.endswith(".py"):
-            file = Path(target)
-            if not file.is_file():
-                raise ModelLoadError(f"{what} file {target!r} does not exist")
-            mod_name = f"_edgeai_user_{abs(hash(str(file.resolve())))}"
-            mod_spec = importlib.util.spec_from_file_location(mod_name, file)
-            module = importlib.util.module_from_spec(mod_spec)
-            sys.modules[mod_name] = module
-            mod_spec.loader.exec_module(module)
-        else:
-            module = importlib.import_module(target)
-    except ModelLoadError:
-        raise
-    except ModuleNotFoundError as e:
-        raise ModelLoadError(f"cannot import {target!r} for {what} {spec!r}: {e}") from None
-    except Exception as e:
-        raise ModelLoadError(f"importing {target!r} for {what} {spec!r} raised {type(e).__name__}: {e}") from None
-    fn = getattr(module, name, None)
-    if not callable(fn):
-        raise ModelLoadError(f"{what} {spec!r}: {target!r} has no callable {name!r}")
-    return fn
+    return import_callable(spec, what, ModelLoadError)
 
 
 def call_factory(spec: str):

@@ -102,7 +102,7 @@ def test_unreadable_sources_are_data_errors(tmp_path):
     (tmp_path / "gen.py").write_text("def make():\n    return [1, 2]\n")
     (tmp_path / "empty").mkdir()
     cases = [(tmp_path / "missing.npz", "does not exist"), (tmp_path / "bad.npz", "not a readable .npz"),
-             (f"{tmp_path / 'gen.py'}:make", "returned list"), (f"{tmp_path / 'gen.py'}:nope", "no function 'nope'"),
+             (f"{tmp_path / 'gen.py'}:make", "returned list"), (f"{tmp_path / 'gen.py'}:nope", "no callable 'nope'"),
              (f"{tmp_path / 'nope.py'}:make", "does not exist"), ("no_such_module_xyz:make", "cannot import"),
              (str(tmp_path / "empty"), "holds no .npy files"), ("plain words", "neither an .npz")]
     for source, message in cases:
