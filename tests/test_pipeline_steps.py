@@ -113,3 +113,30 @@ def test_broken_variant_is_reported_and_the_rest_is_written(tmp_path):
     (f,) = out.manifest.failed
     assert f["name"] == "test-garbage" and "cannot load" in f["error"]
     assert Manifest.read(tmp_path / "o").failed == out.manifest.failed
+
+
+def test_quantized_variant_that_computes_something_else_is_rejected(tmp_path):
+    from dataclasses import dataclass
+
+    from edgeai.steps import ARTIFACT_STEPS, ArtifactStep, StepReport
+
+    @dataclass(frozen=True)
+    class NegateConfig:
+        pass
+
+    def negate_weights(src, dst, config, ctx):  # a valid graph whose outputs have nothing to do with FP32
+        model = onnx.load(str(src))
+        for init in model.graph.initializer:
+            arr = numpy_helper.to_array(init)
+            if arr.dtype == np.float32:
+                init.CopyFrom(numpy_helper.from_array(-arr, init.name))
+        onnx.save(model, str(dst))
+        return StepReport("onnx:test-negate", {})
+
+    if "onnx:test-negate" not in ARTIFACT_STEPS:
+        ARTIFACT_STEPS.add("onnx:test-negate", ArtifactStep(NegateConfig, negate_weights, "int8"))
+    out = edgeai.export(factory("wide_mlp"), tmp_path / "o", inputs=["x:batch,64"],
+                        quantize=({"test-negate": {}},), summary=edgeai.recipe.SummaryConfig(bench=False))
+    assert [a.name for a in out.artifacts] == ["fp32"]
+    (f,) = out.manifest.failed
+    assert "computes something else" in f["error"] and "cosine" in f["error"]
