@@ -21,7 +21,7 @@ TFLITE_SCHEMES = ({"fp16": {}}, {"int8-dynamic": {}}, {"int8-full": {}})
 COLUMNS = [("model", "model", ""), ("variant", "variant", ""), ("ops", "ops", ""), ("transposes", "TRANSPOSE", ""),
            ("size_mb", "size MB", ".3f"), ("p50_ms", "p50 ms", ".3f"), ("vs_ort", "speedup vs ORT FP32", ".2f"),
            ("vs_litert", "speedup vs LiteRT FP32", ".2f"), ("metric", "metric", ""), ("value", "value", ".4f"),
-           ("drop", "drop vs ORT FP32", "+.4f"), ("max_abs_err", "max abs err", ".2e")]
+           ("drop", "drop vs ORT FP32", "+.4f"), ("max_abs_err", "max abs err", ".2e"), ("failed", "failed", "")]
 
 
 def _exports(name, factory, inputs, kind, eval_data, calib, folder: Path):
@@ -69,7 +69,15 @@ def run(models, min_seconds: float, threads: int, folder: Path) -> list[dict]:
                          "metric": metric[0] if metric else None, "value": metric[1] if metric else None,
                          "drop": base_metric[1] - metric[1] if metric and base_metric else None,
                          "max_abs_err": a.parity.get("max_abs"), "notes": a.notes})
+        for f in _failed(variants):  # variants edgeai had to leave out, with the reason
+            rows.append({"model": name, "kind": kind, "variant": f"tflite {f['name']}", "failed": f["error"]})
     return rows
+
+
+def _failed(variants) -> list[dict]:
+    from edgeai.manifest import Manifest
+    folders = dict.fromkeys(t.split("@")[0] for _, t, _ in variants)
+    return [f for folder in folders for f in Manifest.read(folder).failed]
 
 
 def _metric(a):

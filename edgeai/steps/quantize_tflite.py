@@ -188,6 +188,8 @@ def _report(step: str, config: Any, before: dict, after: dict, notes: list[str])
         "size_bytes_before": size0, "size_bytes_after": size1, "size_ratio": round(size1 / size0, 4),
         "weight_bytes_by_dtype": weights,
         "op_count_before": before["op_count"], "op_count_after": after["op_count"],
+        # the same facts the exporter records for FP32, so every variant's manifest entry has them
+        "op_count": after["op_count"], "op_histogram": hist1, "transpose_count": after["transpose_count"],
         "ops_added": {k: hist1[k] - hist0.get(k, 0) for k in hist1 if hist1[k] > hist0.get(k, 0)},
         "io_dtypes": {d["name"]: d["dtype"] for d in after["inputs"] + after["outputs"]},
     }
