@@ -79,3 +79,24 @@ def write_results(name: str, rows: list[dict], table: str, env: dict, extra: dic
 
 def workdir():
     return tempfile.TemporaryDirectory(prefix="edgeai-bench-")
+
+
+def models_main(name: str, doc: str, run, columns) -> None:
+    """The command line shared by the per-model benchmarks: pick models, run, write the table."""
+    import argparse
+    import logging
+
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", nargs="*", help="model names to run (default: all)")
+    ap.add_argument("--min-seconds", type=float, default=2.0, help="timed seconds per variant (default 2)")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    with workdir() as tmp:
+        folder = Path(tmp)
+        models = reference_models() + edge_models(folder)
+        if args.only:
+            models = [m for m in models if m[0] in args.only]
+        rows = run(models, args.min_seconds, args.threads, folder)
+    write_results(name, rows, markdown_table(rows, columns), environment(),
+                  {"threads": args.threads, "batch": 1, "min_seconds": args.min_seconds})

@@ -2,7 +2,8 @@
 
 For each model: `edgeai export` of the unpruned model, then for each ratio (fraction of MACs
 removed) a pruned-only export and a prune -> distill export (student trained on the digits
-training split against the original as teacher). Every artifact is verified and evaluated
+training split against the original as teacher), plus a 50%-zeros (unstructured sparsity)
+variant for contrast. Every artifact is verified and evaluated
 (top-1 on the held-out split) in onnxruntime; ONE `edgeai bench` call per model times all
 its artifacts (each in a fresh process, 1 thread, batch 1), so speedups are ratios within
 one run against the unpruned ORT FP32 model.
@@ -37,10 +38,13 @@ def run(models, ratios, epochs: int, round_to: int, min_seconds: float, folder: 
         data = DataConfig(eval=ref.test_data, train=ref.train_data)
         common = dict(inputs=ref.inputs, data=data, summary=SummaryConfig(bench=False))
         variants = [("unpruned", None, edgeai.export(ref.factory, folder / f"{key}-base", **common))]
+        # zeros in dense weights, for contrast: same shapes, same kernels
+        variants.append(("50% zeros (unstructured)", None, edgeai.export(
+            ref.factory, folder / f"{key}-sparse", steps=({"sparsity": {"ratio": 0.5}},), **common)))
         for r in ratios:
             prune = {"prune": {"ratio": r, "round_to": round_to}}
             variants.append(("pruned", r, edgeai.export(ref.factory, folder / f"{key}-p{r}", steps=(prune,), **common)))
-            distill = {"distill": {"epochs": epochs, "patience": 5, "seed": 0}}
+            distill = {"distill": {"epochs": epochs, "patience": 8, "seed": 0}}
             variants.append(("pruned+distilled", r, edgeai.export(ref.factory, folder / f"{key}-pd{r}",
                                                                   steps=(prune, distill), **common)))
         targets = [f"{out.out_dir}@{out.artifacts[-1].name}" for _, _, out in variants]
@@ -62,7 +66,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", nargs="*", choices=["digits-cnn", "digits-lstm", "digits-vit"])
     ap.add_argument("--ratios", nargs="*", type=float, default=[0.25, 0.5, 0.75])
-    ap.add_argument("--epochs", type=int, default=30, help="max distillation epochs (early stop, patience 5)")
+    ap.add_argument("--epochs", type=int, default=40, help="max distillation epochs (early stop, patience 8)")
     ap.add_argument("--round-to", type=int, default=8, help="channel counts rounded to a multiple of this")
     ap.add_argument("--min-seconds", type=float, default=2.0)
     args = ap.parse_args()

@@ -9,8 +9,6 @@ and time each in a fresh process (1 thread, batch 1). Ratios are within one mode
 """
 from __future__ import annotations
 
-import argparse
-import logging
 from pathlib import Path
 
 import _common as C
@@ -44,22 +42,5 @@ def run(models, min_seconds: float, threads: int, folder: Path) -> list[dict]:
     return rows
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", nargs="*", help="model names to run (default: all)")
-    ap.add_argument("--min-seconds", type=float, default=2.0, help="timed seconds per variant (default 2)")
-    ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    with C.workdir() as tmp:
-        folder = Path(tmp)
-        models = C.reference_models() + C.edge_models(folder)
-        if args.only:
-            models = [m for m in models if m[0] in args.only]
-        rows = run(models, args.min_seconds, args.threads, folder)
-    C.write_results("quantization", rows, C.markdown_table(rows, COLUMNS), C.environment(),
-                    {"threads": args.threads, "batch": 1, "min_seconds": args.min_seconds})
-
-
 if __name__ == "__main__":
-    main()
+    C.models_main("quantization", __doc__, run, COLUMNS)

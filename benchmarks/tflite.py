@@ -11,8 +11,6 @@ from one run.
 """
 from __future__ import annotations
 
-import argparse
-import logging
 from pathlib import Path
 
 import _common as C
@@ -87,22 +85,5 @@ def _metric(a):
     return None
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", nargs="*", help="model names to run (default: all)")
-    ap.add_argument("--min-seconds", type=float, default=2.0, help="timed seconds per variant (default 2)")
-    ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    with C.workdir() as tmp:
-        folder = Path(tmp)
-        models = C.reference_models() + C.edge_models(folder)
-        if args.only:
-            models = [m for m in models if m[0] in args.only]
-        rows = run(models, args.min_seconds, args.threads, folder)
-    C.write_results("tflite", rows, C.markdown_table(rows, COLUMNS), C.environment(),
-                    {"threads": args.threads, "batch": 1, "min_seconds": args.min_seconds})
-
-
 if __name__ == "__main__":
-    main()
+    C.models_main("tflite", __doc__, run, COLUMNS)
