@@ -99,3 +99,15 @@ def test_debug_flag_shows_traceback(cli, tmp_path):
     from edgeai.errors import ModelLoadError
     with pytest.raises(ModelLoadError):
         cli("--debug", "export", "missing.onnx", "-o", tmp_path / "o")
+
+
+def test_unavailable_provider_is_a_clear_error(cli, tmp_path):
+    import onnxruntime
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this machine has CUDA: the error case cannot happen")
+    code, _, _ = cli("export", factory("cnn"), "--input", "image:batch,3,16,16", "-o", tmp_path / "m", "--no-bench")
+    assert code == 0
+    np.savez(tmp_path / "in.npz", image=np.zeros((1, 3, 16, 16), np.float32))
+    code, _, err = cli("run", tmp_path / "m", "--input", tmp_path / "in.npz", "-o", tmp_path / "o.npz",
+                       "--provider", "cuda")
+    _one_line_error(code, err, "provider 'cuda' is not available", "onnxruntime-gpu")

@@ -149,3 +149,19 @@ def test_bench_of_an_export_folder_uses_the_exported_dim_sizes(tmp_path):
     assert report.results[0].inputs[0]["shape"] == [1, 7, 6]
     report = bench([str(tmp_path)], runs=3, warmup=0, isolate=False, batch=4, dims={"seq": 11})
     assert report.results[0].inputs[0]["shape"] == [4, 11, 6]
+
+
+def test_external_weights_are_part_of_the_artifact(tmp_path):
+    a = _only(edgeai.export(factory("wide_mlp"), tmp_path, inputs=["x:batch,64"],
+                            export={"exporter": "dynamo", "external_data": True},
+                            summary=edgeai.recipe.SummaryConfig(bench=False)))
+    assert a.extra_files == ["model.onnx.data"]
+    assert a.size_bytes == sum((tmp_path / f).stat().st_size for f in [a.file, *a.extra_files])
+    assert (tmp_path / "model.onnx").stat().st_size < 0.1 * a.size_bytes  # the weights live beside it
+    x = np.random.default_rng(0).standard_normal((3, 64)).astype(np.float32)
+    with torch.no_grad():
+        ref = models.wide_mlp()(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(load(tmp_path).run({"x": x})["output"], ref, atol=1e-4)
+    # re-exporting the folder's ONNX file carries its external data along
+    b = _only(edgeai.export(str(tmp_path / "model.onnx"), tmp_path / "again", summary=edgeai.recipe.SummaryConfig(bench=False)))
+    assert b.extra_files == ["model.onnx.data"] and b.parity["passed"]

@@ -43,3 +43,16 @@ def test_model_step_errors_are_clear(tmp_path):
         edgeai.export(LSTM.factory, tmp_path / "c", inputs=LSTM.inputs, steps=({"distill": {"epochs": 1}},),
                       summary=SummaryConfig(bench=False))
     assert not any((tmp_path / d / "manifest.json").exists() for d in "abc")
+
+
+@pytest.mark.slow
+def test_fast_cnn_recipe_prunes_distills_and_quantizes_within_1pt(cli, tmp_path):
+    code, out, err = cli("export", "recipes/digits_cnn_fast.yaml", "-o", tmp_path, "--no-bench")
+    assert code == 0, err
+    from edgeai.manifest import Manifest
+    m = Manifest.read(tmp_path)
+    original, student, q = m.artifacts
+    assert student.metrics["macs"] < 0.3 * original.metrics["macs"]
+    assert original.metrics["top1"] - student.metrics["top1"] <= 1.0
+    assert original.metrics["top1"] - q.metrics["top1"] <= 1.0
+    assert "prune: MACs" in out and "distill: top1" in out
