@@ -81,6 +81,24 @@ def workdir():
     return tempfile.TemporaryDirectory(prefix="edgeai-bench-")
 
 
+def timed(targets: list[str], threads: int, min_seconds: float, rounds: int = 3) -> list[float | None]:
+    """Median p50 (ms) of each target over `rounds` runs of the whole list.
+
+    Each round runs every target in a fresh process, one after the other; taking the median
+    over interleaved rounds keeps a burst of load on this shared machine from landing on one
+    variant only. None for a target that failed in any round.
+    """
+    from statistics import median
+
+    from edgeai.bench import bench
+    samples: list[list[float | None]] = [[] for _ in targets]
+    for _ in range(rounds):
+        report = bench(targets, threads=threads, min_seconds=min_seconds, batch=1)
+        for i, r in enumerate(report.results):
+            samples[i].append(r.timing.p50_ms if r.ok else None)
+    return [None if None in s else median(s) for s in samples]
+
+
 def models_main(name: str, doc: str, run, columns) -> None:
     """The command line shared by the per-model benchmarks: pick models, run, write the table."""
     import argparse

@@ -4,9 +4,9 @@ For each model: `edgeai export` of the unpruned model, then for each ratio (frac
 removed) a pruned-only export and a prune -> distill export (student trained on the digits
 training split against the original as teacher), plus a 50%-zeros (unstructured sparsity)
 variant for contrast. Every artifact is verified and evaluated
-(top-1 on the held-out split) in onnxruntime; ONE `edgeai bench` call per model times all
-its artifacts (each in a fresh process, 1 thread, batch 1), so speedups are ratios within
-one run against the unpruned ORT FP32 model.
+(top-1 on the held-out split) in onnxruntime; then all
+its artifacts (each in a fresh process, 1 thread, batch 1; median p50 of 3 interleaved
+rounds), so speedups are ratios within one run against the unpruned ORT FP32 model.
 
     python benchmarks/pruning.py [--only digits-cnn ...] [--ratios 0.25 0.5 0.75] [--epochs 30]
 """
@@ -26,7 +26,6 @@ COLUMNS = [("model", "model", ""), ("variant", "variant", ""), ("ratio", "MACs c
 
 def run(models, ratios, epochs: int, round_to: int, min_seconds: float, folder: Path) -> list[dict]:
     import edgeai
-    from edgeai.bench import bench
     from edgeai.recipe import DataConfig, SummaryConfig
     from edgeai.zoo import REFERENCE_MODELS
 
@@ -48,15 +47,14 @@ def run(models, ratios, epochs: int, round_to: int, min_seconds: float, folder: 
             variants.append(("pruned+distilled", r, edgeai.export(ref.factory, folder / f"{key}-pd{r}",
                                                                   steps=(prune, distill), **common)))
         targets = [f"{out.out_dir}@{out.artifacts[-1].name}" for _, _, out in variants]
-        report = bench(targets, threads=1, min_seconds=min_seconds, batch=1)
+        times = C.timed(targets, 1, min_seconds)
         base_top1 = variants[0][2].artifacts[-1].metrics["top1"]
-        for (label, ratio, out), res in zip(variants, report.results):
+        for (label, ratio, out), t in zip(variants, times):
             a = out.artifacts[-1]
             distill = next((s["details"] for s in a.steps if s["type"] == "model.distill"), {})
             rows.append({"model": name, "variant": label, "ratio": ratio, "macs_m": a.metrics["macs"] / 1e6,
                          "params": a.metrics["params"], "size_mb": a.size_bytes / 1e6,
-                         "p50_ms": res.timing.p50_ms if res.ok else None,
-                         "speedup": res.speedup_vs_baseline if res.ok else None,
+                         "p50_ms": t, "speedup": times[0] / t if t and times[0] else None,
                          "top1": a.metrics["top1"], "drop": base_top1 - a.metrics["top1"],
                          "distill_s": distill.get("seconds"), "distill_epochs": distill.get("epochs_run")})
     return rows

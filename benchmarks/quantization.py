@@ -3,7 +3,8 @@
 For each model: export FP32 + fp16 + int8-dynamic + int8-static through `edgeai export` (each
 artifact verified), evaluate each artifact in onnxruntime (top-1 on the digits test split for
 the trained reference models; cosine similarity to FP32 PyTorch for the random-weight ones),
-and time each in a fresh process (1 thread, batch 1). Ratios are within one model's run.
+and time each in a fresh process (1 thread, batch 1), median p50 over 3 interleaved rounds.
+Ratios are within one model's run.
 
     python benchmarks/quantization.py [--only NAME ...] [--min-seconds 2]
 """
@@ -29,12 +30,12 @@ def run(models, min_seconds: float, threads: int, folder: Path) -> list[dict]:
     for name, factory, inputs, kind, eval_data, calib in models:
         print(f"== {name}", flush=True)
         out = edgeai.export(factory, folder / name, inputs=inputs, quantize=SCHEMES,
-                            data=DataConfig(eval=eval_data, calibration=calib),
-                            summary=SummaryConfig(bench=True, threads=threads, min_seconds=min_seconds))
+                            data=DataConfig(eval=eval_data, calibration=calib), summary=SummaryConfig(bench=False))
         notes = {a.name: "; ".join(n[:120] for n in a.notes) for a in out.artifacts}
-        for r in summary_rows(out.manifest):
+        p50 = C.timed([f"{out.out_dir}@{a.name}" for a in out.artifacts], threads, min_seconds)
+        for r, t in zip(summary_rows(out.manifest), p50):
             rows.append({"model": name, "kind": kind, "variant": r["variant"], "size_mb": r["size_mb"],
-                         "size_ratio": r["size_ratio"], "p50_ms": r.get("p50_ms"), "speedup": r.get("speedup"),
+                         "size_ratio": r["size_ratio"], "p50_ms": t, "speedup": p50[0] / t if t and p50[0] else None,
                          "metric": r.get("metric"), "value": r.get("metric_value"), "drop": r.get("drop"),
                          "max_abs_err": r["max_abs_err"], "notes": notes[r["variant"]]})
         for f in out.manifest.failed:  # variants edgeai had to leave out, with the reason

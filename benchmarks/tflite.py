@@ -3,9 +3,9 @@
 For each model: `edgeai export` to ONNX (FP32) and to TFLite (FP32 + fp16 + int8-dynamic +
 int8-full; for RNNs also the fused-LSTM FP32 graph), every artifact verified against PyTorch
 and evaluated in its own runtime (top-1 on the digits test split for the trained reference
-models; cosine to FP32 PyTorch for the random-weight ones). Then ONE `edgeai bench` call times
-all artifacts of the model (each in a fresh process, 1 thread, batch 1), so the ratios come
-from one run.
+models; cosine to FP32 PyTorch for the random-weight ones). Then all artifacts of the model
+are timed together (each in a fresh process, 1 thread, batch 1; median p50 of 3 interleaved
+rounds), so the ratios come from one run.
 
     python benchmarks/tflite.py [--only NAME ...] [--min-seconds 2]
 """
@@ -45,14 +45,12 @@ def _exports(name, factory, inputs, kind, eval_data, calib, folder: Path):
 
 
 def run(models, min_seconds: float, threads: int, folder: Path) -> list[dict]:
-    from edgeai.bench import bench
-
     rows = []
     for name, factory, inputs, kind, eval_data, calib in models:
         print(f"== {name}", flush=True)
         variants = _exports(name, factory, inputs, kind, eval_data, calib, folder)
-        report = bench([t for _, t, _ in variants], threads=threads, min_seconds=min_seconds, batch=1)
-        p50 = {t: (r.timing.p50_ms if r.ok else None) for (_, t, _), r in zip(variants, report.results)}
+        times = C.timed([t for _, t, _ in variants], threads, min_seconds)
+        p50 = {t: p for (_, t, _), p in zip(variants, times)}
         ort = p50[variants[0][1]]
         litert = p50[variants[1][1]]
         base_metric = _metric(variants[0][2])
