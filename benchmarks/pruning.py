@@ -3,12 +3,12 @@
 For each model: `edgeai export` of the unpruned model, then for each ratio (fraction of MACs
 removed) a pruned-only export and a prune -> distill export (student trained on the digits
 training split against the original as teacher), plus a 50%-zeros (unstructured sparsity)
-variant for contrast. Every artifact is verified and evaluated
-(top-1 on the held-out split) in onnxruntime; then all
-its artifacts (each in a fresh process, 1 thread, batch 1; median p50 of 3 interleaved
-rounds), so speedups are ratios within one run against the unpruned ORT FP32 model.
+variant for contrast. Every artifact is verified and evaluated (top-1 on the held-out split)
+in onnxruntime; then all artifacts of a model are timed together (each in a fresh process,
+1 thread, batch 1; median p50 of 3 interleaved rounds), so speedups are ratios within one run
+against the unpruned ORT FP32 model.
 
-    python benchmarks/pruning.py [--only digits-cnn ...] [--ratios 0.25 0.5 0.75] [--epochs 30]
+    python benchmarks/pruning.py [--only digits-cnn ...] [--ratios 0.25 0.5 0.75] [--epochs 40]
 """
 from __future__ import annotations
 
