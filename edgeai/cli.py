@@ -144,10 +144,15 @@ def cmd_run(args) -> int:
     from edgeai.fsutil import atomic_write_bytes
     from edgeai.specs import load_npz
 
-    session = runtime.load(args.artifact, artifact=args.artifact_name, provider=args.provider, threads=args.threads)
     feeds = load_npz(args.input, "input file")
     feeds.pop("labels", None)
-    outputs = session.run(feeds)
+    file, fmt = runtime.resolve(args.artifact, args.artifact_name)
+    if runtime.get_runtime(fmt).crash_prone:  # LiteRT can abort on a bad model: report it, don't die
+        from edgeai.runtime.subproc import run_isolated
+        outputs = run_isolated(file, feeds, fmt=fmt, options={"threads": args.threads, "provider": args.provider})
+    else:
+        session = runtime.load(file, provider=args.provider, threads=args.threads)
+        outputs = session.run(feeds)
     buf = io.BytesIO()
     np.savez(buf, **outputs)
     out = Path(args.output)
