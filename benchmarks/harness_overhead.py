@@ -69,7 +69,7 @@ def fixed_cost_ns(path: Path, repeats: int = 15, runs: int = 4000) -> tuple[floa
     returns the medians over repeats and the median of the paired differences."""
     build_identity(path)
     sess = runtime.load(path, threads=1)
-    feeds, raw_run = {"x": np.zeros((1, 4), np.float32)}, sess._sess.run
+    feeds, raw_run = {"x": np.zeros((1, 4), np.float32)}, sess.inference_session.run
     bare, ours = [], []
     for _ in range(repeats):
         bare.append(bare_loop(raw_run, ["y"], feeds, 100, runs).p50_ms * 1e6)
@@ -103,7 +103,7 @@ def main() -> int:
         sess = runtime.load(path, threads=1)
         feeds = {"x": np.random.default_rng(0).standard_normal(model["input_shape"]).astype(np.float32)}
         # the same InferenceSession object both ways, so only the harness differs
-        raw_run, names = sess._sess.run, [o.name for o in sess.outputs]
+        raw_run, names = sess.inference_session.run, [o.name for o in sess.outputs]
         methods = {
             "bare": lambda: bare_loop(raw_run, names, feeds, args.warmup, args.runs),
             "time_session": lambda: time_session(sess, feeds, args.warmup, args.runs),

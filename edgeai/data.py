@@ -10,7 +10,7 @@ import numpy as np
 
 from edgeai.errors import DataError
 from edgeai.imports import import_callable
-from edgeai.specs import TensorSpec, load_npz
+from edgeai.specs import TensorSpec, check_finite, load_npz
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def load_feeds(source: DataSource, specs: Sequence[TensorSpec] | None = None, *,
     if specs is not None:
         feeds = _match_specs(feeds, specs, what)
     _check_counts(feeds, what, min_samples)
-    _check_finite(feeds, what)
+    check_finite(feeds, what)
     return feeds
 
 
@@ -182,8 +182,3 @@ def _check_counts(feeds: Mapping[str, np.ndarray], what: str, min_samples: int) 
                         "(stacked on axis 0)")
 
 
-def _check_finite(feeds: Mapping[str, np.ndarray], what: str) -> None:
-    for k, a in feeds.items():
-        if a.dtype.kind in "fc" and not np.isfinite(a).all():
-            bad = int((~np.isfinite(a)).sum())
-            raise DataError(f"{what}: array {k!r} has {bad} NaN/Inf value(s); clean the data first")

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edgeai.errors import EdgeAIError, ExportError, MissingDependencyError, RuntimeLoadError, VerificationError
-from edgeai.exporters import ExportResult, get_exporter
+from edgeai.exporters import Exporter, ExportResult, get_exporter
 from edgeai.fsutil import ensure_writable_dir, publish, sha256_file, staging_dir
 from edgeai.manifest import MANIFEST_NAME, ArtifactEntry, Manifest
 from edgeai.measure import RunData, bench_all, count_stage_macs, evaluate_all, metric_fn
@@ -71,16 +71,16 @@ def run(recipe: Recipe, out_dir: Path, progress: Progress) -> ExportOutcome:
     data = RunData(recipe.data, source.input_specs)
     source = _realistic_examples(source, recipe, data)
     exporter = get_exporter(recipe.format)
-    if (exporter.fixed_shapes(_make_config(exporter.config_cls, recipe.export, f"{recipe.format} export"))
-            and source.example_dims.get("batch", 1) != 1):
+    config = _make_config(exporter.config_cls, recipe.export, f"{recipe.format} export")
+    if exporter.fixed_shapes(config) and source.example_dims.get("batch", 1) != 1:
         source = source.with_dims(batch=1)  # a fixed-shape model is deployed at batch 1
     original = source
     source, steps = _model_steps(source, recipe, data, progress)
     with staging_dir(out_dir) as stage:
         entries = []
         if steps:  # the model before pruning/distillation: the baseline every stage is compared with
-            entries.append(_export_verified(original, recipe, stage, [], progress, name="original"))
-        entry = _export_verified(source, recipe, stage, steps, progress)
+            entries.append(_export_verified(original, recipe, exporter, config, stage, [], progress, "original"))
+        entry = _export_verified(source, recipe, exporter, config, stage, steps, progress)
         failed: list[dict] = []
         entries += [entry] + _artifact_steps(source, recipe, data, stage, entry, progress, failed)
         if source.module is not None:
@@ -216,11 +216,9 @@ def _variant(name, key, step, config, source, recipe, fp32, dst, ctx, metric, pr
     return _entry(name, dst, recipe.format, step.precision or name, result, handle, parity, steps, list(report.notes))
 
 
-def _export_verified(source: ModelSource, recipe: Recipe, stage: Path, steps: list[dict],
-                     progress: Progress, name: str = "fp32") -> ArtifactEntry:
+def _export_verified(source: ModelSource, recipe: Recipe, exporter: Exporter, config: Any, stage: Path,
+                     steps: list[dict], progress: Progress, name: str = "fp32") -> ArtifactEntry:
     """Export with each attempt the exporter offers until one verifies; the FP32 entry `name`."""
-    exporter = get_exporter(recipe.format)
-    config = _make_config(exporter.config_cls, recipe.export, f"{recipe.format} export")
     tolerance = _tolerance(recipe)
     failures = []
     if source.kind == "onnx":

@@ -16,14 +16,14 @@ from edgeai.specs import TensorSpec, dim_sizes, load_npz, parse_input_spec, rand
 
 log = logging.getLogger(__name__)
 
-KINDS = ("factory", "torchscript", "exported_program", "state_dict", "pickled_module", "onnx")
 
 
 @dataclass(frozen=True)
 class ModelSource:
     """A model ready to export: the module (None for ONNX), named example inputs and their specs."""
 
-    kind: str                                 # one of KINDS
+    kind: str                                 # factory, torchscript, exported_program, state_dict,
+                                              # pickled_module or onnx
     origin: str                               # what the user passed
     module: Any                               # torch.nn.Module, or None when kind == "onnx"
     example_inputs: dict[str, np.ndarray]     # call order; numpy so the verifier can reuse them

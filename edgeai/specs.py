@@ -141,10 +141,11 @@ def load_npz(path: str | Path, what: str = "input file") -> dict[str, np.ndarray
 
 
 def check_finite(arrays: Mapping[str, np.ndarray], what: str) -> None:
+    """DataError naming the first float array that holds NaN or Inf."""
     for k, a in arrays.items():
-        if a.dtype.kind == "f" and not np.isfinite(a).all():
+        if a.dtype.kind in "fc" and not np.isfinite(a).all():
             bad = int((~np.isfinite(a)).sum())
-            raise DataError(f"{what}: array {k!r} has {bad} NaN/Inf values; clean the data first")
+            raise DataError(f"{what}: array {k!r} has {bad} NaN/Inf value(s); clean the data first")
 
 
 def check_feeds(specs: Sequence[TensorSpec], feeds: Mapping[str, np.ndarray]) -> None:

@@ -55,7 +55,7 @@ def feed_sets(source: ModelSource, frozen: set[str] = frozenset()) -> list[tuple
 def torch_runner(module) -> Runner:
     import torch
 
-    from edgeai.exporters.onnx import flatten_outputs
+    from edgeai.exporters import flatten_outputs
 
     def run(feeds):
         args = [torch.from_numpy(np.array(v, copy=True)) for v in feeds.values()]

@@ -86,11 +86,6 @@ class StopRule:
         return text + (f", stopping at {self.max_seconds:g} s" if self.max_seconds != float("inf") else "")
 
 
-def prepare_feeds(session: "Session", feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Check feeds against the session's inputs and cast them once, outside any timed loop."""
-    return session.prepare(feeds)
-
-
 def time_session(session: "Session", feeds: Mapping[str, np.ndarray], warmup: int = 10,
                  runs: int | None = None, min_seconds: float | None = None) -> TimingStats:
     """Time `session.run_unchecked(feeds)`: `warmup` untimed runs, then timed runs by StopRule.
@@ -101,7 +96,7 @@ def time_session(session: "Session", feeds: Mapping[str, np.ndarray], warmup: in
     if warmup < 0:
         raise InputSpecError(f"warmup must be >= 0, got {warmup}")
     rule = StopRule.from_options(runs, min_seconds)
-    feeds = prepare_feeds(session, feeds)
+    feeds = session.prepare(feeds)
     run, clock = session.run_unchecked, time.perf_counter_ns
     for _ in range(warmup):
         run(feeds)

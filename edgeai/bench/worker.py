@@ -17,7 +17,7 @@ from typing import Callable, Mapping, Sequence
 
 from edgeai.bench.env import current_rss_bytes, peak_rss_bytes
 from edgeai.bench.results import BenchConfig, BenchResult
-from edgeai.bench.stats import prepare_feeds, time_session
+from edgeai.bench.stats import time_session
 from edgeai.bench.targets import Target
 from edgeai.errors import EdgeAIError
 from edgeai.runtime.base import Session
@@ -81,7 +81,7 @@ def measure(target: Target, config: BenchConfig, open_fn: Callable[[], Session] 
     session = open_fn() if open_fn else open_session(target, config)
     load_ms = (time.perf_counter() - t0) * 1e3
     sizes, notes = feed_sizes(session.inputs, config.batch, config.dims, target.example_dims)
-    feeds = prepare_feeds(session, random_feeds(session.inputs, sizes, config.seed))
+    feeds = session.prepare(random_feeds(session.inputs, sizes, config.seed))
     t0 = time.perf_counter()
     session.run_unchecked(feeds)
     first_ms = (time.perf_counter() - t0) * 1e3

@@ -65,6 +65,21 @@ def get_exporter(fmt: str) -> Exporter:
     return EXPORTERS.get(fmt)
 
 
-def formats() -> list[str]:
-    _import_exporter_modules()
-    return EXPORTERS.names()
+def flatten_outputs(outputs: Any) -> list:
+    """Module outputs (tensor, nested tuples/lists, dict) as a flat list, in exported output order."""
+    if isinstance(outputs, dict):
+        return [t for v in outputs.values() for t in flatten_outputs(v)]
+    if isinstance(outputs, (tuple, list)):
+        return [t for v in outputs for t in flatten_outputs(v)]
+    return [outputs]
+
+
+def output_names(outputs: Any) -> tuple[list[str], list]:
+    """(names, flat outputs), the same in every format: 'output' for one tensor, the keys of a flat
+    dict, else output_0, output_1, ..."""
+    leaves = flatten_outputs(outputs)
+    if len(leaves) == 1:
+        return ["output"], leaves
+    if isinstance(outputs, dict) and len(outputs) == len(leaves):
+        return [str(k) for k in outputs], leaves
+    return [f"output_{i}" for i in range(len(leaves))], leaves

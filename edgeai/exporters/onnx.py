@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeai.errors import ExportError
-from edgeai.exporters import EXPORTERS, Exporter, ExportResult
+from edgeai.exporters import EXPORTERS, Exporter, ExportResult, output_names
 from edgeai.specs import TensorSpec
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ def export_onnx(module, example_inputs: dict, input_specs: list[TensorSpec], out
     args = tuple(example_inputs[n].clone() for n in names)
     with torch.no_grad():
         outputs = module(*args)
-    output_names = _output_names(outputs)
+    out_names, _ = output_names(outputs)
     out_path = Path(out_path)
     quiet = contextlib.redirect_stdout(io.StringIO())
     try:
@@ -56,12 +56,12 @@ def export_onnx(module, example_inputs: dict, input_specs: list[TensorSpec], out
             if path == "dynamo":
                 args = _grow_size_one_dims(args, input_specs)
                 torch.onnx.export(module, args, str(out_path), dynamo=True, input_names=names,
-                                  output_names=output_names, opset_version=config.opset,
+                                  output_names=out_names, opset_version=config.opset,
                                   dynamic_shapes=_dynamic_shapes(input_specs) or None,
                                   external_data=config.external_data, verbose=False, optimize=True)
             else:
                 torch.onnx.export(module, args, str(out_path), dynamo=False, input_names=names,
-                                  output_names=output_names, opset_version=min(config.opset, 17),
+                                  output_names=out_names, opset_version=min(config.opset, 17),
                                   dynamic_axes=_dynamic_axes(input_specs) or None)
     except Exception as e:
         raise ExportError(f"{path} ONNX export failed: {root_cause(e)}") from e
@@ -92,23 +92,6 @@ def root_cause(e: BaseException, limit: int = 300) -> str:
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
     text = " ".join(text.split())
     return f"{type(e).__name__}: {text[:limit]}"
-
-
-def _output_names(outputs: Any) -> list[str]:
-    if isinstance(outputs, dict):
-        return [str(k) for k in outputs]
-    if isinstance(outputs, (tuple, list)):
-        return [f"output_{i}" for i in range(len(flatten_outputs(outputs)))]
-    return ["output"]
-
-
-def flatten_outputs(outputs: Any) -> list:
-    """Module outputs (tensor, nested tuples/lists, dict) as a flat list in ONNX output order."""
-    if isinstance(outputs, dict):
-        return [t for v in outputs.values() for t in flatten_outputs(v)]
-    if isinstance(outputs, (tuple, list)):
-        return [t for v in outputs for t in flatten_outputs(v)]
-    return [outputs]
 
 
 def _dynamic_shapes(specs: list[TensorSpec]) -> dict:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from edgeai.errors import ExportError, MissingDependencyError
-from edgeai.exporters import EXPORTERS, Exporter, ExportResult
+from edgeai.exporters import EXPORTERS, Exporter, ExportResult, flatten_outputs, output_names
 
 if TYPE_CHECKING:
     import torch
@@ -68,24 +68,10 @@ def _nchw_to_nhwc(shape: tuple) -> tuple:
     return (shape[0], *shape[2:], shape[1])
 
 
-def _output_names(outputs: Any) -> tuple[list[str], Any]:
-    """Names for the flattened outputs: 'output' for one tensor, dict keys, else output_0, output_1..."""
-    import torch
-    import torch.utils._pytree as pytree
-
-    leaves, _ = pytree.tree_flatten(outputs)
-    if len(leaves) == 1:
-        return ["output"], leaves
-    if isinstance(outputs, dict) and all(isinstance(v, torch.Tensor) for v in outputs.values()):
-        return [str(k) for k in outputs], leaves
-    return [f"output_{i}" for i in range(len(leaves))], leaves
-
-
 def _io_wrapper(module: "torch.nn.Module", names: list[str], out_names: list[str],
                 nhwc_in: set[str], nhwc_out: set[int]) -> "torch.nn.Module":
     """A module taking the inputs by name (the .tflite signature names) and returning a dict of outputs."""
     import torch
-    import torch.utils._pytree as pytree
 
     class NamedIO(torch.nn.Module):
         def __init__(self):
@@ -96,7 +82,7 @@ def _io_wrapper(module: "torch.nn.Module", names: list[str], out_names: list[str
             kwargs.update(zip(names, args))
             # NHWC -> NCHW for the inputs exported channels-last
             xs = [kwargs[n].permute(0, 3, 1, 2) if n in nhwc_in else kwargs[n] for n in names]
-            leaves, _ = pytree.tree_flatten(self.inner(*xs))
+            leaves = flatten_outputs(self.inner(*xs))
             # NCHW -> NHWC for rank-4 outputs when exporting channels-last
             return {o: (t.permute(0, 2, 3, 1) if i in nhwc_out else t)
                     for i, (o, t) in enumerate(zip(out_names, leaves))}
@@ -141,7 +127,7 @@ def export_tflite(module: "torch.nn.Module", example_inputs: "dict[str, torch.Te
                               + "; export without channels_last_io")
     with torch.no_grad():
         ref_out = module(*example_inputs.values())
-    out_names, out_leaves = _output_names(ref_out)
+    out_names, out_leaves = output_names(ref_out)
     nhwc_out = {i for i, t in enumerate(out_leaves) if config.channels_last_io and t.ndim == 4}
     wrapper = _io_wrapper(module, names, out_names, nhwc_in, nhwc_out).eval()
     # the example inputs in the layout the .tflite takes: NCHW -> NHWC where exported channels-last

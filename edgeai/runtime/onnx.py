@@ -72,9 +72,10 @@ class OnnxSession(Session):
     def run_unchecked(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(zip(self._output_names, self._sess.run(self._output_names, feeds)))
 
-    def run_raw(self, feeds: Mapping[str, np.ndarray]) -> list:
-        """The bare onnxruntime call, for overhead measurement."""
-        return self._sess.run(self._output_names, feeds)
+    @property
+    def inference_session(self):
+        """The wrapped onnxruntime.InferenceSession (to measure edgeai against a bare loop)."""
+        return self._sess
 
     def describe(self) -> dict:
         import onnxruntime as ort
