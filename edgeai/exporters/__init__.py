@@ -6,8 +6,6 @@ pipeline verifies every artifact in its own runtime afterwards.
 """
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -49,19 +47,11 @@ class Exporter:
     fixed_shapes: Callable[[Any], bool] = lambda config: False
 
 
-EXPORTERS: Registry[Exporter] = Registry("exporter")
+EXPORTERS: Registry[Exporter] = Registry("exporter", package=__name__)
 
-
-
-def _import_exporter_modules() -> None:
-    """Exporter modules register on import; each keeps its heavy imports inside its functions."""
-    for info in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{info.name}")
 
 
 def get_exporter(fmt: str) -> Exporter:
-    if fmt not in EXPORTERS:
-        _import_exporter_modules()
     return EXPORTERS.get(fmt)
 
 

@@ -4,8 +4,6 @@ Imports numpy and, when a model is loaded, the one runtime that runs it; never t
 """
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from pathlib import Path
 
 from edgeai.errors import RuntimeLoadError
@@ -45,7 +43,4 @@ def load(path: str | Path, *, artifact: str | None = None, provider: str = "cpu"
 
 def get_runtime(fmt: str) -> type[Session]:
     """Runtime modules (one file each) register on import and import their runtime lazily."""
-    if fmt not in RUNTIMES:
-        for info in pkgutil.iter_modules(__path__):
-            importlib.import_module(f"{__name__}.{info.name}")
     return RUNTIMES.get(fmt)

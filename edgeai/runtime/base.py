@@ -45,4 +45,4 @@ class Session(abc.ABC):
 
 
 # format -> Session class; each runtime file registers its class with @RUNTIMES.register("fmt")
-RUNTIMES: Registry[type[Session]] = Registry("runtime")
+RUNTIMES: Registry[type[Session]] = Registry("runtime", package="edgeai.runtime")

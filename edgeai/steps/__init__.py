@@ -8,8 +8,6 @@ Each step is a frozen dataclass config plus one registered handler, in one file 
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import pkgutil
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -51,8 +49,8 @@ class ArtifactStep:
     precision: str = ""   # precision of the artifact it produces ("fp16", "int8")
 
 
-MODEL_STEPS: Registry[ModelStep] = Registry("model step")
-ARTIFACT_STEPS: Registry[ArtifactStep] = Registry("artifact step")
+MODEL_STEPS: Registry[ModelStep] = Registry("model step", package=__name__)
+ARTIFACT_STEPS: Registry[ArtifactStep] = Registry("artifact step", package=__name__)
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
@@ -61,19 +59,9 @@ def config_to_dict(config: Any) -> dict[str, Any]:
     return {"type": type(config).__name__, **{k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}}
 
 
-def _import_step_modules() -> None:
-    for info in pkgutil.iter_modules(__path__):
-        if not info.name.startswith("_"):  # private helpers register nothing
-            importlib.import_module(f"{__name__}.{info.name}")
-
-
 def get_model_step(name: str) -> ModelStep:
-    if name not in MODEL_STEPS:
-        _import_step_modules()
     return MODEL_STEPS.get(name)
 
 
 def get_artifact_step(name: str) -> ArtifactStep:
-    if name not in ARTIFACT_STEPS:
-        _import_step_modules()
     return ARTIFACT_STEPS.get(name)
