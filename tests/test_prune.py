@@ -278,9 +278,17 @@ class PermuteFlatten(nn.Module):
 
 def test_permute_before_flatten_is_refused_not_silently_wrong():
     with pytest.raises(VerificationError, match="not the original minus the removed channels"):
-        prune(PermuteFlatten().eval(), _cnn_inputs(), PruneConfig(ratio=0.5))
+        prune(PermuteFlatten().eval(), _cnn_inputs(), PruneConfig(ratio=0.5, auto_pin=False))
     pruned, _ = prune(PermuteFlatten().eval(), _cnn_inputs(), PruneConfig(ratio=0.3, pinned=("c2",)))
     assert pruned.c2.out_channels == 64 and pruned.c1.out_channels < 32
+
+
+def test_permute_before_flatten_pins_the_conv_feeding_it_automatically():
+    pruned, rep = prune(PermuteFlatten().eval(), _cnn_inputs(), PruneConfig(ratio=0.5))
+    assert [b["name"] for b in rep.details["auto_pinned"]] == ["c2"]
+    assert "not the original minus the removed channels" in rep.details["auto_pinned"][0]["reason"]
+    assert pruned.c2.out_channels == 64 and pruned.c1.out_channels < 32
+    assert rep.details["achieved_ratio"] == pytest.approx(0.5, abs=0.03)
 
 
 @pytest.mark.parametrize("kwargs,error,match", [
