@@ -127,7 +127,7 @@ def _model_cls():
             cin = 1
             for i, (c, k) in enumerate(zip(self.FILTERS, self.KERNELS), 1):
                 setattr(self, f"conv{i}", nn.Conv2d(cin, c, (k, 1), (4 if i == 1 else 1, 1)))
-                setattr(self, f"conv{i}_bn", nn.BatchNorm2d(c, eps=1e-3, momentum=0.01))
+                setattr(self, f"conv{i}_bn", nn.BatchNorm2d(c, eps=1e-3))
                 cin = c
             self.in_features = 4 * self.FILTERS[-1]
             self.classifier = nn.Linear(self.in_features, BINS)
@@ -204,7 +204,7 @@ def train(epochs: int = 6, n_tones: int = 20000, lr: float = 2e-3, batch: int = 
             opt.step()
             sched.step()
         log.info("pitch epoch %d/%d: loss %.4f, held-out error %.2f cents (%.0f s)", epoch + 1, epochs,
-                 float(loss), -evaluate(model, test), time.perf_counter() - start)
+                 float(loss.detach()), -evaluate(model, test), time.perf_counter() - start)
     model.eval()
     metrics = {"cents_error": round(-evaluate(model, test), 4), "test_tones": TEST_TONES, "train_tones": n_tones,
                "epochs": epochs, "params": sum(p.numel() for p in model.parameters()),
