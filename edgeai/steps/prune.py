@@ -25,6 +25,7 @@ from edgeai.steps._prune_alloc import ALLOCATIONS, keep_units, search
 log = logging.getLogger(__name__)
 
 IMPORTANCES = ("l1", "l2", "taylor", "bn_scale")
+TARGETS = ("ratio", "target_macs", "target_speedup", "target_latency_ms")
 RATIO_TOLERANCE = 0.02     # |achieved - target| MACs fraction accepted without a note
 UNREACHABLE_MARGIN = 0.02  # refuse when even the smallest allowed widths miss the target by more
 MAX_ROUNDS = 3             # re-plans when the measured MACs miss the prediction
@@ -33,12 +34,15 @@ BN_SAMPLES = 512           # samples used to re-estimate BatchNorm statistics af
 
 @dataclass(frozen=True)
 class PruneConfig:
-    """Structured pruning. Give `ratio` (fraction of MACs to remove) or `target_macs` (MACs to keep)."""
+    """Structured pruning to exactly one target: `ratio` (fraction of MACs to remove), `target_macs` (MACs
+    to keep), or, through the pipeline (measured on the exported model), `target_speedup` / `target_latency_ms`."""
 
     ratio: float | None = None
     target_macs: int | None = None     # MACs of one forward on the example inputs (whole batch), see edgeai.macs
+    target_speedup: float | None = None     # vs the unpruned export, batch 1 (edgeai.latency_target)
+    target_latency_ms: float | None = None  # p50 of the export, batch 1, on this machine
     importance: str = "l1"              # "l1" | "l2" | "taylor" | "bn_scale"
-    round_to: int = 8                   # kept channels are a multiple of this
+    round_to: int | None = None         # kept channels are a multiple of this; None: from the CPU (edgeai.hw)
     pinned: tuple[str, ...] = ()        # module names (and everything inside) whose output width is kept
     allocation: str = "macs"            # "macs": cut where the MACs are | "uniform": same ratio everywhere
     protect_narrow: int = 16            # layers this wide or narrower are not cut, nor others cut below it
@@ -50,9 +54,14 @@ class PruneConfig:
 
 
 def validate(config: PruneConfig) -> None:
-    if (config.ratio is None) == (config.target_macs is None):
-        raise ConfigError("prune: give exactly one of ratio (fraction of MACs to remove, e.g. 0.5) "
-                          "or target_macs (MACs to keep)")
+    given = [k for k in TARGETS if getattr(config, k) is not None]
+    if len(given) != 1:
+        raise ConfigError("prune: give exactly one of ratio (fraction of MACs to remove, e.g. 0.5), target_macs "
+                          f"(MACs to keep), target_speedup or target_latency_ms; got {', '.join(given) or 'none'}")
+    if config.target_speedup is not None and not float(config.target_speedup) > 1.0:
+        raise ConfigError(f"prune: target_speedup must be > 1 (e.g. 3.0), got {config.target_speedup}")
+    if config.target_latency_ms is not None and not float(config.target_latency_ms) > 0.0:
+        raise ConfigError(f"prune: target_latency_ms must be > 0, got {config.target_latency_ms}")
     if config.ratio is not None and not 0.0 < float(config.ratio) < 1.0:
         raise ConfigError(f"prune: ratio must be between 0 and 1 (fraction of MACs to remove), got {config.ratio}")
     if config.target_macs is not None and int(config.target_macs) <= 0:
@@ -61,7 +70,7 @@ def validate(config: PruneConfig) -> None:
         raise UnknownNameError(f"prune: no importance named {config.importance!r}; known: {', '.join(IMPORTANCES)}")
     if config.allocation not in ALLOCATIONS:
         raise UnknownNameError(f"prune: no allocation named {config.allocation!r}; known: {', '.join(ALLOCATIONS)}")
-    if int(config.round_to) < 1:
+    if config.round_to is not None and int(config.round_to) < 1:
         raise ConfigError(f"prune: round_to must be >= 1, got {config.round_to}")
     if not 0.0 < float(config.max_layer_ratio) < 1.0:
         raise ConfigError(f"prune: max_layer_ratio must be between 0 and 1, got {config.max_layer_ratio}")
@@ -304,6 +313,13 @@ def prune(module: Any, example_inputs: Mapping[str, Any], config: PruneConfig,
     from edgeai.macs import count_macs
 
     validate(config)
+    if config.target_speedup is not None or config.target_latency_ms is not None:
+        raise ConfigError("prune: target_speedup / target_latency_ms are measured on the exported model; run the "
+                          "step through `edgeai export` (the pipeline turns them into a ratio), or give ratio")
+    if config.round_to is None:
+        from edgeai.hw import default_round_to
+
+        config = replace(config, round_to=default_round_to())
     if not example_inputs:
         raise InputSpecError("prune: example inputs are empty; pass one tensor per model input")
     _check_pinned(module, tuple(config.pinned))

@@ -9,8 +9,8 @@ Conv2d (k, 1) -> ReLU -> BatchNorm -> MaxPool (2, 1) layers; the forward permute
 conv's (B, C, 4, 1) output to (B, 4, C, 1) and reshapes it to the classifier's hard-coded
 `in_features`, like the published CREPE ports: the layout a channel pruner cannot follow.
 
-Data (`tones`): harmonic tones with known f0 (log-uniform over TONE_RANGE_HZ), random harmonic
-amplitudes, phases and noise; `labels` is f0 in Hz. Training targets are Gaussian bumps
+Data (`tones`): harmonic tones with known f0 (log-uniform over TONE_RANGE_HZ), a dominant
+fundamental, random weaker harmonics, phases and noise; `labels` is f0 in Hz. Training targets are Gaussian bumps
 (25 cents std) over the bins. Metric (`pitch_error`): minus the mean absolute error in cents of
 the decoded pitch (weighted average of the 9 bins around the peak), so higher is better and
 0 is perfect: use it as `--metric edgeai.zoo.pitch:pitch_error`.
@@ -60,7 +60,7 @@ def tones(n: int, seed: int) -> dict[str, np.ndarray]:
     t = np.arange(FRAME) / SAMPLE_RATE
     audio = np.zeros((n, FRAME), dtype=np.float64)
     for k in range(1, 9):                                   # up to 8 harmonics below Nyquist
-        amp = rng.uniform(0.2 if k == 1 else 0.0, 1.0, n) / k ** rng.uniform(0.5, 2.0, n)
+        amp = rng.uniform(0.5, 1.0, n) if k == 1 else rng.uniform(0.0, 0.5, n) / k ** rng.uniform(0.5, 2.0, n)
         amp = np.where(k * f0 < SAMPLE_RATE / 2, amp, 0.0)
         phase = rng.uniform(0, 2 * np.pi, n)
         audio += amp[:, None] * np.sin(2 * np.pi * k * f0[:, None] * t[None] + phase[:, None])
@@ -179,7 +179,7 @@ def evaluate(model: Any, data: dict[str, np.ndarray], batch: int = 256) -> float
     return pitch_error({"pitch": out}, data["labels"])
 
 
-def train(epochs: int = 6, n_tones: int = 20000, lr: float = 2e-3, batch: int = 64) -> tuple[Any, dict]:
+def train(epochs: int = 8, n_tones: int = 12000, lr: float = 3e-3, batch: int = 32) -> tuple[Any, dict]:
     """Train a PitchCNN from a fixed seed with BCE on Gaussian bin targets; (model, metrics)."""
     import torch
     import torch.nn.functional as F
@@ -219,8 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     from edgeai.fsutil import atomic_write_bytes, atomic_write_text
 
     ap = argparse.ArgumentParser(prog="python -m edgeai.zoo.pitch", description=__doc__.split("\n")[0])
-    ap.add_argument("--epochs", type=int, default=6)
-    ap.add_argument("--tones", type=int, default=20000)
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--tones", type=int, default=12000)
     ap.add_argument("--out", type=Path, default=WEIGHTS.parent.parent, help="folder holding weights/")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
