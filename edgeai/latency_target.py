@@ -99,6 +99,46 @@ def resolve(config: Any, module: Any, source: Any, ctx: Any, export: Callable[[A
             return time_ms(export(pruned.eval(), root / f"r{ratio:.4f}"))
 
         ratio, probes, note = search(measure, base_ms, target_ms)
-    record = {"target_ms": round(target_ms, 4), "unpruned_ms": round(base_ms, 4), "ratio": ratio,
-              "probes": [{"ratio": p.ratio, "p50_ms": round(p.ms, 4)} for p in probes], "note": note}
+    notes = [f"ratio {ratio:.3f} chosen by timing {len(probes) - 1} pruned export(s) against a target of "
+             f"{target_ms:.3f} ms (unpruned {base_ms:.3f} ms)"] + ([note] if note else [])
+    asked = {k: getattr(config, k) for k in ("target_speedup", "target_latency_ms") if getattr(config, k) is not None}
+    record = {"asked": asked, "target_ms": round(target_ms, 4), "unpruned_ms": round(base_ms, 4), "ratio": ratio,
+              "probes": [{"ratio": p.ratio, "p50_ms": round(p.ms, 4)} for p in probes], "notes": notes}
     return replace(config, ratio=ratio, target_speedup=None, target_latency_ms=None), record
+
+
+def for_pipeline(config: Any, module: Any, source: Any, ctx: Any, recipe: Any,
+                 progress: Callable[[str], None]) -> tuple[Any, dict]:
+    """`resolve` with the recipe's exporter and the benchmark's timing (batch 1, fresh process, its threads)."""
+    from edgeai.bench import bench
+    from edgeai.errors import EdgeAIError, ExportError
+    from edgeai.exporters import get_exporter
+    from edgeai.steps.prune import prune
+
+    exporter = get_exporter(recipe.format)
+    attempts = exporter.attempts(exporter.config_cls(**recipe.export))
+    dims = {d: n for d, n in source.example_dims.items() if d != "batch"}
+    what = f"p50 of the {recipe.format} export, batch 1, {recipe.summary.threads} thread(s)"
+
+    def export(m: Any, folder: Path) -> Path:
+        folder.mkdir(parents=True)
+        path, errors = folder / f"model{exporter.suffix}", []
+        for attempt in attempts:     # the first path that exports; the final export is verified as usual
+            try:
+                exporter.fn(m, source.torch_inputs(), source.input_specs, path, attempt)
+                return path
+            except EdgeAIError as e:
+                errors.append(str(e))
+        raise ExportError("latency target: no export path worked: " + " | ".join(errors))
+
+    def time_ms(path: Path) -> float:
+        progress(f"latency target: timing {path.parent.name} ({what})")
+        r = bench([str(path)], threads=recipe.summary.threads, warmup=recipe.summary.warmup,
+                  min_seconds=recipe.summary.min_seconds, batch=1, dims=dims).results[0]
+        if not r.ok:
+            raise ExportError(f"latency target: timing the {recipe.format} export failed: {r.error}")
+        return r.timing.p50_ms
+
+    config, record = resolve(config, module, source, ctx, export, time_ms, prune)
+    record["measured"] = what
+    return config, record

@@ -134,11 +134,25 @@ def _model_steps(source: ModelSource, recipe: Recipe, data: RunData,
         (name, opts), = item.items()
         step = get_model_step(name)
         config = _make_config(step.config_cls, opts, f"step {name!r}")
+        config, search = _latency_target(name, config, module, source, ctx, recipe, progress)
         progress(f"model step {name}")
         module, report = step.fn(module, source.torch_inputs(), config, ctx)
+        if search:
+            report.details["latency_search"] = search
+            report.notes.extend(search["notes"])
         records.append({"type": f"model.{name}", "config": config_to_dict(config), "notes": report.notes,
                         "details": report.details})
     return replace(source, module=module.eval()), records
+
+
+def _latency_target(name: str, config: Any, module: Any, source: ModelSource, ctx: Any, recipe: Recipe,
+                    progress: Progress) -> tuple[Any, dict | None]:
+    """A prune step's target_speedup / target_latency_ms, searched on the exported model (edgeai.latency_target)."""
+    from edgeai import latency_target
+
+    if name != "prune" or not latency_target.wants_latency(config):
+        return config, None
+    return latency_target.for_pipeline(config, module, source, ctx, recipe, progress)
 
 
 def _make_config(config_cls: type, opts: dict, what: str):
