@@ -127,7 +127,7 @@ def _model_steps(source: ModelSource, recipe: Recipe, data: RunData,
     if source.module is None:
         raise RecipeError("model steps (prune, distill, ...) need a PyTorch model, not an ONNX file")
     ctx = StepContext(train_data=data.get("train"), calibration=data.get("calibration"), eval_data=data.get("eval"),
-                      teacher=source.module, input_specs=source.input_specs)
+                      teacher=source.module, input_specs=source.input_specs, extra={"metric": recipe.metric})
     records = []
     module = source.module
     for item in recipe.steps:

@@ -137,8 +137,8 @@ def test_user_metric_drives_early_stopping_and_labels_that_only_it_reads_are_acc
     out, rep = distill(Head("sigmoid", 24), {"x": torch.zeros(1)}, cfg,
                        StepContext(teacher=teacher, train_data=train, eval_data=evald))
     d = rep.details
-    assert d["metric"] == "metric" and d["teacher_metric"] == 0.0
-    assert d["best_metric"] == max(h["metric"] for h in d["history"]) > d["initial_metric"]
+    assert d["metric"] == "peak_error" and d["teacher_metric"] == 0.0
+    assert d["best_metric"] == max(h["peak_error"] for h in d["history"]) > d["initial_metric"]
     assert any("used by the metric only" in n for n in rep.notes)
     with pytest.raises(DataError, match="fit neither"):
         distill(Head("sigmoid", 24), {"x": torch.zeros(1)}, DistillConfig(epochs=1),

@@ -192,12 +192,21 @@ def _save_checkpoint(path: str, state: dict, epoch: int, metric: float) -> None:
 
 
 def _user_metric(config: DistillConfig, ctx: StepContext) -> Any:
-    """The eval metric FUNC(outputs: dict[str, np.ndarray], labels) -> float (higher is better), or None."""
-    if config.metric:
-        from edgeai.imports import import_callable
+    """The eval metric (edgeai.metrics: FUNC(outputs, labels) -> float, higher is better) or None:
+    the step's own `metric:`, else the recipe's (ctx.extra["metric"])."""
+    from edgeai.metrics import load_metric
 
-        return import_callable(config.metric, "distill metric", ConfigError)
-    return ctx.extra.get("metric")
+    return load_metric(config.metric or ctx.extra.get("metric"))
+
+
+def _output_name(model: Any, arrays: dict, dtype: Any) -> str:
+    """The name the exported artifact gives the output distillation trains (the metric sees this name)."""
+    import torch
+
+    from edgeai.exporters import output_names
+
+    with torch.no_grad():
+        return output_names(model(**_batch(arrays, slice(0, 1), dtype)))[0][0]
 
 
 class _Scorer:
@@ -208,7 +217,7 @@ class _Scorer:
         self.metric, self.choice, self.t_eval, self.eval_y = metric, choice, t_eval, eval_y
         self.output_name, self.temperature = output_name, temperature
         if metric is not None:
-            self.name, self.higher = "metric", True
+            self.name, self.higher = metric.name, True
         elif eval_y is not None and choice.kind == "kl" and losses.labels_fit(choice, tuple(t_eval.shape), eval_y):
             self.name, self.higher = "top1", True
         elif losses.labels_fit(choice, tuple(t_eval.shape), eval_y):
@@ -220,10 +229,7 @@ class _Scorer:
         import torch
 
         if self.metric is not None:
-            try:
-                return float(self.metric({self.output_name: out.numpy()}, self.eval_y)) + 0.0   # no -0.0
-            except Exception as e:  # the user's code: say whose
-                raise ConfigError(f"distill: the eval metric raised {type(e).__name__}: {e}") from None
+            return self.metric({self.output_name: out.numpy()}, self.eval_y) + 0.0   # + 0.0: no -0.0
         if self.name == "top1":
             return _top1(out, self.eval_y)
         if self.name == "kd_loss":
@@ -313,7 +319,7 @@ def distill(student: Any, example_inputs: Mapping[str, Any], config: DistillConf
              else torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0))
     train_labels = torch.as_tensor(train_y) if losses.labels_fit(choice, shape, train_y) else None
     alpha = config.alpha if train_labels is not None else 1.0
-    scorer = _Scorer(metric, choice, t_eval, eval_y, (ctx.extra.get("output_names") or ["output"])[0],
+    scorer = _Scorer(metric, choice, t_eval, eval_y, _output_name(teacher, eval_x, dtype),
                      config.temperature) if n_eval else None
     out_of_time = (lambda: config.max_minutes is not None and time.monotonic() - start > 60 * config.max_minutes)
 
@@ -379,7 +385,7 @@ def distill(student: Any, example_inputs: Mapping[str, Any], config: DistillConf
     model.load_state_dict(best_state)
     model.eval()
 
-    teacher_metric = scorer(t_eval) if scorer and scorer.name in ("metric", "top1") else None
+    teacher_metric = scorer(t_eval) if scorer and scorer.higher else None
     minutes, cpu_minutes = (time.monotonic() - start) / 60, (time.process_time() - cpu_start) / 60
     notes = [f"distillation loss: {choice.kind} ({choice.reason})",
              f"{epochs_run} epoch(s) on {n} samples in {minutes:.1f} min ({cpu_minutes:.1f} CPU min)"]
