@@ -29,6 +29,7 @@ class Budget:
     max_drop: float | None          # metric may fall this much below the FP32 artifact's
     min_metric: float | None        # or: metric must be at least this
     text: str                       # the budget in words, for the summary and the manifest
+    samples: Any = None             # inputs for the fallback's sensitivity ranking (None: calibration/eval)
 
     def to_dict(self) -> dict[str, Any]:
         return {"max_drop": self.max_drop, "min_metric": self.min_metric, "text": self.text}
@@ -54,7 +55,7 @@ def quantization_budget(source, ctx, max_drop: float | None) -> Budget:
     reference = reference_outputs(source, feeds)
     return Budget(lambda path: evaluate(path, feeds, reference=reference).value, None, DEFAULT_MIN_COSINE,
                   f"output cosine to FP32 >= {DEFAULT_MIN_COSINE:g} on {num_samples(feeds)} {what} samples "
-                  "(default budget; --max-drop sets another)")
+                  "(default budget; --max-drop sets another)", feeds)
 
 
 def quantize_within_budget(key: str, step, src: Path, dst: Path, config: Any, ctx, budget: Budget):
@@ -65,7 +66,8 @@ def quantize_within_budget(key: str, step, src: Path, dst: Path, config: Any, ct
     if hasattr(config, "exclude_nodes"):
         from edgeai.steps.quant_fallback import quantize_with_fallback
         report, fb = quantize_with_fallback(key, src, dst, config, ctx, budget.evaluate, budget.max_drop,
-                                            min_metric=budget.min_metric, budget=budget.text)
+                                            min_metric=budget.min_metric, budget=budget.text,
+                                            samples=budget.samples)
         if not fb.within:
             best = fb.chosen_try
             raise VariantRejected(f"over its accuracy budget ({budget.text}): best metric {best.metric:.4g} "

@@ -274,22 +274,23 @@ def fallback_until_within(fp32_path: str | Path, quantize: Callable[[tuple[str, 
 
 def quantize_with_fallback(step_name: str, src: str | Path, dst: str | Path, config: Any, ctx: StepContext,
                            evaluate: Callable[[Path], float], max_drop: float | None = None, *,
-                           min_metric: float | None = None, budget: str = "",
+                           min_metric: float | None = None, budget: str = "", samples: Any = None,
                            max_evals: int = 8) -> tuple[StepReport, FallbackReport]:
     """Run an ONNX INT8 step ("onnx:int8-static" / "onnx:int8-dynamic") with the fallback loop; write dst.
 
     The budget is `max_drop` below the FP32 baseline or an absolute `min_metric` (one of them).
     The model is pre-processed once, the FP32 baseline is `evaluate` on it, and every try
     quantizes that same graph so node names match; static INT8 is calibrated once and every try
-    reuses the ranges. Sample inputs for the sensitivity ranking come from ctx.calibration, else
-    ctx.eval_data.
+    reuses the ranges. Sample inputs for the sensitivity ranking are `samples`, else
+    ctx.calibration, else ctx.eval_data.
     """
     from edgeai.steps.quantize_onnx import preprocess
     if (max_drop is None) == (min_metric is None):
         raise ValueError("give exactly one of max_drop and min_metric")
     step = get_artifact_step(step_name)
     src, dst = Path(src), Path(dst)
-    samples = ctx.calibration if ctx.calibration is not None else ctx.eval_data
+    if samples is None:
+        samples = ctx.calibration if ctx.calibration is not None else ctx.eval_data
     if samples is None:
         raise DataError(f"accuracy fallback for {step_name} needs sample inputs: give calibration or "
                         "evaluation data")
