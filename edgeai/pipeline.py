@@ -159,7 +159,7 @@ def _artifact_steps(source: ModelSource, recipe: Recipe, data: RunData, stage: P
     """
     if not recipe.quantize:
         return []
-    from edgeai.steps import StepContext, get_artifact_step
+    from edgeai.steps import StepContext, canonical_scheme, get_artifact_step
 
     ctx = StepContext(calibration=data.get("calibration"), eval_data=data.get("eval"),
                       input_specs=source.input_specs,
@@ -168,6 +168,7 @@ def _artifact_steps(source: ModelSource, recipe: Recipe, data: RunData, stage: P
     entries = []
     for item in recipe.quantize:
         (name, opts), = item.items()
+        name = canonical_scheme(name)  # files keep the canonical name (int8-full -> int8-static)
         key = f"{recipe.format}:{name}"
         step = get_artifact_step(key)
         config = _make_config(step.config_cls, opts, f"quantization {name!r}")
