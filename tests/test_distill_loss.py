@@ -162,3 +162,29 @@ def test_a_student_that_does_not_recover_is_reported_with_before_and_after_metri
     assert d["recovered"] < 0.9
     note = next(n for n in rep.notes if n.startswith("the student did not recover"))
     assert f"{d['initial_metric']:.4g} before distillation" in note and "teacher 0" in note and "300 training" in note
+
+
+def sigmoid_head():
+    torch.manual_seed(0)
+    return Head("sigmoid").eval()
+
+
+def test_the_recipes_metric_scores_distillation_in_the_pipeline(tmp_path):
+    import edgeai
+    from edgeai.recipe import DataConfig, SummaryConfig
+
+    _, train, evald = _task("sigmoid", 600, 200)
+    teacher = sigmoid_head()                        # what the pipeline loads
+    with torch.no_grad():
+        for d in (train, evald):
+            d["labels"] = teacher(torch.from_numpy(d["x"])).argmax(1).numpy().astype(np.float32)
+    np.savez(tmp_path / "train.npz", **train)
+    np.savez(tmp_path / "eval.npz", **evald)
+    out = edgeai.export("tests.test_distill_loss:sigmoid_head", tmp_path / "out", inputs=["x:batch,16"],
+                        steps=({"prune": {"ratio": 0.5, "round_to": 8}}, {"distill": {"epochs": 2}}),
+                        metric=_cents_like_metric(tmp_path), summary=SummaryConfig(bench=False),
+                        data=DataConfig(train=str(tmp_path / "train.npz"), eval=str(tmp_path / "eval.npz")))
+    fp32 = next(a for a in out.artifacts if a.name == "fp32")
+    d = next(s for s in fp32.steps if s["type"] == "model.distill")["details"]
+    assert d["metric"] == "peak_error" and d["loss"] == "bce" and d["teacher_metric"] == 0.0
+    assert fp32.metrics["peak_error"] == pytest.approx(d["best_metric"], abs=1e-6)   # same metric on the artifact
