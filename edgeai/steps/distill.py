@@ -298,6 +298,7 @@ def distill(student: Any, example_inputs: Mapping[str, Any], config: DistillConf
     try:
         t_train, t_train_f = _teacher_pass(teacher, train_x, n, bs, dtype, t_feats)
         t_eval = _teacher_pass(teacher, eval_x, n_eval, bs, dtype, None)[0] if n_eval else None
+        out_name = _output_name(teacher, train_x, dtype)
     finally:
         if t_feats:
             t_feats.close()
@@ -319,8 +320,7 @@ def distill(student: Any, example_inputs: Mapping[str, Any], config: DistillConf
              else torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0))
     train_labels = torch.as_tensor(train_y) if losses.labels_fit(choice, shape, train_y) else None
     alpha = config.alpha if train_labels is not None else 1.0
-    scorer = _Scorer(metric, choice, t_eval, eval_y, _output_name(teacher, eval_x, dtype),
-                     config.temperature) if n_eval else None
+    scorer = _Scorer(metric, choice, t_eval, eval_y, out_name, config.temperature) if n_eval else None
     out_of_time = (lambda: config.max_minutes is not None and time.monotonic() - start > 60 * config.max_minutes)
 
     initial = scorer(_outputs(model, eval_x, n_eval, bs, dtype)) if scorer else math.inf
