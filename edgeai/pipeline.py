@@ -10,9 +10,10 @@ from typing import Any, Callable
 
 from edgeai.errors import EdgeAIError, ExportError, MissingDependencyError, RuntimeLoadError, VerificationError
 from edgeai.exporters import Exporter, ExportResult, get_exporter
-from edgeai.fsutil import ensure_writable_dir, publish, sha256_file, staging_dir
+from edgeai.fsutil import check_output_target, locked_staging, publish, sha256_file
 from edgeai.manifest import MANIFEST_NAME, ArtifactEntry, Manifest
 from edgeai.measure import RunData, bench_all, count_stage_macs, evaluate_all, metric_fn
+from edgeai.outdir import check_input_kept, input_files, removable_old_files
 from edgeai.recipe import Recipe, RecipeError, load_recipe
 from edgeai.source import ModelSource, load_model
 from edgeai.verify import FP32_TOLERANCE, ArtifactHandle, Parity, Tolerance, check_onnx_file, open_artifact, verify
@@ -86,7 +87,7 @@ def export(model: str | None = None, out_dir: str | Path | None = None, *,
 
 
 def run(recipe: Recipe, out_dir: Path, progress: Progress) -> ExportOutcome:
-    ensure_writable_dir(out_dir)
+    check_output_target(out_dir)  # no folder is created until there is something to write
     progress(f"loading {recipe.model}")
     source = load_model(recipe.model, inputs=recipe.inputs, example_inputs=recipe.example_inputs,
                         arch=recipe.arch, trust_pickle=recipe.trust_pickle,
@@ -97,9 +98,11 @@ def run(recipe: Recipe, out_dir: Path, progress: Progress) -> ExportOutcome:
     config = _make_config(exporter.config_cls, recipe.export, f"{recipe.format} export")
     if exporter.fixed_shapes(config) and source.example_dims.get("batch", 1) != 1:
         source = source.with_dims(batch=1)  # a fixed-shape model is deployed at batch 1
+    protected = input_files(recipe.model, source.onnx_path)
+    check_input_kept(out_dir, _planned_names(recipe, exporter.suffix), protected)
     original = source
     source, steps = _model_steps(source, recipe, data, progress)
-    with staging_dir(out_dir) as stage:
+    with locked_staging(out_dir) as stage:
         ctx = RunContext(recipe, data, exporter, config, stage, progress)
         entries = []
         if steps:  # the model before pruning/distillation: the baseline every stage is compared with
@@ -117,11 +120,12 @@ def run(recipe: Recipe, out_dir: Path, progress: Progress) -> ExportOutcome:
                             artifacts=entries, versions=versions(), failed=failed,
                             created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         manifest.write(stage)
-        old = _old_files(out_dir)
-        files = [f for e in entries for f in [e.file, *e.extra_files]]
+        files = [f for e in entries for f in e.files]
+        check_input_kept(out_dir, files + [MANIFEST_NAME], protected)
+        stale = removable_old_files(out_dir, set(files), protected)
         publish(stage, out_dir, files + [MANIFEST_NAME])
-        for stale in old - set(files):
-            (out_dir / stale).unlink(missing_ok=True)
+        for name in stale:
+            (out_dir / name).unlink(missing_ok=True)
     progress(f"wrote {out_dir / MANIFEST_NAME}")
     return ExportOutcome(out_dir, manifest)
 
@@ -291,9 +295,10 @@ def _entry(name: str, model_path: Path, fmt: str, precision: str, result: Export
            parity: Parity, steps: list[dict], notes: list[str]) -> ArtifactEntry:
     files = [model_path.name] + [f for f in result.files if f != model_path.name]
     size = sum((model_path.parent / f).stat().st_size for f in files)
+    digests = {f: sha256_file(model_path.parent / f) for f in files}
     return ArtifactEntry(
-        name=name, file=files[0], format=fmt, precision=precision, sha256=sha256_file(model_path),
-        size_bytes=size, inputs=[s.to_dict() for s in handle.inputs],
+        name=name, file=files[0], format=fmt, precision=precision, sha256=digests[files[0]],
+        digests=digests, size_bytes=size, inputs=[s.to_dict() for s in handle.inputs],
         outputs=[s.to_dict() for s in handle.outputs], exporter=result.exporter,
         extra_files=files[1:], parity=parity.to_dict(), steps=steps, notes=notes, details=result.details)
 
@@ -332,14 +337,10 @@ def _tolerance(recipe: Recipe) -> Tolerance:
         raise RecipeError(f"bad tolerance {dict(recipe.tolerance)}; known: atol, rtol, min_cosine") from None
 
 
-def _old_files(out_dir: Path) -> set[str]:
-    if not (out_dir / MANIFEST_NAME).is_file():
-        return set()
-    try:
-        old = Manifest.read(out_dir)
-    except EdgeAIError:
-        return set()
-    return {f for e in old.artifacts for f in [e.file, *e.extra_files]}
+def _planned_names(recipe: Recipe, suffix: str) -> list[str]:
+    """The model files an export of `recipe` writes (external data files aside)."""
+    variants = [name for item in recipe.quantize for name in item] + (["original"] if recipe.steps else [])
+    return [f"model{suffix}"] + [f"model.{name}{suffix}" for name in variants]
 
 
 def versions() -> dict[str, str]:
