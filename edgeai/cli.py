@@ -8,6 +8,7 @@ from pathlib import Path
 
 from edgeai import __version__
 from edgeai.errors import EdgeAIError
+from edgeai.manifest import NO_VERIFY_HELP
 
 log = logging.getLogger("edgeai")
 
@@ -131,6 +132,7 @@ def _add_run(sub) -> None:
     p.add_argument("--artifact-name", default=None, help="which artifact of an export folder (default: first)")
     p.add_argument("--provider", default="cpu", choices=("cpu", "cuda"), help="execution provider (default cpu)")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: runtime's choice)")
+    p.add_argument("--no-verify-digest", action="store_true", help=NO_VERIFY_HELP)
     p.set_defaults(func=cmd_run)
 
 
@@ -146,7 +148,7 @@ def cmd_run(args) -> int:
 
     feeds = load_npz(args.input, "input file")
     feeds.pop("labels", None)
-    file, fmt = runtime.resolve(args.artifact, args.artifact_name)
+    file, fmt = runtime.resolve(args.artifact, args.artifact_name, verify_digest=not args.no_verify_digest)
     if runtime.get_runtime(fmt).crash_prone:  # LiteRT can abort on a bad model: report it, don't die
         from edgeai.runtime.subproc import run_isolated
         outputs = run_isolated(file, feeds, fmt=fmt, options={"threads": args.threads, "provider": args.provider})
@@ -168,13 +170,18 @@ def cmd_run(args) -> int:
 def _add_info(sub) -> None:
     p = sub.add_parser("info", help="show what an export folder holds (from its manifest)")
     p.add_argument("folder")
+    p.add_argument("--no-verify-digest", action="store_true", help=NO_VERIFY_HELP)
     p.set_defaults(func=cmd_info)
 
 
 def cmd_info(args) -> int:
     from edgeai.manifest import Manifest
     from edgeai.report import print_export_summary
-    print_export_summary(Manifest.read(args.folder), Path(args.folder))
+    manifest = Manifest.read(args.folder)
+    if not args.no_verify_digest:
+        for entry in manifest.artifacts:
+            entry.verify_files(args.folder)
+    print_export_summary(manifest, Path(args.folder))
     return 0
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edgeai.manifest import MANIFEST_NAME
+from edgeai.manifest import MANIFEST_NAME, NO_VERIFY_HELP
 
 
 def add_parser(sub) -> None:
@@ -21,6 +21,7 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="samples per run (default 64)")
     p.add_argument("--provider", default="cpu", choices=("cpu", "cuda"), help="execution provider (default cpu)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--no-verify-digest", action="store_true", help=NO_VERIFY_HELP)
     p.set_defaults(func=run)
 
 
@@ -42,7 +43,8 @@ def run(args) -> int:
         names = [None]
     results, reference = [], None
     for name in names:
-        session = runtime.load(path, artifact=name, provider=args.provider)
+        session = runtime.load(path, artifact=name, provider=args.provider,
+                               verify_digest=not args.no_verify_digest)
         feeds, labels = split_labels(load_feeds(args.data, session.inputs, what="evaluation data"))
         if labels is None and reference is None:
             reference = run_batched(session, feeds, args.batch_size)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
 import shutil
@@ -94,6 +93,8 @@ def locked_staging(final_dir: str | Path) -> Iterator[Path]:
     export can own them: it would hold the lock). If the job fails, the folders this call
     created (`final_dir` and any new parents) are removed again, and nothing else.
     """
+    import fcntl  # POSIX only: exports run on the workstation, the runtime may run anywhere
+
     final_dir = Path(final_dir)
     created = _make_dirs(final_dir)
     try:

@@ -19,6 +19,8 @@ SCHEMA_VERSION = 2   # 2: a sha256 for every file (extra files too), file names 
 SCHEMA = f"{SCHEMA_NAME}/{SCHEMA_VERSION}"
 MANIFEST_NAME = "manifest.json"
 DIGEST_HINT = "re-export it, or pass --no-verify-digest (Python: verify_digest=False) to skip the check"
+NO_VERIFY_HELP = ("do not check the sha256 of an export folder's files against its manifest "
+                  "(default: check, and refuse a changed file)")
 
 
 @dataclass

@@ -168,3 +168,240 @@ def test_non_pickle_file_is_told_what_it_is_not_to_trust_pickle(cli, tmp_path, c
     code, _, err = cli("export", path, "--input", CNN_INPUT, "-o", tmp_path / "out")
     line = _one_line_error(code, err, needle)
     assert "--trust-pickle" not in line
+
+
+# ---------------------------------------------------------------------------- OUTDIR: what may be removed
+
+@pytest.fixture(scope="module")
+def quantized_export(tmp_path_factory):
+    """An export folder with FP32 and INT8-dynamic artifacts (made once; tests copy it)."""
+    out = tmp_path_factory.mktemp("export") / "out"
+    from edgeai.cli import main
+    assert main(["export", factory("cnn"), "--input", CNN_INPUT, "-o", str(out), "--no-bench",
+                 "--quantize", "int8-dynamic", "-q"]) == 0
+    return out
+
+
+def _copy_export(src, dst):
+    import shutil
+    return shutil.copytree(src, dst)
+
+
+def _tamper_manifest(folder, change):
+    path = folder / "manifest.json"
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("name", ["../victim.txt", "ABSOLUTE"])
+def test_reexport_never_deletes_what_a_tampered_manifest_names_outside_outdir(cli, tmp_path, quantized_export,
+                                                                             name):
+    out = _copy_export(quantized_export, tmp_path / "out")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    name = str(victim) if name == "ABSOLUTE" else name
+
+    def point_at_victim(data):
+        data["artifacts"][1]["file"] = name
+    _tamper_manifest(out, point_at_victim)
+    code, _, err = cli("export", factory("cnn"), "--input", CNN_INPUT, "-o", out, "--no-bench")
+    assert code == 0, err
+    assert victim.read_text() == "keep me"
+    assert json.loads((out / "manifest.json").read_text())["artifacts"][0]["file"] == "model.onnx"
+
+
+def test_reexport_removes_only_files_the_previous_export_wrote(cli, tmp_path, quantized_export):
+    out = _copy_export(quantized_export, tmp_path / "out")
+    (out / "notes.txt").write_text("mine")
+    code, _, err = cli("export", factory("cnn"), "--input", CNN_INPUT, "-o", out, "--no-bench")
+    assert code == 0, err
+    # the old INT8 file was edgeai's, unchanged: removed; a file the user put there: kept
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.onnx", "notes.txt"]
+
+    out2 = _copy_export(quantized_export, tmp_path / "out2")
+    with open(out2 / "model.int8-dynamic.onnx", "ab") as f:  # changed since: no longer edgeai's file
+        f.write(b"\0")
+    code, _, err = cli("export", factory("cnn"), "--input", CNN_INPUT, "-o", out2, "--no-bench")
+    assert code == 0, err
+    assert (out2 / "model.int8-dynamic.onnx").is_file()
+
+
+def test_export_never_deletes_or_overwrites_its_input_model(cli, tmp_path, quantized_export):
+    from edgeai.fsutil import sha256_file
+    out = _copy_export(quantized_export, tmp_path / "out")
+    model = out / "model.int8-dynamic.onnx"
+    before = sha256_file(model)
+    code, _, err = cli("export", model, "-o", out, "--no-bench")
+    assert code == 0, err
+    assert sha256_file(model) == before
+    code, _, err = cli("export", out / "model.onnx", "-o", out, "--no-bench")
+    _one_line_error(code, err, "would overwrite its input model", "model.onnx")
+    assert (out / "model.onnx").is_file() and (out / "model.int8-dynamic.onnx").is_file()
+
+
+# ---------------------------------------------------------------------------- tampering is detected
+
+def test_manifest_naming_a_file_outside_the_folder_is_rejected_on_read(tmp_path, quantized_export):
+    from edgeai import runtime
+    from edgeai.errors import RuntimeLoadError
+    from edgeai.manifest import Manifest
+    for bad in ["../model.onnx", "/etc/passwd", "sub/model.onnx", "..", ""]:
+        out = _copy_export(quantized_export, tmp_path / f"out{len(list(tmp_path.iterdir()))}")
+        _tamper_manifest(out, lambda data: data["artifacts"][0].update(file=bad))
+        with pytest.raises(RuntimeLoadError, match="may only name files inside its folder"):
+            Manifest.read(out)
+        with pytest.raises(RuntimeLoadError, match="may only name files inside its folder"):
+            runtime.load(out)
+
+
+def _change_one_weight(path):
+    """A valid ONNX model with one weight changed: what a tampered artifact looks like."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+    model = onnx.load(str(path))
+    init = model.graph.initializer[0]
+    w = numpy_helper.to_array(init).copy()
+    w.flat[0] += 1.0
+    init.CopyFrom(numpy_helper.from_array(w.astype(np.float32), init.name))
+    onnx.save(model, str(path))
+
+
+def test_changed_artifact_is_refused_by_run_eval_info_bench_and_runtime_load(cli, tmp_path, quantized_export):
+    import numpy as np
+
+    from edgeai import runtime
+    from edgeai.errors import RuntimeLoadError
+    out = _copy_export(quantized_export, tmp_path / "out")
+    _change_one_weight(out / "model.onnx")
+    np.savez(tmp_path / "x.npz", image=np.random.rand(2, 3, 16, 16).astype(np.float32))
+    for args in (["run", out, "--input", tmp_path / "x.npz", "-o", tmp_path / "y.npz"],
+                 ["eval", out, "--data", tmp_path / "x.npz"],
+                 ["info", out],
+                 ["bench", out, "--runs", "3", "--warmup", "0", "--no-isolate"]):
+        code, _, err = cli(*args)
+        _one_line_error(code, err, "model.onnx", "does not match the sha256", "--no-verify-digest")
+    with pytest.raises(RuntimeLoadError, match="does not match the sha256"):
+        runtime.load(out)
+    assert runtime.load(out, artifact="int8-dynamic").inputs[0].name == "image"  # its files are intact
+    session = runtime.load(out, verify_digest=False)
+    assert session.run({"image": np.zeros((1, 3, 16, 16), np.float32)})
+    code, _, err = cli("run", out, "--input", tmp_path / "x.npz", "-o", tmp_path / "y.npz", "--no-verify-digest")
+    assert code == 0, err
+    assert np.load(tmp_path / "y.npz")[session.outputs[0].name].shape[0] == 2
+
+
+def test_manifest_lists_a_digest_for_every_file_and_ignores_unknown_keys(tmp_path, quantized_export, caplog,
+                                                                          monkeypatch):
+    import logging
+
+    from edgeai.fsutil import sha256_file
+    from edgeai.manifest import Manifest
+    out = _copy_export(quantized_export, tmp_path / "out")
+    data = json.loads((out / "manifest.json").read_text())
+    assert data["schema"] == "edgeai.manifest/2"
+    for a in data["artifacts"]:
+        assert a["digests"] == {f: sha256_file(out / f) for f in [a["file"], *a["extra_files"]]}
+
+    def newer(d):
+        d["schema"] = "edgeai.manifest/9"
+        d["signature"] = "abc"
+        d["artifacts"][0]["compiled_for"] = "npu"
+    _tamper_manifest(out, newer)
+    monkeypatch.setattr(logging.getLogger("edgeai"), "propagate", True)  # the CLI turns it off
+    with caplog.at_level("WARNING"):
+        m = Manifest.read(out)
+    assert [a.name for a in m.artifacts] == ["fp32", "int8-dynamic"]
+    assert "newer edgeai" in caplog.text and "signature" in caplog.text and "compiled_for" in caplog.text
+
+
+def test_external_data_files_are_digested_and_checked(tmp_path):
+    """An artifact with external data: the .data file has its own digest, and changing it is caught."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgeai import runtime
+    from edgeai.errors import RuntimeLoadError
+    w = numpy_helper.from_array(np.ones((64, 64), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 64])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    src = tmp_path / "src"
+    src.mkdir()
+    onnx.save(model, str(src / "big.onnx"), save_as_external_data=True, location="big.onnx.data",
+              size_threshold=0)
+    import edgeai
+    from edgeai.recipe import SummaryConfig
+    outcome = edgeai.export(str(src / "big.onnx"), tmp_path / "out", summary=SummaryConfig(bench=False))
+    entry = outcome.artifacts[0]
+    assert entry.extra_files and set(entry.digests) == {entry.file, *entry.extra_files}
+    data_file = tmp_path / "out" / entry.extra_files[0]
+    raw = bytearray(data_file.read_bytes())
+    raw[0] ^= 1
+    data_file.write_bytes(bytes(raw))
+    with pytest.raises(RuntimeLoadError, match=f"{entry.extra_files[0]}.*does not match the sha256"):
+        runtime.load(tmp_path / "out")
+
+
+# ---------------------------------------------------------------------------- OUTDIR: lock, staging, failure
+
+_HOLDER = """
+import sys, time
+from pathlib import Path
+from edgeai.fsutil import locked_staging
+with locked_staging(Path(sys.argv[1])) as stage:
+    (stage / "model.onnx").write_text("half-written")
+    print(stage, flush=True)
+    time.sleep(120)
+"""
+
+
+def test_second_export_into_a_locked_folder_fails_clearly_and_stale_staging_is_cleaned(cli, tmp_path):
+    """Process A holds OUTDIR (as an export does while it writes); export B into it fails at once.
+    A is then killed: its staging folder is stale, and the next export removes it."""
+    import signal
+    import subprocess
+    import sys
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(out)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        staging = holder.stdout.readline().strip()
+        assert staging and os.path.isdir(staging), staging
+        code, _, err = cli("export", factory("cnn"), "--input", CNN_INPUT, "-o", out, "--no-bench")
+        _one_line_error(code, err, "another edgeai export is writing to", "out")
+        assert os.path.isdir(staging)  # a live export's staging folder is never touched
+        assert not (out / "manifest.json").exists()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert os.path.isdir(staging)  # SIGKILL: nothing cleaned up
+    code, _, err = cli("export", factory("cnn"), "--input", CNN_INPUT, "-o", out, "--no-bench")
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.onnx"]
+
+
+def test_failed_export_removes_the_folders_it_created_and_nothing_else(cli, tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "keep.txt").write_text("x")
+    out = tmp_path / "a" / "b" / "c" / "out"
+    code, _, err = cli("export", factory("frozen_batch"), "--input", "x:batch,4", "--exporter", "torchscript",
+                       "-o", out)
+    _one_line_error(code, err, "batch=5")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a", "keep.txt"]
+    # an existing OUTDIR is kept (it is not ours to remove), with nothing added to it
+    out = tmp_path / "a"
+    code, _, err = cli("export", factory("frozen_batch"), "--input", "x:batch,4", "--exporter", "torchscript",
+                       "-o", out)
+    assert code == 2
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a", "keep.txt"]
+
+
+def test_export_that_fails_before_writing_creates_no_folder(cli, tmp_path):
+    out = tmp_path / "new" / "out"
+    code, _, err = cli("export", factory("cnn"), "--input", "image:batch,7,16,16", "-o", out)
+    _one_line_error(code, err, "fails on the example inputs")
+    assert not (tmp_path / "new").exists()
