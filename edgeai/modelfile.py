@@ -19,9 +19,12 @@ _PT2_AOTI = "data/aotinductor/"
 _PT2_PAYLOAD_CONFIGS = ("data/weights/", "data/constants/")
 _PT2_RAW_PREFIXES = ("weight_", "tensor_")   # raw tensor bytes; custom_obj_/opaque_obj_ are pickles
 
-# graph targets torch resolves to callables: ATen/custom operators, operator.*, math.*, torch.sym_*
-_SAFE_TARGET = re.compile(r"torch\.ops\.[A-Za-z]\w*\.[A-Za-z]\w*(\.[A-Za-z]\w*)?|_operator\.[a-z]\w*|"
-                          r"math\.[a-z]\w*|torch\._?sym_[a-z]\w*")
+# graph targets torch resolves to callables: ATen/custom operators, arithmetic from operator and math, torch.sym_*
+_NAME = r"(?!__)\w+"  # no dunder attributes
+_OPERATORS = ("getitem add sub mul truediv floordiv mod pow neg pos abs invert and_ or_ xor not_ "
+              "eq ne lt le gt ge lshift rshift").split()  # not call, attrgetter, methodcaller, ...
+_SAFE_TARGET = re.compile(rf"torch\.ops\.{_NAME}\.{_NAME}(\.{_NAME})?|_operator\.({'|'.join(_OPERATORS)})|"
+                          rf"math\.{_NAME}|torch\._?sym_[a-z]\w*")
 # names a symbolic shape expression may use: shape symbols (s0, u1) and the sympy functions torch prints
 _SYMBOL = re.compile(r"[a-z]{1,3}\d+")
 _SYMPY_NAMES = frozenset(
@@ -33,6 +36,9 @@ _SYMPY_NAMES = frozenset(
     "positive negative nonnegative nonpositive integer real finite infinite zero nonzero even odd "
     "rational commutative".split())
 _SAFE_OPS = frozenset("+ - * / // % ** ( ) , = < > <= >= == != & | ~".split())
+# guards ("L['x'].size()[1] == 7") also index the inputs and read their sizes
+_GUARD_NAMES = frozenset("L and or not is None".split())
+_GUARD_ATTRS = frozenset("size stride storage_offset dim numel".split())
 
 
 def sniff(path: Path) -> str:
@@ -111,15 +117,16 @@ def _check_payload_config(path: Path, rel: str, config: dict) -> None:
 
 
 def _check_graph(path: Path, rel: str, program: dict) -> None:
-    if program.get("guards_code"):
-        _refuse(path, f"carries guard code ({rel}) that loading it would execute")
+    for guard in program.get("guards_code") or []:
+        if not isinstance(guard, str) or not _safe_expr(guard, guard=True):
+            _refuse(path, f"carries guard code torch would execute ({str(guard)[:80]!r})")
     for key, value in _walk(program):
         if key == "target" and isinstance(value, str) and not _SAFE_TARGET.fullmatch(value):
             _refuse(path, f"calls {value[:80]!r} ({rel}), which is not a PyTorch operator")
-        if key == "expr_str" and isinstance(value, str) and not _safe_sym_expr(value):
+        if key == "expr_str" and isinstance(value, str) and not _safe_expr(value):
             _refuse(path, f"carries a shape expression torch would evaluate as Python ({value[:80]!r})")
     for symbol in program.get("range_constraints") or {}:
-        if not _safe_sym_expr(str(symbol)):
+        if not _safe_expr(str(symbol)):
             _refuse(path, f"carries a shape expression torch would evaluate as Python ({str(symbol)[:80]!r})")
 
 
@@ -133,22 +140,32 @@ def _check_weights_only(path: Path, rel: str, data: bytes) -> None:
         _refuse(path, f"has a record ({rel}) that needs full unpickling")
 
 
-def _safe_sym_expr(text: str) -> bool:
-    """True when the sympy expression string uses only shape symbols, numbers and known functions."""
+def _safe_expr(text: str, guard: bool = False) -> bool:
+    """True when `text` (a sympy expression, or with `guard` a guard such as
+    "L['x'].size()[1] == 7") uses only shape symbols, numbers, known functions and operators:
+    nothing that could call Python code when torch evaluates it."""
     try:
         tokens = list(tokenize.generate_tokens(io.StringIO(text).readline))
     except (tokenize.TokenError, SyntaxError, IndentationError):
         return False
+    prev = None
     for tok in tokens:
-        if tok.type in (tokenize.NEWLINE, tokenize.NL, tokenize.ENDMARKER, tokenize.NUMBER):
+        if tok.type in (tokenize.NEWLINE, tokenize.NL, tokenize.ENDMARKER):
             continue
-        if tok.type == tokenize.NAME and (tok.string in _SYMPY_NAMES or _SYMBOL.fullmatch(tok.string)):
-            continue
-        if tok.type == tokenize.OP and tok.string in _SAFE_OPS:
-            continue
-        if tok.type == tokenize.STRING and re.fullmatch(r"'[a-z]{1,3}\d+'|\"[a-z]{1,3}\d+\"", tok.string):
-            continue
-        return False
+        s = tok.string
+        if prev == ".":
+            ok = guard and tok.type == tokenize.NAME and s in _GUARD_ATTRS
+        elif tok.type == tokenize.NAME:
+            ok = s in _SYMPY_NAMES or bool(_SYMBOL.fullmatch(s)) or (guard and s in _GUARD_NAMES)
+        elif tok.type == tokenize.OP:
+            ok = s in _SAFE_OPS or (guard and s in ("[", "]", "."))
+        elif tok.type == tokenize.STRING:
+            ok = bool(re.fullmatch(r"'[A-Za-z_]\w*'|\"[A-Za-z_]\w*\"", s))
+        else:
+            ok = tok.type == tokenize.NUMBER
+        if not ok:
+            return False
+        prev = s
     return True
 
 

@@ -146,6 +146,23 @@ def test_normal_pt2_loads_without_trust_pickle(cli, tmp_path, good_pt2):
     assert manifest["artifacts"][0]["parity"]["passed"] is True
 
 
+def test_normal_pt2_with_shape_guards_loads_without_trust_pickle(tmp_path):
+    """torch writes guard code ("L['rows'].size()[1] == 7") when it specialises a dim: plain guards load."""
+    import torch
+
+    import models
+    from edgeai.source import load_model
+    auto = torch.export.Dim.AUTO
+    ep = torch.export.export(models.lstm(), (torch.randn(2, 7, 6),), dynamic_shapes={"rows": {0: auto, 1: auto}})
+    assert ep._guards_code  # the case under test: a .pt2 that carries guard code
+    torch.export.save(ep, str(tmp_path / "lstm.pt2"))
+    source = load_model(str(tmp_path / "lstm.pt2"), inputs=["rows:batch,7,6"])
+    assert source.kind == "exported_program"
+    with torch.inference_mode():
+        out = source.module(torch.ones(3, 7, 6))
+    assert out.shape[0] == 3
+
+
 @pytest.mark.parametrize("content, needle", [
     ("random", "not a PyTorch model file"),
     ("onnx", "is an ONNX model"),
