@@ -422,3 +422,26 @@ def test_export_that_fails_before_writing_creates_no_folder(cli, tmp_path):
     code, _, err = cli("export", factory("cnn"), "--input", "image:batch,7,16,16", "-o", out)
     _one_line_error(code, err, "fails on the example inputs")
     assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.slow  # two full export processes: ~30 s on a shared 2-core machine
+def test_two_concurrent_exports_never_leave_a_manifest_naming_a_missing_file(tmp_path):
+    """Two real export processes into one folder: each succeeds or stops with the lock error,
+    and the folder always ends with a manifest whose files exist with their digests."""
+    import subprocess
+    import sys
+
+    from edgeai.fsutil import sha256_file
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    cmd = [sys.executable, "-m", "edgeai.cli", "export", factory("cnn"), "--input", CNN_INPUT, "-o", str(out),
+           "--no-bench", "-q"]
+    procs = [subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    assert any(code == 0 for code, _ in results), results
+    for code, err in results:
+        assert code == 0 or (code == 2 and "another edgeai export is writing to" in err), err
+    manifest = json.loads((out / "manifest.json").read_text())
+    for a in manifest["artifacts"]:
+        assert all(sha256_file(out / f) == d for f, d in a["digests"].items())
+    assert not [p for p in out.iterdir() if p.name.startswith(".edgeai-staging-")]
