@@ -49,6 +49,15 @@ class ArtifactEntry:
         """The model file, then its extra files (external data), as plain names inside the folder."""
         return [self.file, *self.extra_files]
 
+    def check_inside(self, folder: str | Path) -> None:
+        """Raise RuntimeLoadError when a file of this artifact is a link that leads out of `folder`."""
+        base = Path(folder).resolve()
+        for name in self.files:
+            target = (Path(folder) / name).resolve()
+            if target.parent != base:
+                raise RuntimeLoadError(f"{str(Path(folder) / name)!r} links to {str(target)!r}, outside the "
+                                       "export folder; edgeai only loads files inside it")
+
     def verify_files(self, folder: str | Path) -> None:
         """Raise RuntimeLoadError unless every file of this artifact has the sha256 the manifest records."""
         expected = {self.file: self.sha256, **self.digests}

@@ -445,3 +445,14 @@ def test_two_concurrent_exports_never_leave_a_manifest_naming_a_missing_file(tmp
     for a in manifest["artifacts"]:
         assert all(sha256_file(out / f) == d for f, d in a["digests"].items())
     assert not [p for p in out.iterdir() if p.name.startswith(".edgeai-staging-")]
+
+
+def test_artifact_file_linking_out_of_the_folder_is_refused_even_without_digest_check(tmp_path, quantized_export):
+    from edgeai import runtime
+    from edgeai.errors import RuntimeLoadError
+    out = _copy_export(quantized_export, tmp_path / "out")
+    outside = tmp_path / "elsewhere.onnx"
+    (out / "model.onnx").rename(outside)
+    (out / "model.onnx").symlink_to(outside)
+    with pytest.raises(RuntimeLoadError, match="outside the export folder"):
+        runtime.load(out, verify_digest=False)

@@ -28,6 +28,7 @@ def resolve(path: str | Path, artifact: str | None = None, *, verify_digest: boo
             raise RuntimeLoadError(f"{str(path)!r} is a folder without {MANIFEST_NAME}; pass a model file "
                                    "or an edgeai export folder")
         entry = Manifest.read(path).get(artifact)
+        entry.check_inside(path)
         if verify_digest:
             entry.verify_files(path)
         return path / entry.file, entry.format
