@@ -133,7 +133,10 @@ def _make_dirs(path: Path) -> list[Path]:
     created = []
     try:
         for d in reversed(missing):
-            d.mkdir(exist_ok=True)
+            try:
+                d.mkdir()
+            except FileExistsError:  # made by someone else meanwhile: not ours to remove
+                continue
             created.insert(0, d)
     except OSError as e:
         _remove_created(created)
