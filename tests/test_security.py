@@ -456,3 +456,17 @@ def test_artifact_file_linking_out_of_the_folder_is_refused_even_without_digest_
     (out / "model.onnx").symlink_to(outside)
     with pytest.raises(RuntimeLoadError, match="outside the export folder"):
         runtime.load(out, verify_digest=False)
+
+
+def test_digest_check_on_the_device_needs_no_torch(tmp_path, quantized_export):
+    import subprocess
+    import sys
+    out = _copy_export(quantized_export, tmp_path / "out")
+    code = ("import sys, numpy as np; from edgeai import runtime; "
+            f"s = runtime.load({str(out)!r}, artifact='int8-dynamic'); "
+            "y = s.run({'image': np.zeros((1, 3, 16, 16), np.float32)}); "
+            "print(list(y), 'torch' in sys.modules)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split()[-1] == "False", res.stdout
