@@ -470,3 +470,19 @@ def test_digest_check_on_the_device_needs_no_torch(tmp_path, quantized_export):
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout.split()[-1] == "False", res.stdout
+
+
+def test_schema_1_manifest_still_loads_and_its_model_digest_is_checked(tmp_path, quantized_export):
+    from edgeai import runtime
+    from edgeai.errors import RuntimeLoadError
+    out = _copy_export(quantized_export, tmp_path / "out")
+
+    def older(data):
+        data["schema"] = "edgeai.manifest/1"
+        for a in data["artifacts"]:
+            del a["digests"]
+    _tamper_manifest(out, older)
+    assert runtime.load(out).inputs[0].name == "image"
+    _change_one_weight(out / "model.onnx")
+    with pytest.raises(RuntimeLoadError, match="does not match the sha256"):
+        runtime.load(out)
