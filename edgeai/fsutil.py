@@ -80,7 +80,30 @@ def check_output_target(path: str | Path) -> Path:
         if existing == path:
             raise OutputError(f"output folder {str(path)!r} is not writable; choose another with -o")
         raise OutputError(f"cannot create output folder {str(path)!r}: {str(existing)!r} is not writable")
+    if existing == path:  # fail before loading the model when another export holds the folder now
+        with _locked(path):
+            pass
     return path
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """Hold an exclusive flock on `folder` (the lock goes with the descriptor); OutputError if taken."""
+    import fcntl  # POSIX only: exports run on the workstation, the runtime may run anywhere
+
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as e:
+        raise OutputError(f"cannot open output folder {str(folder)!r}: {e.strerror or e}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputError(f"another edgeai export is writing to {str(folder)!r}; wait for it to finish "
+                              "or choose another folder with -o") from None
+        yield
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -93,34 +116,21 @@ def locked_staging(final_dir: str | Path) -> Iterator[Path]:
     export can own them: it would hold the lock). If the job fails, the folders this call
     created (`final_dir` and any new parents) are removed again, and nothing else.
     """
-    import fcntl  # POSIX only: exports run on the workstation, the runtime may run anywhere
-
     final_dir = Path(final_dir)
     created = _make_dirs(final_dir)
     try:
-        fd = os.open(final_dir, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError as e:
-        _remove_created(created)
-        raise OutputError(f"cannot open output folder {str(final_dir)!r}: {e.strerror or e}") from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise OutputError(f"another edgeai export is writing to {str(final_dir)!r}; wait for it to finish "
-                              "or choose another folder with -o") from None
-        for stale in final_dir.glob(f"{STAGING_PREFIX}*"):
-            if stale.is_dir() and not stale.is_symlink():
-                shutil.rmtree(stale, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=final_dir))
-        try:
-            yield tmp
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        with _locked(final_dir):
+            for stale in final_dir.glob(f"{STAGING_PREFIX}*"):
+                if stale.is_dir() and not stale.is_symlink():
+                    shutil.rmtree(stale, ignore_errors=True)
+            tmp = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=final_dir))
+            try:
+                yield tmp
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         _remove_created(created)
         raise
-    finally:
-        os.close(fd)  # releases the lock
 
 
 def _make_dirs(path: Path) -> list[Path]:

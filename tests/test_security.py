@@ -390,6 +390,11 @@ def test_second_export_into_a_locked_folder_fails_clearly_and_stale_staging_is_c
         assert staging and os.path.isdir(staging), staging
         code, _, err = cli("export", factory("cnn"), "--input", CNN_INPUT, "-o", out, "--no-bench")
         _one_line_error(code, err, "another edgeai export is writing to", "out")
+        from edgeai.errors import OutputError
+        from edgeai.fsutil import locked_staging
+        with pytest.raises(OutputError, match="another edgeai export"):  # also when taken after the first check
+            with locked_staging(out):
+                pass
         assert os.path.isdir(staging)  # a live export's staging folder is never touched
         assert not (out / "manifest.json").exists()
     finally:
