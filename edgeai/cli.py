@@ -2,12 +2,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
 import sys
+import threading
+import traceback
 from pathlib import Path
+from typing import Iterator
 
-from edgeai import __version__
-from edgeai.errors import EdgeAIError
+from edgeai import __version__, argtypes
+from edgeai.errors import EdgeAIError, RuntimeLoadError, Terminated
 
 log = logging.getLogger("edgeai")
 
@@ -62,11 +67,12 @@ def _add_export(sub) -> None:
     p.add_argument("--eval-data", metavar="DATA",
                    help="evaluate every artifact on this data: inputs keyed by input name plus optional "
                         "'labels' (top-1 in points); without labels, cosine similarity to FP32 PyTorch")
-    p.add_argument("--max-drop", type=float, default=None,
+    p.add_argument("--max-drop", type=argtypes.finite_float, default=None,
                    help="accuracy budget for INT8 in the metric's units (points of top-1, or cosine: 0.01 means "
                         ">= 0.99): keep the most sensitive layers in FP32 until the drop fits")
     p.add_argument("--no-bench", action="store_true", help="skip timing the variants for the summary table")
-    p.add_argument("--threads", type=int, default=None, help="threads for the summary timings (default 1)")
+    p.add_argument("--threads", type=argtypes.positive_int, default=None,
+                   help="threads for the summary timings (default 1)")
     p.set_defaults(func=cmd_export)
 
 
@@ -114,7 +120,7 @@ def cmd_export(args) -> int:
     summary = recipe.summary
     if args.no_bench:
         summary = replace(summary, bench=False)
-    if args.threads:
+    if args.threads is not None:
         summary = replace(summary, threads=args.threads)
     recipe = replace(recipe, export=export_opts, tolerance=tol, data=data, summary=summary, **opts)
     outcome = export(recipe=recipe, out_dir=args.output, progress=_progress)
@@ -130,7 +136,8 @@ def _add_run(sub) -> None:
     p.add_argument("-o", "--output", required=True, metavar="OUT.npz", help="where to write the outputs")
     p.add_argument("--artifact-name", default=None, help="which artifact of an export folder (default: first)")
     p.add_argument("--provider", default="cpu", choices=("cpu", "cuda"), help="execution provider (default cpu)")
-    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: runtime's choice)")
+    p.add_argument("--threads", type=argtypes.positive_int, default=None,
+                   help="intra-op threads (default: runtime's choice)")
     p.set_defaults(func=cmd_run)
 
 
@@ -172,9 +179,14 @@ def _add_info(sub) -> None:
 
 
 def cmd_info(args) -> int:
-    from edgeai.manifest import Manifest
+    from edgeai.manifest import MANIFEST_NAME, Manifest
     from edgeai.report import print_export_summary
-    print_export_summary(Manifest.read(args.folder), Path(args.folder))
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        what = "does not exist" if not folder.exists() else "is a file, not an export folder"
+        raise RuntimeLoadError(f"{args.folder!r} {what}; edgeai info reads the {MANIFEST_NAME} of a folder "
+                          "that edgeai export wrote")
+    print_export_summary(Manifest.read(folder), folder)
     return 0
 
 
@@ -209,8 +221,11 @@ def _extra_commands():
 
 
 def _setup_logging(debug: bool, quiet: bool) -> None:
+    from rich.console import Console
     from rich.logging import RichHandler
-    handler = RichHandler(show_time=False, show_path=False, markup=False, rich_tracebacks=debug)
+    # log lines go to stderr: stdout carries only results (tables, JSON)
+    handler = RichHandler(console=Console(stderr=True), show_time=False, show_path=False, markup=False,
+                          rich_tracebacks=debug)
     handler.setFormatter(logging.Formatter("%(message)s"))
     log.handlers[:] = [handler]
     log.setLevel(logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO)
@@ -225,22 +240,43 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     _setup_logging(args.debug, args.quiet)
+    with _sigterm_unwinds():
+        try:
+            return int(args.func(args) or 0)
+        except EdgeAIError as e:
+            if args.debug:
+                traceback.print_exc()
+            print(f"edgeai: error: {e}", file=sys.stderr)
+            return 2
+        except Terminated:
+            print("edgeai: terminated (SIGTERM)", file=sys.stderr)
+            return 128 + signal.SIGTERM
+        except KeyboardInterrupt:
+            print("edgeai: interrupted", file=sys.stderr)
+            return 128 + signal.SIGINT
+        except Exception as e:
+            if args.debug:
+                traceback.print_exc()
+            print(f"edgeai: internal error: {type(e).__name__}: {' '.join(str(e).split())[:300]} "
+                  "(run with --debug for the traceback and please report it)", file=sys.stderr)
+            return 1
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """SIGTERM raises Terminated, so it unwinds like Ctrl-C: staging folders go, outputs stay untouched."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
     try:
-        return int(args.func(args) or 0)
-    except EdgeAIError as e:
-        if args.debug:
-            raise
-        print(f"edgeai: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("edgeai: interrupted", file=sys.stderr)
-        return 130
-    except Exception as e:
-        if args.debug:
-            raise
-        print(f"edgeai: internal error: {type(e).__name__}: {' '.join(str(e).split())[:300]} "
-              "(run with --debug for the traceback and please report it)", file=sys.stderr)
-        return 1
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from edgeai.argtypes import positive_int
 from edgeai.manifest import MANIFEST_NAME
 
 
@@ -18,7 +19,7 @@ def add_parser(sub) -> None:
                    help="inputs keyed by input name, optionally 'labels'")
     p.add_argument("--artifact-name", action="append", default=None,
                    help="only these artifacts of an export folder (repeatable; default: all)")
-    p.add_argument("--batch-size", type=int, default=64, help="samples per run (default 64)")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="samples per run (default 64)")
     p.add_argument("--provider", default="cpu", choices=("cpu", "cuda"), help="execution provider (default cpu)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.set_defaults(func=run)

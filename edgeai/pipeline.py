@@ -13,7 +13,7 @@ from edgeai.exporters import Exporter, ExportResult, get_exporter
 from edgeai.fsutil import ensure_writable_dir, publish, sha256_file, staging_dir
 from edgeai.manifest import MANIFEST_NAME, ArtifactEntry, Manifest
 from edgeai.measure import RunData, bench_all, count_stage_macs, evaluate_all, metric_fn
-from edgeai.recipe import Recipe, RecipeError, load_recipe
+from edgeai.recipe import Recipe, RecipeError, load_recipe, validate
 from edgeai.source import ModelSource, load_model
 from edgeai.verify import FP32_TOLERANCE, ArtifactHandle, Parity, Tolerance, check_onnx_file, open_artifact, verify
 
@@ -63,6 +63,7 @@ def export(model: str | None = None, out_dir: str | Path | None = None, *,
 
 
 def run(recipe: Recipe, out_dir: Path, progress: Progress) -> ExportOutcome:
+    validate(recipe)  # every checkable mistake fails here, before the model is loaded
     ensure_writable_dir(out_dir)
     progress(f"loading {recipe.model}")
     source = load_model(recipe.model, inputs=recipe.inputs, example_inputs=recipe.example_inputs,

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeai.errors import ExportError
-from edgeai.exporters import EXPORTERS, Exporter, ExportResult, output_names
+from edgeai.exporters import EXPORTERS, Exporter, ExportResult, interrupts_propagate, output_names
 from edgeai.specs import TensorSpec
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def export_onnx(module, example_inputs: dict, input_specs: list[TensorSpec], out
     out_path = Path(out_path)
     quiet = contextlib.redirect_stdout(io.StringIO())
     try:
-        with warnings.catch_warnings(), quiet, _quiet_torch_logs():
+        with interrupts_propagate(), warnings.catch_warnings(), quiet, _quiet_torch_logs():
             warnings.simplefilter("ignore")
             if path == "dynamo":
                 args = _grow_size_one_dims(args, input_specs)
@@ -63,7 +63,7 @@ def export_onnx(module, example_inputs: dict, input_specs: list[TensorSpec], out
                 torch.onnx.export(module, args, str(out_path), dynamo=False, input_names=names,
                                   output_names=out_names, opset_version=min(config.opset, 17),
                                   dynamic_axes=_dynamic_axes(input_specs) or None)
-    except Exception as e:
+    except Exception as e:  # (an interrupt never gets here: interrupts_propagate raises it)
         raise ExportError(f"{path} ONNX export failed: {root_cause(e)}") from e
     files = [out_path.name] + external_files(out_path)
     return ExportResult(exporter=f"torch.onnx ({'torch.export' if path == 'dynamo' else 'TorchScript'})",
