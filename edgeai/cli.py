@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import re
 import signal
 import sys
 import threading
@@ -79,6 +80,7 @@ def _add_export(sub) -> None:
 def cmd_export(args) -> int:
     from dataclasses import replace
 
+    from edgeai.console import quiet_third_party
     from edgeai.pipeline import export
     from edgeai.recipe import Recipe, load_recipe
     from edgeai.report import print_export_summary
@@ -123,7 +125,8 @@ def cmd_export(args) -> int:
     if args.threads is not None:
         summary = replace(summary, threads=args.threads)
     recipe = replace(recipe, export=export_opts, tolerance=tol, data=data, summary=summary, **opts)
-    outcome = export(recipe=recipe, out_dir=args.output, progress=_progress)
+    with quiet_third_party(enabled=not args.debug):  # absl/oneDNN/XNNPACK lines, torchao and pytree warnings
+        outcome = export(recipe=recipe, out_dir=args.output, progress=_progress)
     print_export_summary(outcome.manifest, outcome.out_dir)
     return 0
 
@@ -146,20 +149,16 @@ def cmd_run(args) -> int:
 
     import numpy as np
 
-    from edgeai import runtime
     from edgeai.errors import OutputError
     from edgeai.fsutil import atomic_write_bytes
+    from edgeai.runtime.subproc import load_guarded
     from edgeai.specs import load_npz
 
     feeds = load_npz(args.input, "input file")
     feeds.pop("labels", None)
-    file, fmt = runtime.resolve(args.artifact, args.artifact_name)
-    if runtime.get_runtime(fmt).crash_prone:  # LiteRT can abort on a bad model: report it, don't die
-        from edgeai.runtime.subproc import run_isolated
-        outputs = run_isolated(file, feeds, fmt=fmt, options={"threads": args.threads, "provider": args.provider})
-    else:
-        session = runtime.load(file, provider=args.provider, threads=args.threads)
-        outputs = session.run(feeds)
+    # LiteRT can abort on a bad model: it runs in a child process, so that is an error message
+    session = load_guarded(args.artifact, artifact=args.artifact_name, provider=args.provider, threads=args.threads)
+    outputs = session.run(feeds)
     buf = io.BytesIO()
     np.savez(buf, **outputs)
     out = Path(args.output)
@@ -216,7 +215,7 @@ def _add_common(parser: argparse.ArgumentParser, default) -> None:
 def _extra_commands():
     """Subcommands that live beside the code they drive (bench, eval)."""
     from edgeai.bench.cli import add_parser as add_bench
-    from edgeai.evaluate_cli import add_parser as add_eval
+    from edgeai.evaluate.cli import add_parser as add_eval
     return [add_bench, add_eval]
 
 
@@ -227,10 +226,22 @@ def _setup_logging(debug: bool, quiet: bool) -> None:
     handler = RichHandler(console=Console(stderr=True), show_time=False, show_path=False, markup=False,
                           rich_tracebacks=debug)
     handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.addFilter(_final_paths)
     log.handlers[:] = [handler]
     log.setLevel(logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO)
     log.propagate = False
     logging.getLogger().setLevel(logging.WARNING)
+
+
+_STAGING = re.compile(r"[/\\]\.edgeai-staging-[^/\\\s]+")  # fsutil.staging_dir's folders
+
+
+def _final_paths(record: logging.LogRecord) -> bool:
+    """Log files by the name they are published under, not their place in the staging folder."""
+    message = record.getMessage()
+    if ".edgeai-staging-" in message:
+        record.msg, record.args = _STAGING.sub("", message), ()
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:

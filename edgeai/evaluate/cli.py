@@ -29,12 +29,12 @@ def run(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from edgeai import runtime
     from edgeai.data import load_feeds, split_labels
     from edgeai.evaluate import evaluate, run_batched
     from edgeai.console import print_wide
     from edgeai.fsutil import atomic_write_text
     from edgeai.manifest import Manifest
+    from edgeai.runtime.subproc import load_guarded
 
     path = Path(args.artifact)
     if path.is_dir() and (path / MANIFEST_NAME).is_file():
@@ -43,7 +43,7 @@ def run(args) -> int:
         names = [None]
     results, reference = [], None
     for name in names:
-        session = runtime.load(path, artifact=name, provider=args.provider)
+        session = load_guarded(path, artifact=name, provider=args.provider)  # LiteRT: in a child process
         feeds, labels = split_labels(load_feeds(args.data, session.inputs, what="evaluation data"))
         if labels is None and reference is None:
             reference = run_batched(session, feeds, args.batch_size)
