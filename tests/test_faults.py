@@ -1,5 +1,4 @@
 """Faults and first-use polish: interrupts, NaN/Inf, validation before work, clean errors, quiet logs, bench dims."""
-import json
 import os
 import signal
 import subprocess
@@ -11,6 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import TESTS, factory
+from edgeai.recipe import DataConfig, SummaryConfig
+from test_cli_errors import _one_line_error
 
 REPO = TESTS.parent
 FAULTS = TESTS / "fault_models.py"
@@ -19,14 +20,6 @@ CNN = ["--input", "image:batch,3,16,16"]
 
 def fault(name: str) -> str:
     return f"{FAULTS}:{name}"
-
-
-def _one_line_error(code, err, *needles):
-    assert code == 2, err
-    lines = [line for line in err.strip().splitlines() if line.startswith("edgeai: error:")]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 def _files(folder: Path) -> list[str]:
@@ -80,41 +73,33 @@ def test_scheme_the_format_lacks_is_refused_in_under_a_second_before_loading(tmp
     assert _files(tmp_path / "o") == []
 
 
+CAL = DataConfig(calibration=str(TESTS))  # exists; never read, the recipe is refused first
+
+
 @pytest.mark.parametrize("options, needle", [
     (dict(quantize=({"int8-static": {}},)), "calibrates activation ranges on typical inputs: pass --calibration"),
-    (dict(quantize=({"int8-static": {"methd": "minmax"}},), data=None), "bad options {'methd': 'minmax'}"),
+    (dict(quantize=({"int8-static": {"methd": "minmax"}},), data=CAL), "bad options {'methd': 'minmax'}"),
     (dict(quantize=({"fp16": {}}, {"fp16": {}})), "'fp16' is asked twice"),
     (dict(quantize=({"int8-dynamic": {}},), max_drop=-1.0), "max_drop must be a finite number from 0 to 100"),
     (dict(quantize=({"int8-dynamic": {}},), max_drop=float("nan")), "max_drop must be a finite number"),
     (dict(quantize=({"int8-dynamic": {}},), max_drop=1e9), "max_drop must be a finite number from 0 to 100"),
     (dict(quantize=({"int8-dynamic": {}},), max_drop=1.0), "max_drop needs evaluation data"),
     (dict(max_drop=1.0), "max_drop is the accuracy budget of quantization"),
-    (dict(summary="threads0"), "threads (--threads, summary.threads) must be an integer >= 1, got 0"),
-    (dict(summary="threads-1"), "must be an integer >= 1, got -1"),
+    (dict(summary=SummaryConfig(threads=0)), "threads (--threads, summary.threads) must be an integer >= 1, got 0"),
+    (dict(summary=SummaryConfig(threads=-1)), "must be an integer >= 1, got -1"),
     (dict(tolerance={"atol": -1}), "tolerance atol must be a finite number in [0, inf], got -1"),
     (dict(tolerance={"atl": 1}), "unknown tolerance key(s) ['atl']"),
     (dict(format="coreml"), "no exporter named 'coreml'; known: onnx, tflite"),
     (dict(export={"opset_version": 17}), "bad options {'opset_version': 17} for onnx export; known: exporter"),
     (dict(steps=({"prunee": {}},)), "no model step named 'prunee'; known:"),
-    (dict(data="calibration-missing"), "calibration data 'missing.npz' does not exist"),
+    (dict(data=DataConfig(calibration="missing.npz")), "calibration data 'missing.npz' does not exist"),
     (dict(inputs=("x:²,8",)), "dimension '²' is neither a positive integer nor a name"),
 ])
 def test_recipe_mistakes_fail_before_the_model_is_loaded(tmp_path, options, needle):
-    from dataclasses import replace
-
     import edgeai
     from edgeai.errors import EdgeAIError
-    from edgeai.recipe import DataConfig, SummaryConfig
-    if options.get("summary") == "threads0":
-        options["summary"] = SummaryConfig(threads=0)
-    elif options.get("summary") == "threads-1":
-        options["summary"] = SummaryConfig(threads=-1)
-    if options.get("data", "") is None or options.get("data") == "calibration-missing":
-        missing = options.pop("data") == "calibration-missing"
-        options["data"] = DataConfig(calibration="missing.npz" if missing else str(tmp_path))
-    options.setdefault("inputs", ("x:1",))
     with pytest.raises(EdgeAIError) as info:
-        edgeai.export(factory("raises"), tmp_path / "o", **options)
+        edgeai.export(factory("raises"), tmp_path / "o", **{"inputs": ("x:1",), **options})
     assert needle in str(info.value)
     assert "weights server unreachable" not in str(info.value)  # the factory was never called
 
