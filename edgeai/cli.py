@@ -184,7 +184,7 @@ def cmd_info(args) -> int:
     if not folder.is_dir():
         what = "does not exist" if not folder.exists() else "is a file, not an export folder"
         raise RuntimeLoadError(f"{args.folder!r} {what}; edgeai info reads the {MANIFEST_NAME} of a folder "
-                          "that edgeai export wrote")
+                               "that edgeai export wrote")
     print_export_summary(Manifest.read(folder), folder)
     return 0
 
