@@ -208,6 +208,9 @@ def check_feeds(specs: Sequence[TensorSpec], feeds: Mapping[str, np.ndarray]) ->
             want = "x".join(str(d) for d in spec.shape)
             raise InputSpecError(f"input {spec.name!r} has shape {'x'.join(map(str, arr.shape)) or 'scalar'}, "
                                  f"model wants {want}")
+        if arr.size == 0:  # runtimes abort or fail on empty tensors (onnxruntime's LSTM kills the process)
+            raise InputSpecError(f"input {spec.name!r} has shape {'x'.join(map(str, arr.shape))}: a dimension "
+                                 "of size 0 holds no data; give at least one sample and element")
 
 
 def _kind_name(arr: np.ndarray) -> str:

@@ -178,6 +178,35 @@ def test_zero_length_example_batch_is_one_line(cli, tmp_path):
     _one_line_error(code, err, "example input 'image' has shape 0x3x16x16: no values")
 
 
+@pytest.mark.parametrize("shape", [(0, 4, 6), (2, 0, 6)])
+def test_zero_length_feed_to_run_is_one_line_not_a_runtime_abort(cli, tmp_path, shape):
+    # onnxruntime aborts the whole process on an LSTM fed an empty batch: run it in a subprocess
+    code, _, err = cli("-q", "export", factory("lstm"), "--input", "rows:batch,seq=4,6", "-o", tmp_path / "m",
+                       "--no-bench")
+    assert code == 0, err
+    np.savez(tmp_path / "empty.npz", rows=np.zeros(shape, np.float32))
+    proc = _cli_process("run", tmp_path / "m", "--input", tmp_path / "empty.npz", "-o", tmp_path / "o.npz")
+    _, err = proc.communicate(timeout=120)
+    _one_line_error(proc.returncode, err, f"input 'rows' has shape {'x'.join(map(str, shape))}: a dimension of size 0")
+    assert not (tmp_path / "o.npz").exists()
+
+
+def test_onnxruntime_failing_on_a_value_is_one_line(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+    graph = helper.make_graph([helper.make_node("Gather", ["table", "index"], ["y"])], "lookup",
+                              [helper.make_tensor_value_info("table", TensorProto.FLOAT, [4]),
+                               helper.make_tensor_value_info("index", TensorProto.INT64, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8),
+              tmp_path / "lookup.onnx")
+    np.savez(tmp_path / "in.npz", table=np.arange(4, dtype=np.float32), index=np.array([9]))
+    proc = _cli_process("run", tmp_path / "lookup.onnx", "--input", tmp_path / "in.npz", "-o", tmp_path / "o.npz")
+    _, err = proc.communicate(timeout=120)
+    _one_line_error(proc.returncode, err, "onnxruntime failed to run 'lookup.onnx' on these inputs", "out of")
+    assert len(err.strip().splitlines()) == 1, err  # and no red onnxruntime log line
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     from edgeai.cli import main
