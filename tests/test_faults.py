@@ -91,6 +91,8 @@ CAL = DataConfig(calibration=str(TESTS))  # exists; never read, the recipe is re
     (dict(tolerance={"atl": 1}), "unknown tolerance key(s) ['atl']"),
     (dict(format="coreml"), "no exporter named 'coreml'; known: onnx, tflite"),
     (dict(export={"opset_version": 17}), "bad options {'opset_version': 17} for onnx export; known: exporter"),
+    (dict(export={"opset": 3}), "ONNX opset must be an integer >= 7, got 3"),
+    (dict(export={"exporter": "dynamoo"}), "unknown ONNX exporter 'dynamoo'; known: auto, dynamo, torchscript"),
     (dict(steps=({"prunee": {}},)), "no model step named 'prunee'; known:"),
     (dict(data=DataConfig(calibration="missing.npz")), "calibration data 'missing.npz' does not exist"),
     (dict(inputs=("x:²,8",)), "dimension '²' is neither a positive integer nor a name"),

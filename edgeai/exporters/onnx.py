@@ -10,13 +10,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from edgeai.errors import ExportError
+from edgeai.errors import ConfigError, ExportError
 from edgeai.exporters import EXPORTERS, Exporter, ExportResult, interrupts_propagate, output_names
 from edgeai.specs import TensorSpec
 
 log = logging.getLogger(__name__)
 
 EXPORT_PATHS = ("dynamo", "torchscript")
+MIN_OPSET = 7  # the oldest opset the exporters and onnxruntime still convert
 
 
 @dataclass(frozen=True)
@@ -25,14 +26,18 @@ class OnnxExportConfig:
     opset: int = 18
     external_data: bool = False     # force weights into model.onnx.data (automatic past 2 GB)
 
+    def __post_init__(self):
+        if self.exporter not in ("auto", *EXPORT_PATHS):
+            raise ConfigError(f"unknown ONNX exporter {self.exporter!r}; known: auto, {', '.join(EXPORT_PATHS)}")
+        if not isinstance(self.opset, int) or isinstance(self.opset, bool) or self.opset < MIN_OPSET:
+            raise ConfigError(f"ONNX opset must be an integer >= {MIN_OPSET}, got {self.opset!r}")
+
 
 def attempts(config: OnnxExportConfig) -> list[OnnxExportConfig]:
     """The export paths to try, in order: 'auto' means torch.export first, TorchScript second."""
     if config.exporter == "auto":
         return [replace(config, exporter=p) for p in EXPORT_PATHS]
-    if config.exporter not in EXPORT_PATHS:
-        raise ExportError(f"unknown ONNX exporter {config.exporter!r}; known: auto, {', '.join(EXPORT_PATHS)}")
-    return [config]
+    return [config]  # a known path: the config checked it
 
 
 def export_onnx(module, example_inputs: dict, input_specs: list[TensorSpec], out_path: Path,
