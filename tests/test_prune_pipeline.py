@@ -11,7 +11,7 @@ LSTM = REFERENCE_MODELS["lstm"]
 
 def test_lstm_pruned_distilled_and_quantized_keeps_top1_within_1pt(tmp_path):
     out = edgeai.export(LSTM.factory, tmp_path, inputs=LSTM.inputs,
-                        steps=({"prune": {"ratio": 0.5}}, {"distill": {"epochs": 30, "seed": 0}}),
+                        steps=({"prune": {"ratio": 0.5, "round_to": 8}}, {"distill": {"epochs": 30, "seed": 0}}),
                         quantize=({"int8-dynamic": {}},),
                         data=DataConfig(train=LSTM.train_data, eval=LSTM.test_data),
                         summary=SummaryConfig(bench=False))
