@@ -191,6 +191,8 @@ def test_distillation_stops_at_max_minutes():
     out, rep = distill(teacher, {"x": torch.zeros(1)}, DistillConfig(epochs=50, max_minutes=1e-6),
                        StepContext(teacher=teacher, train_data=train))
     assert rep.details["epochs_run"] == 1
+    assert any(n.startswith("stopped at max_minutes=1e-06 after 1 of 50") for n in rep.notes)
+    assert rep.details["samples_trained"] == 64 < 300               # stopped inside the epoch, after one batch
 
 
 @pytest.mark.parametrize("ctx,error,match", [

@@ -326,6 +326,7 @@ def distill(student: Any, example_inputs: Mapping[str, Any], config: DistillConf
     initial = scorer(_outputs(model, eval_x, n_eval, bs, dtype)) if scorer else math.inf
     best_metric, metric_name = initial, scorer.name if scorer else "train_loss"
     best_state, best_epoch, stale, epochs_run, history = copy.deepcopy(model.state_dict()), 0, 0, 0, []
+    trained = 0                                   # samples the student was trained on, over all epochs
     checkpoint = ctx.extra.get("checkpoint")
     progress = _progress(config.epochs)
     task = progress.add_task("distill", total=config.epochs, info="") if progress else None
@@ -355,7 +356,7 @@ def distill(student: Any, example_inputs: Mapping[str, Any], config: DistillConf
                 total, seen = total + float(loss.detach()) * len(idx), seen + len(idx)
                 if out_of_time():
                     break
-            epochs_run = epoch
+            epochs_run, trained = epoch, trained + seen
             train_loss = total / max(seen, 1)
             value = scorer(_outputs(model, eval_x, n_eval, bs, dtype)) if scorer else train_loss
             history.append({"epoch": epoch, "train_loss": round(train_loss, 5), metric_name: round(value, 5)})
@@ -393,6 +394,8 @@ def distill(student: Any, example_inputs: Mapping[str, Any], config: DistillConf
         notes.append(f"training labels do not fit the {choice.kind} loss: used by the metric only")
     if train_labels is None:
         notes.append("trained on the teacher's outputs only (no labels used in the loss)")
+    if out_of_time():
+        notes.append(f"stopped at max_minutes={config.max_minutes:g} after {epochs_run} of {config.epochs} epoch(s)")
     if not n_eval:
         notes.append("no eval data: the best epoch was chosen by training loss")
     if best_epoch == 0:
@@ -408,7 +411,7 @@ def distill(student: Any, example_inputs: Mapping[str, Any], config: DistillConf
                "initial_metric": None if math.isinf(initial) else initial,
                "best_metric": best_metric, "teacher_metric": teacher_metric, "recovered": recovered,
                "seconds": round(60 * minutes, 2), "cpu_minutes": round(cpu_minutes, 3),
-               "train_samples": n, "eval_samples": n_eval, "history": history}
+               "train_samples": n, "samples_trained": trained, "eval_samples": n_eval, "history": history}
     log.info("distill: %d epochs, %s loss, best %s %.4f at epoch %d (teacher %s)", epochs_run, choice.kind,
              metric_name, best_metric, best_epoch, teacher_metric)
     return model, StepReport("distill", config_to_dict(config), notes, details)
