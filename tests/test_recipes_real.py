@@ -1,13 +1,14 @@
 """The real-shaped recipes in recipes/ (prune -> distill -> quantize), run end to end (slow)."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import edgeai
-from edgeai.recipe import DataConfig, SummaryConfig, load_recipe
+from edgeai.recipe import SummaryConfig, load_recipe
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -47,8 +48,8 @@ def test_pitch_recipe_prunes_without_hand_pinning_and_distills_with_bce(tmp_path
     np.savez(tmp_path / "train.npz", **pitch.tones(3000, pitch.TRAIN_SEED))
     recipe = load_recipe(RECIPES / "pitch_cnn.yaml")
     steps = ({"prune": {"ratio": 0.7}}, {"distill": {"epochs": 2, "patience": 2, "lr": 1e-3, "seed": 0}})
-    arts, prune, distill = _run("pitch_cnn", tmp_path / "out", steps=steps, quantize=(), max_drop=None,
-                                data=DataConfig(train=str(tmp_path / "train.npz"), eval=recipe.data.eval))
+    arts, prune, distill = _run("pitch_cnn", tmp_path / "out", steps=steps,
+                                data=replace(recipe.data, train=str(tmp_path / "train.npz")))
     assert [b["name"] for b in prune["details"]["auto_pinned"]] == ["conv6"]
     assert "mat1 and mat2" in prune["details"]["auto_pinned"][0]["reason"]
     assert prune["details"]["achieved_ratio"] >= 0.68
@@ -57,3 +58,4 @@ def test_pitch_recipe_prunes_without_hand_pinning_and_distills_with_bce(tmp_path
     before, after = arts["original"].metrics["pitch_error"], arts["fp32"].metrics["pitch_error"]
     assert after == pytest.approx(d["best_metric"], abs=0.05)                # the artifact scores what training saw
     assert d["initial_metric"] < before - 30 and after >= before - 2.5, (before, d["initial_metric"], after)
+    assert arts["int8-static"].metrics["pitch_error"] >= after - 1.0             # the recipe's budget: 1 cent
