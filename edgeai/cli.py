@@ -73,9 +73,13 @@ def _add_export(sub) -> None:
 def cmd_export(args) -> int:
     from dataclasses import replace
 
-    from edgeai.pipeline import export
-    from edgeai.recipe import Recipe, load_recipe
-    from edgeai.report import print_export_summary
+    try:  # a device install (no 'export' extra) has no torch: say which extra to add
+        from edgeai.pipeline import export
+        from edgeai.recipe import Recipe, load_recipe
+        from edgeai.report import print_export_summary
+    except ModuleNotFoundError as e:
+        from edgeai.extras import missing_extra_error
+        raise missing_extra_error(e, "edgeai export") or e from None
 
     if args.model.endswith((".yaml", ".yml")):
         recipe = load_recipe(args.model)

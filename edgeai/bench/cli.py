@@ -106,6 +106,9 @@ def run(args: argparse.Namespace) -> int:
     from edgeai.bench.report import print_report
     from edgeai.bench.runner import bench
 
+    if args.runtime == "torch":  # a device install has no torch: say which extra brings it
+        from edgeai.extras import require
+        require("torch", "edgeai bench --runtime torch")
     dims = parse_dims(args.dim)
     load_options = {k: v for k, v in (("example_inputs", args.example_inputs), ("arch", args.arch),
                                       ("trust_pickle", args.trust_pickle)) if v}
