@@ -31,6 +31,7 @@ class BenchConfig:
     inputs: tuple[str, ...] = ()                           # --input specs for model specs (torch)
     load_options: Mapping[str, Any] = field(default_factory=dict)  # more edgeai.source.load_model kwargs
     seed: int = 0
+    device: str = "local"                                  # "local", "ssh://HOST", "adb:SERIAL"
 
     def __post_init__(self):
         if self.runtime not in RUNTIMES:
@@ -106,7 +107,8 @@ class BenchResult:
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "BenchResult":
-        d = dict(d)
+        known = {f.name for f in fields(cls)}
+        d = {k: v for k, v in d.items() if k in known}  # a newer edgeai (on a device) may add fields
         d["timing"] = TimingStats.from_dict(d["timing"]) if d.get("timing") else None
         d["inputs"] = tuple(d.get("inputs", ()))
         d["notes"] = tuple(d.get("notes", ()))
@@ -141,6 +143,12 @@ class BenchReport:
         return {"schema": self.schema, "created": self.created, "env": self.env,
                 "config": self.config.to_dict(), "baseline": self.baseline,
                 "results": [r.to_dict() for r in self.results]}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "BenchReport":
+        return cls(env=dict(d["env"]), config=BenchConfig.from_dict(d["config"]),
+                   results=tuple(BenchResult.from_dict(r) for r in d["results"]), created=d["created"],
+                   baseline=d.get("baseline"), schema=d.get("schema", SCHEMA))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2) + "\n"
