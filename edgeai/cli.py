@@ -73,13 +73,12 @@ def _add_export(sub) -> None:
 def cmd_export(args) -> int:
     from dataclasses import replace
 
-    try:  # a device install (no 'export' extra) has no torch: say which extra to add
-        from edgeai.pipeline import export
-        from edgeai.recipe import Recipe, load_recipe
-        from edgeai.report import print_export_summary
-    except ModuleNotFoundError as e:
-        from edgeai.extras import missing_extra_error
-        raise missing_extra_error(e, "edgeai export") or e from None
+    from edgeai.extras import require
+    for module in ("torch", "onnx"):  # a device install (no 'export' extra): say which extra to add
+        require(module, "edgeai export")
+    from edgeai.pipeline import export
+    from edgeai.recipe import Recipe, load_recipe
+    from edgeai.report import print_export_summary
 
     if args.model.endswith((".yaml", ".yml")):
         recipe = load_recipe(args.model)

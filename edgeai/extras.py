@@ -14,18 +14,10 @@ EXTRA_OF_MODULE = {
 }
 
 
-def missing_extra_error(error: ModuleNotFoundError, what: str) -> MissingDependencyError | None:
-    """The one-line error for `what` when `error` names a module an extra provides, else None."""
-    module = (error.name or "").partition(".")[0]
-    extra = EXTRA_OF_MODULE.get(module)
-    if extra is None:
-        return None
-    return MissingDependencyError(
-        f"{what} needs the '{extra}' extra ({module} is not installed); "
-        f"run: pip install \"edgeai[{extra}]\"")
-
-
 def require(module: str, what: str) -> None:
-    """Raise the missing-extra error for `what` unless `module` can be imported (nothing is imported)."""
+    """Raise a one-line MissingDependencyError naming the extra unless `module` can be imported
+    (checked with find_spec: nothing is imported)."""
     if importlib.util.find_spec(module) is None:
-        raise missing_extra_error(ModuleNotFoundError(f"No module named {module!r}", name=module), what)
+        extra = EXTRA_OF_MODULE[module]
+        raise MissingDependencyError(f"{what} needs the '{extra}' extra ({module} is not installed); "
+                                     f"run: pip install \"edgeai[{extra}]\"")
