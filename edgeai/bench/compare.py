@@ -59,7 +59,9 @@ def compare(base: BenchReport, new: BenchReport, threshold: float) -> list[Row]:
     for name, b, n in pairs:
         b_p50 = b.timing.p50_ms if b is not None and b.ok else None
         n_p50 = n.timing.p50_ms if n is not None and n.ok else None
-        if b_p50 is not None and n_p50 is not None:
+        if (b is not None and b.ok and b_p50 is None) or (n is not None and n.ok and n_p50 is None):
+            rows.append(Row(name, b_p50, n_p50, None, False, "no p50 to compare (benchmark_model without median)"))
+        elif b_p50 is not None and n_p50 is not None:
             ratio = n_p50 / b_p50
             rows.append(Row(name, b_p50, n_p50, ratio, ratio > 1 + threshold))
         elif n is None:

@@ -49,7 +49,7 @@ def _row(i: int, r: BenchResult) -> list[str]:
     t = r.timing
     return head + [ms(r.load_ms), ms(r.first_ms), ms(t.p50_ms), ms(t.p90_ms), ms(t.p99_ms),
                    f"{ms(t.mean_ms)}±{ms(t.std_ms)}", str(t.n), megabytes(r.peak_rss_bytes),
-                   f"{r.speedup_vs_baseline:.2f}x"]
+                   "-" if r.speedup_vs_baseline is None else f"{r.speedup_vs_baseline:.2f}x"]
 
 
 def table(report: BenchReport) -> "Table":

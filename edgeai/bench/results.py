@@ -129,10 +129,10 @@ class BenchReport:
     @classmethod
     def build(cls, env: dict, config: BenchConfig, results: list[BenchResult], created: str) -> "BenchReport":
         """Fill each result's speedup against the first target that was measured."""
-        base = next((r for r in results if r.ok), None)
-        if base is not None:
-            results = [replace(r, speedup_vs_baseline=base.timing.p50_ms / r.timing.p50_ms) if r.ok else r
-                       for r in results]
+        base = next((r for r in results if r.ok and r.timing.p50_ms), None)
+        if base is not None:  # a p50 can be null (benchmark_model builds that print no median)
+            results = [replace(r, speedup_vs_baseline=base.timing.p50_ms / r.timing.p50_ms)
+                       if r.ok and r.timing.p50_ms else r for r in results]
         return cls(env, config, tuple(results), created, base.target if base else None)
 
     @property
