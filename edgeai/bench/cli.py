@@ -86,7 +86,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="size of another dynamic dim, e.g. --dim seq=128 (repeatable); unset dims "
                         "take their example size")
     p.add_argument("--provider", choices=PROVIDERS, default="cpu",
-                   help="execution device (cuda needs onnxruntime-gpu or a CUDA torch); default: cpu")
+                   help="execution device: cuda (onnxruntime-gpu or a CUDA torch), tensorrt (onnxruntime-gpu with "
+                        "TensorRT); GPU runs are timed with inputs already on the GPU and a device sync per "
+                        "run; default: cpu")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON (schema edgeai.bench/1)")
     p.add_argument("--no-isolate", action="store_true",
                    help="measure every target in this process (faster to run; caches and peak RSS "

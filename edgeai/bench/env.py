@@ -92,7 +92,21 @@ def gpu_info(nvidia_smi: str = "nvidia-smi") -> list[dict] | None:
     return gpus or None
 
 
+def gpu_process_memory_bytes(pid: int, nvidia_smi: str = "nvidia-smi") -> int | None:
+    """GPU memory process `pid` holds now, from `nvidia-smi` (None where unknown). Caching allocators
+    (onnxruntime's arena, torch's) do not give memory back, so at the end of a run this is its peak."""
+    try:
+        proc = subprocess.run([nvidia_smi, "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                              capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    total = [_mib(used) for p, _, used in (ln.partition(",") for ln in proc.stdout.splitlines())
+             if p.strip() == str(pid)]
+    return sum(x for x in total if x is not None) if total and proc.returncode == 0 else None
+
+
 def _mib(text: str) -> int | None:
+    text = text.strip()
     return int(float(text) * 2**20) if text.replace(".", "", 1).isdigit() else None
 
 

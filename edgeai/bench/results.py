@@ -12,7 +12,7 @@ from edgeai.fsutil import atomic_write_text
 
 SCHEMA = "edgeai.bench/1"
 RUNTIMES = ("auto", "onnxruntime", "tflite", "torch")
-PROVIDERS = ("cpu", "cuda")
+PROVIDERS = ("cpu", "cuda", "tensorrt")
 
 
 @dataclass(frozen=True)
@@ -88,6 +88,7 @@ class BenchResult:
     inputs: tuple[dict, ...] = ()     # concrete {name, shape, dtype} fed to the model
     rss_before_load_bytes: int | None = None
     peak_rss_bytes: int | None = None
+    peak_gpu_memory_bytes: int | None = None  # GPU providers: torch's max allocated, or the process's (nvidia-smi)
     speedup_vs_baseline: float | None = None  # baseline p50 / this p50 (> 1: faster than baseline)
     error: str | None = None
     exit_code: int | None = None      # worker exit status when it died (negative: killed by signal)
