@@ -25,6 +25,9 @@ examples:
   edgeai bench out/                      every artifact in out/manifest.json, in order
   edgeai bench out/@int8-static --threads 4 --runs 200 --json bench.json
   edgeai bench --runtime torch edgeai.zoo:digits_cnn --input image:batch,1,32,32
+  edgeai bench out/ --device ssh://pi@raspberrypi.local --device-python /home/pi/edgeai/bin/python
+  edgeai bench model.tflite --device adb:SERIAL --benchmark-binary android_aarch64_benchmark_model
+  edgeai bench --compare base.json new.json --threshold 5%   exit 1 on a p50 regression past 5%
 JSON schema (edgeai.bench/1): edgeai/bench/SCHEMA.md"""
 
 
