@@ -88,6 +88,14 @@ def test_plain_install_has_no_torch_and_runs_run_and_bench_on_an_onnx_folder(ven
     assert all(r["status"] == "ok" and r["timing"]["n"] == 20 for r in report["results"])
     assert report["env"]["versions"]["torch"] is None and report["env"]["device"] == "local"
 
+    proc = run_edgeai(venv_python, "info", str(folder), cwd=tmp_path)
+    assert proc.returncode == 0 and "wide" in proc.stdout, proc.stderr
+    proc = run_edgeai(venv_python, "eval", str(folder), "--data", str(tmp_path / "in.npz"),
+                      "--json", str(tmp_path / "eval.json"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    evals = json.loads((tmp_path / "eval.json").read_text())["results"]
+    assert [e["metric"] for e in evals] == ["cosine", "cosine"] and evals[0]["value"] == pytest.approx(1.0)
+
 
 def test_export_in_a_device_install_names_the_extra_in_one_line(venv_python, tmp_path):
     model = make_mlp(tmp_path / "m.onnx", 8)
