@@ -59,8 +59,8 @@ def find_sshd() -> str:
     sshd = shutil.which("sshd") or ("/usr/sbin/sshd" if Path("/usr/sbin/sshd").exists() else None)
     if sshd is None and os.geteuid() == 0 and shutil.which("apt-get"):
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "install", "-y", "-qq", "openssh-server"], env=env,
-                       capture_output=True, timeout=300)
+        for args in (["update", "-qq"], ["install", "-y", "-qq", "openssh-server"]):
+            subprocess.run(["apt-get", *args], env=env, capture_output=True, timeout=300)
         sshd = "/usr/sbin/sshd" if Path("/usr/sbin/sshd").exists() else None
     if sshd is None or shutil.which("ssh") is None or shutil.which("scp") is None:
         pytest.skip(_install_hint())

@@ -5,7 +5,6 @@ import json
 import subprocess
 import sys
 import textwrap
-import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ CONSTRAINTS = REPO / "constraints.txt"
 
 def device_requirements(extras: tuple[str, ...] = ("litert",)) -> list[str]:
     """What `pip install "edgeai[litert]"` asks for, read from pyproject.toml."""
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     return [*project["dependencies"], *(r for e in extras for r in project["optional-dependencies"][e])]
 
