@@ -126,6 +126,17 @@ def test_bad_device_strings_are_user_errors(text):
         parse_device(text, benchmark_binary=__file__ if text.startswith("adb") else None)
 
 
+def test_ssh_config_is_read_before_the_users_config_not_instead(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "config").write_text("Host *\n  ServerAliveInterval 30\n")
+    monkeypatch.setenv("HOME", str(home))
+    mine = tmp_path / "my config"
+    mine.write_text("Host board\n  HostName 10.0.0.7\n")
+    lines = ssh.layered_config(str(mine), tmp_path).read_text().splitlines()
+    assert lines[:2] == [f'Include "{mine}"', f'Include "{home / ".ssh" / "config"}"']
+
+
 def test_parse_device_reads_user_and_port():
     device = parse_device("ssh://pi@raspberrypi.local:2222", device_python="/home/pi/venv/bin/python")
     assert device == SshDevice("raspberrypi.local", "pi", 2222, None, "/home/pi/venv/bin/python")

@@ -101,7 +101,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                      help="ssh://[USER@]HOST[:PORT]: copy the artifacts there (once, by sha256) and time them "
                           "with the device's edgeai; adb:SERIAL: time a .tflite on an Android device with "
                           "--benchmark-binary")
-    dev.add_argument("--ssh-config", metavar="FILE", help="ssh config file to use instead of ~/.ssh/config")
+    dev.add_argument("--ssh-config", metavar="FILE", help="ssh config file read before ~/.ssh/config (its settings win)")
     dev.add_argument("--device-python", metavar="PATH",
                      help="the device's Python that has edgeai installed (default: python3)")
     dev.add_argument("--benchmark-binary", metavar="PATH",

@@ -29,7 +29,7 @@ def bench(targets: Sequence[str | Path], *, runtime: str = "auto", threads: int 
           runs: int | None = None, min_seconds: float | None = None, batch: int = 1,
           dims: Mapping[str, int] | None = None, provider: str = "cpu", isolate: bool = True,
           inputs: Sequence[str] | None = None, load_options: Mapping[str, Any] | None = None,
-          device: "str | SshDevice | AdbDevice | None" = None) -> BenchReport:
+          device: str | SshDevice | AdbDevice | None = None) -> BenchReport:
     """Time every target (see edgeai/bench/SCHEMA.md for what is measured and how).
 
     targets: .onnx/.tflite files, edgeai export folders (every artifact, manifest order) or
@@ -49,7 +49,7 @@ def bench(targets: Sequence[str | Path], *, runtime: str = "auto", threads: int 
 
 
 def run_bench(targets: Sequence[str | Path], config: BenchConfig,
-              device: "SshDevice | AdbDevice | None" = None) -> BenchReport:
+              device: SshDevice | AdbDevice | None = None) -> BenchReport:
     expanded = expand_targets(targets, config.runtime)
     if isinstance(device, SshDevice):
         from edgeai.bench.ssh import bench_over_ssh

@@ -15,6 +15,8 @@ import logging
 import re
 import shlex
 import subprocess
+import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -56,8 +58,17 @@ def remote_command(argv: Sequence[str]) -> str:
     return " ".join(shlex.quote(str(a)) for a in argv)
 
 
+def layered_config(ssh_config: str, folder: Path) -> Path:
+    """An ssh config that reads `ssh_config` first, then the user's and the system's (first value wins),
+    so --ssh-config adds to ~/.ssh/config instead of replacing it as a bare `ssh -F` would."""
+    path = Path(folder) / "ssh_config"
+    files = [Path(ssh_config).resolve(), Path("~/.ssh/config").expanduser(), Path("/etc/ssh/ssh_config")]
+    path.write_text("".join(f'Include "{f}"\n' for f in files if f.is_file()))
+    return path
+
+
 def connection_options(device: SshDevice) -> list[str]:
-    """Options ssh and scp share: -F FILE replaces ~/.ssh/config; user and port from the ssh:// URL."""
+    """Options ssh and scp share: -F the config file; user and port from the ssh:// URL."""
     opts = list(SSH_OPTIONS)
     if device.ssh_config:
         opts += ["-F", str(device.ssh_config)]
@@ -141,6 +152,14 @@ def upload(device: SshDevice, files: dict[str, Path], incoming: str) -> None:
 
 def bench_over_ssh(targets: Sequence[Target], config: BenchConfig, device: SshDevice) -> BenchReport:
     """Measure every target on the device; the report is the device's, labelled with local names."""
+    if not device.ssh_config:
+        return _bench_over_ssh(targets, config, device)
+    with tempfile.TemporaryDirectory(prefix="edgeai-ssh-") as tmp:
+        layered = str(layered_config(device.ssh_config, Path(tmp)))
+        return _bench_over_ssh(targets, config, replace(device, ssh_config=layered))
+
+
+def _bench_over_ssh(targets: Sequence[Target], config: BenchConfig, device: SshDevice) -> BenchReport:
     specs, blobs = [], {}
     for target in targets:
         files = []
