@@ -38,8 +38,9 @@ def uv_dry_run(requirements: list[str], platform: str, tmp_path: Path) -> subpro
                           capture_output=True, text=True, timeout=300)
 
 
-def test_device_install_resolves_to_wheels_on_aarch64_linux_cp311(tmp_path):
-    proc = uv_dry_run(device_requirements(), "aarch64-manylinux_2_28", tmp_path)
+@pytest.mark.parametrize("platform", ["aarch64-manylinux_2_28", "x86_64-manylinux_2_28"])
+def test_device_install_resolves_to_wheels_on_aarch64_and_x86_64_linux_cp311(tmp_path, platform):
+    proc = uv_dry_run(device_requirements(), platform, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     resolved = dict(line.strip()[2:].split("==") for line in proc.stderr.splitlines() if line.strip().startswith("+ "))
     pins = dict(line.split("==") for line in CONSTRAINTS.read_text().splitlines() if "==" in line)
