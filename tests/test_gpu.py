@@ -1,11 +1,13 @@
 """GPU timing path with fakes (no GPU here): IO binding copies inputs once, syncs every run, never times host copies.
 
 A fake `onnxruntime` (CUDA and TensorRT providers, OrtValue, IOBinding) records each host-to-device
-copy, run, sync and device-to-host copy; a fake `nvidia-smi` answers the fingerprint queries. What
+copy, run, sync and device-to-host copy (a fake `torch` does the same for TorchSession on "cuda");
+a fake `nvidia-smi` answers the fingerprint queries. What
 these prove is the bookkeeping of the timed path, not GPU speed: see README "GPU".
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import textwrap
@@ -168,3 +170,77 @@ def test_governor_and_temperature_come_from_sysfs(tmp_path):
     assert cpu_governor(tmp_path / "cpu") == "ondemand"
     assert temperature_c(tmp_path / "thermal") == 61.0
     assert cpu_governor(tmp_path / "none") is None and temperature_c(tmp_path / "none") is None
+
+
+def fake_torch(events: list) -> types.ModuleType:
+    """Just enough torch for TorchSession on "cuda": tensors record copies, the module records runs."""
+    torch = types.ModuleType("torch")
+    torch.__version__ = "2.13.0-fake"
+
+    class Tensor:
+        def __init__(self, array, device="cpu"):
+            self.array, self.device = array, device
+
+        def to(self, device):
+            if device != self.device:
+                events.append(("h2d",) if device == "cuda" else ("d2h",))
+            return Tensor(self.array, device)
+
+        def detach(self):
+            return self
+
+        def cpu(self):
+            return self.to("cpu")
+
+        def numpy(self):
+            assert self.device == "cpu", "numpy() of a GPU tensor"
+            return self.array
+
+    torch.from_numpy = lambda a: Tensor(a)
+    torch.device = lambda name: name
+    torch.inference_mode = contextlib.nullcontext
+    torch.set_num_threads = torch.set_num_interop_threads = lambda n: None
+    torch.cuda = types.SimpleNamespace(is_available=lambda: True,
+                                       synchronize=lambda device: events.append(("sync",)),
+                                       max_memory_allocated=lambda device: 3 * 2**20)
+
+    class Module:
+        def eval(self):
+            return self
+
+        def to(self, device):
+            return self
+
+        def parameters(self):
+            return iter(())
+
+        buffers = parameters
+
+        def __call__(self, x):
+            assert x.device == "cuda"
+            events.append(("run",))
+            return Tensor(x.array @ W, "cuda")
+
+    torch.Module = Module
+    return torch
+
+
+def test_torch_cuda_timed_runs_start_on_the_gpu_and_end_with_a_sync(monkeypatch):
+    from edgeai.bench.torch_session import TorchSession
+    from edgeai.specs import TensorSpec
+    events: list = []
+    torch = fake_torch(events)
+    monkeypatch.setitem(sys.modules, "torch", torch)
+    session = TorchSession(torch.Module(), [TensorSpec("x", (2, 4))], provider="cuda")
+    config = BenchConfig(runtime="torch", provider="cuda", warmup=3, runs=20, isolate=False)
+    result = measure(Target("m", "module", "m", "torch"), config, open_fn=lambda: session)
+
+    assert result.status == "ok" and result.timing.n == 20
+    assert events.count(("run",)) == events.count(("sync",)) == 1 + 3 + 20
+    assert events.count(("d2h",)) == 0 and events.count(("h2d",)) == 2   # once per prepare, never per run
+    assert result.peak_gpu_memory_bytes == 3 * 2**20 and "torch.cuda.synchronize" in result.notes[-1]
+
+    events.clear()
+    x = np.ones((2, 4), np.float32)
+    np.testing.assert_allclose(session.run({"x": x})["output"], x @ W)
+    assert events == [("h2d",), ("run",), ("d2h",)]
