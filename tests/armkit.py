@@ -9,6 +9,7 @@ bookworm-backports is downloaded and unpacked the same way.
 """
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -59,12 +60,14 @@ def find_qemu(cache: Path) -> str:
         found = shutil.which(name)
         if found and qemu_version(found) >= (8, 0):
             return found
-    unpacked = cache / "qemu" / "usr" / "bin" / "qemu-aarch64"
-    if not unpacked.exists():
-        debs = _download(cache / "qemu-debs", "amd64", f"deb http://deb.debian.org/debian {SUITE}-backports main",
-                         ("qemu-user",))
-        subprocess.run(["dpkg", "-x", str(debs[0]), str(cache / "qemu")], check=True)
-    return str(unpacked)
+    kept = cache / "qemu-aarch64"
+    if not kept.exists():  # keep the one static binary, not the package's other 30 targets
+        work = cache / "qemu-debs"
+        debs = _download(work, "amd64", f"deb http://deb.debian.org/debian {SUITE}-backports main", ("qemu-user",))
+        subprocess.run(["dpkg", "-x", str(debs[0]), str(work / "x")], check=True)
+        os.replace(work / "x" / "usr" / "bin" / "qemu-aarch64", kept)
+        shutil.rmtree(work)
+    return str(kept)
 
 
 def build(cache: Path, requirements: list[str], constraints: Path) -> tuple[list[str], Path]:
@@ -80,6 +83,7 @@ def build(cache: Path, requirements: list[str], constraints: Path) -> tuple[list
         for deb in debs:
             subprocess.run(["dpkg", "-x", str(deb), str(tmp)], check=True)
         tmp.rename(root)
+        shutil.rmtree(cache / "debs")
     if not (site / ".complete").exists():
         shutil.rmtree(site, ignore_errors=True)
         proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--target", str(site),
