@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -12,7 +11,8 @@ import numpy as np
 
 from edgeai.errors import InputSpecError, ModelLoadError
 from edgeai.imports import import_callable
-from edgeai.specs import TensorSpec, dim_sizes, load_npz, parse_input_spec, random_feeds, resize_along
+from edgeai.specs import (TensorSpec, check_examples, dim_sizes, load_npz, non_finite, parse_input_spec, random_feeds,
+                          resize_along)
 
 log = logging.getLogger(__name__)
 
@@ -83,14 +83,23 @@ def load_model(spec: str, *, inputs: Sequence[str | TensorSpec] | None = None,
 def _check_forward(source: ModelSource) -> None:
     """Run the model once on the example inputs so a wrong shape fails here, in the user's terms."""
     import torch
+
+    from edgeai.exporters import output_names
     try:
         with torch.inference_mode():
-            source.module(*source.torch_inputs().values())
+            outputs = source.module(*source.torch_inputs().values())
     except Exception as e:
         shapes = ", ".join(f"{k}={'x'.join(map(str, v.shape))}:{v.dtype}" for k, v in source.example_inputs.items())
         text = " ".join(str(e).split())[:250]
         raise InputSpecError(f"the model fails on the example inputs ({shapes}): {type(e).__name__}: {text}; "
                              "check the --input shapes and dtypes") from None
+    names, leaves = output_names(outputs)
+    for name, t in zip(names, leaves):
+        bad = non_finite(t.detach().float().cpu().numpy()) if isinstance(t, torch.Tensor) else ""
+        if bad:
+            raise ModelLoadError(f"the model outputs {bad} on the example inputs "
+                                 f"(output {name!r}): check its weights, and give real samples with "
+                                 "--example-inputs if they were generated")
 
 
 # ---------------------------------------------------------------------------- loading
@@ -137,25 +146,31 @@ def call_factory(spec: str):
 
 def _load_file(path: Path, arch: str | None, trust_pickle: bool):
     import torch
-    if path.suffix.lower() == ".pt2":
+
+    from edgeai.modelfile import TRUST_HINT, check_pt2, not_a_model_message, sniff
+    kind = sniff(path)
+    if kind == "pt2" or (path.suffix.lower() == ".pt2" and kind in ("zip", "unknown")):
+        if not trust_pickle:
+            check_pt2(path)  # torch.export.load unpickles some records with full pickle
         try:
             ep = torch.export.load(str(path))
         except Exception as e:
             raise ModelLoadError(f"{str(path)!r} is not a loadable ExportedProgram (.pt2): {_first_line(e)}") from None
         return "exported_program", ep.module(), None
-    if _is_torchscript(path):
+    if kind == "torchscript":
         try:
             return "torchscript", torch.jit.load(str(path), map_location="cpu"), None
         except Exception as e:
             raise ModelLoadError(f"{str(path)!r} looks like TorchScript but does not load: {_first_line(e)}") from None
+    if kind not in ("pickle", "torch-zip"):
+        raise ModelLoadError(not_a_model_message(path, kind))
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=not trust_pickle)
     except Exception as e:  # torch.load raises many types for files that are not its own
-        if not trust_pickle and "weights_only" in str(e):
-            raise ModelLoadError(
-                f"{str(path)!r} needs full unpickling, which can run arbitrary code; if you trust the file, "
-                "pass --trust-pickle (Python: trust_pickle=True)") from None
-        raise ModelLoadError(f"{str(path)!r} is not a PyTorch model file: {_first_line(e)}") from None
+        if not trust_pickle and "weights_only" in str(e) and "Unsupported" in str(e):
+            raise ModelLoadError(f"{str(path)!r} needs full unpickling, which can run arbitrary code; "
+                                 f"{TRUST_HINT}") from None
+        raise ModelLoadError(f"{str(path)!r} is a damaged or unknown PyTorch file: {_first_line(e)}") from None
     if isinstance(obj, torch.nn.Module):
         if arch:
             raise ModelLoadError(f"{str(path)!r} holds a whole module; drop --arch")
@@ -173,13 +188,6 @@ def _load_file(path: Path, arch: str | None, trust_pickle: bool):
         detail = " ".join(str(e).split())[:300]
         raise ModelLoadError(f"weights in {str(path)!r} do not fit --arch {arch!r}: {detail}") from None
     return "state_dict", module, None
-
-
-def _is_torchscript(path: Path) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as z:
-        return any(n.endswith("/constants.pkl") or "/code/" in n for n in z.namelist())
 
 
 def _find_state_dict(obj) -> dict | None:
@@ -232,6 +240,7 @@ def _examples(specs: list[TensorSpec], example_inputs, names: list[str] | None,
         arrays = (load_npz(example_inputs, "example inputs") if isinstance(example_inputs, (str, Path))
                   else {k: np.asarray(v) for k, v in example_inputs.items()})
         arrays.pop("labels", None)
+        check_examples(arrays)
         if specs:
             _check_names([s.name for s in specs], list(arrays), "--input specs and --example-inputs")
             arrays = {s.name: arrays[s.name] for s in specs}

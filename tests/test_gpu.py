@@ -33,7 +33,7 @@ def fake_onnxruntime(events: list, providers=("TensorrtExecutionProvider", "CUDA
     ort.__version__ = "1.31.1-fake"
     ort.get_available_providers = lambda: list(providers)
     ort.GraphOptimizationLevel = types.SimpleNamespace(ORT_ENABLE_ALL=99, ORT_ENABLE_BASIC=1, ORT_DISABLE_ALL=0)
-    ort.SessionOptions = types.SimpleNamespace
+    ort.SessionOptions = ort.RunOptions = types.SimpleNamespace
     arg = types.SimpleNamespace
 
     class OrtValue:

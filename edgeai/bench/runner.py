@@ -29,14 +29,15 @@ def bench(targets: Sequence[str | Path], *, runtime: str = "auto", threads: int 
           runs: int | None = None, min_seconds: float | None = None, batch: int = 1,
           dims: Mapping[str, int] | None = None, provider: str = "cpu", isolate: bool = True,
           inputs: Sequence[str] | None = None, load_options: Mapping[str, Any] | None = None,
-          device: str | SshDevice | AdbDevice | None = None) -> BenchReport:
+          verify_digest: bool = True, device: str | SshDevice | AdbDevice | None = None) -> BenchReport:
     """Time every target (see edgeai/bench/SCHEMA.md for what is measured and how).
 
     targets: .onnx/.tflite files, edgeai export folders (every artifact, manifest order) or
     FOLDER@ARTIFACT; with runtime="torch", model specs for edgeai.source.load_model, whose
     `inputs` (NAME:DIM,... specs) and `load_options` (example_inputs, arch, trust_pickle) are
     passed through. Neither runs nor min_seconds: >= 50 runs and >= 1 s, stopping at 10 s.
-    device: None or "local" (this machine), "ssh://HOST" or an SshDevice / AdbDevice
+    An export folder's files are checked against its manifest's sha256 first, unless `verify_digest`
+    is False. device: None or "local" (this machine), "ssh://HOST" or an SshDevice / AdbDevice
     (edgeai.bench.devices): the artifacts are copied there and timed by the same protocol.
     """
     if isinstance(device, str):
@@ -45,12 +46,12 @@ def bench(targets: Sequence[str | Path], *, runtime: str = "auto", threads: int 
                          min_seconds=min_seconds, batch=batch, dims=dict(dims or {}), provider=provider,
                          isolate=isolate, inputs=tuple(inputs or ()), load_options=dict(load_options or {}),
                          device=device.name if device else LOCAL)
-    return run_bench(targets, config, device)
+    return run_bench(targets, config, device, verify_digest=verify_digest)
 
 
-def run_bench(targets: Sequence[str | Path], config: BenchConfig,
-              device: SshDevice | AdbDevice | None = None) -> BenchReport:
-    expanded = expand_targets(targets, config.runtime)
+def run_bench(targets: Sequence[str | Path], config: BenchConfig, device: SshDevice | AdbDevice | None = None,
+              *, verify_digest: bool = True) -> BenchReport:
+    expanded = expand_targets(targets, config.runtime, verify_digest=verify_digest)
     if isinstance(device, SshDevice):
         from edgeai.bench.ssh import bench_over_ssh
         return bench_over_ssh(expanded, config, device)

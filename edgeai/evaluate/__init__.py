@@ -10,7 +10,9 @@ import numpy as np
 
 from edgeai.data import DataSource, iter_batches, load_feeds, num_samples, split_labels
 from edgeai.errors import DataError
-from edgeai.runtime import Session, load
+from edgeai.metrics import Metric
+from edgeai.runtime import Session
+from edgeai.runtime.subproc import load_guarded
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +23,7 @@ METRICS = {"top1": "top-1 accuracy (points, 0-100)", "cosine": "mean cosine simi
 class EvalResult:
     """One metric value over `n` samples; higher is better for every metric."""
 
-    metric: str     # "top1" | "cosine"
+    metric: str     # "top1" | "cosine" | a user metric's name
     value: float
     n: int
 
@@ -41,7 +43,7 @@ class EvalResult:
 
 def evaluate(model: str | Path | Session, data: DataSource, *, labels: np.ndarray | None = None,
              reference: Mapping[str, np.ndarray] | None = None, batch_size: int = 64,
-             provider: str = "cpu", threads: int | None = None) -> EvalResult:
+             provider: str = "cpu", threads: int | None = None, metric: Metric | None = None) -> EvalResult:
     """Run `model` on `data` (samples on axis 0) and score it.
 
     `data` is anything `edgeai.data.load_feeds` accepts; a ``labels`` array in it is used
@@ -49,13 +51,17 @@ def evaluate(model: str | Path | Session, data: DataSource, *, labels: np.ndarra
     points: argmax over the last dim of the first output against labels of the same leading
     shape. Without labels it is the mean
     per-sample cosine similarity between the first output (flattened per sample) and
-    `reference` (the output of the same name, else the first reference array). A model whose
-    batch dim is fixed (e.g. 1) is run in chunks of that size, the last chunk padded.
+    `reference` (the output of the same name, else the first reference array). With a user
+    `metric` (edgeai.metrics) the value is ``metric(all outputs, labels)``; labels may be None.
+    A model whose batch dim is fixed (e.g. 1) is run in chunks of that size, the last chunk padded.
     """
-    session = model if isinstance(model, Session) else load(model, provider=provider, threads=threads)
+    # a crash-prone runtime (LiteRT) runs in a child process: a crash is an error, not the end of the caller
+    session = model if isinstance(model, Session) else load_guarded(model, provider=provider, threads=threads)
     feeds, data_labels = split_labels(load_feeds(data, session.inputs, what="evaluation data"))
     if labels is None and reference is None:  # explicit arguments win over a 'labels' array
         labels = data_labels
+    if metric is not None:
+        return EvalResult(metric.name, metric(run_batched(session, feeds, batch_size), labels), num_samples(feeds))
     if labels is None and reference is None:
         raise DataError("evaluation needs labels (a 'labels' array in the data or labels=...) or "
                         "reference outputs to compare with")
@@ -73,11 +79,15 @@ def run_batched(session: Session, feeds: Mapping[str, np.ndarray],
     step = fixed or batch_size
     n = num_samples(feeds)
     parts: dict[str, list[np.ndarray]] = {}
+    batches, counts = [], []
     for batch in iter_batches(feeds, step):
         got = num_samples(batch)
         if fixed and got < fixed:  # pad the last chunk by repeating its last sample
             batch = {k: np.concatenate([v, np.repeat(v[-1:], fixed - got, axis=0)]) for k, v in batch.items()}
-        for name, arr in session.run(batch).items():
+        batches.append(batch)
+        counts.append(got)
+    for got, result in zip(counts, session.run_many(batches)):  # one child process for an isolated session
+        for name, arr in result.items():
             parts.setdefault(name, []).append(arr[:got])
     result = {k: np.concatenate(v) for k, v in parts.items()}
     assert all(v.shape[0] == n for v in result.values()), "batched outputs lost samples"
