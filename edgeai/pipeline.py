@@ -67,7 +67,7 @@ def run(recipe: Recipe, out_dir: Path, progress: Progress) -> ExportOutcome:
     progress(f"loading {recipe.model}")
     source = load_model(recipe.model, inputs=recipe.inputs, example_inputs=recipe.example_inputs,
                         arch=recipe.arch, trust_pickle=recipe.trust_pickle,
-                        dynamic_batch=recipe.dynamic_batch)
+                        dynamic_batch=recipe.dynamic_batch, task=recipe.task)
     data = RunData(recipe.data, source.input_specs)
     source = _realistic_examples(source, recipe, data)
     exporter = get_exporter(recipe.format)

@@ -34,6 +34,7 @@ class Recipe:
     inputs: tuple[str, ...] = ()
     example_inputs: str | None = None
     arch: str | None = None
+    task: str | None = None                                         # hf: models: feature-extraction, ...
     trust_pickle: bool = False
     dynamic_batch: bool = True
     format: str = "onnx"
