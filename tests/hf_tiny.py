@@ -8,8 +8,13 @@ TEXT = dict(vocab_size=200, hidden_size=32, num_hidden_layers=2, num_attention_h
 
 
 def save(model, folder: Path, safe: bool = True) -> Path:
+    """Jitter every weight (fresh models have zero biases and unit LayerNorm scales, which trained
+    ones never have and which exporters fold away), then save_pretrained."""
     import torch
     torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
     model.save_pretrained(folder, safe_serialization=safe)
     return folder
 

@@ -98,3 +98,128 @@ def test_bert_manifest_records_model_task_optimum_and_checks_two_batches_and_two
     dims = [c["dims"] for c in fp32["parity"]["checks"]]
     assert len({d["batch"] for d in dims}) == 2 and len({d["seq"] for d in dims}) == 2
     assert fp32["parity"]["passed"] and fp32["parity"]["max_abs"] < 1e-4
+
+
+# ---------------------------------------------------------------------------- safety and resolution
+
+@pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory):
+    return hf_tiny.bert(tmp_path_factory.mktemp("hf_bert_dir") / "bert")
+
+
+def test_pickled_weights_need_trust_pickle_and_load_with_it(tmp_path, cli):
+    from edgeai.source import load_model
+    folder = hf_tiny.bert(tmp_path / "bert_bin", safe=False)
+    assert (folder / "pytorch_model.bin").is_file() and not (folder / "model.safetensors").exists()
+    code, _, err = cli("export", f"hf:{folder}", "-o", tmp_path / "out")
+    assert code == 2 and "pytorch_model.bin" in err and "--trust-pickle" in err
+    assert not (tmp_path / "out" / "manifest.json").exists()
+    source = load_model(f"hf:{folder}", trust_pickle=True)
+    assert source.provenance["weights"] == "pytorch_model.bin"
+    assert source.provenance["task"] == "feature-extraction"
+
+
+def test_remote_code_models_are_refused(tmp_path, bert_dir, cli):
+    import shutil
+    folder = tmp_path / "custom"
+    shutil.copytree(bert_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoModel": "modeling_custom.CustomModel"}
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "modeling_custom.py").write_text("raise SystemExit('remote code ran')\n")
+    code, _, err = cli("export", f"hf:{folder}", "-o", tmp_path / "out")
+    assert code == 2 and "trust_remote_code" in err
+
+
+def test_task_without_weights_for_its_head_is_refused(bert_dir, tmp_path, cli):
+    code, _, err = cli("export", f"hf:{bert_dir}", "--task", "text-classification", "-o", tmp_path / "out")
+    assert code == 2 and "no weights" in err and "classifier" in err
+
+
+def test_unknown_task_lists_the_supported_ones(bert_dir, tmp_path, cli):
+    code, _, err = cli("export", f"hf:{bert_dir}", "--task", "image-classification", "-o", tmp_path / "out")
+    assert code == 2 and "not supported for bert" in err and "fill-mask" in err and "feature-extraction" in err
+
+
+def test_input_flags_are_refused_for_hf_models(bert_dir, tmp_path, cli):
+    code, _, err = cli("export", f"hf:{bert_dir}", "--input", "input_ids:batch,seq:int64", "-o", tmp_path / "out")
+    assert code == 2 and "Optimum" in err
+
+
+def test_hub_id_not_in_cache_fails_offline_without_downloading(tmp_path, monkeypatch, cli):
+    from huggingface_hub import constants
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    code, _, err = cli("export", "hf:some-org/not-cached", "-o", tmp_path / "out")
+    assert code == 2 and "not in the local cache" in err and "HF_HUB_OFFLINE" in err
+
+
+def test_hub_id_resolves_from_local_cache_and_records_its_revision(tmp_path, monkeypatch, bert_dir):
+    import shutil
+
+    from huggingface_hub import constants
+
+    from edgeai.source import load_model
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "cache" / "models--tiny-org--tiny-bert"
+    shutil.copytree(bert_dir, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    source = load_model("hf:tiny-org/tiny-bert")
+    assert (source.provenance["model_id"], source.provenance["revision"]) == ("tiny-org/tiny-bert", commit)
+    assert [s.name for s in source.input_specs] == ["input_ids", "attention_mask", "token_type_ids"]
+
+
+def test_missing_folder_is_a_one_line_error(tmp_path, cli):
+    code, _, err = cli("export", f"hf:{tmp_path}/nope", "-o", tmp_path / "out")
+    assert code == 2 and "does not exist" in err and len(err.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------------------- other architectures
+
+CLASSIFIERS = {
+    "distilbert": (hf_tiny.distilbert_classifier, "text-classification", ["input_ids", "attention_mask"]),
+    "vit": (hf_tiny.vit_classifier, "image-classification", ["pixel_values"]),
+    "wav2vec2": (hf_tiny.wav2vec2_classifier, "audio-classification", ["input_values"]),
+}
+
+
+def _classifier_feeds(name: str) -> dict:
+    rng = np.random.default_rng(3)
+    if name == "distilbert":
+        return {k: v for k, v in padded_batch(200, batch=3, seq=24).items() if k != "token_type_ids"}
+    if name == "vit":
+        return {"pixel_values": rng.standard_normal((3, 3, 32, 32)).astype(np.float32)}
+    return {"input_values": rng.standard_normal((3, 4000)).astype(np.float32)}
+
+
+def _transformers_logits(folder, feeds) -> np.ndarray:
+    import torch
+    from transformers import AutoConfig
+    import transformers
+    cls = getattr(transformers, AutoConfig.from_pretrained(folder).architectures[0])
+    with torch.inference_mode():
+        return cls.from_pretrained(folder).eval()(**{k: torch.from_numpy(v) for k, v in feeds.items()}).logits.numpy()
+
+
+@pytest.mark.parametrize("name", list(CLASSIFIERS))
+def test_classifier_task_is_inferred_exported_quantized_and_run_like_transformers(name, tmp_path, cli):
+    import edgeai
+    from edgeai.recipe import SummaryConfig
+    build, task, inputs = CLASSIFIERS[name]
+    folder = build(tmp_path / name)
+    outcome = edgeai.export(f"hf:{folder}", tmp_path / "out", quantize=({"int8-dynamic": {}},),
+                            summary=SummaryConfig(bench=False))
+    assert outcome.manifest.source["task"] == task
+    fp32, int8 = outcome.artifacts
+    assert [i["name"] for i in fp32.inputs] == inputs and [o["name"] for o in fp32.outputs] == ["logits"]
+    assert fp32.parity["passed"] and int8.parity["passed"]
+    feeds = _classifier_feeds(name)
+    np.savez(tmp_path / "feeds.npz", **feeds)
+    want = _transformers_logits(folder, feeds)
+    for artifact, tol in (("fp32", 1e-4), ("int8-dynamic", 0.05 * np.abs(want).max() + 1e-3)):
+        code, out, _ = cli("run", tmp_path / "out", "--artifact-name", artifact, "--input", tmp_path / "feeds.npz",
+                           "-o", tmp_path / f"{artifact}.npz")
+        assert code == 0 and "logits" in out
+        got = np.load(tmp_path / f"{artifact}.npz")["logits"]
+        assert got.shape == want.shape and np.abs(got - want).max() <= tol
