@@ -207,8 +207,9 @@ def _add_common(parser: argparse.ArgumentParser, default) -> None:
 def _extra_commands():
     """Subcommands that live beside the code they drive (bench, eval)."""
     from edgeai.bench.cli import add_parser as add_bench
+    from edgeai.data_text import add_parser as add_data
     from edgeai.evaluate_cli import add_parser as add_eval
-    return [add_bench, add_eval]
+    return [add_bench, add_eval, add_data]
 
 
 def _setup_logging(debug: bool, quiet: bool) -> None:

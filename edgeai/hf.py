@@ -46,20 +46,25 @@ def resolve(spec: str, trust_pickle: bool = False) -> HFModelRef:
     A hub id is looked up in the local Hugging Face cache; it is downloaded only when the
     user's Hugging Face settings allow it (HF_HUB_OFFLINE unset).
     """
+    folder, model_id, revision = resolve_folder(spec)
+    _check_folder(folder, model_id)
+    return HFModelRef(folder, model_id, revision, _weights_file(folder, model_id, trust_pickle))
+
+
+def resolve_folder(spec: str) -> tuple[Path, str, str | None]:
+    """(local folder, model id, cached revision) of `hf:FOLDER` or `hf:ORG/NAME[@REVISION]`."""
     name = spec[len(PREFIX):] if is_hf_spec(spec) else spec
     if not name:
         raise ModelLoadError("empty Hugging Face model: write hf:FOLDER or hf:ORG/NAME")
     folder = Path(name).expanduser()
-    model_id, revision = name, None
-    if not folder.is_dir():
-        repo, _, rev = name.partition("@")
-        if not _HUB_ID.match(repo) or name.startswith((".", "/", "~")):
-            raise ModelLoadError(f"Hugging Face model folder {name!r} does not exist (and it is not a hub id "
-                                 "like org/name)")
-        folder, revision = _from_cache(repo, rev or None)
-        model_id = repo
-    _check_folder(folder, name)
-    return HFModelRef(folder, model_id, revision, _weights_file(folder, name, trust_pickle))
+    if folder.is_dir():
+        return folder, name, None
+    repo, _, rev = name.partition("@")
+    if not _HUB_ID.match(repo) or name.startswith((".", "/", "~")):
+        raise ModelLoadError(f"Hugging Face model folder {name!r} does not exist (and it is not a hub id "
+                             "like org/name)")
+    folder, revision = _from_cache(repo, rev or None)
+    return folder, repo, revision
 
 
 def _from_cache(repo: str, revision: str | None) -> tuple[Path, str]:
