@@ -15,6 +15,7 @@ from edgeai.manifest import MANIFEST_NAME, ArtifactEntry, Manifest
 from edgeai.measure import RunData, bench_all, count_stage_macs, evaluate_all, metric_fn
 from edgeai.recipe import Recipe, RecipeError, load_recipe
 from edgeai.source import ModelSource, load_model
+from edgeai.steps import VariantNotKept
 from edgeai.verify import FP32_TOLERANCE, ArtifactHandle, Parity, Tolerance, check_onnx_file, open_artifact, verify
 
 log = logging.getLogger(__name__)
@@ -173,7 +174,7 @@ def _artifact_steps(source: ModelSource, recipe: Recipe, data: RunData, stage: P
         dst = stage / f"model.{name}{(stage / fp32.file).suffix}"
         try:
             entries.append(_variant(name, key, step, config, source, recipe, fp32, dst, ctx, metric, progress))
-        except (VerificationError, RuntimeLoadError, _StepFailure) as e:
+        except (VerificationError, RuntimeLoadError, _StepFailure, VariantNotKept) as e:
             log.warning("variant %s left out: %s", name, e)
             failed.append({"name": name, "step": key, "error": str(e).replace(f"{stage}/", "")})
             for p in stage.glob(f"{dst.name}*"):
@@ -198,14 +199,14 @@ def _variant(name, key, step, config, source, recipe, fp32, dst, ctx, metric, pr
         else:
             progress(f"quantizing: {name}")
             report = step.fn(src, dst, config, ctx)
-    except EdgeAIError:
+    except (EdgeAIError, VariantNotKept):
         raise
     except Exception as e:  # a bug or limitation of the quantizer on this graph
         raise _StepFailure(f"the {key} step failed: {type(e).__name__}: {' '.join(str(e).split())[:300]}") from e
     layout = {k: fp32.details[k] for k in LAYOUT_KEYS if k in fp32.details}
     # a derived model is first run in a child process: runtimes have crashed on such graphs
     handle = open_artifact(dst, recipe.format, layout, isolate=True)
-    tolerance = FP16_TOLERANCE if step.precision == "fp16" else QUANTIZED_TOLERANCE
+    tolerance = {"fp16": FP16_TOLERANCE, "fp32": _tolerance(recipe)}.get(step.precision, QUANTIZED_TOLERANCE)
     progress(f"verifying {dst.name} against {'PyTorch' if source.module is not None else 'ONNX'}")
     parity = verify(source, handle, tolerance, allow_frozen=bool(layout.get("static_shapes")))
     if not parity.passed:
