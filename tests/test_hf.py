@@ -223,3 +223,26 @@ def test_classifier_task_is_inferred_exported_quantized_and_run_like_transformer
         assert code == 0 and "logits" in out
         got = np.load(tmp_path / f"{artifact}.npz")["logits"]
         assert got.shape == want.shape and np.abs(got - want).max() <= tol
+
+
+@pytest.mark.slow
+def test_text_encoder_recipe_runs_on_a_saved_folder_and_text_data(tmp_path, cli):
+    """recipes/hf_text_encoder.yaml as shipped, with its model folder and eval text made here."""
+    import shutil
+    from pathlib import Path
+
+    recipe = tmp_path / "hf_text_encoder.yaml"
+    shutil.copy(Path(__file__).parent.parent / "recipes" / "hf_text_encoder.yaml", recipe)
+    model = hf_tiny.bert(tmp_path / "hf_text_encoder" / "model")
+    hf_tiny.wordpiece_vocab(model, ["the", "cat", "sat", "on", "a", "mat", "dog", "ran"])
+    (tmp_path / "s.txt").write_text("the cat sat on a mat\na dog ran\nthe dog sat\ncat\n" * 4)
+    assert cli("data", "text", tmp_path / "s.txt", "--tokenizer", f"hf:{model}", "--max-length", "10",
+               "-o", tmp_path / "hf_text_encoder" / "sentences.npz")[0] == 0
+    code, out, err = cli("export", recipe, "-o", tmp_path / "out", "--no-bench", "-q")
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    arts = {a["name"]: a for a in manifest["artifacts"]}
+    assert manifest["source"]["task"] == "feature-extraction" and "int8-dynamic" in arts
+    assert arts["int8-dynamic"]["metrics"]["cosine"] >= 0.99 and arts["int8-dynamic"]["metrics"]["eval_samples"] == 16
+    fuse = arts.get("fuse") or manifest["failed"][0]
+    assert "speedup" in fuse.get("details", {}) or "not faster" in fuse["error"]

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping
 
 from edgeai.errors import ConfigError
 from edgeai.steps import ARTIFACT_STEPS, ArtifactStep, StepContext, StepReport, VariantNotKept, config_to_dict
@@ -29,6 +30,8 @@ class FuseConfig:
     keep: str = "if-faster"      # "if-faster" or "always"
     min_speedup: float = 1.02
     threads: int = 1             # intra-op threads for the timing
+    dims: Mapping[str, int] = field(default_factory=dict)  # timing sizes, e.g. {"seq": 128} (default: batch 1,
+                                                           # other dims as in the example inputs)
     min_seconds: float = 0.3     # per graph and round
 
     def __post_init__(self):
@@ -74,7 +77,7 @@ def _time_both(src: Path, dst: Path, ctx: StepContext, config: FuseConfig) -> tu
     from edgeai.specs import random_feeds
     if not ctx.input_specs:
         raise ConfigError("onnx:fuse with keep=if-faster needs the model's input specs to time it")
-    feeds = random_feeds(ctx.input_specs, {"batch": 1})
+    feeds = random_feeds(ctx.input_specs, {"batch": 1, **config.dims})
     times: dict[Path, list[float]] = {src: [], dst: []}
     for _ in range(ROUNDS):
         for path in times:
