@@ -272,8 +272,8 @@ def _wrap(model, onnx_config, input_names: list[str], output_names: list[str]):
 
     import torch
 
-    def forward(self, *args):
-        kwargs = dict(zip(input_names, args))
+    def forward(self, *args, **kwargs):
+        kwargs = {**dict(zip(input_names, args)), **kwargs}
         with onnx_config.patch_model_for_export(self.model):
             out = self.model(**kwargs)
         return {name: out[name] for name in output_names}

@@ -170,6 +170,18 @@ def test_hub_id_resolves_from_local_cache_and_records_its_revision(tmp_path, mon
     assert [s.name for s in source.input_specs] == ["input_ids", "attention_mask", "token_type_ids"]
 
 
+def test_hf_module_takes_inputs_by_position_or_name_like_other_sources(bert_dir):
+    """Model steps call the module with keyword inputs, exporters and verify positionally."""
+    import torch
+
+    from edgeai.source import load_model
+    source = load_model(f"hf:{bert_dir}")
+    with torch.inference_mode():
+        by_name = source.module(**source.torch_inputs())["last_hidden_state"]
+        by_position = source.module(*source.torch_inputs().values())["last_hidden_state"]
+    assert by_name.shape == (2, 16, hf_tiny.TEXT["hidden_size"]) and torch.equal(by_name, by_position)
+
+
 def test_missing_folder_is_a_one_line_error(tmp_path, cli):
     code, _, err = cli("export", f"hf:{tmp_path}/nope", "-o", tmp_path / "out")
     assert code == 2 and "does not exist" in err and len(err.strip().splitlines()) == 1
