@@ -10,6 +10,7 @@ embeddings, for FP32 and int8-dynamic.
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -53,13 +54,14 @@ def main() -> None:
             want = model.eval()(**{k: torch.from_numpy(v) for k, v in feeds.items()}).last_hidden_state.numpy()
         m = mask[..., None]
         pooled = (want * m).sum(1) / m.sum(1)
+        sizes = {a["name"]: a["size_bytes"] for a in json.loads((out / "manifest.json").read_text())["artifacts"]}
         for name in ("fp32", "int8-dynamic"):
             got = runtime.load(out, artifact=name).run(feeds)["last_hidden_state"]
-            rows.append({"variant": name, "tokens": int(mask.sum()),
+            rows.append({"variant": name, "size_mb": sizes[name] / 1e6, "tokens": int(mask.sum()),
                          "token_cos_min": float(cosine(want, got)[mask.astype(bool)].min()),
                          "sentence_cos_min": float(cosine(pooled, (got * m).sum(1) / m.sum(1)).min()),
                          "max_abs_err": float(np.abs(want - got)[mask.astype(bool)].max())})
-    columns = [("variant", "variant", ""), ("tokens", "real tokens", ""), ("token_cos_min", "min cosine per token", ".6f"),
+    columns = [("variant", "variant", ""), ("size_mb", "size MB", ".2f"), ("tokens", "real tokens", ""), ("token_cos_min", "min cosine per token", ".6f"),
                ("sentence_cos_min", "min cosine per sentence (mean-pooled)", ".6f"),
                ("max_abs_err", "max abs err (real tokens)", ".2e")]
     C.write_results("hf_parity", rows, C.markdown_table(rows, columns), C.environment(),
