@@ -133,7 +133,7 @@ def load_hf(spec: str, *, task: str | None = None, trust_pickle: bool = False,
     ref = resolve(spec, trust_pickle)
     optimum = _optimum()
     config = _auto_config(ref)
-    task = check_task(config, task or infer_task(config), optimum)
+    task = check_task(config, task or infer_task(config, optimum), optimum)
     model = _load_model(ref, config, task, optimum)
     onnx_config = optimum.constructor(model, task)(model.config, task=task)
     for key, value in (onnx_config.values_override or {}).items():
@@ -213,10 +213,9 @@ def _auto_config(ref: HFModelRef):
                              f"({_one_line(e)})") from None
 
 
-def infer_task(config) -> str:
+def infer_task(config, optimum: _Optimum) -> str:
     """The task the saved architecture was made for (BertModel -> feature-extraction, ...)."""
     import transformers
-    optimum = _optimum()
     for arch in config.architectures or []:
         cls = getattr(transformers, arch, None)
         if cls is None:

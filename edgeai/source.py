@@ -69,6 +69,8 @@ def load_model(spec: str, *, inputs: Sequence[str | TensorSpec] | None = None,
     if spec.startswith("hf:"):
         from edgeai.hf import load_hf
         return load_hf(spec, task=task, trust_pickle=trust_pickle, example_inputs=example_inputs, inputs=inputs)
+    if task:
+        raise ModelLoadError(f"--task is for Hugging Face models (hf:FOLDER or hf:ORG/NAME), not {spec!r}")
     specs = [s if isinstance(s, TensorSpec) else parse_input_spec(s) for s in (inputs or [])]
     kind, module, onnx_path = _load(spec, arch, trust_pickle)
     if kind == "onnx":

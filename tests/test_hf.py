@@ -182,6 +182,26 @@ def test_hf_module_takes_inputs_by_position_or_name_like_other_sources(bert_dir)
     assert by_name.shape == (2, 16, hf_tiny.TEXT["hidden_size"]) and torch.equal(by_name, by_position)
 
 
+def test_example_inputs_file_sets_the_example_sizes_and_must_hold_every_input(bert_dir, tmp_path):
+    from edgeai.errors import DataError
+    from edgeai.source import load_model
+    feeds = padded_batch(hf_tiny.TEXT["vocab_size"], batch=3, seq=10)
+    np.savez(tmp_path / "x.npz", **feeds, labels=np.arange(3))
+    source = load_model(f"hf:{bert_dir}", example_inputs=tmp_path / "x.npz")
+    assert source.example_dims == {"batch": 3, "seq": 10} and "labels" not in source.example_inputs
+    assert np.array_equal(source.example_inputs["input_ids"], feeds["input_ids"])
+    np.savez(tmp_path / "y.npz", input_ids=feeds["input_ids"], attention_mask=feeds["attention_mask"])
+    with pytest.raises(DataError, match="token_type_ids"):
+        load_model(f"hf:{bert_dir}", example_inputs=tmp_path / "y.npz")
+
+
+def test_task_is_refused_for_models_that_are_not_hf(tmp_path, cli):
+    from conftest import factory
+    code, _, err = cli("export", factory("cnn"), "--input", "image:batch,3,16,16", "--task", "feature-extraction",
+                       "-o", tmp_path / "out")
+    assert code == 2 and "--task is for Hugging Face models" in err
+
+
 def test_missing_folder_is_a_one_line_error(tmp_path, cli):
     code, _, err = cli("export", f"hf:{tmp_path}/nope", "-o", tmp_path / "out")
     assert code == 2 and "does not exist" in err and len(err.strip().splitlines()) == 1
