@@ -125,7 +125,7 @@ def load_hf(spec: str, *, task: str | None = None, trust_pickle: bool = False,
     example inputs are Optimum's dummy inputs (batch 2, seq 16, right padding) unless
     `example_inputs` (an .npz keyed by input name, e.g. from `edgeai data text`) is given.
     """
-    from edgeai.source import ModelSource
+    from edgeai.source import ModelSource, _check_forward  # one message for a forward that fails on its inputs
 
     if inputs:
         raise InputSpecError("hf: models take their inputs from Optimum's export config; drop --input "
@@ -154,11 +154,6 @@ def load_hf(spec: str, *, task: str | None = None, trust_pickle: bool = False,
     return source
 
 
-def _check_forward(source) -> None:
-    from edgeai.source import _check_forward as check  # one message for a forward that fails on its inputs
-    check(source)
-
-
 def _spec(name: str, arr: np.ndarray, axes: Mapping[int, str]) -> TensorSpec:
     shape = tuple(DIM_NAMES[axes[i]] if axes.get(i) in DIM_NAMES else int(s) for i, s in enumerate(arr.shape))
     sizes = {d: int(s) for d, s in zip(shape, arr.shape) if isinstance(d, str)}
@@ -169,16 +164,10 @@ def _user_examples(data, specs: list[TensorSpec]) -> tuple[dict[str, np.ndarray]
     from dataclasses import replace
 
     from edgeai.data import load_feeds, split_labels
+    # names, ranks, fixed dims and dtypes are checked against the specs (the batch dim is always dynamic)
     feeds, _ = split_labels(load_feeds(data, specs, what="example inputs"))
-    out = []
-    for spec in specs:
-        arr = feeds[spec.name]
-        bad = [i for i, d in enumerate(spec.shape) if isinstance(d, int) and arr.shape[i] != d]
-        if bad:
-            raise InputSpecError(f"example input {spec.name!r} has shape {arr.shape}; the model wants "
-                                 f"{','.join(map(str, spec.shape))}")
-        out.append(replace(spec, example_sizes={d: int(s) for d, s in zip(spec.shape, arr.shape) if isinstance(d, str)}))
-    return feeds, out
+    return feeds, [replace(s, example_sizes={d: int(n) for d, n in zip(s.shape, feeds[s.name].shape)
+                                             if isinstance(d, str)}) for s in specs]
 
 
 # ---------------------------------------------------------------------------- Optimum and transformers
@@ -253,6 +242,8 @@ def _load_model(ref: HFModelRef, config, task: str, optimum: _Optimum):
         model, info = cls.from_pretrained(ref.folder, config=config, output_loading_info=True,
                                           trust_remote_code=False, local_files_only=True,
                                           use_safetensors=ref.weights in SAFE_WEIGHTS,
+                                          # plain MatMul/Softmax attention: exports on both ONNX paths
+                                          # and is what onnxruntime's fusions (onnx:fuse) look for
                                           attn_implementation="eager")
     except (OSError, ValueError, RuntimeError) as e:
         raise ModelLoadError(f"{ref.model_id!r} does not load as {cls.__name__}: {_one_line(e)}") from None
