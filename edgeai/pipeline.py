@@ -14,7 +14,7 @@ from edgeai.fsutil import check_output_target, locked_staging, publish, sha256_f
 from edgeai.manifest import MANIFEST_NAME, ArtifactEntry, Manifest
 from edgeai.measure import RunData, bench_all, count_stage_macs, evaluate_all, metric_fn
 from edgeai.outdir import check_input_kept, input_files, removable_old_files
-from edgeai.recipe import Recipe, RecipeError, load_recipe
+from edgeai.recipe import Recipe, RecipeError, load_recipe, validate
 from edgeai.source import ModelSource, load_model
 from edgeai.steps import VariantNotKept
 from edgeai.verify import FP32_TOLERANCE, ArtifactHandle, Parity, Tolerance, check_onnx_file, open_artifact, verify
@@ -88,6 +88,7 @@ def export(model: str | None = None, out_dir: str | Path | None = None, *,
 
 
 def run(recipe: Recipe, out_dir: Path, progress: Progress) -> ExportOutcome:
+    validate(recipe)  # every checkable mistake fails here, before the model is loaded
     check_output_target(out_dir)  # no folder is created until there is something to write
     progress(f"loading {recipe.model}")
     source = load_model(recipe.model, inputs=recipe.inputs, example_inputs=recipe.example_inputs,

@@ -11,7 +11,8 @@ import numpy as np
 
 from edgeai.errors import InputSpecError, ModelLoadError
 from edgeai.imports import import_callable
-from edgeai.specs import TensorSpec, dim_sizes, load_npz, parse_input_spec, random_feeds, resize_along
+from edgeai.specs import (TensorSpec, check_examples, dim_sizes, load_npz, non_finite, parse_input_spec, random_feeds,
+                          resize_along)
 
 log = logging.getLogger(__name__)
 
@@ -88,14 +89,23 @@ def load_model(spec: str, *, inputs: Sequence[str | TensorSpec] | None = None,
 def _check_forward(source: ModelSource) -> None:
     """Run the model once on the example inputs so a wrong shape fails here, in the user's terms."""
     import torch
+
+    from edgeai.exporters import output_names
     try:
         with torch.inference_mode():
-            source.module(*source.torch_inputs().values())
+            outputs = source.module(*source.torch_inputs().values())
     except Exception as e:
         shapes = ", ".join(f"{k}={'x'.join(map(str, v.shape))}:{v.dtype}" for k, v in source.example_inputs.items())
         text = " ".join(str(e).split())[:250]
         raise InputSpecError(f"the model fails on the example inputs ({shapes}): {type(e).__name__}: {text}; "
                              "check the --input shapes and dtypes") from None
+    names, leaves = output_names(outputs)
+    for name, t in zip(names, leaves):
+        bad = non_finite(t.detach().float().cpu().numpy()) if isinstance(t, torch.Tensor) else ""
+        if bad:
+            raise ModelLoadError(f"the model outputs {bad} on the example inputs "
+                                 f"(output {name!r}): check its weights, and give real samples with "
+                                 "--example-inputs if they were generated")
 
 
 # ---------------------------------------------------------------------------- loading
@@ -236,6 +246,7 @@ def _examples(specs: list[TensorSpec], example_inputs, names: list[str] | None,
         arrays = (load_npz(example_inputs, "example inputs") if isinstance(example_inputs, (str, Path))
                   else {k: np.asarray(v) for k, v in example_inputs.items()})
         arrays.pop("labels", None)
+        check_examples(arrays)
         if specs:
             _check_names([s.name for s in specs], list(arrays), "--input specs and --example-inputs")
             arrays = {s.name: arrays[s.name] for s in specs}

@@ -203,8 +203,9 @@ def test_task_is_refused_for_models_that_are_not_hf(tmp_path, cli):
 
 
 def test_missing_folder_is_a_one_line_error(tmp_path, cli):
-    code, _, err = cli("export", f"hf:{tmp_path}/nope", "-o", tmp_path / "out")
-    assert code == 2 and "does not exist" in err and len(err.strip().splitlines()) == 1
+    code, _, err = cli("export", f"hf:{tmp_path}/nope", "-o", tmp_path / "out", "-q")
+    lines = [line for line in err.strip().splitlines() if line.startswith("edgeai: error:")]
+    assert code == 2 and len(lines) == 1 and "does not exist" in lines[0] and "Traceback" not in err
 
 
 # ---------------------------------------------------------------------------- other architectures

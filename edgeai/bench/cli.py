@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from edgeai.argtypes import count, is_count, positive_int, seconds
 from edgeai.bench.results import PROVIDERS, RUNTIMES
 from edgeai.bench.stats import DEFAULT_MAX_SECONDS, DEFAULT_MIN_RUNS, DEFAULT_MIN_SECONDS
 from edgeai.errors import InputSpecError, OutputError
@@ -29,34 +30,12 @@ examples:
 JSON schema (edgeai.bench/1): edgeai/bench/SCHEMA.md"""
 
 
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return int(text)
-
-
-def _count(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return int(text)
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
-    return value
-
-
 def parse_dims(texts: list[str]) -> dict[str, int]:
     """`["seq=128", "height=224"]` -> {"seq": 128, "height": 224}."""
     dims = {}
     for text in texts:
         name, _, size = text.partition("=")
-        if not name or not size.isdigit() or int(size) < 1:
+        if not name or not is_count(size) or int(size) < 1:
             raise InputSpecError(f"bad --dim {text!r}: expected NAME=SIZE with a positive size, e.g. seq=128")
         dims[name] = int(size)
     return dims
@@ -72,16 +51,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--runtime", choices=RUNTIMES, default="auto",
                    help="auto: each artifact in its format's runtime (onnx: onnxruntime); torch: run "
                         "model specs in PyTorch (default: auto)")
-    p.add_argument("--threads", type=_positive_int, default=1, metavar="N",
+    p.add_argument("--threads", type=positive_int, default=1, metavar="N",
                    help="intra-op threads (onnxruntime intra_op_num_threads, torch.set_num_threads); "
                         "default: 1")
-    p.add_argument("--warmup", type=_count, default=10, metavar="W",
+    p.add_argument("--warmup", type=count, default=10, metavar="W",
                    help="untimed runs after the first inference (default: 10)")
     stop = p.add_mutually_exclusive_group()
-    stop.add_argument("--runs", type=_positive_int, metavar="N", help="time exactly N runs")
-    stop.add_argument("--min-seconds", type=_seconds, metavar="S",
+    stop.add_argument("--runs", type=positive_int, metavar="N", help="time exactly N runs")
+    stop.add_argument("--min-seconds", type=seconds, metavar="S",
                       help="time runs until S seconds have passed (no cap)")
-    p.add_argument("--batch", type=_positive_int, default=1, metavar="B",
+    p.add_argument("--batch", type=positive_int, default=1, metavar="B",
                    help="size of the dynamic dim named 'batch' (else the first dynamic dim); default: 1")
     p.add_argument("--dim", action="append", default=[], metavar="NAME=SIZE",
                    help="size of another dynamic dim, e.g. --dim seq=128 (repeatable); unset dims "

@@ -88,6 +88,13 @@ def print_report(report: BenchReport, console: "Console | None" = None) -> None:
     for i, r in enumerate(report.results, 1):
         for note in r.notes:
             notes.setdefault(note, []).append(f"#{i}")
+    shapes: dict[str, list[str]] = {}  # the input shapes each target was timed at
+    for i, r in enumerate(report.results, 1):
+        if r.inputs:
+            text = ", ".join(f"{d['name']} {'x'.join(map(str, d['shape'])) or 'scalar'} {d['dtype']}" for d in r.inputs)
+            shapes.setdefault(text, []).append(f"#{i}")
+    for text, rows in shapes.items():
+        console.print(f"inputs ({', '.join(rows)}): {text}", highlight=False, markup=False)
     for note, rows in notes.items():
         console.print(f"note ({', '.join(rows)}): {note}", highlight=False, markup=False)
     for i, r in enumerate(report.results, 1):

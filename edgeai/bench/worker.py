@@ -19,7 +19,7 @@ from edgeai.bench.env import current_rss_bytes, peak_rss_bytes
 from edgeai.bench.results import BenchConfig, BenchResult
 from edgeai.bench.stats import time_session
 from edgeai.bench.targets import Target
-from edgeai.errors import EdgeAIError
+from edgeai.errors import EdgeAIError, InputSpecError
 from edgeai.runtime.base import Session
 from edgeai.specs import TensorSpec, random_feeds
 
@@ -43,7 +43,10 @@ def feed_sizes(specs: Sequence[TensorSpec], batch: int, dims: Mapping[str, int],
                example_dims: Mapping[str, int] | None = None) -> tuple[dict[str, int], list[str]]:
     """Sizes of dynamic dims: `batch` for the dim named "batch" (else the first dynamic dim),
     `dims` for any dim by name; the rest keep the size they were exported with (`example_dims`,
-    from the manifest), else the spec's example size. Also notes for the report."""
+    from the manifest), else the spec's example size. Also notes for the report.
+
+    A dynamic dim with none of these has no size to guess: InputSpecError naming each such dim.
+    """
     dynamic = list(dict.fromkeys(d for s in specs for d in s.dynamic_dims))
     notes = []
     sizes = {d: int(n) for d, n in (example_dims or {}).items() if d in dynamic}
@@ -57,6 +60,14 @@ def feed_sizes(specs: Sequence[TensorSpec], batch: int, dims: Mapping[str, int],
         notes.append(f"--dim {', '.join(unused)} matches no dynamic dimension of this model "
                      f"(dynamic: {', '.join(dynamic) or 'none'})")
     sizes.update({d: n for d, n in dims.items() if d in dynamic})
+    examples = {d for s in specs for d in s.example_sizes}
+    unset = [d for d in dynamic if d not in sizes and d not in examples]
+    if unset:
+        where = "; ".join(f"input {s.name!r} is {'x'.join(map(str, s.shape))}" for s in specs
+                          if set(s.dynamic_dims) & set(unset))
+        raise InputSpecError(f"dynamic dim(s) {', '.join(unset)} have no size ({where}) and no edgeai manifest "
+                             f"lists the size they were exported with; give each: "
+                             + " ".join(f"--dim {d}=N" for d in unset))
     return sizes, notes
 
 
