@@ -35,7 +35,8 @@ def _add_export(sub) -> None:
                     "example shape and a second size of every dynamic dim, and write OUTDIR/manifest.json.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="MODEL is one of: file.py:factory | package.module:factory | TorchScript file | "
-               "ExportedProgram .pt2 | state_dict file with --arch | .onnx file | RECIPE.yaml")
+               "ExportedProgram .pt2 | state_dict file with --arch | .onnx file | RECIPE.yaml | "
+               "hf:FOLDER or hf:ORG/NAME (a Hugging Face model; inputs from Optimum)")
     p.add_argument("model", metavar="MODEL|RECIPE.yaml")
     p.add_argument("-o", "--output", metavar="OUTDIR", help="output folder (default: the recipe's 'output')")
     p.add_argument("--input", dest="inputs", action="append", default=None, metavar="NAME:DIMS[:DTYPE]",
@@ -47,6 +48,8 @@ def _add_export(sub) -> None:
                         "is a dynamic batch unless --fixed-batch")
     p.add_argument("--fixed-batch", action="store_true", help="with --example-inputs: keep the leading dim fixed")
     p.add_argument("--arch", metavar="FILE.py:FACTORY", help="builds the model a state_dict file belongs to")
+    p.add_argument("--task", help="hf: models: the task to export for (default: from config.json), e.g. "
+                                  "feature-extraction, text-classification, image-classification")
     p.add_argument("--trust-pickle", action="store_true",
                    help="allow full unpickling of MODEL (runs code from the file: only for files you trust)")
     p.add_argument("--format", default=None, help="export format (default onnx)")
@@ -85,6 +88,9 @@ def _add_export(sub) -> None:
 def cmd_export(args) -> int:
     from dataclasses import replace
 
+    from edgeai.extras import require
+    for module in ("torch", "onnx"):  # a device install (no 'export' extra): say which extra to add
+        require(module, "edgeai export")
     from edgeai.console import quiet_third_party
     from edgeai.pipeline import export
     from edgeai.recipe import Recipe, load_recipe
@@ -97,7 +103,7 @@ def cmd_export(args) -> int:
     opts = {}
     if args.inputs:
         opts["inputs"] = tuple(args.inputs)
-    for key in ("example_inputs", "arch", "format"):
+    for key in ("example_inputs", "arch", "format", "task"):
         if getattr(args, key):
             opts[key] = getattr(args, key)
     if args.trust_pickle:
@@ -229,8 +235,9 @@ def _add_common(parser: argparse.ArgumentParser, default) -> None:
 def _extra_commands():
     """Subcommands that live beside the code they drive (bench, eval)."""
     from edgeai.bench.cli import add_parser as add_bench
+    from edgeai.data_text import add_parser as add_data
     from edgeai.evaluate.cli import add_parser as add_eval
-    return [add_bench, add_eval]
+    return [add_bench, add_eval, add_data]
 
 
 def _setup_logging(debug: bool, quiet: bool) -> None:

@@ -35,6 +35,7 @@ class Recipe:
     inputs: tuple[str, ...] = ()
     example_inputs: str | None = None
     arch: str | None = None
+    task: str | None = None                                         # hf: models: feature-extraction, ...
     trust_pickle: bool = False
     dynamic_batch: bool = True
     format: str = "onnx"
@@ -110,6 +111,8 @@ def _resolve_paths(recipe: Recipe, base: Path) -> Recipe:
     def fix(p: str | None) -> str | None:
         if not p:
             return p
+        if p.startswith("hf:"):  # a Hugging Face folder (a hub id is left as it is)
+            return "hf:" + fix(p[3:])
         target, sep, func = p.rpartition(":")
         if sep and not target.endswith(".py") and func.isidentifier() and len(target) > 1:
             return p  # package.module:callable

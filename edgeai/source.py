@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -29,6 +29,7 @@ class ModelSource:
     example_inputs: dict[str, np.ndarray]     # call order; numpy so the verifier can reuse them
     input_specs: list[TensorSpec]
     onnx_path: Path | None = None
+    provenance: Mapping[str, Any] = field(default_factory=dict)  # what the loader knows: hub id, task, ...
 
     def torch_inputs(self) -> dict:
         """Example inputs as fresh torch tensors (a fresh copy each call: never aliased)."""
@@ -52,20 +53,25 @@ class ModelSource:
         return replace(self, example_inputs=feeds)
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "origin": self.origin,
+        return {"kind": self.kind, "origin": self.origin, **dict(self.provenance),
                 "inputs": [s.to_dict() for s in self.input_specs], "example_dims": self.example_dims}
 
 
 def load_model(spec: str, *, inputs: Sequence[str | TensorSpec] | None = None,
                example_inputs: str | Path | Mapping[str, np.ndarray] | None = None,
                arch: str | None = None, trust_pickle: bool = False,
-               dynamic_batch: bool = True) -> ModelSource:
+               dynamic_batch: bool = True, task: str | None = None) -> ModelSource:
     """Load `spec` and build its example inputs from `inputs` specs or an `example_inputs` .npz.
 
     spec: `file.py:factory`, `package.module:factory`, a TorchScript file, a `.pt2`
     ExportedProgram, a state_dict file (with `arch`), a pickled module (with `trust_pickle`),
-    or a `.onnx` file.
+    or a `.onnx` file; `hf:FOLDER` or `hf:ORG/NAME` (with `task`) is a Hugging Face model (edgeai/hf.py).
     """
+    if spec.startswith("hf:"):
+        from edgeai.hf import load_hf
+        return load_hf(spec, task=task, trust_pickle=trust_pickle, example_inputs=example_inputs, inputs=inputs)
+    if task:
+        raise ModelLoadError(f"--task is for Hugging Face models (hf:FOLDER or hf:ORG/NAME), not {spec!r}")
     specs = [s if isinstance(s, TensorSpec) else parse_input_spec(s) for s in (inputs or [])]
     kind, module, onnx_path = _load(spec, arch, trust_pickle)
     if kind == "onnx":

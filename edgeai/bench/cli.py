@@ -27,6 +27,9 @@ examples:
   edgeai bench out/                      every artifact in out/manifest.json, in order
   edgeai bench out/@int8-static --threads 4 --runs 200 --json bench.json
   edgeai bench --runtime torch edgeai.zoo:digits_cnn --input image:batch,1,32,32
+  edgeai bench out/ --device ssh://pi@raspberrypi.local --device-python /home/pi/edgeai/bin/python
+  edgeai bench model.tflite --device adb:SERIAL --benchmark-binary android_aarch64_benchmark_model
+  edgeai bench --compare base.json new.json --threshold 5%   exit 1 on a p50 regression past 5%
 JSON schema (edgeai.bench/1): edgeai/bench/SCHEMA.md"""
 
 
@@ -45,7 +48,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "bench", help="time models: load, first inference, p50/p90/p99 latency, memory",
         description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("targets", nargs="+", metavar="ARTIFACT_OR_MODEL",
+    p.add_argument("targets", nargs="*", metavar="ARTIFACT_OR_MODEL",
                    help="a .onnx/.tflite file, an edgeai export folder (every artifact of its manifest) "
                         "or FOLDER@ARTIFACT; with --runtime torch a model spec (e.g. edgeai.zoo:digits_cnn)")
     p.add_argument("--runtime", choices=RUNTIMES, default="auto",
@@ -66,12 +69,30 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="size of another dynamic dim, e.g. --dim seq=128 (repeatable); unset dims "
                         "take their example size")
     p.add_argument("--provider", choices=PROVIDERS, default="cpu",
-                   help="execution device (cuda needs onnxruntime-gpu or a CUDA torch); default: cpu")
+                   help="execution device: cuda (onnxruntime-gpu or a CUDA torch), tensorrt (onnxruntime-gpu with "
+                        "TensorRT); GPU runs are timed with inputs already on the GPU and a device sync per "
+                        "run; default: cpu")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON (schema edgeai.bench/1)")
     p.add_argument("--no-verify-digest", action="store_true", help=NO_VERIFY_HELP)
     p.add_argument("--no-isolate", action="store_true",
                    help="measure every target in this process (faster to run; caches and peak RSS "
                         "are shared between targets)")
+    dev = p.add_argument_group("where to run (default: this machine)")
+    dev.add_argument("--device", metavar="ssh://HOST | adb:SERIAL", default=None,
+                     help="ssh://[USER@]HOST[:PORT]: copy the artifacts there (once, by sha256) and time them "
+                          "with the device's edgeai; adb:SERIAL: time a .tflite on an Android device with "
+                          "--benchmark-binary")
+    dev.add_argument("--ssh-config", metavar="FILE", help="ssh config file read before ~/.ssh/config (its settings win)")
+    dev.add_argument("--device-python", metavar="PATH",
+                     help="the device's Python that has edgeai installed (default: python3)")
+    dev.add_argument("--benchmark-binary", metavar="PATH",
+                     help="TFLite's benchmark_model built for the Android device (adb devices)")
+    cmp = p.add_argument_group("compare two reports (for CI)")
+    cmp.add_argument("--compare", nargs=2, metavar=("BASE.json", "NEW.json"),
+                     help="print NEW/BASE p50 ratios per target; exit 1 when one is slower by more than "
+                          "--threshold")
+    cmp.add_argument("--threshold", default="5%", metavar="PCT",
+                     help="allowed p50 slowdown for --compare, e.g. 5%% or 0.05 (default: 5%%)")
     torch_opts = p.add_argument_group("model specs (--runtime torch), passed to edgeai.source.load_model")
     torch_opts.add_argument("--input", action="append", default=[], metavar="NAME:DIM,...[:DTYPE]",
                             help="an input of the model, e.g. image:batch,1,32,32 (repeatable, call order)")
@@ -87,6 +108,20 @@ def run(args: argparse.Namespace) -> int:
     from edgeai.bench.report import print_report
     from edgeai.bench.runner import bench
 
+    if args.compare:
+        from edgeai.bench.compare import run_compare
+        if args.targets:
+            raise InputSpecError("--compare takes two report files and no targets")
+        return run_compare(args.compare[0], args.compare[1], args.threshold)
+    if not args.targets:
+        raise InputSpecError("nothing to benchmark; pass a .onnx/.tflite file or an export folder "
+                             "(or --compare BASE.json NEW.json)")
+    from edgeai.bench.devices import parse_device
+    device = parse_device(args.device, ssh_config=args.ssh_config, device_python=args.device_python,
+                          benchmark_binary=args.benchmark_binary)
+    if args.runtime == "torch":  # a device install has no torch: say which extra brings it
+        from edgeai.extras import require
+        require("torch", "edgeai bench --runtime torch")
     dims = parse_dims(args.dim)
     load_options = {k: v for k, v in (("example_inputs", args.example_inputs), ("arch", args.arch),
                                       ("trust_pickle", args.trust_pickle)) if v}
@@ -101,7 +136,8 @@ def run(args: argparse.Namespace) -> int:
     report = bench(args.targets, runtime=args.runtime, threads=args.threads, warmup=args.warmup,
                    runs=args.runs, min_seconds=args.min_seconds, batch=args.batch,
                    dims=dims, provider=args.provider, isolate=not args.no_isolate,
-                   inputs=args.input, load_options=load_options, verify_digest=not args.no_verify_digest)
+                   inputs=args.input, load_options=load_options, verify_digest=not args.no_verify_digest,
+                   device=device)
     print_report(report)
     if args.json:
         report.write_json(args.json)

@@ -31,7 +31,9 @@ def environment_line(report: BenchReport) -> str:
     env, cfg = report.env, report.config
     versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)
     flags = " ".join(env["cpu"]["flags"]) or "no SIMD flags reported"
-    return (f"{env['cpu']['model']} ({flags}); {env['logical_cores']} logical / {env['physical_cores']} "
+    device = env.get("device", "local")
+    where = "" if device == "local" else f"device {device}: "
+    return (f"{where}{env['cpu']['model']} ({flags}); {env['logical_cores']} logical / {env['physical_cores']} "
             f"physical cores; {env['os']['system']} {env['os']['release']}; Python {env['python']}; "
             f"{versions}\nthreads {cfg.threads}, provider {cfg.provider}, warmup {cfg.warmup}, "
             f"timed runs: {cfg.stop_rule.describe()}, "
@@ -47,7 +49,7 @@ def _row(i: int, r: BenchResult) -> list[str]:
     t = r.timing
     return head + [ms(r.load_ms), ms(r.first_ms), ms(t.p50_ms), ms(t.p90_ms), ms(t.p99_ms),
                    f"{ms(t.mean_ms)}±{ms(t.std_ms)}", str(t.n), megabytes(r.peak_rss_bytes),
-                   f"{r.speedup_vs_baseline:.2f}x"]
+                   "-" if r.speedup_vs_baseline is None else f"{r.speedup_vs_baseline:.2f}x"]
 
 
 def table(report: BenchReport) -> "Table":

@@ -35,8 +35,12 @@ def open_session(target: Target, config: BenchConfig) -> Session:
         from edgeai.bench.torch_session import load_torch_session
         return load_torch_session(target.path, config)
     from edgeai import runtime
-    return runtime.load(target.path, artifact=target.artifact, provider=config.provider,
-                        threads=config.threads, verify_digest=False)  # checked once in expand_targets
+    session = runtime.load(target.path, artifact=target.artifact, provider=config.provider,
+                           threads=config.threads, verify_digest=False)  # checked once in expand_targets
+    if config.provider != "cpu":  # time the GPU, not host copies: IO binding
+        from edgeai.bench.gpu import wrap_for_gpu
+        session = wrap_for_gpu(session)
+    return session
 
 
 def feed_sizes(specs: Sequence[TensorSpec], batch: int, dims: Mapping[str, int],
@@ -105,6 +109,7 @@ def measure(target: Target, config: BenchConfig, open_fn: Callable[[], Session] 
         notes.append("measured in-process: earlier targets may have warmed caches, and peak RSS "
                      "is the whole process's")
     info = session.describe()
+    notes.extend(info.get("notes", ()))
     size = target.size_bytes if target.size_bytes is not None else getattr(session, "size_bytes", None)
     return BenchResult(
         target=target.label, kind=target.kind, path=target.path, artifact=target.artifact,
@@ -113,7 +118,8 @@ def measure(target: Target, config: BenchConfig, open_fn: Callable[[], Session] 
         size_bytes=size, import_ms=import_ms, load_ms=load_ms, first_ms=first_ms,
         warmup=config.warmup, timing=timing,
         inputs=tuple({"name": n, "shape": list(a.shape), "dtype": str(a.dtype)} for n, a in feeds.items()),
-        rss_before_load_bytes=rss_before, peak_rss_bytes=peak_rss_bytes(), notes=tuple(notes))
+        rss_before_load_bytes=rss_before, peak_rss_bytes=peak_rss_bytes(),
+        peak_gpu_memory_bytes=info.get("peak_gpu_memory_bytes"), notes=tuple(notes))
 
 
 def failed_result(target: Target, error: str, isolated: bool, **details) -> BenchResult:

@@ -67,13 +67,13 @@ def flatten_outputs(outputs: Any) -> list:
 
 
 def output_names(outputs: Any) -> tuple[list[str], list]:
-    """(names, flat outputs), the same in every format: 'output' for one tensor, the keys of a flat
-    dict, else output_0, output_1, ..."""
+    """(names, flat outputs), the same in every format: the keys of a flat dict (one key too, e.g.
+    last_hidden_state), 'output' for one tensor, else output_0, output_1, ..."""
     leaves = flatten_outputs(outputs)
-    if len(leaves) == 1:
-        return ["output"], leaves
     if isinstance(outputs, dict) and len(outputs) == len(leaves):
         return [str(k) for k in outputs], leaves
+    if len(leaves) == 1:
+        return ["output"], leaves
     return [f"output_{i}" for i in range(len(leaves))], leaves
 
 

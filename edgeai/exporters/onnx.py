@@ -70,6 +70,8 @@ def export_onnx(module, example_inputs: dict, input_specs: list[TensorSpec], out
                                   dynamic_axes=_dynamic_axes(input_specs) or None)
     except Exception as e:  # (an interrupt never gets here: interrupts_propagate raises it)
         raise ExportError(f"{path} ONNX export failed: {root_cause(e)}") from e
+    if path == "dynamo":
+        _drop_initializer_value_info(out_path)
     files = [out_path.name] + external_files(out_path)
     return ExportResult(exporter=f"torch.onnx ({'torch.export' if path == 'dynamo' else 'TorchScript'})",
                         files=files, details={"opset": _opset(out_path), "export_path": path,
@@ -123,6 +125,20 @@ def _grow_size_one_dims(args: tuple, specs: list[TensorSpec]) -> tuple:
                 arg = arg.repeat_interleave(2, dim=axis)
         out.append(arg)
     return tuple(out)
+
+
+def _drop_initializer_value_info(model_path: Path) -> None:
+    """torch.export-based graphs repeat each initializer's shape in value_info; onnxruntime's
+    quantizer transposes Gemm weights in place, and the stale copy then fails shape inference."""
+    import onnx
+    model = onnx.load(str(model_path), load_external_data=False)
+    weights = {i.name for i in model.graph.initializer}
+    keep = [vi for vi in model.graph.value_info if vi.name not in weights]
+    if len(keep) == len(model.graph.value_info):
+        return
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(keep)
+    onnx.save(model, str(model_path))  # external data stays where it is: only references were loaded
 
 
 def external_files(model_path: Path) -> list[str]:
