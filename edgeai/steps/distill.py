@@ -4,8 +4,9 @@ loss = alpha * KD(student, teacher) + (1 - alpha) * LABEL(student, labels)  (+ M
 KD is chosen from what the teacher's outputs are (see _distill_loss.py): KL with temperature for
 logits, binary cross-entropy for sigmoid probabilities, cosine for normalised embeddings, MSE for
 regression; `loss:` overrides it. Labels that do not fit the loss (e.g. f0 in Hz for a 360-bin
-head) are left to the eval metric. BatchNorm statistics stay frozen while training (the teacher's
-data statistics re-estimated after pruning are better than those of small noisy batches).
+head) are left to the eval metric. BatchNorm layers train as usual by default ("train"; measured:
+zoo CNN 70% pruned, 3 epochs: 98.3% top-1 vs 87.5% frozen); `batchnorm: freeze` keeps the running
+statistics re-estimated after pruning (pitch CNN: 6.18 vs 6.37 cents, a small gain).
 The teacher runs once over the data; its outputs are cached. The best student state by the eval
 metric is kept: the user metric (`metric:`, FUNC(outputs, labels) -> float, higher is better),
 else top-1 with class labels, else the label loss, else the distillation loss on eval data.
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("cosine", "constant")
-BATCHNORM = ("freeze", "train")
+BATCHNORM = ("train", "freeze")
 RECOVERED = 0.9          # fraction of the teacher-student metric gap that distillation should close
 
 
@@ -53,7 +54,7 @@ class DistillConfig:
     feature_layers: tuple[tuple[str, str], ...] = ()   # (student module, teacher module) pairs, MSE
     max_minutes: float | None = None
     loss: str = "auto"                  # "auto" (from the teacher's outputs) | "kl" | "bce" | "cosine" | "mse"
-    batchnorm: str = "freeze"           # "freeze": running statistics fixed | "train": updated by each batch
+    batchnorm: str = "train"            # "train": batch statistics, running ones updated | "freeze": running ones fixed
     metric: str | None = None           # "file.py:FUNC" | "module:FUNC", FUNC(outputs, labels) -> float, higher better
 
 
