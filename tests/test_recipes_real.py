@@ -47,7 +47,8 @@ def test_pitch_recipe_prunes_without_hand_pinning_and_distills_with_bce(tmp_path
 
     np.savez(tmp_path / "train.npz", **pitch.tones(3000, pitch.TRAIN_SEED))
     recipe = load_recipe(RECIPES / "pitch_cnn.yaml")
-    steps = ({"prune": {"ratio": 0.7}}, {"distill": {"epochs": 2, "patience": 2, "lr": 1e-3, "seed": 0}})
+    steps = ({"prune": {"ratio": 0.7}},
+             {"distill": {"epochs": 2, "patience": 2, "lr": 1e-3, "batchnorm": "freeze", "seed": 0}})
     arts, prune, distill = _run("pitch_cnn", tmp_path / "out", steps=steps,
                                 data=replace(recipe.data, train=str(tmp_path / "train.npz")))
     assert [b["name"] for b in prune["details"]["auto_pinned"]] == ["conv6"]
