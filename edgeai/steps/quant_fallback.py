@@ -205,21 +205,35 @@ def search_units(model, candidates: Sequence[str]) -> dict[str, list[str]]:
     return units if len(units) < len(candidates) else {n: [n] for n in candidates}
 
 
-def fallback_until_within(fp32_path: str | Path, quantize: Callable[[tuple[str, ...]], Path],
-                          evaluate: Callable[[Path], float], baseline: float, target: float,
-                          calib_feeds: Mapping[str, np.ndarray], max_evals: int = 8, *,
-                          candidates: Sequence[str] | None = None, sensitivity_samples: int = 16,
+Ranker = Callable[[Path], tuple[dict[str, list[str]], list[tuple[str, float | None]]]]
+
+
+def onnx_ranker(fp32_path: Path, calib_feeds: Mapping[str, np.ndarray], candidates: Sequence[str] | None = None,
+                sensitivity_samples: int = 16) -> Ranker:
+    """all-INT8 model path -> (units, units ranked by the error their nodes add, worst first)."""
+    def rank(quant_path: Path):
+        model = g.load_model(fp32_path, with_weights=False)
+        nodes = list(candidates) if candidates is not None else candidate_nodes(model)
+        units = search_units(model, nodes)
+        inputs, _ = split_labels(calib_feeds)
+        scores = dict(node_sensitivity(fp32_path, quant_path, take(inputs, sensitivity_samples), nodes))
+        ranked = {u: sum(scores.get(n) or 0.0 for n in members) for u, members in units.items()}
+        return units, sorted(ranked.items(), key=lambda kv: -kv[1])
+    return rank
+
+
+def fallback_until_within(quantize: Callable[[tuple[str, ...]], Path], evaluate: Callable[[Path], float],
+                          baseline: float, target: float, rank: Ranker, max_evals: int = 8, *,
                           budget: str = "") -> FallbackReport:
     """Quantize; while the metric is below `target`, keep the most sensitive units in FP32.
 
-    `quantize(excluded_nodes)` writes a quantized model and returns its path; node names are
-    those of the FP32 model at `fp32_path` (quantize exactly that model). `evaluate(path)`
-    returns the metric, higher is better. Units (single nodes, or whole blocks when there are
-    many nodes) are ranked once by `node_sensitivity` of the all-INT8 model on the first
-    `sensitivity_samples` samples. Then the k most sensitive units are kept in FP32, k = 1, 2,
-    4, ... until a try is within the budget, and k is bisected down between the last miss and
-    that hit; at most `max_evals` quantize+evaluate tries in all. The smallest k within the
-    budget is chosen, else the best try.
+    `quantize(excluded)` writes a quantized model with the named parts (ONNX node names, TFLite
+    op output tensors) kept in float and returns its path; `evaluate(path)` returns the metric,
+    higher is better. `rank(all-INT8 path)` gives the units (single nodes, or whole blocks when
+    there are many) ranked worst first, computed once. Then the k most sensitive units are kept
+    in float, k = 1, 2, 4, ... until a try is within the budget, and k is bisected down between
+    the last miss and that hit; at most `max_evals` quantize+evaluate tries in all. The smallest
+    k within the budget is chosen, else the best try.
     """
     report = FallbackReport(baseline=float(baseline), target=float(target), budget=budget)
     by_count: dict[int, bool] = {}
@@ -228,20 +242,13 @@ def fallback_until_within(fp32_path: str | Path, quantize: Callable[[tuple[str, 
         path = quantize(excluded)
         metric = float(evaluate(path))
         report.tries.append(FallbackTry(excluded, metric, float(baseline) - metric, str(path)))
-        log.info("fallback try %d: %d node(s) in FP32, metric %.5g (target %.5g)",
+        log.info("fallback try %d: %d part(s) in float, metric %.5g (target %.5g)",
                  len(report.tries), len(excluded), metric, target)
         return metric >= target
 
     ok = attempt(())
     if not ok and max_evals > 1:
-        model = g.load_model(fp32_path, with_weights=False)
-        nodes = list(candidates) if candidates is not None else candidate_nodes(model)
-        report.units = search_units(model, nodes)
-        inputs, _ = split_labels(calib_feeds)
-        node_scores = dict(node_sensitivity(fp32_path, Path(report.tries[0].path),
-                                            take(inputs, sensitivity_samples), nodes))
-        scored = {u: sum(node_scores.get(n) or 0.0 for n in members) for u, members in report.units.items()}
-        report.ranking = sorted(scored.items(), key=lambda kv: -kv[1])
+        report.units, report.ranking = rank(Path(report.tries[0].path))
         order = [u for u, _ in report.ranking]
 
         def excluded_for(k: int) -> tuple[str, ...]:
@@ -314,7 +321,7 @@ def quantize_with_fallback(step_name: str, src: str | Path, dst: str | Path, con
             reports[str(path)] = step.fn(fp32, path, cfg, try_ctx)
             return path
 
-        fb = fallback_until_within(fp32, quantize, evaluate, baseline, target, feeds, max_evals,
+        fb = fallback_until_within(quantize, evaluate, baseline, target, onnx_ranker(fp32, feeds), max_evals,
                                    budget=budget or (f"drop <= {max_drop:g}" if max_drop is not None
                                                      else f"metric >= {min_metric:g}"))
         chosen = fb.chosen_try
