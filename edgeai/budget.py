@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from edgeai.errors import EdgeAIError
 
@@ -26,6 +26,7 @@ class Budget:
     """How a quantized variant is judged: its metric on `feeds` (higher is better) against a drop or a floor."""
 
     feeds: dict                     # model inputs in the PyTorch layout, samples on axis 0
+    metric: Any                     # a user edgeai.metrics.Metric, or None: top-1 / cosine
     labels: Any                     # top-1 against these, or None: cosine to `reference`
     reference: dict | None          # FP32 reference outputs for the cosine metric
     max_drop: float | None          # metric may fall this much below the FP32 artifact's
@@ -38,32 +39,36 @@ class Budget:
         from edgeai.evaluate import evaluate
         from edgeai.verify import to_artifact_layout
         return evaluate(path, to_artifact_layout(self.feeds, layout), labels=self.labels,
-                        reference=self.reference).value
+                        reference=self.reference, metric=self.metric).value
 
     def to_dict(self) -> dict[str, Any]:
         return {"max_drop": self.max_drop, "min_metric": self.min_metric, "text": self.text}
 
 
-def quantization_budget(source, ctx, max_drop: float | None) -> Budget:
-    """The user's budget (`max_drop` in the eval metric) or the default cosine floor on sample inputs."""
+def quantization_budget(source, ctx, max_drop: float | None, metric: str | None = None) -> Budget:
+    """The user's budget (`max_drop` in the eval metric: the user `metric` when given, top-1 with labels,
+    else cosine to FP32) or the default cosine floor on sample inputs."""
     from edgeai.data import num_samples, split_labels
     from edgeai.measure import reference_outputs
+    from edgeai.metrics import load_metric
     from edgeai.recipe import RecipeError
 
     if max_drop is not None:
         if ctx.eval_data is None:
             raise RecipeError("max_drop needs evaluation data (--eval-data or data.eval in the recipe)")
         feeds, labels = split_labels(ctx.eval_data)
-        metric = "top-1 (points)" if labels is not None else "output cosine to FP32"
-        reference = None if labels is not None else reference_outputs(source, feeds)
-        return Budget(feeds, labels, reference, max_drop, None,
-                      f"{metric} drop <= {max_drop:g} on {num_samples(feeds)} eval samples (--max-drop)")
+        user = load_metric(metric)
+        what = (f"metric {user.name}" if user else "top-1 (points)" if labels is not None
+                else "output cosine to FP32")
+        reference = None if labels is not None or user else reference_outputs(source, feeds)
+        return Budget(feeds, user, labels, reference, max_drop, None,
+                      f"{what} drop <= {max_drop:g} on {num_samples(feeds)} eval samples (--max-drop)")
     for what, data in (("eval", ctx.eval_data), ("calibration", ctx.calibration),
                        ("example", source.example_inputs)):
         if data is not None:
             feeds, _ = split_labels(data)
             break
-    return Budget(feeds, None, reference_outputs(source, feeds), None, DEFAULT_MIN_COSINE,
+    return Budget(feeds, None, None, reference_outputs(source, feeds), None, DEFAULT_MIN_COSINE,
                   f"output cosine to FP32 >= {DEFAULT_MIN_COSINE:g} on {num_samples(feeds)} {what} samples "
                   "(default budget; --max-drop sets another)", feeds)
 

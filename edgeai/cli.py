@@ -8,6 +8,7 @@ from pathlib import Path
 
 from edgeai import __version__
 from edgeai.errors import EdgeAIError
+from edgeai.manifest import NO_VERIFY_HELP
 
 log = logging.getLogger("edgeai")
 
@@ -65,6 +66,10 @@ def _add_export(sub) -> None:
     p.add_argument("--max-drop", type=float, default=None,
                    help="accuracy budget for INT8 in the metric's units (points of top-1, or cosine: 0.01 means "
                         ">= 0.99): keep the most sensitive layers in FP32 until the drop fits")
+    p.add_argument("--metric", metavar="FILE.py:FUNC|module:FUNC",
+                   help="your task metric, FUNC(outputs: dict[name, array], labels) -> float, higher is better "
+                        "(return minus an error); labels is the data's 'labels' array or None. Used to score "
+                        "--eval-data and for --max-drop (in its units)")
     p.add_argument("--no-bench", action="store_true", help="skip timing the variants for the summary table")
     p.add_argument("--threads", type=int, default=None, help="threads for the summary timings (default 1)")
     p.set_defaults(func=cmd_export)
@@ -111,6 +116,8 @@ def cmd_export(args) -> int:
         opts["quantize"] = tuple({name.strip(): {}} for arg in args.quantize for name in arg.split(",") if name.strip())
     if args.max_drop is not None:
         opts["max_drop"] = args.max_drop
+    if args.metric:
+        opts["metric"] = args.metric
     summary = recipe.summary
     if args.no_bench:
         summary = replace(summary, bench=False)
@@ -131,6 +138,7 @@ def _add_run(sub) -> None:
     p.add_argument("--artifact-name", default=None, help="which artifact of an export folder (default: first)")
     p.add_argument("--provider", default="cpu", choices=("cpu", "cuda"), help="execution provider (default cpu)")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: runtime's choice)")
+    p.add_argument("--no-verify-digest", action="store_true", help=NO_VERIFY_HELP)
     p.set_defaults(func=cmd_run)
 
 
@@ -146,7 +154,7 @@ def cmd_run(args) -> int:
 
     feeds = load_npz(args.input, "input file")
     feeds.pop("labels", None)
-    file, fmt = runtime.resolve(args.artifact, args.artifact_name)
+    file, fmt = runtime.resolve(args.artifact, args.artifact_name, verify_digest=not args.no_verify_digest)
     if runtime.get_runtime(fmt).crash_prone:  # LiteRT can abort on a bad model: report it, don't die
         from edgeai.runtime.subproc import run_isolated
         outputs = run_isolated(file, feeds, fmt=fmt, options={"threads": args.threads, "provider": args.provider})
@@ -168,13 +176,18 @@ def cmd_run(args) -> int:
 def _add_info(sub) -> None:
     p = sub.add_parser("info", help="show what an export folder holds (from its manifest)")
     p.add_argument("folder")
+    p.add_argument("--no-verify-digest", action="store_true", help=NO_VERIFY_HELP)
     p.set_defaults(func=cmd_info)
 
 
 def cmd_info(args) -> int:
     from edgeai.manifest import Manifest
     from edgeai.report import print_export_summary
-    print_export_summary(Manifest.read(args.folder), Path(args.folder))
+    manifest = Manifest.read(args.folder)
+    if not args.no_verify_digest:
+        for entry in manifest.artifacts:
+            entry.verify_files(args.folder)
+    print_export_summary(manifest, Path(args.folder))
     return 0
 
 

@@ -62,19 +62,107 @@ def ensure_writable_dir(path: str | Path) -> Path:
     return path
 
 
-@contextlib.contextmanager
-def staging_dir(final_dir: str | Path) -> Iterator[Path]:
-    """A temp folder beside `final_dir`; removed on exit, whatever happens.
+STAGING_PREFIX = ".edgeai-staging-"
 
-    Build every file in it, then `publish` them: nothing reaches `final_dir` unless the
-    whole job succeeded.
-    """
-    final_dir = ensure_writable_dir(final_dir)
-    tmp = Path(tempfile.mkdtemp(prefix=".edgeai-staging-", dir=final_dir))
+
+def check_output_target(path: str | Path) -> Path:
+    """Check that `path` is, or can be made, a writable folder, creating nothing; else raise OutputError."""
+    path = Path(path)
+    if path.exists():
+        if not path.is_dir():
+            raise OutputError(f"output {str(path)!r} exists and is not a folder")
+        existing = path
+    else:
+        existing = next((p for p in path.absolute().parents if p.exists()), None)
+        if existing is None or not existing.is_dir():
+            raise OutputError(f"cannot create output folder {str(path)!r}: {str(existing)!r} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        if existing == path:
+            raise OutputError(f"output folder {str(path)!r} is not writable; choose another with -o")
+        raise OutputError(f"cannot create output folder {str(path)!r}: {str(existing)!r} is not writable")
+    if existing == path:  # fail before loading the model when another export holds the folder now
+        with _locked(path):
+            pass
+    return path
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """Hold an exclusive flock on `folder` (the lock goes with the descriptor); OutputError if taken."""
+    import fcntl  # POSIX only: exports run on the workstation, the runtime may run anywhere
+
     try:
-        yield tmp
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as e:
+        raise OutputError(f"cannot open output folder {str(folder)!r}: {e.strerror or e}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputError(f"another edgeai export is writing to {str(folder)!r}; wait for it to finish "
+                              "or choose another folder with -o") from None
+        yield
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def locked_staging(final_dir: str | Path) -> Iterator[Path]:
+    """Create `final_dir`, hold an exclusive lock on it, and yield a fresh staging folder inside it.
+
+    Build every file in the staging folder, then `publish` them: nothing reaches `final_dir`
+    unless the whole job succeeded. A second export into the same folder fails at once while
+    this one holds the lock. Staging folders left by a killed export are removed (no live
+    export can own them: it would hold the lock). If the job fails, the folders this call
+    created (`final_dir` and any new parents) are removed again, and nothing else.
+    """
+    final_dir = Path(final_dir)
+    created = _make_dirs(final_dir)
+    try:
+        with _locked(final_dir):
+            for stale in final_dir.glob(f"{STAGING_PREFIX}*"):
+                if stale.is_dir() and not stale.is_symlink():
+                    shutil.rmtree(stale, ignore_errors=True)
+            tmp = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=final_dir))
+            try:
+                yield tmp
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        _remove_created(created)
+        raise
+
+
+def _make_dirs(path: Path) -> list[Path]:
+    """mkdir -p `path`; returns the folders it created, deepest first."""
+    missing = []
+    p = path
+    while not p.exists() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    created = []
+    try:
+        for d in reversed(missing):
+            try:
+                d.mkdir()
+            except FileExistsError:  # made by someone else meanwhile: not ours to remove
+                continue
+            created.insert(0, d)
+    except OSError as e:
+        _remove_created(created)
+        raise OutputError(f"cannot create output folder {str(path)!r}: {e.strerror or e}") from None
+    if not path.is_dir():
+        raise OutputError(f"output {str(path)!r} exists and is not a folder")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise OutputError(f"output folder {str(path)!r} is not writable; choose another with -o")
+    return created
+
+
+def _remove_created(created: list[Path]) -> None:
+    """Remove folders this process created (deepest first), each only if it is empty by then."""
+    for d in created:
+        with contextlib.suppress(OSError):
+            d.rmdir()
 
 
 def publish(staged: Path, final_dir: Path, names: list[str]) -> None:

@@ -2,16 +2,25 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+import logging
+import re
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from edgeai.errors import RuntimeLoadError
-from edgeai.fsutil import atomic_write_text
+from edgeai.fsutil import atomic_write_text, sha256_file
 from edgeai.specs import TensorSpec
 
-SCHEMA = "edgeai.manifest/1"
+log = logging.getLogger(__name__)
+
+SCHEMA_NAME = "edgeai.manifest"
+SCHEMA_VERSION = 2   # 2: a sha256 for every file (extra files too), file names checked on read
+SCHEMA = f"{SCHEMA_NAME}/{SCHEMA_VERSION}"
 MANIFEST_NAME = "manifest.json"
+DIGEST_HINT = "re-export it, or pass --no-verify-digest (Python: verify_digest=False) to skip the check"
+NO_VERIFY_HELP = ("do not check the sha256 of an export folder's files against its manifest "
+                  "(default: check, and refuse a changed file)")
 
 
 @dataclass
@@ -33,6 +42,33 @@ class ArtifactEntry:
     metrics: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)  # format-specific (op counts, layout, ...)
+    digests: dict[str, str] = field(default_factory=dict)  # sha256 of `file` and each extra file (schema 2)
+
+    @property
+    def files(self) -> list[str]:
+        """The model file, then its extra files (external data), as plain names inside the folder."""
+        return [self.file, *self.extra_files]
+
+    def check_inside(self, folder: str | Path) -> None:
+        """Raise RuntimeLoadError when a file of this artifact is a link that leads out of `folder`."""
+        base = Path(folder).resolve()
+        for name in self.files:
+            target = (Path(folder) / name).resolve()
+            if target.parent != base:
+                raise RuntimeLoadError(f"{str(Path(folder) / name)!r} links to {str(target)!r}, outside the "
+                                       "export folder; edgeai only loads files inside it")
+
+    def verify_files(self, folder: str | Path) -> None:
+        """Raise RuntimeLoadError unless every file of this artifact has the sha256 the manifest records."""
+        expected = {self.file: self.sha256, **self.digests}
+        for name in self.files:
+            path = Path(folder) / name
+            if not path.is_file():
+                raise RuntimeLoadError(f"{str(path)!r} is missing: {MANIFEST_NAME} lists it for artifact "
+                                       f"{self.name!r}")
+            if name in expected and sha256_file(path) != expected[name]:
+                raise RuntimeLoadError(f"{str(path)!r} does not match the sha256 in {MANIFEST_NAME} "
+                                       f"(changed after export); {DIGEST_HINT}")
 
     @property
     def input_specs(self) -> list[TensorSpec]:
@@ -73,14 +109,46 @@ class Manifest:
 
     @classmethod
     def read(cls, folder: str | Path) -> "Manifest":
+        """Read and check a manifest: schema, plain file names inside `folder`; unknown keys (from a
+        newer edgeai) are ignored with a warning."""
         path = Path(folder) / MANIFEST_NAME
         try:
             data = json.loads(path.read_text())
-            if data.get("schema") != SCHEMA:
-                raise ValueError(f"schema is {data.get('schema')!r}, expected {SCHEMA!r}")
-            arts = [ArtifactEntry(**a) for a in data.pop("artifacts")]
-            return cls(artifacts=arts, **data)
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
+            _check_schema(data.get("schema"), path)
+            arts = [_from_dict(ArtifactEntry, a, path) for a in data.pop("artifacts")]
+            manifest = _from_dict(cls, {**data, "artifacts": arts}, path)
         except FileNotFoundError:
             raise RuntimeLoadError(f"{str(folder)!r} has no {MANIFEST_NAME}; is it an edgeai output folder?") from None
-        except (ValueError, TypeError, KeyError) as e:
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
             raise RuntimeLoadError(f"{str(path)!r} is not a valid edgeai manifest ({e})") from None
+        for a in manifest.artifacts:
+            for name in a.files:
+                if not is_plain_name(name):
+                    raise RuntimeLoadError(f"{str(path)!r} names file {name!r} for artifact {a.name!r}; "
+                                           "a manifest may only name files inside its folder (tampered?)")
+        return manifest
+
+
+def is_plain_name(name: Any) -> bool:
+    """A file name with no folder part: not empty, not '.' or '..', no separator, not absolute."""
+    return (isinstance(name, str) and name not in ("", ".", "..") and not re.search(r"[/\\\0]", name)
+            and not re.match(r"^[A-Za-z]:", name))
+
+
+def _check_schema(schema: Any, path: Path) -> None:
+    name, _, version = str(schema).partition("/")
+    if name != SCHEMA_NAME or not version.isdigit():
+        raise ValueError(f"schema is {schema!r}, expected {SCHEMA!r}")
+    if int(version) > SCHEMA_VERSION:
+        log.warning("%s was written by a newer edgeai (schema %s); reading the fields schema %s knows",
+                    path, schema, SCHEMA)
+
+
+def _from_dict(cls: type, data: dict, path: Path):
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        log.warning("%s: ignoring keys this edgeai does not know: %s", path, ", ".join(unknown))
+    return cls(**{k: v for k, v in data.items() if k in known})

@@ -8,7 +8,7 @@ from typing import Callable
 import numpy as np
 
 from edgeai.manifest import ArtifactEntry
-from edgeai.recipe import DataConfig, Recipe, RecipeError
+from edgeai.recipe import DataConfig, Recipe
 from edgeai.source import ModelSource
 from edgeai.verify import to_artifact_layout
 
@@ -36,18 +36,6 @@ class RunData:
         return self._cache[kind]
 
 
-def metric_fn(source: ModelSource, eval_feeds: dict | None) -> Callable[[Path], float]:
-    """path -> task metric on the evaluation data (top-1 with labels, else cosine to FP32 PyTorch)."""
-    if eval_feeds is None:
-        raise RecipeError("max_drop needs evaluation data (--eval-data or data.eval in the recipe)")
-    from edgeai.data import split_labels
-    from edgeai.evaluate import evaluate
-
-    feeds, labels = split_labels(eval_feeds)
-    reference = None if labels is not None else reference_outputs(source, feeds)
-    return lambda path: evaluate(path, feeds, labels=labels, reference=reference).value
-
-
 def count_stage_macs(original: ModelSource, final: ModelSource, entries: list[ArtifactEntry]) -> None:
     """MACs and parameters per sample (batch 1) of the torch model behind each artifact."""
     from edgeai.macs import count_macs
@@ -68,20 +56,24 @@ def count_stage_macs(original: ModelSource, final: ModelSource, entries: list[Ar
 
 
 def evaluate_all(source: ModelSource, data: RunData, stage: Path, entries: list[ArtifactEntry],
-                  progress: Progress) -> None:
-    """Task metric of every artifact in its runtime: top-1 with labels, else cosine to the original
-    PyTorch model (before any pruning or distillation)."""
+                  progress: Progress, metric: str | None = None) -> None:
+    """Task metric of every artifact in its runtime: the user `metric` when given, else top-1 with
+    labels, else cosine to the original PyTorch model (before any pruning or distillation)."""
     from edgeai.data import split_labels
     from edgeai.evaluate import evaluate
+    from edgeai.metrics import load_metric
 
+    user = load_metric(metric)
     feeds, labels = split_labels(data.get("eval"))
     reference = None
-    if labels is None:
+    if labels is None and user is None:
         reference = reference_outputs(source, feeds)
     for e in entries:
         progress(f"evaluating {e.name}")
-        result = evaluate(stage / e.file, to_artifact_layout(feeds, e.details), labels=labels, reference=reference)
+        result = evaluate(stage / e.file, to_artifact_layout(feeds, e.details), labels=labels, reference=reference,
+                          metric=user)
         e.metrics[result.metric] = result.value
+        e.metrics["metric_name"] = result.metric
         e.metrics["eval_samples"] = result.n
 
 

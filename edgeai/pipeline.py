@@ -11,9 +11,10 @@ from typing import Any, Callable
 from edgeai.budget import VariantRejected, quantization_budget, quantize_within_budget
 from edgeai.errors import EdgeAIError, ExportError, MissingDependencyError, RuntimeLoadError, VerificationError
 from edgeai.exporters import Exporter, ExportResult, get_exporter
-from edgeai.fsutil import ensure_writable_dir, publish, sha256_file, staging_dir
+from edgeai.fsutil import check_output_target, locked_staging, publish, sha256_file
 from edgeai.manifest import MANIFEST_NAME, ArtifactEntry, Manifest
 from edgeai.measure import RunData, bench_all, count_stage_macs, evaluate_all
+from edgeai.outdir import check_input_kept, input_files, removable_old_files
 from edgeai.recipe import Recipe, RecipeError, load_recipe
 from edgeai.source import ModelSource, load_model
 from edgeai.verify import FP32_TOLERANCE, ArtifactHandle, Parity, Tolerance, check_onnx_file, open_artifact, verify
@@ -24,6 +25,29 @@ Progress = Callable[[str], None]
 
 # exporter details that say how to feed an artifact; quantized variants inherit them from FP32
 LAYOUT_KEYS = ("channels_last_inputs", "channels_last_outputs", "input_layout", "static_shapes")
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What every stage of one export shares; built once in `run`, never changed."""
+
+    recipe: Recipe
+    data: RunData
+    exporter: Exporter
+    export_config: Any             # the exporter's config, built from recipe.export
+    stage: Path                    # the staging folder every file is written to before publishing
+    progress: Progress
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One quantized variant to make from the FP32 artifact."""
+
+    name: str                      # "int8-dynamic", ...
+    key: str                       # registry key, "onnx:int8-dynamic"
+    step: Any                      # the registered ArtifactStep
+    config: Any                    # its config
+    dst: Path                      # where it is written in the staging folder
 
 
 @dataclass(frozen=True)
@@ -64,7 +88,7 @@ def export(model: str | None = None, out_dir: str | Path | None = None, *,
 
 
 def run(recipe: Recipe, out_dir: Path, progress: Progress) -> ExportOutcome:
-    ensure_writable_dir(out_dir)
+    check_output_target(out_dir)  # no folder is created until there is something to write
     progress(f"loading {recipe.model}")
     source = load_model(recipe.model, inputs=recipe.inputs, example_inputs=recipe.example_inputs,
                         arch=recipe.arch, trust_pickle=recipe.trust_pickle,
@@ -75,30 +99,34 @@ def run(recipe: Recipe, out_dir: Path, progress: Progress) -> ExportOutcome:
     config = _make_config(exporter.config_cls, recipe.export, f"{recipe.format} export")
     if exporter.fixed_shapes(config) and source.example_dims.get("batch", 1) != 1:
         source = source.with_dims(batch=1)  # a fixed-shape model is deployed at batch 1
+    protected = input_files(recipe.model, source.onnx_path)
+    check_input_kept(out_dir, _planned_names(recipe, exporter.suffix), protected)
     original = source
     source, steps = _model_steps(source, recipe, data, progress)
-    with staging_dir(out_dir) as stage:
+    with locked_staging(out_dir) as stage:
+        ctx = RunContext(recipe, data, exporter, config, stage, progress)
         entries = []
         if steps:  # the model before pruning/distillation: the baseline every stage is compared with
-            entries.append(_export_verified(original, recipe, exporter, config, stage, [], progress, "original"))
-        entry = _export_verified(source, recipe, exporter, config, stage, steps, progress)
+            entries.append(_export_verified(ctx, original, [], "original"))
+        entry = _export_verified(ctx, source, steps)
         failed: list[dict] = []
-        entries += [entry] + _artifact_steps(source, recipe, data, stage, entry, progress, failed)
+        entries += [entry] + _artifact_steps(ctx, source, entry, failed)
         if source.module is not None:
             count_stage_macs(original, source, entries)
         if recipe.data.eval:
-            evaluate_all(original, data, stage, entries, progress)
+            evaluate_all(original, data, stage, entries, progress, recipe.metric)
         if recipe.summary.bench:
             bench_all(source, recipe, stage, entries, progress)
         manifest = Manifest(source=source.to_dict() | {"recipe": recipe.name or None},
                             artifacts=entries, versions=versions(), failed=failed,
                             created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         manifest.write(stage)
-        old = _old_files(out_dir)
-        files = [f for e in entries for f in [e.file, *e.extra_files]]
+        files = [f for e in entries for f in e.files]
+        check_input_kept(out_dir, files + [MANIFEST_NAME], protected)
+        stale = removable_old_files(out_dir, set(files), protected)
         publish(stage, out_dir, files + [MANIFEST_NAME])
-        for stale in old - set(files):
-            (out_dir / stale).unlink(missing_ok=True)
+        for name in stale:
+            (out_dir / name).unlink(missing_ok=True)
     progress(f"wrote {out_dir / MANIFEST_NAME}")
     return ExportOutcome(out_dir, manifest)
 
@@ -150,21 +178,22 @@ def _make_config(config_cls: type, opts: dict, what: str):
         raise RecipeError(f"bad options {dict(opts)} for {what}; known: {known}") from None
 
 
-def _artifact_steps(source: ModelSource, recipe: Recipe, data: RunData, stage: Path, fp32: ArtifactEntry,
-                    progress: Progress, failed: list[dict]) -> list[ArtifactEntry]:
+def _artifact_steps(ctx: RunContext, source: ModelSource, fp32: ArtifactEntry,
+                    failed: list[dict]) -> list[ArtifactEntry]:
     """File-in, file-out steps (quantization) on the FP32 artifact; each result verified on its own.
 
     A variant whose quantizer breaks, whose runtime crashes on it, or that computes something
     else is left out and reported in `failed`; the other variants are still written.
     """
+    recipe, stage = ctx.recipe, ctx.stage
     if not recipe.quantize:
         return []
     from edgeai.steps import StepContext, canonical_scheme, get_artifact_step
 
-    ctx = StepContext(calibration=data.get("calibration"), eval_data=data.get("eval"),
-                      input_specs=source.input_specs,
-                      extra={"channels_last_inputs": list(fp32.details.get("channels_last_inputs", []))})
-    budget = _LazyBudget(source, ctx, recipe.max_drop)
+    step_ctx = StepContext(calibration=ctx.data.get("calibration"), eval_data=ctx.data.get("eval"),
+                           input_specs=source.input_specs,
+                           extra={"channels_last_inputs": list(fp32.details.get("channels_last_inputs", []))})
+    budget = _LazyBudget(source, step_ctx, recipe.max_drop, recipe.metric)
     names = [canonical_scheme(n) for item in recipe.quantize for n in item]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
@@ -176,14 +205,14 @@ def _artifact_steps(source: ModelSource, recipe: Recipe, data: RunData, stage: P
         name = canonical_scheme(name)  # files keep the canonical name (int8-full -> int8-static)
         key = f"{recipe.format}:{name}"
         step = get_artifact_step(key)
-        config = _make_config(step.config_cls, opts, f"quantization {name!r}")
-        dst = stage / f"model.{name}{(stage / fp32.file).suffix}"
+        variant = Variant(name, key, step, _make_config(step.config_cls, opts, f"quantization {name!r}"),
+                          stage / f"model.{name}{(stage / fp32.file).suffix}")
         try:
-            entries.append(_variant(name, key, step, config, source, recipe, fp32, dst, ctx, budget, progress))
+            entries.append(_variant(ctx, variant, source, fp32, step_ctx, budget))
         except (VerificationError, RuntimeLoadError, VariantRejected, _StepFailure) as e:
             log.warning("variant %s left out: %s", name, e)
             failed.append({"name": name, "step": key, "error": str(e).replace(f"{stage}/", "")})
-            for p in stage.glob(f"{dst.name}*"):
+            for p in stage.glob(f"{variant.dst.name}*"):
                 p.unlink()
     return entries
 
@@ -191,8 +220,8 @@ def _artifact_steps(source: ModelSource, recipe: Recipe, data: RunData, stage: P
 class _LazyBudget:
     """The run's quantization budget, built (reference outputs computed) when a step first needs it."""
 
-    def __init__(self, source: ModelSource, ctx: Any, max_drop: float | None):
-        self._args, self._budget = (source, ctx, max_drop), None
+    def __init__(self, source: ModelSource, step_ctx: Any, max_drop: float | None, metric: str | None):
+        self._args, self._budget = (source, step_ctx, max_drop, metric), None
 
     def get(self):
         if self._budget is None:
@@ -204,18 +233,23 @@ class _StepFailure(Exception):
     """A step's own code broke (not the user's input): the variant is left out, the export goes on."""
 
 
-def _variant(name, key, step, config, source, recipe, fp32, dst, ctx, budget, progress) -> ArtifactEntry:
+def _variant(ctx: RunContext, variant: Variant, source: ModelSource, fp32: ArtifactEntry, step_ctx: Any,
+             budget: _LazyBudget) -> ArtifactEntry:
+    """Quantize the FP32 artifact into `variant.dst` (INT8 within its budget) and verify it; raises when it
+    cannot be kept."""
     from edgeai.steps import config_to_dict
     from edgeai.verify import FP16_TOLERANCE, QUANTIZED_TOLERANCE
 
-    src = dst.parent / fp32.file
+    name, key, step, config, dst = variant.name, variant.key, variant.step, variant.config, variant.dst
+    recipe, progress = ctx.recipe, ctx.progress
+    src = ctx.stage / fp32.file
     try:
         if step.precision == "int8":
             progress(f"quantizing: {name} within budget: {budget.get().text}")
-            report = quantize_within_budget(key, step, src, dst, config, ctx, budget.get())
+            report = quantize_within_budget(key, step, src, dst, config, step_ctx, budget.get())
         else:
             progress(f"quantizing: {name}")
-            report = step.fn(src, dst, config, ctx)
+            report = step.fn(src, dst, config, step_ctx)
     except EdgeAIError:
         raise
     except Exception as e:  # a bug or limitation of the quantizer on this graph
@@ -236,15 +270,15 @@ def _variant(name, key, step, config, source, recipe, fp32, dst, ctx, budget, pr
     return _entry(name, dst, recipe.format, step.precision or name, result, handle, parity, steps, list(report.notes))
 
 
-def _export_verified(source: ModelSource, recipe: Recipe, exporter: Exporter, config: Any, stage: Path,
-                     steps: list[dict], progress: Progress, name: str = "fp32") -> ArtifactEntry:
+def _export_verified(ctx: RunContext, source: ModelSource, steps: list[dict], name: str = "fp32") -> ArtifactEntry:
     """Export with each attempt the exporter offers until one verifies; the FP32 entry `name`."""
+    recipe, exporter, stage, progress = ctx.recipe, ctx.exporter, ctx.stage, ctx.progress
     tolerance = _tolerance(recipe)
     failures = []
     if source.kind == "onnx":
         attempts = [None]
     else:
-        attempts = exporter.attempts(config)
+        attempts = exporter.attempts(ctx.export_config)
     for attempt in attempts:
         model_path = stage / (f"model{exporter.suffix}" if name == "fp32" else f"model.{name}{exporter.suffix}")
         try:
@@ -282,9 +316,10 @@ def _entry(name: str, model_path: Path, fmt: str, precision: str, result: Export
            parity: Parity, steps: list[dict], notes: list[str]) -> ArtifactEntry:
     files = [model_path.name] + [f for f in result.files if f != model_path.name]
     size = sum((model_path.parent / f).stat().st_size for f in files)
+    digests = {f: sha256_file(model_path.parent / f) for f in files}
     return ArtifactEntry(
-        name=name, file=files[0], format=fmt, precision=precision, sha256=sha256_file(model_path),
-        size_bytes=size, inputs=[s.to_dict() for s in handle.inputs],
+        name=name, file=files[0], format=fmt, precision=precision, sha256=digests[files[0]],
+        digests=digests, size_bytes=size, inputs=[s.to_dict() for s in handle.inputs],
         outputs=[s.to_dict() for s in handle.outputs], exporter=result.exporter,
         extra_files=files[1:], parity=parity.to_dict(), steps=steps, notes=notes, details=result.details)
 
@@ -323,14 +358,10 @@ def _tolerance(recipe: Recipe) -> Tolerance:
         raise RecipeError(f"bad tolerance {dict(recipe.tolerance)}; known: atol, rtol, min_cosine") from None
 
 
-def _old_files(out_dir: Path) -> set[str]:
-    if not (out_dir / MANIFEST_NAME).is_file():
-        return set()
-    try:
-        old = Manifest.read(out_dir)
-    except EdgeAIError:
-        return set()
-    return {f for e in old.artifacts for f in [e.file, *e.extra_files]}
+def _planned_names(recipe: Recipe, suffix: str) -> list[str]:
+    """The model files an export of `recipe` writes (external data files aside)."""
+    variants = [name for item in recipe.quantize for name in item] + (["original"] if recipe.steps else [])
+    return [f"model{suffix}"] + [f"model.{name}{suffix}" for name in variants]
 
 
 def versions() -> dict[str, str]:

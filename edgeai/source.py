@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -137,25 +136,31 @@ def call_factory(spec: str):
 
 def _load_file(path: Path, arch: str | None, trust_pickle: bool):
     import torch
-    if path.suffix.lower() == ".pt2":
+
+    from edgeai.modelfile import TRUST_HINT, check_pt2, not_a_model_message, sniff
+    kind = sniff(path)
+    if kind == "pt2" or (path.suffix.lower() == ".pt2" and kind in ("zip", "unknown")):
+        if not trust_pickle:
+            check_pt2(path)  # torch.export.load unpickles some records with full pickle
         try:
             ep = torch.export.load(str(path))
         except Exception as e:
             raise ModelLoadError(f"{str(path)!r} is not a loadable ExportedProgram (.pt2): {_first_line(e)}") from None
         return "exported_program", ep.module(), None
-    if _is_torchscript(path):
+    if kind == "torchscript":
         try:
             return "torchscript", torch.jit.load(str(path), map_location="cpu"), None
         except Exception as e:
             raise ModelLoadError(f"{str(path)!r} looks like TorchScript but does not load: {_first_line(e)}") from None
+    if kind not in ("pickle", "torch-zip"):
+        raise ModelLoadError(not_a_model_message(path, kind))
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=not trust_pickle)
     except Exception as e:  # torch.load raises many types for files that are not its own
-        if not trust_pickle and "weights_only" in str(e):
-            raise ModelLoadError(
-                f"{str(path)!r} needs full unpickling, which can run arbitrary code; if you trust the file, "
-                "pass --trust-pickle (Python: trust_pickle=True)") from None
-        raise ModelLoadError(f"{str(path)!r} is not a PyTorch model file: {_first_line(e)}") from None
+        if not trust_pickle and "weights_only" in str(e) and "Unsupported" in str(e):
+            raise ModelLoadError(f"{str(path)!r} needs full unpickling, which can run arbitrary code; "
+                                 f"{TRUST_HINT}") from None
+        raise ModelLoadError(f"{str(path)!r} is a damaged or unknown PyTorch file: {_first_line(e)}") from None
     if isinstance(obj, torch.nn.Module):
         if arch:
             raise ModelLoadError(f"{str(path)!r} holds a whole module; drop --arch")
@@ -173,13 +178,6 @@ def _load_file(path: Path, arch: str | None, trust_pickle: bool):
         detail = " ".join(str(e).split())[:300]
         raise ModelLoadError(f"weights in {str(path)!r} do not fit --arch {arch!r}: {detail}") from None
     return "state_dict", module, None
-
-
-def _is_torchscript(path: Path) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as z:
-        return any(n.endswith("/constants.pkl") or "/code/" in n for n in z.namelist())
 
 
 def _find_state_dict(obj) -> dict | None:

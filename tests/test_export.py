@@ -34,7 +34,7 @@ def test_cnn_factory_exports_verified_onnx_with_complete_manifest(tmp_path):
     assert a.inputs == [{"name": "image", "shape": ["batch", 3, 16, 16], "dtype": "float32"}]
     assert a.exporter.startswith("torch.onnx") and a.steps[0]["type"] == "export.onnx"
     m = json.loads((tmp_path / "manifest.json").read_text())
-    assert m["schema"] == "edgeai.manifest/1"
+    assert m["schema"] == "edgeai.manifest/2" and m["artifacts"][0]["digests"] == {a.file: a.sha256}
     assert {"edgeai", "torch", "onnx", "onnxruntime"} <= set(m["versions"])
     assert Manifest.read(tmp_path).artifacts[0].sha256 == a.sha256
 

@@ -8,6 +8,7 @@ from edgeai.bench.results import PROVIDERS, RUNTIMES
 from edgeai.bench.stats import DEFAULT_MAX_SECONDS, DEFAULT_MIN_RUNS, DEFAULT_MIN_SECONDS
 from edgeai.errors import InputSpecError, OutputError
 from edgeai.fsutil import ensure_writable_dir
+from edgeai.manifest import NO_VERIFY_HELP
 
 DESCRIPTION = f"""\
 Time models the way TFLite's benchmark_model and MLPerf do. For each target: load time, the
@@ -88,6 +89,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--provider", choices=PROVIDERS, default="cpu",
                    help="execution device (cuda needs onnxruntime-gpu or a CUDA torch); default: cpu")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON (schema edgeai.bench/1)")
+    p.add_argument("--no-verify-digest", action="store_true", help=NO_VERIFY_HELP)
     p.add_argument("--no-isolate", action="store_true",
                    help="measure every target in this process (faster to run; caches and peak RSS "
                         "are shared between targets)")
@@ -120,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     report = bench(args.targets, runtime=args.runtime, threads=args.threads, warmup=args.warmup,
                    runs=args.runs, min_seconds=args.min_seconds, batch=args.batch,
                    dims=dims, provider=args.provider, isolate=not args.no_isolate,
-                   inputs=args.input, load_options=load_options)
+                   inputs=args.input, load_options=load_options, verify_digest=not args.no_verify_digest)
     print_report(report)
     if args.json:
         report.write_json(args.json)

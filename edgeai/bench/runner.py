@@ -27,22 +27,25 @@ STDERR_TAIL_LINES = 20
 def bench(targets: Sequence[str | Path], *, runtime: str = "auto", threads: int = 1, warmup: int = 10,
           runs: int | None = None, min_seconds: float | None = None, batch: int = 1,
           dims: Mapping[str, int] | None = None, provider: str = "cpu", isolate: bool = True,
-          inputs: Sequence[str] | None = None, load_options: Mapping[str, Any] | None = None) -> BenchReport:
+          inputs: Sequence[str] | None = None, load_options: Mapping[str, Any] | None = None,
+          verify_digest: bool = True) -> BenchReport:
     """Time every target (see edgeai/bench/SCHEMA.md for what is measured and how).
 
     targets: .onnx/.tflite files, edgeai export folders (every artifact, manifest order) or
     FOLDER@ARTIFACT; with runtime="torch", model specs for edgeai.source.load_model, whose
     `inputs` (NAME:DIM,... specs) and `load_options` (example_inputs, arch, trust_pickle) are
     passed through. Neither runs nor min_seconds: >= 50 runs and >= 1 s, stopping at 10 s.
+    An export folder's files are checked against its manifest's sha256 first, unless `verify_digest`
+    is False.
     """
     config = BenchConfig(runtime=runtime, threads=threads, warmup=warmup, runs=runs,
                          min_seconds=min_seconds, batch=batch, dims=dict(dims or {}), provider=provider,
                          isolate=isolate, inputs=tuple(inputs or ()), load_options=dict(load_options or {}))
-    return run_bench(targets, config)
+    return run_bench(targets, config, verify_digest=verify_digest)
 
 
-def run_bench(targets: Sequence[str | Path], config: BenchConfig) -> BenchReport:
-    expanded = expand_targets(targets, config.runtime)
+def run_bench(targets: Sequence[str | Path], config: BenchConfig, *, verify_digest: bool = True) -> BenchReport:
+    expanded = expand_targets(targets, config.runtime, verify_digest=verify_digest)
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     env = environment(config.threads, config.provider)
     results = []

@@ -35,13 +35,14 @@ class Target:
         return cls(**d)
 
 
-def expand_targets(specs: Sequence[str | Path], runtime: str = "auto") -> list[Target]:
-    """Every target in order; an export folder yields each artifact of its manifest, in manifest order."""
+def expand_targets(specs: Sequence[str | Path], runtime: str = "auto", *, verify_digest: bool = True) -> list[Target]:
+    """Every target in order; an export folder yields each artifact of its manifest, in manifest order,
+    its files checked against the manifest's sha256 unless `verify_digest` is False."""
     if not specs:
         raise RuntimeLoadError(f"nothing to benchmark; pass {_WHAT}")
     if runtime == "torch":
         return [_model_spec(str(s)) for s in specs]
-    targets = [t for s in specs for t in _artifacts(str(s))]
+    targets = [t for s in specs for t in _artifacts(str(s), verify_digest)]
     want = RUNTIME_FORMATS.get(runtime)
     for t in targets:
         if want and t.format != want:
@@ -50,7 +51,7 @@ def expand_targets(specs: Sequence[str | Path], runtime: str = "auto") -> list[T
     return targets
 
 
-def _artifacts(text: str) -> list[Target]:
+def _artifacts(text: str, verify_digest: bool) -> list[Target]:
     folder, _, name = text.rpartition("@")
     if folder and Path(folder).is_dir():       # FOLDER@ARTIFACT
         path, names = Path(folder), [name]
@@ -61,6 +62,8 @@ def _artifacts(text: str) -> list[Target]:
         entries = [manifest.get(n) for n in names] if names else manifest.artifacts
         if not entries:
             raise RuntimeLoadError(f"{str(path)!r}: {MANIFEST_NAME} lists no artifacts")
+        for e in entries if verify_digest else []:
+            e.verify_files(path)
         base = str(path).rstrip("/") or "/"
         dims = dict(manifest.source.get("example_dims", {}))
         return [Target(f"{base}@{e.name}", "artifact", str(path), e.format, e.name, e.size_bytes, dims)

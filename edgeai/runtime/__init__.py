@@ -16,14 +16,21 @@ SUFFIX_FORMATS = {".onnx": "onnx", ".tflite": "tflite"}
 __all__ = ["RUNTIMES", "Session", "get_runtime", "load", "resolve"]
 
 
-def resolve(path: str | Path, artifact: str | None = None) -> tuple[Path, str]:
-    """Map a model file or an edgeai output folder (+ artifact name) to (file, format)."""
+def resolve(path: str | Path, artifact: str | None = None, *, verify_digest: bool = True) -> tuple[Path, str]:
+    """Map a model file or an edgeai output folder (+ artifact name) to (file, format).
+
+    From a folder, the artifact's files must have the sha256 its manifest records, unless
+    `verify_digest` is False.
+    """
     path = Path(path)
     if path.is_dir():
         if not (path / MANIFEST_NAME).is_file():
             raise RuntimeLoadError(f"{str(path)!r} is a folder without {MANIFEST_NAME}; pass a model file "
                                    "or an edgeai export folder")
         entry = Manifest.read(path).get(artifact)
+        entry.check_inside(path)
+        if verify_digest:
+            entry.verify_files(path)
         return path / entry.file, entry.format
     if not path.exists():
         raise RuntimeLoadError(f"model {str(path)!r} does not exist")
@@ -35,9 +42,10 @@ def resolve(path: str | Path, artifact: str | None = None) -> tuple[Path, str]:
 
 
 def load(path: str | Path, *, artifact: str | None = None, provider: str = "cpu",
-         threads: int | None = None, **options) -> Session:
-    """Load a .onnx/.tflite file, or one artifact of an edgeai output folder (first by default)."""
-    file, fmt = resolve(path, artifact)
+         threads: int | None = None, verify_digest: bool = True, **options) -> Session:
+    """Load a .onnx/.tflite file, or one artifact of an edgeai output folder (first by default,
+    its files checked against the manifest's sha256 unless `verify_digest` is False)."""
+    file, fmt = resolve(path, artifact, verify_digest=verify_digest)
     return get_runtime(fmt)(file, provider=provider, threads=threads, **options)
 
 
