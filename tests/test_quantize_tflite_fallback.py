@@ -54,3 +54,26 @@ def test_tflite_fallback_keeps_the_outlier_layer_in_float_and_meets_the_budget(m
     assert evaluate(tmp_path / "q.tflite", data).value >= 90.0  # run in LiteRT (57 with every layer INT8)
     assert report.config["exclude_ops"] == [middle]
     assert report.details["weight_bytes_by_dtype"].get("int8", 0) > 0  # the other layers stay INT8
+
+
+def test_a_scheme_given_twice_under_its_alias_is_refused(tmp_path):
+    import edgeai
+    from edgeai.recipe import DataConfig, RecipeError, SummaryConfig
+    np.savez(tmp_path / "calib.npz", image=np.random.default_rng(0).standard_normal((16, 3, 16, 16)).astype(np.float32))
+    with pytest.raises(RecipeError, match="int8-static given more than once"):
+        edgeai.export("tests/models.py:cnn", tmp_path / "o", inputs=["image:batch,3,16,16"],
+                      quantize=({"int8-full": {}}, {"int8-static": {}}), summary=SummaryConfig(bench=False),
+                      data=DataConfig(calibration=str(tmp_path / "calib.npz")))
+
+
+@pytest.mark.slow
+def test_tflite_int8_static_from_the_cli_is_written_under_the_canonical_name(tmp_path, cli):
+    np.savez(tmp_path / "calib.npz", image=np.random.default_rng(0).standard_normal((32, 3, 16, 16)).astype(np.float32))
+    code, out, err = cli("export", "tests/models.py:cnn", "--input", "image:batch,3,16,16", "--format", "tflite",
+                         "--quantize", "int8-full", "--calibration", str(tmp_path / "calib.npz"), "-o", str(tmp_path / "o"))
+    assert code == 0, err
+    from edgeai.manifest import Manifest
+    manifest = Manifest.read(tmp_path / "o")
+    (q,) = [a for a in manifest.artifacts if a.name != "fp32"]
+    assert q.name == "int8-static" and q.file == "model.int8-static.tflite" and q.precision == "int8"
+    assert q.details["budget"]["min_metric"] == 0.99 and "output cosine to FP32 >= 0.99" in " ".join(q.notes)
