@@ -199,3 +199,21 @@ def test_zoo_text_and_speaker_models_are_trained():
     with torch.no_grad():
         top1 = (text.padded_encoder()(torch.from_numpy(data["input_ids"])).argmax(1).numpy() == data["labels"]).mean()
     assert top1 > 0.8
+
+
+@pytest.mark.slow
+def test_cli_done_when_bert_default_and_speaker_max_drop(tmp_path, cli):
+    """The issue's bar, at test size: no flags beyond --quantize for the encoder; --max-drop for the LSTM."""
+    from edgeai.manifest import Manifest
+    code, _, err = cli("export", "edgeai.zoo.text:bert_encoder_small", *[f"--input={s}" for s in BERT_INPUTS],
+                       "--quantize", "int8-dynamic", "--no-bench", "-o", tmp_path / "bert")
+    assert code == 0, err
+    fp32, q = Manifest.read(tmp_path / "bert").artifacts
+    assert q.parity["min_cosine"] >= 0.99 and q.size_bytes / fp32.size_bytes < 0.4
+    code, _, err = cli("export", "edgeai.zoo.speaker:speaker_lstm_small", f"--input={SPEAKER_INPUTS[0]}",
+                       "--quantize", "int8-dynamic", "--eval-data", "edgeai.zoo.speaker:utterances_small",
+                       "--max-drop", "0.01", "--no-bench", "-o", tmp_path / "spk")
+    assert code == 0, err
+    fp32, q = Manifest.read(tmp_path / "spk").artifacts
+    assert q.metrics["cosine"] >= 0.99 and q.size_bytes / fp32.size_bytes <= 0.5
+    assert "(--max-drop)" in q.details["budget"]["text"] and len(q.details["fallback"]["tries"]) == 2
