@@ -217,3 +217,23 @@ def test_cli_done_when_bert_default_and_speaker_max_drop(tmp_path, cli):
     fp32, q = Manifest.read(tmp_path / "spk").artifacts
     assert q.metrics["cosine"] >= 0.99 and q.size_bytes / fp32.size_bytes <= 0.5
     assert "(--max-drop)" in q.details["budget"]["text"] and len(q.details["fallback"]["tries"]) == 2
+
+
+@pytest.mark.parametrize("max_evals,chosen", [(8, ("a2",)), (2, ("a2", "a1", "a3", "a4"))])
+def test_fallback_searches_groups_first_then_the_nodes_of_the_last_group(tmp_path, max_evals, chosen):
+    from edgeai.steps.quant_fallback import fallback_until_within
+    calls = []
+
+    def quantize(excluded):
+        calls.append(excluded)
+        return tmp_path / f"try{len(calls)}"
+
+    def evaluate(path):
+        return 1.0 if "a2" in calls[int(path.name[3:]) - 1] else 0.5   # only node a2 needs float
+
+    def rank(_):
+        return {"block": ["a2", "a1", "a3", "a4"], "x": ["x"]}, [("block", 3.0), ("x", 1.0)]
+
+    fb = fallback_until_within(quantize, evaluate, 1.0, 0.99, rank, max_evals)
+    assert fb.within and fb.chosen_try.excluded == chosen
+    assert len(fb.tries) <= max_evals

@@ -217,6 +217,7 @@ def onnx_ranker(fp32_path: Path, calib_feeds: Mapping[str, np.ndarray], candidat
         units = search_units(model, nodes)
         inputs, _ = split_labels(calib_feeds)
         scores = dict(node_sensitivity(fp32_path, quant_path, take(inputs, sensitivity_samples), nodes))
+        units = {u: sorted(members, key=lambda n: -(scores.get(n) or 0.0)) for u, members in units.items()}
         ranked = {u: sum(scores.get(n) or 0.0 for n in members) for u, members in units.items()}
         return units, sorted(ranked.items(), key=lambda kv: -kv[1])
     return rank
@@ -232,11 +233,11 @@ def fallback_until_within(quantize: Callable[[tuple[str, ...]], Path], evaluate:
     higher is better. `rank(all-INT8 path)` gives the units (single nodes, or whole blocks when
     there are many) ranked worst first, computed once. Then the k most sensitive units are kept
     in float, k = 1, 2, 4, ... until a try is within the budget, and k is bisected down between
-    the last miss and that hit; at most `max_evals` quantize+evaluate tries in all. The smallest
-    k within the budget is chosen, else the best try.
+    the last miss and that hit. When the k-th unit is a group, the same search then runs over its
+    own nodes (worst first), keeping the first k-1 units. At most `max_evals` quantize+evaluate
+    tries in all; the within-budget try with the fewest parts in float is chosen, else the best try.
     """
     report = FallbackReport(baseline=float(baseline), target=float(target), budget=budget)
-    by_count: dict[int, bool] = {}
 
     def attempt(excluded: tuple[str, ...]) -> bool:
         path = quantize(excluded)
@@ -251,32 +252,45 @@ def fallback_until_within(quantize: Callable[[tuple[str, ...]], Path], evaluate:
         report.units, report.ranking = rank(Path(report.tries[0].path))
         order = [u for u, _ in report.ranking]
 
-        def excluded_for(k: int) -> tuple[str, ...]:
-            return tuple(n for u in order[:k] for n in report.units[u])
+        def with_units(k: int) -> bool:
+            return attempt(tuple(n for u in order[:k] for n in report.units[u]))
 
-        def try_count(k: int) -> bool:
-            by_count[k] = attempt(excluded_for(k))
-            return by_count[k]
-
-        k, miss = 1, 0
-        while len(report.tries) < max_evals and k <= len(order):
-            if try_count(k):
-                break
-            miss, k = k, (len(order) if k * 2 > len(order) > k else k * 2)
-        hits = [c for c, good in by_count.items() if good]
-        if hits:
-            lo, hi = miss, min(hits)   # lo misses (0: the all-INT8 try), hi is within
-            while hi - lo > 1 and len(report.tries) < max_evals:
-                mid = (lo + hi) // 2
-                lo, hi = (lo, mid) if try_count(mid) else (mid, hi)
+        k = _smallest_prefix(len(order), with_units, lambda: max_evals - len(report.tries))
+        if k:
             ok = True
-            best = excluded_for(min(c for c, good in by_count.items() if good))
-            report.chosen = next(i for i, t in enumerate(report.tries) if t.excluded == best)
+            members = report.units[order[k - 1]]   # worst node first
+            if len(members) > 1:  # groups first, then the last group's own nodes
+                base = tuple(n for u in order[:k - 1] for n in report.units[u])
+                _smallest_prefix(len(members) - 1, lambda j: attempt(base + tuple(members[:j])),
+                                 lambda: max_evals - len(report.tries))
+            report.chosen = min((i for i, t in enumerate(report.tries) if t.metric >= target),
+                                key=lambda i: (len(report.tries[i].excluded), i))
     report.within = ok
     if not ok:
         report.chosen = max(range(len(report.tries)),
                             key=lambda i: (report.tries[i].metric, -len(report.tries[i].excluded)))
     return report
+
+
+def _smallest_prefix(n: int, within: Callable[[int], bool], evals_left: Callable[[], int]) -> int | None:
+    """The smallest k in 1..n with within(k) found by doubling then bisecting, or None; calls within() at
+    most evals_left() times."""
+    seen: dict[int, bool] = {}
+    k, miss = 1, 0
+    while evals_left() > 0 and k <= n:
+        seen[k] = within(k)
+        if seen[k]:
+            break
+        miss, k = k, (n if k * 2 > n > k else k * 2)
+    hits = [c for c, good in seen.items() if good]
+    if not hits:
+        return None
+    lo, hi = miss, min(hits)   # lo misses (0: nothing kept), hi is within
+    while hi - lo > 1 and evals_left() > 0:
+        mid = (lo + hi) // 2
+        seen[mid] = within(mid)
+        lo, hi = (lo, mid) if seen[mid] else (mid, hi)
+    return hi
 
 
 def quantize_with_fallback(step_name: str, src: str | Path, dst: str | Path, config: Any, ctx: StepContext,
