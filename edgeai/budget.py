@@ -10,8 +10,8 @@ from edgeai.errors import EdgeAIError
 # Without --max-drop an INT8 variant must keep the mean per-sample cosine between its first output
 # and the FP32 model's at or above this, on the eval inputs, else the calibration samples, else the
 # example inputs. The previous guard (parity cosine >= 0.9) let a 0.94-cosine BERT encoder ship as
-# int8-dynamic; at 0.99 the per-tensor variants of the zoo's BERT-shaped encoder (0.86) and speaker
-# LSTM (0.76) are caught and sent through the fallback (benchmarks/quantization.py).
+# int8-dynamic; at 0.99 the all-INT8 zoo models that lose quality (BERT-shaped encoder with per-tensor
+# weights 0.86, speaker LSTM 0.76) are caught and sent through the fallback (benchmarks/quantization.py).
 DEFAULT_MIN_COSINE = 0.99
 
 
