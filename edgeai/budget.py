@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeai.errors import EdgeAIError
+from edgeai.steps import VariantNotKept
 
 # Without --max-drop an INT8 variant must keep the mean per-sample cosine between its first output
 # and the FP32 model's at or above this, on the eval inputs, else the calibration samples, else the
@@ -13,10 +13,6 @@ from edgeai.errors import EdgeAIError
 # int8-dynamic; at 0.99 the all-INT8 zoo models that lose quality (BERT-shaped encoder with per-tensor
 # weights 0.86, speaker LSTM 0.76) are caught and sent through the fallback (benchmarks/quantization.py).
 DEFAULT_MIN_COSINE = 0.99
-
-
-class VariantRejected(EdgeAIError):
-    """A quantized variant is not written: over its accuracy budget, or nothing in it was quantized."""
 
 
 @dataclass(frozen=True)
@@ -74,7 +70,7 @@ def quantization_budget(source, ctx, max_drop: float | None, metric: str | None 
 def quantize_within_budget(key: str, step, src: Path, dst: Path, config: Any, ctx, budget: Budget):
     """Run artifact step `step` (registry key `key`) searching for the budget (ONNX and TFLite INT8).
 
-    Raises VariantRejected when the best try is still over budget or when nothing was quantized.
+    Raises VariantNotKept when the best try is still over budget or when nothing was quantized.
     """
     kwargs = dict(min_metric=budget.min_metric, budget=budget.text, samples=budget.samples)
     if hasattr(config, "exclude_nodes"):
@@ -89,11 +85,11 @@ def quantize_within_budget(key: str, step, src: Path, dst: Path, config: Any, ct
         return step.fn(src, dst, config, ctx)
     if not fb.within:
         best = fb.chosen_try
-        raise VariantRejected(f"over its accuracy budget ({budget.text}): best metric {best.metric:.4g} "
+        raise VariantNotKept(f"over its accuracy budget ({budget.text}): best metric {best.metric:.4g} "
                               f"with {len(best.excluded)} part(s) kept in float after {len(fb.tries)} tries")
     report.details["budget"] = budget.to_dict()
     report.notes.append(f"accuracy budget: {budget.text}; metric {fb.chosen_try.metric:.4g}")
     if report.details.get("quantized_nodes") == 0:
-        raise VariantRejected("nothing to quantize: no node of this model was quantized "
+        raise VariantNotKept("nothing to quantize: no node of this model was quantized "
                               f"({'; '.join(report.notes) or 'no supported op'}); the FP32 artifact is the same model")
     return report

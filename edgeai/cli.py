@@ -2,12 +2,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import re
+import signal
 import sys
+import threading
+import traceback
 from pathlib import Path
+from typing import Iterator
 
-from edgeai import __version__
-from edgeai.errors import EdgeAIError
+from edgeai import __version__, argtypes
+from edgeai.errors import EdgeAIError, RuntimeLoadError, Terminated
 from edgeai.manifest import NO_VERIFY_HELP
 
 log = logging.getLogger("edgeai")
@@ -29,7 +35,8 @@ def _add_export(sub) -> None:
                     "example shape and a second size of every dynamic dim, and write OUTDIR/manifest.json.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="MODEL is one of: file.py:factory | package.module:factory | TorchScript file | "
-               "ExportedProgram .pt2 | state_dict file with --arch | .onnx file | RECIPE.yaml")
+               "ExportedProgram .pt2 | state_dict file with --arch | .onnx file | RECIPE.yaml | "
+               "hf:FOLDER or hf:ORG/NAME (a Hugging Face model; inputs from Optimum)")
     p.add_argument("model", metavar="MODEL|RECIPE.yaml")
     p.add_argument("-o", "--output", metavar="OUTDIR", help="output folder (default: the recipe's 'output')")
     p.add_argument("--input", dest="inputs", action="append", default=None, metavar="NAME:DIMS[:DTYPE]",
@@ -41,6 +48,8 @@ def _add_export(sub) -> None:
                         "is a dynamic batch unless --fixed-batch")
     p.add_argument("--fixed-batch", action="store_true", help="with --example-inputs: keep the leading dim fixed")
     p.add_argument("--arch", metavar="FILE.py:FACTORY", help="builds the model a state_dict file belongs to")
+    p.add_argument("--task", help="hf: models: the task to export for (default: from config.json), e.g. "
+                                  "feature-extraction, text-classification, image-classification")
     p.add_argument("--trust-pickle", action="store_true",
                    help="allow full unpickling of MODEL (runs code from the file: only for files you trust)")
     p.add_argument("--format", default=None, help="export format (default onnx)")
@@ -63,7 +72,7 @@ def _add_export(sub) -> None:
     p.add_argument("--eval-data", metavar="DATA",
                    help="evaluate every artifact on this data: inputs keyed by input name plus optional "
                         "'labels' (top-1 in points); without labels, cosine similarity to FP32 PyTorch")
-    p.add_argument("--max-drop", type=float, default=None,
+    p.add_argument("--max-drop", type=argtypes.finite_float, default=None,
                    help="accuracy budget for INT8 in the metric's units (points of top-1, or cosine: 0.01 means "
                         ">= 0.99): keep the most sensitive layers in FP32 until the drop fits")
     p.add_argument("--metric", metavar="FILE.py:FUNC|module:FUNC",
@@ -71,13 +80,18 @@ def _add_export(sub) -> None:
                         "(return minus an error); labels is the data's 'labels' array or None. Used to score "
                         "--eval-data and for --max-drop (in its units)")
     p.add_argument("--no-bench", action="store_true", help="skip timing the variants for the summary table")
-    p.add_argument("--threads", type=int, default=None, help="threads for the summary timings (default 1)")
+    p.add_argument("--threads", type=argtypes.positive_int, default=None,
+                   help="threads for the summary timings (default 1)")
     p.set_defaults(func=cmd_export)
 
 
 def cmd_export(args) -> int:
     from dataclasses import replace
 
+    from edgeai.extras import require
+    for module in ("torch", "onnx"):  # a device install (no 'export' extra): say which extra to add
+        require(module, "edgeai export")
+    from edgeai.console import quiet_third_party
     from edgeai.pipeline import export
     from edgeai.recipe import Recipe, load_recipe
     from edgeai.report import print_export_summary
@@ -89,7 +103,7 @@ def cmd_export(args) -> int:
     opts = {}
     if args.inputs:
         opts["inputs"] = tuple(args.inputs)
-    for key in ("example_inputs", "arch", "format"):
+    for key in ("example_inputs", "arch", "format", "task"):
         if getattr(args, key):
             opts[key] = getattr(args, key)
     if args.trust_pickle:
@@ -121,10 +135,11 @@ def cmd_export(args) -> int:
     summary = recipe.summary
     if args.no_bench:
         summary = replace(summary, bench=False)
-    if args.threads:
+    if args.threads is not None:
         summary = replace(summary, threads=args.threads)
     recipe = replace(recipe, export=export_opts, tolerance=tol, data=data, summary=summary, **opts)
-    outcome = export(recipe=recipe, out_dir=args.output, progress=_progress)
+    with quiet_third_party(enabled=not args.debug):  # absl/oneDNN/XNNPACK lines, torchao and pytree warnings
+        outcome = export(recipe=recipe, out_dir=args.output, progress=_progress)
     print_export_summary(outcome.manifest, outcome.out_dir)
     return 0
 
@@ -137,7 +152,8 @@ def _add_run(sub) -> None:
     p.add_argument("-o", "--output", required=True, metavar="OUT.npz", help="where to write the outputs")
     p.add_argument("--artifact-name", default=None, help="which artifact of an export folder (default: first)")
     p.add_argument("--provider", default="cpu", choices=("cpu", "cuda"), help="execution provider (default cpu)")
-    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: runtime's choice)")
+    p.add_argument("--threads", type=argtypes.positive_int, default=None,
+                   help="intra-op threads (default: runtime's choice)")
     p.add_argument("--no-verify-digest", action="store_true", help=NO_VERIFY_HELP)
     p.set_defaults(func=cmd_run)
 
@@ -147,20 +163,17 @@ def cmd_run(args) -> int:
 
     import numpy as np
 
-    from edgeai import runtime
     from edgeai.errors import OutputError
     from edgeai.fsutil import atomic_write_bytes
+    from edgeai.runtime.subproc import load_guarded
     from edgeai.specs import load_npz
 
     feeds = load_npz(args.input, "input file")
     feeds.pop("labels", None)
-    file, fmt = runtime.resolve(args.artifact, args.artifact_name, verify_digest=not args.no_verify_digest)
-    if runtime.get_runtime(fmt).crash_prone:  # LiteRT can abort on a bad model: report it, don't die
-        from edgeai.runtime.subproc import run_isolated
-        outputs = run_isolated(file, feeds, fmt=fmt, options={"threads": args.threads, "provider": args.provider})
-    else:
-        session = runtime.load(file, provider=args.provider, threads=args.threads)
-        outputs = session.run(feeds)
+    # LiteRT can abort on a bad model: it runs in a child process, so that is an error message
+    session = load_guarded(args.artifact, artifact=args.artifact_name, provider=args.provider, threads=args.threads,
+                           verify_digest=not args.no_verify_digest)
+    outputs = session.run(feeds)
     buf = io.BytesIO()
     np.savez(buf, **outputs)
     out = Path(args.output)
@@ -181,13 +194,18 @@ def _add_info(sub) -> None:
 
 
 def cmd_info(args) -> int:
-    from edgeai.manifest import Manifest
+    from edgeai.manifest import MANIFEST_NAME, Manifest
     from edgeai.report import print_export_summary
-    manifest = Manifest.read(args.folder)
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        what = "does not exist" if not folder.exists() else "is a file, not an export folder"
+        raise RuntimeLoadError(f"{args.folder!r} {what}; edgeai info reads the {MANIFEST_NAME} of a folder "
+                               "that edgeai export wrote")
+    manifest = Manifest.read(folder)
     if not args.no_verify_digest:
         for entry in manifest.artifacts:
-            entry.verify_files(args.folder)
-    print_export_summary(manifest, Path(args.folder))
+            entry.verify_files(folder)
+    print_export_summary(manifest, folder)
     return 0
 
 
@@ -217,18 +235,34 @@ def _add_common(parser: argparse.ArgumentParser, default) -> None:
 def _extra_commands():
     """Subcommands that live beside the code they drive (bench, eval)."""
     from edgeai.bench.cli import add_parser as add_bench
-    from edgeai.evaluate_cli import add_parser as add_eval
-    return [add_bench, add_eval]
+    from edgeai.data_text import add_parser as add_data
+    from edgeai.evaluate.cli import add_parser as add_eval
+    return [add_bench, add_eval, add_data]
 
 
 def _setup_logging(debug: bool, quiet: bool) -> None:
+    from rich.console import Console
     from rich.logging import RichHandler
-    handler = RichHandler(show_time=False, show_path=False, markup=False, rich_tracebacks=debug)
+    # log lines go to stderr: stdout carries only results (tables, JSON)
+    handler = RichHandler(console=Console(stderr=True), show_time=False, show_path=False, markup=False,
+                          rich_tracebacks=debug)
     handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.addFilter(_final_paths)
     log.handlers[:] = [handler]
     log.setLevel(logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO)
     log.propagate = False
     logging.getLogger().setLevel(logging.WARNING)
+
+
+_STAGING = re.compile(r"[/\\]\.edgeai-staging-[^/\\\s]+")  # fsutil.staging_dir's folders
+
+
+def _final_paths(record: logging.LogRecord) -> bool:
+    """Log files by the name they are published under, not their place in the staging folder."""
+    message = record.getMessage()
+    if ".edgeai-staging-" in message:
+        record.msg, record.args = _STAGING.sub("", message), ()
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -238,22 +272,43 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     _setup_logging(args.debug, args.quiet)
+    with _sigterm_unwinds():
+        try:
+            return int(args.func(args) or 0)
+        except EdgeAIError as e:
+            if args.debug:
+                traceback.print_exc()
+            print(f"edgeai: error: {e}", file=sys.stderr)
+            return 2
+        except Terminated:
+            print("edgeai: terminated (SIGTERM)", file=sys.stderr)
+            return 128 + signal.SIGTERM
+        except KeyboardInterrupt:
+            print("edgeai: interrupted", file=sys.stderr)
+            return 128 + signal.SIGINT
+        except Exception as e:
+            if args.debug:
+                traceback.print_exc()
+            print(f"edgeai: internal error: {type(e).__name__}: {' '.join(str(e).split())[:300]} "
+                  "(run with --debug for the traceback and please report it)", file=sys.stderr)
+            return 1
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """SIGTERM raises Terminated, so it unwinds like Ctrl-C: staging folders go, outputs stay untouched."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
     try:
-        return int(args.func(args) or 0)
-    except EdgeAIError as e:
-        if args.debug:
-            raise
-        print(f"edgeai: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("edgeai: interrupted", file=sys.stderr)
-        return 130
-    except Exception as e:
-        if args.debug:
-            raise
-        print(f"edgeai: internal error: {type(e).__name__}: {' '.join(str(e).split())[:300]} "
-              "(run with --debug for the traceback and please report it)", file=sys.stderr)
-        return 1
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ def load_feeds(source: DataSource, specs: Sequence[TensorSpec] | None = None, *,
     if specs is not None:
         feeds = _match_specs(feeds, specs, what)
     _check_counts(feeds, what, min_samples)
-    check_finite(feeds, what)
+    check_finite(feeds, f"{what}: array")
     return feeds
 
 
@@ -73,6 +73,18 @@ def iter_batches(feeds: Mapping[str, np.ndarray], batch_size: int) -> Iterator[d
 def take(feeds: Mapping[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
     """The first `n` samples of every array."""
     return {k: v[:n] for k, v in feeds.items()}
+
+
+def check_source_exists(source: DataSource, what: str) -> None:
+    """DataError when `source` names a file or folder that does not exist (checked before any work)."""
+    if isinstance(source, Mapping) or callable(source):
+        return
+    text = str(source)
+    if Path(text).exists():
+        return
+    if text.endswith((".npz", ".npy")) or not _CALLABLE_SPEC.match(text):
+        raise DataError(f"{what} {text!r} does not exist; pass an .npz file, a folder of .npy files, or "
+                        "'module:function' / 'file.py:function'")
 
 
 # ---------------------------------------------------------------- reading

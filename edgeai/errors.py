@@ -5,6 +5,10 @@ class EdgeAIError(Exception):
     """Base of every error caused by input the user can fix. The CLI prints it on one line."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived: unwind like Ctrl-C (staging folders are removed on the way out); the CLI exits 143."""
+
+
 class ModelLoadError(EdgeAIError):
     """The model file or factory could not be loaded."""
 

@@ -8,15 +8,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from edgeai.budget import VariantRejected, quantization_budget, quantize_within_budget
+from edgeai.budget import quantization_budget, quantize_within_budget
 from edgeai.errors import EdgeAIError, ExportError, MissingDependencyError, RuntimeLoadError, VerificationError
 from edgeai.exporters import Exporter, ExportResult, get_exporter
 from edgeai.fsutil import check_output_target, locked_staging, publish, sha256_file
 from edgeai.manifest import MANIFEST_NAME, ArtifactEntry, Manifest
 from edgeai.measure import RunData, bench_all, count_stage_macs, evaluate_all
 from edgeai.outdir import check_input_kept, input_files, removable_old_files
-from edgeai.recipe import Recipe, RecipeError, load_recipe
+from edgeai.recipe import Recipe, RecipeError, load_recipe, validate
 from edgeai.source import ModelSource, load_model
+from edgeai.steps import VariantNotKept
 from edgeai.verify import FP32_TOLERANCE, ArtifactHandle, Parity, Tolerance, check_onnx_file, open_artifact, verify
 
 log = logging.getLogger(__name__)
@@ -88,11 +89,12 @@ def export(model: str | None = None, out_dir: str | Path | None = None, *,
 
 
 def run(recipe: Recipe, out_dir: Path, progress: Progress) -> ExportOutcome:
+    validate(recipe)  # every checkable mistake fails here, before the model is loaded
     check_output_target(out_dir)  # no folder is created until there is something to write
     progress(f"loading {recipe.model}")
     source = load_model(recipe.model, inputs=recipe.inputs, example_inputs=recipe.example_inputs,
                         arch=recipe.arch, trust_pickle=recipe.trust_pickle,
-                        dynamic_batch=recipe.dynamic_batch)
+                        dynamic_batch=recipe.dynamic_batch, task=recipe.task)
     data = RunData(recipe.data, source.input_specs)
     source = _realistic_examples(source, recipe, data)
     exporter = get_exporter(recipe.format)
@@ -209,7 +211,7 @@ def _artifact_steps(ctx: RunContext, source: ModelSource, fp32: ArtifactEntry,
                           stage / f"model.{name}{(stage / fp32.file).suffix}")
         try:
             entries.append(_variant(ctx, variant, source, fp32, step_ctx, budget))
-        except (VerificationError, RuntimeLoadError, VariantRejected, _StepFailure) as e:
+        except (VerificationError, RuntimeLoadError, _StepFailure, VariantNotKept) as e:
             log.warning("variant %s left out: %s", name, e)
             failed.append({"name": name, "step": key, "error": str(e).replace(f"{stage}/", "")})
             for p in stage.glob(f"{variant.dst.name}*"):
@@ -250,14 +252,14 @@ def _variant(ctx: RunContext, variant: Variant, source: ModelSource, fp32: Artif
         else:
             progress(f"quantizing: {name}")
             report = step.fn(src, dst, config, step_ctx)
-    except EdgeAIError:
+    except (EdgeAIError, VariantNotKept):
         raise
     except Exception as e:  # a bug or limitation of the quantizer on this graph
         raise _StepFailure(f"the {key} step failed: {type(e).__name__}: {' '.join(str(e).split())[:300]}") from e
     layout = {k: fp32.details[k] for k in LAYOUT_KEYS if k in fp32.details}
     # a derived model is first run in a child process: runtimes have crashed on such graphs
     handle = open_artifact(dst, recipe.format, layout, isolate=True)
-    tolerance = FP16_TOLERANCE if step.precision == "fp16" else QUANTIZED_TOLERANCE
+    tolerance = {"fp16": FP16_TOLERANCE, "fp32": _tolerance(recipe)}.get(step.precision, QUANTIZED_TOLERANCE)
     progress(f"verifying {dst.name} against {'PyTorch' if source.module is not None else 'ONNX'}")
     parity = verify(source, handle, tolerance, allow_frozen=bool(layout.get("static_shapes")))
     if not parity.passed:

@@ -1,6 +1,7 @@
 """Recipes: the whole job (model, inputs, data, steps, export, summary) as data, from YAML or CLI flags."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -34,6 +35,7 @@ class Recipe:
     inputs: tuple[str, ...] = ()
     example_inputs: str | None = None
     arch: str | None = None
+    task: str | None = None                                         # hf: models: feature-extraction, ...
     trust_pickle: bool = False
     dynamic_batch: bool = True
     format: str = "onnx"
@@ -109,6 +111,8 @@ def _resolve_paths(recipe: Recipe, base: Path) -> Recipe:
     def fix(p: str | None) -> str | None:
         if not p:
             return p
+        if p.startswith("hf:"):  # a Hugging Face folder (a hub id is left as it is)
+            return "hf:" + fix(p[3:])
         target, sep, func = p.rpartition(":")
         if sep and not target.endswith(".py") and func.isidentifier() and len(target) > 1:
             return p  # package.module:callable
@@ -136,3 +140,103 @@ def load_recipe(path: str | Path) -> Recipe:
         raise RecipeError(f"recipe {str(path)!r} must be a YAML mapping with at least 'model'")
     recipe = recipe_from_dict(data, path.parent)
     return recipe if recipe.name else replace(recipe, name=path.stem)
+
+
+# ---------------------------------------------------------------- validation, before any work
+
+MAX_DROP_LIMIT = 100.0   # the metric's whole range: top-1 is in points (0-100), cosine in [-1, 1]
+TOLERANCE_KEYS = ("atol", "rtol", "min_cosine")
+
+
+def validate(recipe: Recipe) -> None:
+    """Check every value that can be checked without the model, so a mistake fails in a second.
+
+    Format, exporter options, model steps and quantization schemes (looked up in the registries,
+    so every registered name counts), each with its options; calibration data for the schemes
+    that calibrate; tolerances, max_drop, summary timing, input specs and data paths.
+    Raises ConfigError (or the config's own EdgeAIError) naming the bad value and the known ones.
+    """
+    from edgeai.exporters import get_exporter
+    from edgeai.steps import ARTIFACT_STEPS, get_model_step
+
+    exporter = get_exporter(recipe.format)
+    make_config(exporter.config_cls, recipe.export, f"{recipe.format} export")
+    for item in recipe.steps:
+        (name, opts), = item.items()
+        make_config(get_model_step(name).config_cls, opts, f"step {name!r}")
+    seen = set()
+    for item in recipe.quantize:
+        (name, opts), = item.items()
+        if name in seen:
+            raise RecipeError(f"quantization {name!r} is asked twice; name each scheme once")
+        seen.add(name)
+        key = f"{recipe.format}:{name}"
+        if key not in ARTIFACT_STEPS:
+            ARTIFACT_STEPS.discover()
+        if key not in ARTIFACT_STEPS:
+            known = [n.partition(":")[2] for n in ARTIFACT_STEPS.names() if n.startswith(f"{recipe.format}:")]
+            raise RecipeError(f"no quantization scheme {name!r} for format {recipe.format}; known for "
+                              f"{recipe.format}: {', '.join(known) or '(none)'}")
+        config_cls = ARTIFACT_STEPS.get(key).config_cls
+        make_config(config_cls, opts, f"quantization {name!r}")
+        if getattr(config_cls, "needs_calibration", False) and not recipe.data.calibration:
+            raise RecipeError(f"quantization {name!r} calibrates activation ranges on typical inputs: pass "
+                              "--calibration DATA (data.calibration in a recipe)")
+    _check_tolerance(recipe.tolerance)
+    _check_max_drop(recipe)
+    _check_summary(recipe.summary)
+    if recipe.inputs:
+        from edgeai.specs import parse_input_spec
+        for text in recipe.inputs:
+            parse_input_spec(text)
+    from edgeai.data import check_source_exists
+    for kind, what in (("eval", "evaluation data"), ("calibration", "calibration data"), ("train", "training data")):
+        source = getattr(recipe.data, kind)
+        if source:
+            check_source_exists(source, what)
+
+
+def make_config(config_cls: type, opts: Mapping[str, Any], what: str):
+    """`config_cls(**opts)`, or a RecipeError listing the known options."""
+    try:
+        return config_cls(**opts)
+    except TypeError:
+        known = ", ".join(f.name for f in fields(config_cls))
+        raise RecipeError(f"bad options {dict(opts)} for {what}; known: {known}") from None
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_tolerance(tol: Mapping[str, Any]) -> None:
+    unknown = sorted(set(tol) - set(TOLERANCE_KEYS))
+    if unknown:
+        raise RecipeError(f"unknown tolerance key(s) {unknown}; known: {', '.join(TOLERANCE_KEYS)}")
+    for key, value in tol.items():
+        low, high = (-1.0, 1.0) if key == "min_cosine" else (0.0, math.inf)
+        if not _number(value) or not low <= value <= high:
+            raise RecipeError(f"tolerance {key} must be a finite number in [{low:g}, {high:g}], got {value!r}")
+
+
+def _check_max_drop(recipe: Recipe) -> None:
+    drop = recipe.max_drop
+    if drop is None:
+        return
+    if not _number(drop) or not 0 <= drop <= MAX_DROP_LIMIT:
+        raise RecipeError(f"max_drop must be a finite number from 0 to {MAX_DROP_LIMIT:g} (points of top-1, or "
+                          f"cosine: 0.01 means >= 0.99), got {drop!r}")
+    if not recipe.quantize:
+        raise RecipeError("max_drop is the accuracy budget of quantization: add --quantize (quantize: in a recipe)")
+    if not recipe.data.eval:
+        raise RecipeError("max_drop needs evaluation data to measure the drop: pass --eval-data DATA "
+                          "(data.eval in a recipe)")
+
+
+def _check_summary(summary: SummaryConfig) -> None:
+    if not isinstance(summary.threads, int) or isinstance(summary.threads, bool) or summary.threads < 1:
+        raise RecipeError(f"threads (--threads, summary.threads) must be an integer >= 1, got {summary.threads!r}")
+    if not isinstance(summary.warmup, int) or isinstance(summary.warmup, bool) or summary.warmup < 0:
+        raise RecipeError(f"summary.warmup must be an integer >= 0, got {summary.warmup!r}")
+    if not _number(summary.min_seconds) or summary.min_seconds <= 0:
+        raise RecipeError(f"summary.min_seconds must be a number > 0, got {summary.min_seconds!r}")

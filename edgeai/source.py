@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -11,7 +11,8 @@ import numpy as np
 
 from edgeai.errors import InputSpecError, ModelLoadError
 from edgeai.imports import import_callable
-from edgeai.specs import TensorSpec, dim_sizes, load_npz, parse_input_spec, random_feeds, resize_along
+from edgeai.specs import (TensorSpec, check_examples, dim_sizes, load_npz, non_finite, parse_input_spec, random_feeds,
+                          resize_along)
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,7 @@ class ModelSource:
     example_inputs: dict[str, np.ndarray]     # call order; numpy so the verifier can reuse them
     input_specs: list[TensorSpec]
     onnx_path: Path | None = None
+    provenance: Mapping[str, Any] = field(default_factory=dict)  # what the loader knows: hub id, task, ...
 
     def torch_inputs(self) -> dict:
         """Example inputs as fresh torch tensors (a fresh copy each call: never aliased)."""
@@ -51,20 +53,25 @@ class ModelSource:
         return replace(self, example_inputs=feeds)
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "origin": self.origin,
+        return {"kind": self.kind, "origin": self.origin, **dict(self.provenance),
                 "inputs": [s.to_dict() for s in self.input_specs], "example_dims": self.example_dims}
 
 
 def load_model(spec: str, *, inputs: Sequence[str | TensorSpec] | None = None,
                example_inputs: str | Path | Mapping[str, np.ndarray] | None = None,
                arch: str | None = None, trust_pickle: bool = False,
-               dynamic_batch: bool = True) -> ModelSource:
+               dynamic_batch: bool = True, task: str | None = None) -> ModelSource:
     """Load `spec` and build its example inputs from `inputs` specs or an `example_inputs` .npz.
 
     spec: `file.py:factory`, `package.module:factory`, a TorchScript file, a `.pt2`
     ExportedProgram, a state_dict file (with `arch`), a pickled module (with `trust_pickle`),
-    or a `.onnx` file.
+    or a `.onnx` file; `hf:FOLDER` or `hf:ORG/NAME` (with `task`) is a Hugging Face model (edgeai/hf.py).
     """
+    if spec.startswith("hf:"):
+        from edgeai.hf import load_hf
+        return load_hf(spec, task=task, trust_pickle=trust_pickle, example_inputs=example_inputs, inputs=inputs)
+    if task:
+        raise ModelLoadError(f"--task is for Hugging Face models (hf:FOLDER or hf:ORG/NAME), not {spec!r}")
     specs = [s if isinstance(s, TensorSpec) else parse_input_spec(s) for s in (inputs or [])]
     kind, module, onnx_path = _load(spec, arch, trust_pickle)
     if kind == "onnx":
@@ -82,14 +89,23 @@ def load_model(spec: str, *, inputs: Sequence[str | TensorSpec] | None = None,
 def _check_forward(source: ModelSource) -> None:
     """Run the model once on the example inputs so a wrong shape fails here, in the user's terms."""
     import torch
+
+    from edgeai.exporters import output_names
     try:
         with torch.inference_mode():
-            source.module(*source.torch_inputs().values())
+            outputs = source.module(*source.torch_inputs().values())
     except Exception as e:
         shapes = ", ".join(f"{k}={'x'.join(map(str, v.shape))}:{v.dtype}" for k, v in source.example_inputs.items())
         text = " ".join(str(e).split())[:250]
         raise InputSpecError(f"the model fails on the example inputs ({shapes}): {type(e).__name__}: {text}; "
                              "check the --input shapes and dtypes") from None
+    names, leaves = output_names(outputs)
+    for name, t in zip(names, leaves):
+        bad = non_finite(t.detach().float().cpu().numpy()) if isinstance(t, torch.Tensor) else ""
+        if bad:
+            raise ModelLoadError(f"the model outputs {bad} on the example inputs "
+                                 f"(output {name!r}): check its weights, and give real samples with "
+                                 "--example-inputs if they were generated")
 
 
 # ---------------------------------------------------------------------------- loading
@@ -230,6 +246,7 @@ def _examples(specs: list[TensorSpec], example_inputs, names: list[str] | None,
         arrays = (load_npz(example_inputs, "example inputs") if isinstance(example_inputs, (str, Path))
                   else {k: np.asarray(v) for k, v in example_inputs.items()})
         arrays.pop("labels", None)
+        check_examples(arrays)
         if specs:
             _check_names([s.name for s in specs], list(arrays), "--input specs and --example-inputs")
             arrays = {s.name: arrays[s.name] for s in specs}

@@ -1,6 +1,7 @@
 """Tensor specs (name, shape with named dynamic dims, dtype), their CLI syntax, and feeds (numpy only)."""
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -8,6 +9,7 @@ from typing import Mapping, Sequence, Union
 
 import numpy as np
 
+from edgeai.argtypes import is_count
 from edgeai.errors import DataError, InputSpecError
 
 Dim = Union[int, str]  # an int is fixed; a str names a dynamic dimension ("batch", "seq")
@@ -63,9 +65,9 @@ def parse_input_spec(text: str) -> TensorSpec:
     for tok in dims_text.split(","):
         tok = tok.strip()
         dim_name, _, size = tok.partition("=")
-        if tok.isdigit() and int(tok) > 0:
+        if is_count(tok) and int(tok) > 0:
             shape.append(int(tok))
-        elif _NAME.match(dim_name) and (not size or (size.isdigit() and int(size) > 0)):
+        elif _NAME.match(dim_name) and (not size or (is_count(size) and int(size) > 0)):
             shape.append(dim_name)
             if size:
                 examples[dim_name] = int(size)
@@ -103,6 +105,10 @@ def resize_along(arr: np.ndarray, axis: int, new: int) -> np.ndarray:
     return np.take(tiled, np.arange(new), axis=axis)
 
 
+# generated inputs larger than this are refused before allocating (a typo such as 100000,100000)
+MAX_GENERATED_BYTES = 2 << 30
+
+
 def random_feeds(specs: Sequence[TensorSpec], sizes: Mapping[str, int] | None = None,
                  seed: int = 0) -> dict[str, np.ndarray]:
     """Random inputs matching `specs`: floats ~ N(0, 1); integers in {0, 1} (masks all ones)."""
@@ -111,6 +117,7 @@ def random_feeds(specs: Sequence[TensorSpec], sizes: Mapping[str, int] | None = 
     for spec in specs:
         shared.update(spec.example_sizes)
     shared.update(sizes or {})
+    _check_size(specs, shared)
     feeds = {}
     for spec in specs:
         shape = concrete_shape(spec, shared)
@@ -123,6 +130,19 @@ def random_feeds(specs: Sequence[TensorSpec], sizes: Mapping[str, int] | None = 
         else:
             feeds[spec.name] = rng.integers(0, 2, size=shape).astype(spec.dtype)
     return feeds
+
+
+def _check_size(specs: Sequence[TensorSpec], sizes: Mapping[str, int]) -> None:
+    """InputSpecError when the inputs `specs` describe would not fit in memory (estimated first)."""
+    nbytes = {s.name: math.prod(concrete_shape(s, sizes)) * np.dtype(s.dtype).itemsize for s in specs}
+    total = sum(nbytes.values())
+    if total > MAX_GENERATED_BYTES:
+        biggest = max(nbytes, key=nbytes.get)
+        spec = next(s for s in specs if s.name == biggest)
+        shape = "x".join(map(str, concrete_shape(spec, sizes)))
+        raise InputSpecError(f"inputs of these shapes would take {total / 2**30:.3g} GiB (input {biggest!r} is "
+                             f"{shape} {spec.dtype}), more than the {MAX_GENERATED_BYTES / 2**30:g} GiB edgeai "
+                             "generates; check the dimensions (is a size mistyped?)")
 
 
 def load_npz(path: str | Path, what: str = "input file") -> dict[str, np.ndarray]:
@@ -140,12 +160,35 @@ def load_npz(path: str | Path, what: str = "input file") -> dict[str, np.ndarray
     return arrays
 
 
+def non_finite(a: np.ndarray) -> str:
+    """'3 NaN values', '1 NaN and 2 Inf values', or '' for an array that is all finite (or not float)."""
+    a = np.asarray(a)
+    if a.dtype.kind not in "fc" or np.isfinite(a).all():
+        return ""
+    nan = int(np.isnan(a).sum())
+    inf = int(np.isinf(a).sum())
+    parts = [f"{n} {kind}" for n, kind in ((nan, "NaN"), (inf, "Inf")) if n]
+    return " and ".join(parts) + (" value" if nan + inf == 1 else " values")
+
+
 def check_finite(arrays: Mapping[str, np.ndarray], what: str) -> None:
-    """DataError naming the first float array that holds NaN or Inf."""
+    """DataError naming the first float array that holds NaN or Inf: "example input 'x' has 3 NaN values"."""
     for k, a in arrays.items():
-        if a.dtype.kind in "fc" and not np.isfinite(a).all():
-            bad = int((~np.isfinite(a)).sum())
-            raise DataError(f"{what}: array {k!r} has {bad} NaN/Inf value(s); clean the data first")
+        bad = non_finite(a)
+        if bad:
+            raise DataError(f"{what} {k!r} has {bad}; clean the data first")
+
+
+def check_examples(arrays: Mapping[str, np.ndarray]) -> None:
+    """Example inputs must be numbers, hold at least one sample on every axis, and be finite."""
+    for k, a in arrays.items():
+        if a.dtype.kind not in "biuf":
+            raise InputSpecError(f"example input {k!r} holds {a.dtype} values ({_kind_name(a)}); the model "
+                                 "takes numbers")
+        if a.size == 0:
+            raise InputSpecError(f"example input {k!r} has shape {'x'.join(map(str, a.shape)) or 'scalar'}: "
+                                 "no values; give at least one sample")
+    check_finite(arrays, "example input")
 
 
 def check_feeds(specs: Sequence[TensorSpec], feeds: Mapping[str, np.ndarray]) -> None:
@@ -157,8 +200,19 @@ def check_feeds(specs: Sequence[TensorSpec], feeds: Mapping[str, np.ndarray]) ->
         raise InputSpecError(f"inputs do not match the model: model wants {names}, got {list(feeds)}")
     for spec in specs:
         arr = np.asarray(feeds[spec.name])
+        if arr.dtype.kind not in "biuf":
+            raise InputSpecError(f"input {spec.name!r} holds {arr.dtype} values ({_kind_name(arr)}), the model "
+                                 f"wants {spec.dtype}; store numbers in the .npz")
         if arr.ndim != len(spec.shape) or any(
                 isinstance(d, int) and d != s for d, s in zip(spec.shape, arr.shape)):
             want = "x".join(str(d) for d in spec.shape)
             raise InputSpecError(f"input {spec.name!r} has shape {'x'.join(map(str, arr.shape)) or 'scalar'}, "
                                  f"model wants {want}")
+        if arr.size == 0:  # runtimes abort or fail on empty tensors (onnxruntime's LSTM kills the process)
+            raise InputSpecError(f"input {spec.name!r} has shape {'x'.join(map(str, arr.shape))}: a dimension "
+                                 "of size 0 holds no data; give at least one sample and element")
+
+
+def _kind_name(arr: np.ndarray) -> str:
+    return {"U": "text", "S": "bytes", "O": "Python objects", "c": "complex numbers", "M": "dates",
+            "m": "time deltas", "V": "raw records"}.get(arr.dtype.kind, "not numbers")

@@ -10,7 +10,7 @@ import numpy as np
 
 from edgeai.errors import EdgeAIError, VerificationError
 from edgeai.source import ModelSource
-from edgeai.specs import SECOND_SHAPE_DELTA, TensorSpec, dim_sizes, resize_along
+from edgeai.specs import SECOND_SHAPE_DELTA, TensorSpec, dim_sizes, non_finite, resize_along
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +141,10 @@ def compare(ref: list[np.ndarray], got: list[np.ndarray], names: list[str]) -> d
         r64, g64 = np.asarray(r, dtype=np.float64), np.asarray(g, dtype=np.float64)
         if r64.shape != g64.shape:
             raise VerificationError(f"output {name!r} has shape {g64.shape}, reference {r64.shape}")
-        if not np.isfinite(g64).all():
-            per[name] = {"max_abs": float("inf"), "max_rel": float("inf"), "cosine": float("nan"), "ref_max": 0.0}
+        bad = non_finite(g64)
+        if bad:  # the reference is finite (verify checks it first): the artifact broke
+            per[name] = {"max_abs": float("inf"), "max_rel": float("inf"), "cosine": float("nan"), "ref_max": 0.0,
+                         "non_finite": bad}
             continue
         err = float(np.max(np.abs(r64 - g64))) if r64.size else 0.0
         scale = float(np.max(np.abs(r64))) if r64.size else 0.0
@@ -201,6 +203,8 @@ class Parity:
             for name, e in c["outputs"].items():
                 if not passes({name: e}, self.tolerance):
                     dims = ", ".join(f"{k}={v}" for k, v in c["dims"].items()) or "example shape"
+                    if e.get("non_finite"):
+                        return f"output {name!r} at {dims}: the artifact outputs {e['non_finite']}, the reference none"
                     return (f"output {name!r} at {dims}: max abs error {e['max_abs']:.3g} "
                             f"(max |ref| {e['ref_max']:.3g}), cosine {e['cosine']:.6f}; tolerance "
                             f"atol {self.tolerance.atol:g} + rtol {self.tolerance.rtol:g}, "
@@ -227,10 +231,25 @@ def verify(source: ModelSource, artifact: ArtifactHandle, tolerance: Tolerance =
     groups = [sets] if artifact.isolated else [[s] for s in sets]  # one child process for all sets
     results = [out for group in groups for out in _run_group(artifact, group)]
     names = [o.name for o in artifact.outputs]
-    checks = [{"dims": dims, "outputs": compare(ref_run(feeds), got, names)}
-              for (dims, feeds), got in zip(sets, results)]
+    checks = [{"dims": dims, "outputs": compare(_finite_reference(ref_run(feeds), names, ref_name, dims, i == 0),
+                                                got, names)}
+              for i, ((dims, feeds), got) in enumerate(zip(sets, results))]
     ok = all(passes(c["outputs"], tolerance) for c in checks)
     return Parity(ok, ref_name, tolerance, checks, frozen)
+
+
+def _finite_reference(outputs: list[np.ndarray], names: list[str], ref_name: str, dims: Mapping[str, int],
+                      example: bool) -> list[np.ndarray]:
+    """The reference outputs, or a VerificationError saying the model itself outputs NaN/Inf there
+    (then no artifact can match it, and "differs from the reference" would blame the export)."""
+    for name, out in zip(names, outputs):
+        bad = non_finite(out)
+        if bad:
+            where = "on the example inputs" if example else f"on the example inputs resized to {_dims_text(dims)}"
+            model = "the model" if ref_name == "pytorch" else f"the model ({ref_name})"
+            raise VerificationError(f"{model} outputs {bad} {where} (output {name!r}); check its weights "
+                                    "and the example inputs")
+    return outputs
 
 
 def _run_group(artifact: ArtifactHandle, group: list) -> list[list[np.ndarray]]:

@@ -95,10 +95,10 @@ def test_run_command_writes_outputs_and_rejects_bad_feeds(cli, tmp_path):
     assert not (tmp_path / "o2.npz").exists()
 
 
-def test_debug_flag_shows_traceback(cli, tmp_path):
-    from edgeai.errors import ModelLoadError
-    with pytest.raises(ModelLoadError):
-        cli("--debug", "export", "missing.onnx", "-o", tmp_path / "o")
+def test_debug_flag_shows_traceback_and_still_exits_2(cli, tmp_path):
+    code, _, err = cli("--debug", "export", "missing.onnx", "-o", tmp_path / "o")
+    assert code == 2 and "Traceback" in err and "ModelLoadError" in err
+    assert err.strip().splitlines()[-1].startswith("edgeai: error: model file 'missing.onnx' does not exist")
 
 
 def test_unavailable_provider_is_a_clear_error(cli, tmp_path):

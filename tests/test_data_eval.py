@@ -74,8 +74,8 @@ def test_load_feeds_casts_to_the_spec_dtype(tmp_path):
 
 
 @pytest.mark.parametrize("change,message", [
-    (lambda f: f["x"].__setitem__((2, 1), np.nan), r"array 'x' has 1 NaN/Inf value\(s\)"),
-    (lambda f: f["x"].__setitem__((0, 0), np.inf), r"array 'x' has 1 NaN/Inf value\(s\)"),
+    (lambda f: f["x"].__setitem__((2, 1), np.nan), r"calibration data: array 'x' has 1 NaN value;"),
+    (lambda f: f["x"].__setitem__((0, 0), np.inf), r"calibration data: array 'x' has 1 Inf value;"),
     (lambda f: f.pop("ids"), r"lacks input\(s\) ids; the model needs x, ids"),
     (lambda f: f.__setitem__("x", np.zeros((10, 5), np.float32)), r"input 'x' has shape 10x5, the model wants batchx4"),
     (lambda f: f.__setitem__("x", np.zeros((10, 4, 1), np.float32)), r"input 'x' has shape 10x4x1"),

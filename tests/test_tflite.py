@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -306,6 +307,33 @@ def test_isolated_run_matches_in_process_run(cnn):
     outs = subproc.run_isolated_many(cnn[1], [{"x": x}, {"x": 2 * x}])
     assert np.array_equal(outs[0]["output"], load(cnn[1]).run({"x": x})["output"])
     assert not np.array_equal(outs[0]["output"], outs[1]["output"])
+
+
+@pytest.mark.parametrize("command", ["eval", "run"])
+def test_cli_commands_survive_a_litert_crash(cnn, tmp_path, command):
+    # a LiteRT whose interpreter aborts on load, as it does on some malformed models
+    fake = tmp_path / "fake" / "ai_edge_litert"
+    fake.mkdir(parents=True)
+    import ai_edge_litert
+    real = Path(ai_edge_litert.__file__).parent  # its other modules (the flatbuffer schema) stay real
+    (fake / "__init__.py").write_text(f"__path__.append({str(real)!r})\n")
+    (fake / "interpreter.py").write_text(
+        "import os, sys\n"
+        "class OpResolverType:\n    AUTO = 0\n    BUILTIN_WITHOUT_DEFAULT_DELEGATES = 1\n"
+        "class Interpreter:\n"
+        "    def __init__(self, *a, **k):\n"
+        "        print('F0000 fatal: tensor index out of range', file=sys.stderr, flush=True)\n"
+        "        os.abort()\n")
+    data = tmp_path / "d.npz"
+    np.savez(data, x=np.zeros((1, 3, 32, 32), np.float32), labels=np.zeros(1, np.int64))
+    args = {"eval": ["--data", data], "run": ["--input", data, "-o", tmp_path / "o.npz"]}[command]
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path / 'fake'}:{REPO}"}
+    done = subprocess.run([sys.executable, "-m", "edgeai.cli", command, str(cnn[1]), *map(str, args)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, (done.returncode, done.stderr)
+    error = [line for line in done.stderr.splitlines() if line.startswith("edgeai: error:")]
+    assert len(error) == 1 and "LiteRT crashed (signal SIGABRT)" in error[0], done.stderr
+    assert "tensor index out of range" in error[0] and not (tmp_path / "o.npz").exists()
 
 
 def test_runtime_runs_a_tflite_model_without_importing_torch(cnn):

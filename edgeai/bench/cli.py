@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from edgeai.argtypes import count, is_count, positive_int, seconds
 from edgeai.bench.results import PROVIDERS, RUNTIMES
 from edgeai.bench.stats import DEFAULT_MAX_SECONDS, DEFAULT_MIN_RUNS, DEFAULT_MIN_SECONDS
 from edgeai.errors import InputSpecError, OutputError
@@ -26,29 +27,10 @@ examples:
   edgeai bench out/                      every artifact in out/manifest.json, in order
   edgeai bench out/@int8-static --threads 4 --runs 200 --json bench.json
   edgeai bench --runtime torch edgeai.zoo:digits_cnn --input image:batch,1,32,32
+  edgeai bench out/ --device ssh://pi@raspberrypi.local --device-python /home/pi/edgeai/bin/python
+  edgeai bench model.tflite --device adb:SERIAL --benchmark-binary android_aarch64_benchmark_model
+  edgeai bench --compare base.json new.json --threshold 5%   exit 1 on a p50 regression past 5%
 JSON schema (edgeai.bench/1): edgeai/bench/SCHEMA.md"""
-
-
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return int(text)
-
-
-def _count(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return int(text)
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
-    return value
 
 
 def parse_dims(texts: list[str]) -> dict[str, int]:
@@ -56,7 +38,7 @@ def parse_dims(texts: list[str]) -> dict[str, int]:
     dims = {}
     for text in texts:
         name, _, size = text.partition("=")
-        if not name or not size.isdigit() or int(size) < 1:
+        if not name or not is_count(size) or int(size) < 1:
             raise InputSpecError(f"bad --dim {text!r}: expected NAME=SIZE with a positive size, e.g. seq=128")
         dims[name] = int(size)
     return dims
@@ -66,33 +48,51 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "bench", help="time models: load, first inference, p50/p90/p99 latency, memory",
         description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("targets", nargs="+", metavar="ARTIFACT_OR_MODEL",
+    p.add_argument("targets", nargs="*", metavar="ARTIFACT_OR_MODEL",
                    help="a .onnx/.tflite file, an edgeai export folder (every artifact of its manifest) "
                         "or FOLDER@ARTIFACT; with --runtime torch a model spec (e.g. edgeai.zoo:digits_cnn)")
     p.add_argument("--runtime", choices=RUNTIMES, default="auto",
                    help="auto: each artifact in its format's runtime (onnx: onnxruntime); torch: run "
                         "model specs in PyTorch (default: auto)")
-    p.add_argument("--threads", type=_positive_int, default=1, metavar="N",
+    p.add_argument("--threads", type=positive_int, default=1, metavar="N",
                    help="intra-op threads (onnxruntime intra_op_num_threads, torch.set_num_threads); "
                         "default: 1")
-    p.add_argument("--warmup", type=_count, default=10, metavar="W",
+    p.add_argument("--warmup", type=count, default=10, metavar="W",
                    help="untimed runs after the first inference (default: 10)")
     stop = p.add_mutually_exclusive_group()
-    stop.add_argument("--runs", type=_positive_int, metavar="N", help="time exactly N runs")
-    stop.add_argument("--min-seconds", type=_seconds, metavar="S",
+    stop.add_argument("--runs", type=positive_int, metavar="N", help="time exactly N runs")
+    stop.add_argument("--min-seconds", type=seconds, metavar="S",
                       help="time runs until S seconds have passed (no cap)")
-    p.add_argument("--batch", type=_positive_int, default=1, metavar="B",
+    p.add_argument("--batch", type=positive_int, default=1, metavar="B",
                    help="size of the dynamic dim named 'batch' (else the first dynamic dim); default: 1")
     p.add_argument("--dim", action="append", default=[], metavar="NAME=SIZE",
                    help="size of another dynamic dim, e.g. --dim seq=128 (repeatable); unset dims "
                         "take their example size")
     p.add_argument("--provider", choices=PROVIDERS, default="cpu",
-                   help="execution device (cuda needs onnxruntime-gpu or a CUDA torch); default: cpu")
+                   help="execution device: cuda (onnxruntime-gpu or a CUDA torch), tensorrt (onnxruntime-gpu with "
+                        "TensorRT); GPU runs are timed with inputs already on the GPU and a device sync per "
+                        "run; default: cpu")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON (schema edgeai.bench/1)")
     p.add_argument("--no-verify-digest", action="store_true", help=NO_VERIFY_HELP)
     p.add_argument("--no-isolate", action="store_true",
                    help="measure every target in this process (faster to run; caches and peak RSS "
                         "are shared between targets)")
+    dev = p.add_argument_group("where to run (default: this machine)")
+    dev.add_argument("--device", metavar="ssh://HOST | adb:SERIAL", default=None,
+                     help="ssh://[USER@]HOST[:PORT]: copy the artifacts there (once, by sha256) and time them "
+                          "with the device's edgeai; adb:SERIAL: time a .tflite on an Android device with "
+                          "--benchmark-binary")
+    dev.add_argument("--ssh-config", metavar="FILE", help="ssh config file read before ~/.ssh/config (its settings win)")
+    dev.add_argument("--device-python", metavar="PATH",
+                     help="the device's Python that has edgeai installed (default: python3)")
+    dev.add_argument("--benchmark-binary", metavar="PATH",
+                     help="TFLite's benchmark_model built for the Android device (adb devices)")
+    cmp = p.add_argument_group("compare two reports (for CI)")
+    cmp.add_argument("--compare", nargs=2, metavar=("BASE.json", "NEW.json"),
+                     help="print NEW/BASE p50 ratios per target; exit 1 when one is slower by more than "
+                          "--threshold")
+    cmp.add_argument("--threshold", default="5%", metavar="PCT",
+                     help="allowed p50 slowdown for --compare, e.g. 5%% or 0.05 (default: 5%%)")
     torch_opts = p.add_argument_group("model specs (--runtime torch), passed to edgeai.source.load_model")
     torch_opts.add_argument("--input", action="append", default=[], metavar="NAME:DIM,...[:DTYPE]",
                             help="an input of the model, e.g. image:batch,1,32,32 (repeatable, call order)")
@@ -108,6 +108,20 @@ def run(args: argparse.Namespace) -> int:
     from edgeai.bench.report import print_report
     from edgeai.bench.runner import bench
 
+    if args.compare:
+        from edgeai.bench.compare import run_compare
+        if args.targets:
+            raise InputSpecError("--compare takes two report files and no targets")
+        return run_compare(args.compare[0], args.compare[1], args.threshold)
+    if not args.targets:
+        raise InputSpecError("nothing to benchmark; pass a .onnx/.tflite file or an export folder "
+                             "(or --compare BASE.json NEW.json)")
+    from edgeai.bench.devices import parse_device
+    device = parse_device(args.device, ssh_config=args.ssh_config, device_python=args.device_python,
+                          benchmark_binary=args.benchmark_binary)
+    if args.runtime == "torch":  # a device install has no torch: say which extra brings it
+        from edgeai.extras import require
+        require("torch", "edgeai bench --runtime torch")
     dims = parse_dims(args.dim)
     load_options = {k: v for k, v in (("example_inputs", args.example_inputs), ("arch", args.arch),
                                       ("trust_pickle", args.trust_pickle)) if v}
@@ -122,7 +136,8 @@ def run(args: argparse.Namespace) -> int:
     report = bench(args.targets, runtime=args.runtime, threads=args.threads, warmup=args.warmup,
                    runs=args.runs, min_seconds=args.min_seconds, batch=args.batch,
                    dims=dims, provider=args.provider, isolate=not args.no_isolate,
-                   inputs=args.input, load_options=load_options, verify_digest=not args.no_verify_digest)
+                   inputs=args.input, load_options=load_options, verify_digest=not args.no_verify_digest,
+                   device=device)
     print_report(report)
     if args.json:
         report.write_json(args.json)

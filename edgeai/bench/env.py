@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from importlib import metadata
+from pathlib import Path
 
 from edgeai import __version__
 from edgeai.hw import cpu_info, os_info
@@ -43,7 +45,69 @@ def environment(threads: int, provider: str) -> dict:
         "versions": package_versions(),
         "threads": threads,
         "provider": provider,
+        "device": "local",                   # where it ran: "local", "ssh://HOST", "adb:SERIAL"
+        "cpu_governor": cpu_governor(),
+        "temperature_c": temperature_c(),
+        "gpu": gpu_info() if provider != "cpu" else None,
     }
+
+
+def cpu_governor(sysfs: Path = Path("/sys/devices/system/cpu")) -> str | None:
+    """cpufreq scaling governor of CPU 0 (`performance`, `ondemand`, ...), None where not exposed."""
+    try:
+        return (sysfs / "cpu0" / "cpufreq" / "scaling_governor").read_text().strip() or None
+    except OSError:
+        return None
+
+
+def temperature_c(thermal: Path = Path("/sys/class/thermal")) -> float | None:
+    """Highest thermal-zone temperature in degrees C (a throttling board runs slower), None where unreadable."""
+    temps = []
+    for zone in sorted(thermal.glob("thermal_zone*")):
+        try:
+            temps.append(int((zone / "temp").read_text().strip()) / 1000.0)  # millidegrees
+        except (OSError, ValueError):
+            continue
+    return max(temps) if temps else None
+
+
+def gpu_info(nvidia_smi: str = "nvidia-smi") -> list[dict] | None:
+    """Name, driver and memory of each NVIDIA GPU from `nvidia-smi` (None when there is none)."""
+    fields = "name,driver_version,memory.total,memory.used"
+    try:
+        proc = subprocess.run([nvidia_smi, f"--query-gpu={fields}", "--format=csv,noheader,nounits"],
+                              capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if proc.returncode != 0:
+        return None
+    gpus = []
+    for line in proc.stdout.strip().splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) != 4:
+            continue
+        name, driver, total, used = parts
+        gpus.append({"name": name, "driver": driver, "memory_total_bytes": _mib(total),
+                     "memory_used_bytes": _mib(used)})
+    return gpus or None
+
+
+def gpu_process_memory_bytes(pid: int, nvidia_smi: str = "nvidia-smi") -> int | None:
+    """GPU memory process `pid` holds now, from `nvidia-smi` (None where unknown). Caching allocators
+    (onnxruntime's arena, torch's) do not give memory back, so at the end of a run this is its peak."""
+    try:
+        proc = subprocess.run([nvidia_smi, "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                              capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    total = [_mib(used) for p, _, used in (ln.partition(",") for ln in proc.stdout.splitlines())
+             if p.strip() == str(pid)]
+    return sum(x for x in total if x is not None) if total and proc.returncode == 0 else None
+
+
+def _mib(text: str) -> int | None:
+    text = text.strip()
+    return int(float(text) * 2**20) if text.replace(".", "", 1).isdigit() else None
 
 
 def peak_rss_bytes() -> int | None:

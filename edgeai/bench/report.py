@@ -31,7 +31,9 @@ def environment_line(report: BenchReport) -> str:
     env, cfg = report.env, report.config
     versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)
     flags = " ".join(env["cpu"]["flags"]) or "no SIMD flags reported"
-    return (f"{env['cpu']['model']} ({flags}); {env['logical_cores']} logical / {env['physical_cores']} "
+    device = env.get("device", "local")
+    where = "" if device == "local" else f"device {device}: "
+    return (f"{where}{env['cpu']['model']} ({flags}); {env['logical_cores']} logical / {env['physical_cores']} "
             f"physical cores; {env['os']['system']} {env['os']['release']}; Python {env['python']}; "
             f"{versions}\nthreads {cfg.threads}, provider {cfg.provider}, warmup {cfg.warmup}, "
             f"timed runs: {cfg.stop_rule.describe()}, "
@@ -47,7 +49,7 @@ def _row(i: int, r: BenchResult) -> list[str]:
     t = r.timing
     return head + [ms(r.load_ms), ms(r.first_ms), ms(t.p50_ms), ms(t.p90_ms), ms(t.p99_ms),
                    f"{ms(t.mean_ms)}±{ms(t.std_ms)}", str(t.n), megabytes(r.peak_rss_bytes),
-                   f"{r.speedup_vs_baseline:.2f}x"]
+                   "-" if r.speedup_vs_baseline is None else f"{r.speedup_vs_baseline:.2f}x"]
 
 
 def table(report: BenchReport) -> "Table":
@@ -88,6 +90,13 @@ def print_report(report: BenchReport, console: "Console | None" = None) -> None:
     for i, r in enumerate(report.results, 1):
         for note in r.notes:
             notes.setdefault(note, []).append(f"#{i}")
+    shapes: dict[str, list[str]] = {}  # the input shapes each target was timed at
+    for i, r in enumerate(report.results, 1):
+        if r.inputs:
+            text = ", ".join(f"{d['name']} {'x'.join(map(str, d['shape'])) or 'scalar'} {d['dtype']}" for d in r.inputs)
+            shapes.setdefault(text, []).append(f"#{i}")
+    for text, rows in shapes.items():
+        console.print(f"inputs ({', '.join(rows)}): {text}", highlight=False, markup=False)
     for note, rows in notes.items():
         console.print(f"note ({', '.join(rows)}): {note}", highlight=False, markup=False)
     for i, r in enumerate(report.results, 1):

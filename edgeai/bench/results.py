@@ -12,7 +12,7 @@ from edgeai.fsutil import atomic_write_text
 
 SCHEMA = "edgeai.bench/1"
 RUNTIMES = ("auto", "onnxruntime", "tflite", "torch")
-PROVIDERS = ("cpu", "cuda")
+PROVIDERS = ("cpu", "cuda", "tensorrt")
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,7 @@ class BenchConfig:
     inputs: tuple[str, ...] = ()                           # --input specs for model specs (torch)
     load_options: Mapping[str, Any] = field(default_factory=dict)  # more edgeai.source.load_model kwargs
     seed: int = 0
+    device: str = "local"                                  # "local", "ssh://HOST", "adb:SERIAL"
 
     def __post_init__(self):
         if self.runtime not in RUNTIMES:
@@ -87,6 +88,7 @@ class BenchResult:
     inputs: tuple[dict, ...] = ()     # concrete {name, shape, dtype} fed to the model
     rss_before_load_bytes: int | None = None
     peak_rss_bytes: int | None = None
+    peak_gpu_memory_bytes: int | None = None  # GPU providers: torch's max allocated, or the process's (nvidia-smi)
     speedup_vs_baseline: float | None = None  # baseline p50 / this p50 (> 1: faster than baseline)
     error: str | None = None
     exit_code: int | None = None      # worker exit status when it died (negative: killed by signal)
@@ -106,7 +108,8 @@ class BenchResult:
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "BenchResult":
-        d = dict(d)
+        known = {f.name for f in fields(cls)}
+        d = {k: v for k, v in d.items() if k in known}  # a newer edgeai (on a device) may add fields
         d["timing"] = TimingStats.from_dict(d["timing"]) if d.get("timing") else None
         d["inputs"] = tuple(d.get("inputs", ()))
         d["notes"] = tuple(d.get("notes", ()))
@@ -127,10 +130,10 @@ class BenchReport:
     @classmethod
     def build(cls, env: dict, config: BenchConfig, results: list[BenchResult], created: str) -> "BenchReport":
         """Fill each result's speedup against the first target that was measured."""
-        base = next((r for r in results if r.ok), None)
-        if base is not None:
-            results = [replace(r, speedup_vs_baseline=base.timing.p50_ms / r.timing.p50_ms) if r.ok else r
-                       for r in results]
+        base = next((r for r in results if r.ok and r.timing.p50_ms), None)
+        if base is not None:  # a p50 can be null (benchmark_model builds that print no median)
+            results = [replace(r, speedup_vs_baseline=base.timing.p50_ms / r.timing.p50_ms)
+                       if r.ok and r.timing.p50_ms else r for r in results]
         return cls(env, config, tuple(results), created, base.target if base else None)
 
     @property
@@ -141,6 +144,12 @@ class BenchReport:
         return {"schema": self.schema, "created": self.created, "env": self.env,
                 "config": self.config.to_dict(), "baseline": self.baseline,
                 "results": [r.to_dict() for r in self.results]}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "BenchReport":
+        return cls(env=dict(d["env"]), config=BenchConfig.from_dict(d["config"]),
+                   results=tuple(BenchResult.from_dict(r) for r in d["results"]), created=d["created"],
+                   baseline=d.get("baseline"), schema=d.get("schema", SCHEMA))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2) + "\n"

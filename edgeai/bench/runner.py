@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import edgeai
+from edgeai.bench.devices import LOCAL, AdbDevice, SshDevice, parse_device
 from edgeai.bench.env import environment
 from edgeai.bench.results import BenchConfig, BenchReport, BenchResult
 from edgeai.bench.targets import Target, expand_targets
@@ -28,7 +29,7 @@ def bench(targets: Sequence[str | Path], *, runtime: str = "auto", threads: int 
           runs: int | None = None, min_seconds: float | None = None, batch: int = 1,
           dims: Mapping[str, int] | None = None, provider: str = "cpu", isolate: bool = True,
           inputs: Sequence[str] | None = None, load_options: Mapping[str, Any] | None = None,
-          verify_digest: bool = True) -> BenchReport:
+          verify_digest: bool = True, device: str | SshDevice | AdbDevice | None = None) -> BenchReport:
     """Time every target (see edgeai/bench/SCHEMA.md for what is measured and how).
 
     targets: .onnx/.tflite files, edgeai export folders (every artifact, manifest order) or
@@ -36,16 +37,32 @@ def bench(targets: Sequence[str | Path], *, runtime: str = "auto", threads: int 
     `inputs` (NAME:DIM,... specs) and `load_options` (example_inputs, arch, trust_pickle) are
     passed through. Neither runs nor min_seconds: >= 50 runs and >= 1 s, stopping at 10 s.
     An export folder's files are checked against its manifest's sha256 first, unless `verify_digest`
-    is False.
+    is False. device: None or "local" (this machine), "ssh://HOST" or an SshDevice / AdbDevice
+    (edgeai.bench.devices): the artifacts are copied there and timed by the same protocol.
     """
+    if isinstance(device, str):
+        device = parse_device(device)
     config = BenchConfig(runtime=runtime, threads=threads, warmup=warmup, runs=runs,
                          min_seconds=min_seconds, batch=batch, dims=dict(dims or {}), provider=provider,
-                         isolate=isolate, inputs=tuple(inputs or ()), load_options=dict(load_options or {}))
-    return run_bench(targets, config, verify_digest=verify_digest)
+                         isolate=isolate, inputs=tuple(inputs or ()), load_options=dict(load_options or {}),
+                         device=device.name if device else LOCAL)
+    return run_bench(targets, config, device, verify_digest=verify_digest)
 
 
-def run_bench(targets: Sequence[str | Path], config: BenchConfig, *, verify_digest: bool = True) -> BenchReport:
+def run_bench(targets: Sequence[str | Path], config: BenchConfig, device: SshDevice | AdbDevice | None = None,
+              *, verify_digest: bool = True) -> BenchReport:
     expanded = expand_targets(targets, config.runtime, verify_digest=verify_digest)
+    if isinstance(device, SshDevice):
+        from edgeai.bench.ssh import bench_over_ssh
+        return bench_over_ssh(expanded, config, device)
+    if isinstance(device, AdbDevice):
+        from edgeai.bench.android import bench_over_adb
+        return bench_over_adb(expanded, config, device)
+    return measure_targets(expanded, config)
+
+
+def measure_targets(expanded: Sequence[Target], config: BenchConfig) -> BenchReport:
+    """Measure targets already expanded, on this machine, into a report with this machine's fingerprint."""
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     env = environment(config.threads, config.provider)
     results = []

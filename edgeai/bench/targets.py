@@ -5,7 +5,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from edgeai.errors import RuntimeLoadError
+from edgeai.errors import EdgeAIError, RuntimeLoadError
 from edgeai.manifest import MANIFEST_NAME, Manifest
 from edgeai.runtime import SUFFIX_FORMATS
 
@@ -74,7 +74,20 @@ def _artifacts(text: str, verify_digest: bool) -> list[Target]:
     if fmt is None:
         raise RuntimeLoadError(f"cannot benchmark {text!r}: its suffix is not one of {', '.join(SUFFIX_FORMATS)}; "
                                "for a PyTorch model pass --runtime torch")
-    return [Target(text, "file", str(path), fmt, None, path.stat().st_size)]
+    return [Target(text, "file", str(path), fmt, None, path.stat().st_size, _exported_dims(path))]
+
+
+def _exported_dims(path: Path) -> dict:
+    """The dynamic dim sizes a file was exported with, from the manifest of the folder holding it."""
+    if not (path.parent / MANIFEST_NAME).is_file():
+        return {}
+    try:
+        manifest = Manifest.read(path.parent)
+    except EdgeAIError:  # a broken manifest beside a model file: the file still runs
+        return {}
+    if not any(e.file == path.name for e in manifest.artifacts):
+        return {}
+    return dict(manifest.source.get("example_dims", {}))
 
 
 def _model_spec(text: str) -> Target:

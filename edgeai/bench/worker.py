@@ -19,7 +19,7 @@ from edgeai.bench.env import current_rss_bytes, peak_rss_bytes
 from edgeai.bench.results import BenchConfig, BenchResult
 from edgeai.bench.stats import time_session
 from edgeai.bench.targets import Target
-from edgeai.errors import EdgeAIError
+from edgeai.errors import EdgeAIError, InputSpecError
 from edgeai.runtime.base import Session
 from edgeai.specs import TensorSpec, random_feeds
 
@@ -35,15 +35,22 @@ def open_session(target: Target, config: BenchConfig) -> Session:
         from edgeai.bench.torch_session import load_torch_session
         return load_torch_session(target.path, config)
     from edgeai import runtime
-    return runtime.load(target.path, artifact=target.artifact, provider=config.provider,
-                        threads=config.threads, verify_digest=False)  # checked once in expand_targets
+    session = runtime.load(target.path, artifact=target.artifact, provider=config.provider,
+                           threads=config.threads, verify_digest=False)  # checked once in expand_targets
+    if config.provider != "cpu":  # time the GPU, not host copies: IO binding
+        from edgeai.bench.gpu import wrap_for_gpu
+        session = wrap_for_gpu(session)
+    return session
 
 
 def feed_sizes(specs: Sequence[TensorSpec], batch: int, dims: Mapping[str, int],
                example_dims: Mapping[str, int] | None = None) -> tuple[dict[str, int], list[str]]:
     """Sizes of dynamic dims: `batch` for the dim named "batch" (else the first dynamic dim),
     `dims` for any dim by name; the rest keep the size they were exported with (`example_dims`,
-    from the manifest), else the spec's example size. Also notes for the report."""
+    from the manifest), else the spec's example size. Also notes for the report.
+
+    A dynamic dim with none of these has no size to guess: InputSpecError naming each such dim.
+    """
     dynamic = list(dict.fromkeys(d for s in specs for d in s.dynamic_dims))
     notes = []
     sizes = {d: int(n) for d, n in (example_dims or {}).items() if d in dynamic}
@@ -57,6 +64,14 @@ def feed_sizes(specs: Sequence[TensorSpec], batch: int, dims: Mapping[str, int],
         notes.append(f"--dim {', '.join(unused)} matches no dynamic dimension of this model "
                      f"(dynamic: {', '.join(dynamic) or 'none'})")
     sizes.update({d: n for d, n in dims.items() if d in dynamic})
+    examples = {d for s in specs for d in s.example_sizes}
+    unset = [d for d in dynamic if d not in sizes and d not in examples]
+    if unset:
+        where = "; ".join(f"input {s.name!r} is {'x'.join(map(str, s.shape))}" for s in specs
+                          if set(s.dynamic_dims) & set(unset))
+        raise InputSpecError(f"dynamic dim(s) {', '.join(unset)} have no size ({where}) and no edgeai manifest "
+                             f"lists the size they were exported with; give each: "
+                             + " ".join(f"--dim {d}=N" for d in unset))
     return sizes, notes
 
 
@@ -94,6 +109,7 @@ def measure(target: Target, config: BenchConfig, open_fn: Callable[[], Session] 
         notes.append("measured in-process: earlier targets may have warmed caches, and peak RSS "
                      "is the whole process's")
     info = session.describe()
+    notes.extend(info.get("notes", ()))
     size = target.size_bytes if target.size_bytes is not None else getattr(session, "size_bytes", None)
     return BenchResult(
         target=target.label, kind=target.kind, path=target.path, artifact=target.artifact,
@@ -102,7 +118,8 @@ def measure(target: Target, config: BenchConfig, open_fn: Callable[[], Session] 
         size_bytes=size, import_ms=import_ms, load_ms=load_ms, first_ms=first_ms,
         warmup=config.warmup, timing=timing,
         inputs=tuple({"name": n, "shape": list(a.shape), "dtype": str(a.dtype)} for n, a in feeds.items()),
-        rss_before_load_bytes=rss_before, peak_rss_bytes=peak_rss_bytes(), notes=tuple(notes))
+        rss_before_load_bytes=rss_before, peak_rss_bytes=peak_rss_bytes(),
+        peak_gpu_memory_bytes=info.get("peak_gpu_memory_bytes"), notes=tuple(notes))
 
 
 def failed_result(target: Target, error: str, isolated: bool, **details) -> BenchResult:

@@ -6,9 +6,12 @@ pipeline verifies every artifact in its own runtime afterwards.
 """
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from edgeai.registry import Registry
 
@@ -50,7 +53,6 @@ class Exporter:
 EXPORTERS: Registry[Exporter] = Registry("exporter", package=__name__)
 
 
-
 def get_exporter(fmt: str) -> Exporter:
     return EXPORTERS.get(fmt)
 
@@ -65,11 +67,66 @@ def flatten_outputs(outputs: Any) -> list:
 
 
 def output_names(outputs: Any) -> tuple[list[str], list]:
-    """(names, flat outputs), the same in every format: 'output' for one tensor, the keys of a flat
-    dict, else output_0, output_1, ..."""
+    """(names, flat outputs), the same in every format: the keys of a flat dict (one key too, e.g.
+    last_hidden_state), 'output' for one tensor, else output_0, output_1, ..."""
     leaves = flatten_outputs(outputs)
-    if len(leaves) == 1:
-        return ["output"], leaves
     if isinstance(outputs, dict) and len(outputs) == len(leaves):
         return [str(k) for k in outputs], leaves
+    if len(leaves) == 1:
+        return ["output"], leaves
     return [f"output_{i}" for i in range(len(leaves))], leaves
+
+
+@contextlib.contextmanager
+def interrupts_propagate() -> Iterator[None]:
+    """Inside: a Ctrl-C (SIGINT) or SIGTERM always ends the export with KeyboardInterrupt / Terminated.
+
+    torch's tracers catch what user code raises (torch.export's strict mode turns it into an
+    export error), so a KeyboardInterrupt raised while tracing can come out as an ordinary
+    failure, and the pipeline would then fall back to the next export path. The signal is
+    remembered here and raised again, whatever the exporter made of it.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def remember(signum, frame):
+        caught.append(signum)
+        previous[signum](signum, frame)  # raises KeyboardInterrupt / Terminated
+
+    # only Python-level handlers are wrapped: a default SIGTERM still ends the process at once
+    wrapped = [sig for sig, h in previous.items() if callable(h)]
+    for sig in wrapped:
+        signal.signal(sig, remember)
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise
+    except BaseException as e:
+        if caught or _interrupt_in(e):
+            raise _interrupt(caught) from None
+        raise
+    else:
+        if caught:  # the tracer swallowed the interrupt and went on
+            raise _interrupt(caught)
+    finally:
+        for sig in wrapped:
+            signal.signal(sig, previous[sig])
+
+
+def _interrupt(caught: list[int]) -> KeyboardInterrupt:
+    from edgeai.errors import Terminated
+    return Terminated() if signal.SIGTERM in caught else KeyboardInterrupt()
+
+
+def _interrupt_in(e: BaseException | None) -> bool:
+    """True when a KeyboardInterrupt is anywhere in the exception's cause/context chain."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False

@@ -10,13 +10,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from edgeai.errors import ExportError
-from edgeai.exporters import EXPORTERS, Exporter, ExportResult, output_names
+from edgeai.errors import ConfigError, ExportError
+from edgeai.exporters import EXPORTERS, Exporter, ExportResult, interrupts_propagate, output_names
 from edgeai.specs import TensorSpec
 
 log = logging.getLogger(__name__)
 
 EXPORT_PATHS = ("dynamo", "torchscript")
+MIN_OPSET = 7  # the oldest opset the exporters and onnxruntime still convert
 
 
 @dataclass(frozen=True)
@@ -25,14 +26,18 @@ class OnnxExportConfig:
     opset: int = 18
     external_data: bool = False     # force weights into model.onnx.data (automatic past 2 GB)
 
+    def __post_init__(self):
+        if self.exporter not in ("auto", *EXPORT_PATHS):
+            raise ConfigError(f"unknown ONNX exporter {self.exporter!r}; known: auto, {', '.join(EXPORT_PATHS)}")
+        if not isinstance(self.opset, int) or isinstance(self.opset, bool) or self.opset < MIN_OPSET:
+            raise ConfigError(f"ONNX opset must be an integer >= {MIN_OPSET}, got {self.opset!r}")
+
 
 def attempts(config: OnnxExportConfig) -> list[OnnxExportConfig]:
     """The export paths to try, in order: 'auto' means torch.export first, TorchScript second."""
     if config.exporter == "auto":
         return [replace(config, exporter=p) for p in EXPORT_PATHS]
-    if config.exporter not in EXPORT_PATHS:
-        raise ExportError(f"unknown ONNX exporter {config.exporter!r}; known: auto, {', '.join(EXPORT_PATHS)}")
-    return [config]
+    return [config]  # a known path: the config checked it
 
 
 def export_onnx(module, example_inputs: dict, input_specs: list[TensorSpec], out_path: Path,
@@ -51,7 +56,7 @@ def export_onnx(module, example_inputs: dict, input_specs: list[TensorSpec], out
     out_path = Path(out_path)
     quiet = contextlib.redirect_stdout(io.StringIO())
     try:
-        with warnings.catch_warnings(), quiet, _quiet_torch_logs():
+        with interrupts_propagate(), warnings.catch_warnings(), quiet, _quiet_torch_logs():
             warnings.simplefilter("ignore")
             if path == "dynamo":
                 args = _grow_size_one_dims(args, input_specs)
@@ -63,8 +68,10 @@ def export_onnx(module, example_inputs: dict, input_specs: list[TensorSpec], out
                 torch.onnx.export(module, args, str(out_path), dynamo=False, input_names=names,
                                   output_names=out_names, opset_version=min(config.opset, 17),
                                   dynamic_axes=_dynamic_axes(input_specs) or None)
-    except Exception as e:
+    except Exception as e:  # (an interrupt never gets here: interrupts_propagate raises it)
         raise ExportError(f"{path} ONNX export failed: {root_cause(e)}") from e
+    if path == "dynamo":
+        _drop_initializer_value_info(out_path)
     files = [out_path.name] + external_files(out_path)
     return ExportResult(exporter=f"torch.onnx ({'torch.export' if path == 'dynamo' else 'TorchScript'})",
                         files=files, details={"opset": _opset(out_path), "export_path": path,
@@ -118,6 +125,20 @@ def _grow_size_one_dims(args: tuple, specs: list[TensorSpec]) -> tuple:
                 arg = arg.repeat_interleave(2, dim=axis)
         out.append(arg)
     return tuple(out)
+
+
+def _drop_initializer_value_info(model_path: Path) -> None:
+    """torch.export-based graphs repeat each initializer's shape in value_info; onnxruntime's
+    quantizer transposes Gemm weights in place, and the stale copy then fails shape inference."""
+    import onnx
+    model = onnx.load(str(model_path), load_external_data=False)
+    weights = {i.name for i in model.graph.initializer}
+    keep = [vi for vi in model.graph.value_info if vi.name not in weights]
+    if len(keep) == len(model.graph.value_info):
+        return
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(keep)
+    onnx.save(model, str(model_path))  # external data stays where it is: only references were loaded
 
 
 def external_files(model_path: Path) -> list[str]:

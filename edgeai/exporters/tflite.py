@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from edgeai.errors import ExportError, MissingDependencyError
-from edgeai.exporters import EXPORTERS, Exporter, ExportResult, flatten_outputs, output_names
+from edgeai.exporters import EXPORTERS, Exporter, ExportResult, flatten_outputs, interrupts_propagate, output_names
 
 if TYPE_CHECKING:
     import torch
@@ -140,7 +140,8 @@ def export_tflite(module: "torch.nn.Module", example_inputs: "dict[str, torch.Te
     while True:
         fused: list[dict] = []
         try:
-            _convert(litert_torch, wrapper, sample, dynamic_shapes, out_path, module, config, fused, exclude)
+            with interrupts_propagate():
+                _convert(litert_torch, wrapper, sample, dynamic_shapes, out_path, module, config, fused, exclude)
             break
         except (MissingDependencyError, ExportError):
             raise

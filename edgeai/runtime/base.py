@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import abc
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -29,6 +29,10 @@ class Session(abc.ABC):
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Check and cast the feeds, then run."""
         return self.run_unchecked(self.prepare(feeds))
+
+    def run_many(self, feed_sets: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+        """`run` on each feed set in turn (an isolated session runs them all in one child process)."""
+        return [self.run(feeds) for feeds in feed_sets]
 
     @abc.abstractmethod
     def run_unchecked(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

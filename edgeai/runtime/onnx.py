@@ -62,6 +62,8 @@ class OnnxSession(Session):
         self.inputs = [_spec(a) for a in self._sess.get_inputs()]
         self.outputs = [_spec(a) for a in self._sess.get_outputs()]
         self._output_names = [o.name for o in self.outputs]
+        self._run_options = ort.RunOptions()
+        self._run_options.log_severity_level = 4  # a failed run is raised, not also logged in red
 
     @classmethod
     def read_specs(cls, path) -> tuple[list[TensorSpec], list[TensorSpec]]:
@@ -70,7 +72,12 @@ class OnnxSession(Session):
         return session.inputs, session.outputs
 
     def run_unchecked(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(self._output_names, self._sess.run(self._output_names, feeds)))
+        try:
+            outputs = self._sess.run(self._output_names, feeds, self._run_options)
+        except Exception as e:  # onnxruntime's own errors: a value the graph cannot take (an index out of range)
+            text = " ".join(str(e).split())[:300] or type(e).__name__
+            raise RuntimeLoadError(f"onnxruntime failed to run {self.path.name!r} on these inputs: {text}") from None
+        return dict(zip(self._output_names, outputs))
 
     @property
     def inference_session(self):

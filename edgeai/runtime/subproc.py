@@ -19,6 +19,7 @@ import numpy as np
 
 from edgeai import errors
 from edgeai.errors import RuntimeLoadError
+from edgeai.runtime.base import Session
 
 _RUNTIME_NAMES = {"tflite": "LiteRT", "onnx": "onnxruntime"}
 
@@ -71,6 +72,41 @@ def run_isolated_many(path: str | Path, feeds_list: Sequence[Mapping[str, np.nda
             with np.load(tmp / f"out{i}.npz") as z:
                 results.append({name: z[f"arr_{j}"] for j, name in enumerate(names)})
         return results
+
+
+class IsolatedSession(Session):
+    """A model whose runtime may crash (LiteRT aborts on some models), run in a child process.
+
+    Specs are read from the file without the runtime (`read_specs`); feeds are checked here, so a
+    wrong feed is a one-line error, and each `run` / `run_many` call loads the model once in a fresh
+    child. A crash becomes a RuntimeLoadError naming the signal.
+    """
+
+    def __init__(self, path: str | Path, fmt: str, provider: str = "cpu", threads: int | None = None):
+        from edgeai.runtime import get_runtime
+        self.path, self.format = Path(path), fmt
+        self.inputs, self.outputs = get_runtime(fmt).read_specs(self.path)
+        self.provider, self.threads = provider, threads
+        self._options = {"provider": provider, "threads": threads}
+
+    def run_unchecked(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return run_isolated(self.path, feeds, self.format, self._options)
+
+    def run_many(self, feed_sets: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+        return run_isolated_many(self.path, [self.prepare(f) for f in feed_sets], self.format, self._options)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "isolated": True}
+
+
+def load_guarded(path: str | Path, *, artifact: str | None = None, provider: str = "cpu",
+                 threads: int | None = None, verify_digest: bool = True) -> Session:
+    """`edgeai.runtime.load`, except that a crash-prone runtime runs in child processes (IsolatedSession)."""
+    from edgeai import runtime
+    file, fmt = runtime.resolve(path, artifact, verify_digest=verify_digest)
+    if runtime.get_runtime(fmt).crash_prone:
+        return IsolatedSession(file, fmt, provider=provider, threads=threads)
+    return runtime.load(file, provider=provider, threads=threads)
 
 
 def _child_command(folder: Path) -> list[str]:

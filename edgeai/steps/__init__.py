@@ -49,6 +49,11 @@ class ArtifactStep:
     precision: str = ""   # precision of the artifact it produces ("fp16", "int8")
 
 
+class VariantNotKept(Exception):
+    """An artifact step chose not to keep its variant (e.g. a fusion that is not faster); the
+    pipeline leaves the variant out and records the reason, like a failed variant."""
+
+
 MODEL_STEPS: Registry[ModelStep] = Registry("model step", package=__name__)
 ARTIFACT_STEPS: Registry[ArtifactStep] = Registry("artifact step", package=__name__)
 

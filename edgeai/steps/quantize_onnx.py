@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from edgeai import hw
 from edgeai.data import iter_batches, load_feeds, num_samples, split_labels, take
@@ -80,6 +80,8 @@ class Int8DynamicConfig:
 @dataclass(frozen=True)
 class Int8StaticConfig:
     """INT8 weights and activations with ranges calibrated on sample inputs (ctx.calibration)."""
+
+    needs_calibration: ClassVar[bool] = True  # the recipe is refused up front without calibration data
 
     method: str = "minmax"                # minmax | entropy | percentile
     per_channel: bool = True

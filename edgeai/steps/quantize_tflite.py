@@ -13,7 +13,7 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, ClassVar, Iterator
 
 from edgeai.errors import DataError, ExportError, MissingDependencyError
 from edgeai.steps import ARTIFACT_STEPS, ArtifactStep, StepContext, StepReport, config_to_dict
@@ -42,6 +42,8 @@ class TFLiteInt8DynamicConfig:
 @dataclass(frozen=True)
 class TFLiteInt8FullConfig:
     """INT8 weights and activations with ranges from calibration data; float32 model I/O."""
+
+    needs_calibration: ClassVar[bool] = True  # the recipe is refused up front without calibration data
 
     max_samples: int = 256         # calibration samples used (from ctx.calibration, axis 0)
     exclude_ops: tuple[str, ...] = ()  # ops kept in float32, by scope: their output tensor names, each + ';'

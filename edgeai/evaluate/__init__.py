@@ -11,7 +11,8 @@ import numpy as np
 from edgeai.data import DataSource, iter_batches, load_feeds, num_samples, split_labels
 from edgeai.errors import DataError
 from edgeai.metrics import Metric
-from edgeai.runtime import Session, load
+from edgeai.runtime import Session
+from edgeai.runtime.subproc import load_guarded
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,8 @@ def evaluate(model: str | Path | Session, data: DataSource, *, labels: np.ndarra
     `metric` (edgeai.metrics) the value is ``metric(all outputs, labels)``; labels may be None.
     A model whose batch dim is fixed (e.g. 1) is run in chunks of that size, the last chunk padded.
     """
-    session = model if isinstance(model, Session) else load(model, provider=provider, threads=threads)
+    # a crash-prone runtime (LiteRT) runs in a child process: a crash is an error, not the end of the caller
+    session = model if isinstance(model, Session) else load_guarded(model, provider=provider, threads=threads)
     feeds, data_labels = split_labels(load_feeds(data, session.inputs, what="evaluation data"))
     if labels is None and reference is None:  # explicit arguments win over a 'labels' array
         labels = data_labels
@@ -77,11 +79,15 @@ def run_batched(session: Session, feeds: Mapping[str, np.ndarray],
     step = fixed or batch_size
     n = num_samples(feeds)
     parts: dict[str, list[np.ndarray]] = {}
+    batches, counts = [], []
     for batch in iter_batches(feeds, step):
         got = num_samples(batch)
         if fixed and got < fixed:  # pad the last chunk by repeating its last sample
             batch = {k: np.concatenate([v, np.repeat(v[-1:], fixed - got, axis=0)]) for k, v in batch.items()}
-        for name, arr in session.run(batch).items():
+        batches.append(batch)
+        counts.append(got)
+    for got, result in zip(counts, session.run_many(batches)):  # one child process for an isolated session
+        for name, arr in result.items():
             parts.setdefault(name, []).append(arr[:got])
     result = {k: np.concatenate(v) for k, v in parts.items()}
     assert all(v.shape[0] == n for v in result.values()), "batched outputs lost samples"

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from edgeai.argtypes import positive_int
 from edgeai.manifest import MANIFEST_NAME, NO_VERIFY_HELP
 
 
@@ -19,7 +20,7 @@ def add_parser(sub) -> None:
                    help="inputs keyed by input name, optionally 'labels'")
     p.add_argument("--artifact-name", action="append", default=None,
                    help="only these artifacts of an export folder (repeatable; default: all)")
-    p.add_argument("--batch-size", type=int, default=64, help="samples per run (default 64)")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="samples per run (default 64)")
     p.add_argument("--provider", default="cpu", choices=("cpu", "cuda"), help="execution provider (default cpu)")
     p.add_argument("--metric", metavar="FILE.py:FUNC|module:FUNC",
                    help="your task metric, FUNC(outputs: dict[name, array], labels) -> float, higher is better; "
@@ -33,13 +34,13 @@ def run(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from edgeai import runtime
     from edgeai.data import load_feeds, split_labels
     from edgeai.evaluate import evaluate, run_batched
     from edgeai.console import print_wide
     from edgeai.fsutil import atomic_write_text
     from edgeai.manifest import Manifest
     from edgeai.metrics import load_metric
+    from edgeai.runtime.subproc import load_guarded
 
     metric = load_metric(args.metric)
     path = Path(args.artifact)
@@ -49,7 +50,7 @@ def run(args) -> int:
         names = [None]
     results, reference = [], None
     for name in names:
-        session = runtime.load(path, artifact=name, provider=args.provider,
+        session = load_guarded(path, artifact=name, provider=args.provider,  # LiteRT: in a child process
                                verify_digest=not args.no_verify_digest)
         feeds, labels = split_labels(load_feeds(args.data, session.inputs, what="evaluation data"))
         if labels is None and reference is None and metric is None:
