@@ -196,11 +196,6 @@ def _artifact_steps(ctx: RunContext, source: ModelSource, fp32: ArtifactEntry,
                            input_specs=source.input_specs,
                            extra={"channels_last_inputs": list(fp32.details.get("channels_last_inputs", []))})
     budget = _LazyBudget(source, step_ctx, recipe.max_drop, recipe.metric)
-    names = [canonical_scheme(n) for item in recipe.quantize for n in item]
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:
-        raise RecipeError(f"quantization scheme(s) {', '.join(twice)} given more than once (int8-full is another "
-                          "name for int8-static); give each once")
     entries = []
     for item in recipe.quantize:
         (name, opts), = item.items()

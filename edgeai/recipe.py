@@ -157,7 +157,7 @@ def validate(recipe: Recipe) -> None:
     Raises ConfigError (or the config's own EdgeAIError) naming the bad value and the known ones.
     """
     from edgeai.exporters import get_exporter
-    from edgeai.steps import ARTIFACT_STEPS, get_model_step
+    from edgeai.steps import ARTIFACT_STEPS, canonical_scheme, get_model_step
 
     exporter = get_exporter(recipe.format)
     make_config(exporter.config_cls, recipe.export, f"{recipe.format} export")
@@ -167,8 +167,10 @@ def validate(recipe: Recipe) -> None:
     seen = set()
     for item in recipe.quantize:
         (name, opts), = item.items()
+        name = canonical_scheme(name)  # int8-full is int8-static, in every format
         if name in seen:
-            raise RecipeError(f"quantization {name!r} is asked twice; name each scheme once")
+            raise RecipeError(f"quantization {name!r} is asked twice (int8-full is another name for int8-static); "
+                              "name each scheme once")
         seen.add(name)
         key = f"{recipe.format}:{name}"
         if key not in ARTIFACT_STEPS:

@@ -60,7 +60,7 @@ def test_a_scheme_given_twice_under_its_alias_is_refused(tmp_path):
     import edgeai
     from edgeai.recipe import DataConfig, RecipeError, SummaryConfig
     np.savez(tmp_path / "calib.npz", image=np.random.default_rng(0).standard_normal((16, 3, 16, 16)).astype(np.float32))
-    with pytest.raises(RecipeError, match="int8-static given more than once"):
+    with pytest.raises(RecipeError, match="'int8-static' is asked twice"):
         edgeai.export("tests/models.py:cnn", tmp_path / "o", inputs=["image:batch,3,16,16"],
                       quantize=({"int8-full": {}}, {"int8-static": {}}), summary=SummaryConfig(bench=False),
                       data=DataConfig(calibration=str(tmp_path / "calib.npz")))
