@@ -54,9 +54,9 @@ class FallbackReport:
         if self.within:
             return [f"accuracy fallback: kept {len(best.excluded)} node(s) in FP32 "
                     f"({g.short_list(list(best.excluded))}) to stay within the budget ({budget}); "
-                    f"metric {best.metric:.4g} after {len(self.tries)} tries"]
+                    f"metric {best.metric:.5g} after {len(self.tries)} tries"]
         return [f"accuracy fallback did NOT reach the budget ({budget}) after {len(self.tries)} tries; "
-                f"best metric {best.metric:.4g} with {len(best.excluded)} node(s) in FP32 "
+                f"best metric {best.metric:.5g} with {len(best.excluded)} node(s) in FP32 "
                 f"({g.short_list(list(best.excluded))}); consider another scheme or FP16"]
 
     def to_dict(self) -> dict[str, Any]:
