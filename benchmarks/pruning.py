@@ -9,7 +9,7 @@ in onnxruntime; then all artifacts of a model are timed together (each in a fres
 against the unpruned ORT FP32 model.
 
     python benchmarks/pruning.py [--only digits-cnn ...] [--ratios 0.25 0.5 0.75] [--epochs 40]
-    python benchmarks/pruning.py --real [--only pitch_cnn speaker_lstm text_encoder]
+    python benchmarks/pruning.py --real [--only pitch_cnn speaker_lstm_pruned text_encoder]
 
 --real runs the real-shaped recipes in recipes/ (prune -> distill, their quantization left out):
 the pitch CNN (sigmoid bins, permute/reshape head), the LSTM speaker embedding (cosine) and the
@@ -69,7 +69,7 @@ def run(models, ratios, epochs: int, round_to: int, min_seconds: float, folder: 
     return rows
 
 
-REAL = ("pitch_cnn", "speaker_lstm", "text_encoder")
+REAL = ("pitch_cnn", "speaker_lstm_pruned", "text_encoder")
 REAL_COLUMNS = [("model", "model", ""), ("ratio", "MACs cut asked", ""), ("macs_cut", "MACs cut", ".1%"),
                 ("speedup", "speedup vs unpruned FP32", ".2f"), ("ratio_speed_macs", "speedup / MAC reduction", ".2f"),
                 ("metric", "metric", ""), ("metric_before", "unpruned", ".4g"), ("metric_after", "pruned+distilled", ".4g"),

@@ -23,7 +23,8 @@ SCHEMES = ({"fp16": {}}, {"int8-dynamic": {}}, {"int8-static": {}})
 COLUMNS = [("model", "model", ""), ("kind", "kind", ""), ("variant", "variant", ""),
            ("size_mb", "size MB", ".3f"), ("size_ratio", "size ×", ".2f"), ("p50_ms", "p50 ms", ".3f"),
            ("speedup", "speedup vs FP32", ".2f"), ("metric", "metric", ""), ("value", "value", ".4f"),
-           ("drop", "drop", "+.4f"), ("max_abs_err", "max abs err", ".2e"), ("notes", "notes", "")]
+           ("drop", "drop", "+.4f"), ("all_int8", "every op INT8", ".4f"), ("kept_float", "kept float", ""),
+           ("max_abs_err", "max abs err", ".2e"), ("notes", "notes", "")]
 
 
 # (name, factory, inputs, kind, eval data, calibration data), full size; per-tensor compared on the encoder
@@ -68,6 +69,8 @@ def _rows(name, kind, runs, threads, min_seconds) -> list[dict]:
     rows = []
     for out, suffix in runs:
         notes = {a.name: "; ".join(n[:120] for n in a.notes) for a in out.artifacts}
+        # the budget's fallback: its first try has every supported op in INT8, the chosen one keeps some float
+        fallback = {a.name: a.details.get("fallback") or {} for a in out.artifacts}
         for r in summary_rows(out.manifest):
             if suffix and r["variant"] == "fp32":
                 continue
@@ -75,10 +78,18 @@ def _rows(name, kind, runs, threads, min_seconds) -> list[dict]:
             rows.append({"model": name, "kind": kind, "variant": r["variant"] + suffix, "size_mb": r["size_mb"],
                          "size_ratio": r["size_ratio"], "p50_ms": t, "speedup": base / t if t and base else None,
                          "metric": r.get("metric"), "value": r.get("metric_value"), "drop": r.get("drop"),
-                         "max_abs_err": r["max_abs_err"], "notes": notes[r["variant"]]})
+                         "max_abs_err": r["max_abs_err"], "notes": notes[r["variant"]],
+                         **_fallback_columns(fallback[r["variant"]])})
         for f in out.manifest.failed:  # variants edgeai had to leave out, with the reason
             rows.append({"model": name, "kind": kind, "variant": f["name"] + suffix, "notes": f"FAILED: {f['error']}"})
     return rows
+
+
+def _fallback_columns(fb: dict) -> dict:
+    if not fb.get("tries"):
+        return {}
+    chosen = fb["tries"][fb["chosen"]]
+    return {"all_int8": fb["tries"][0]["metric"], "kept_float": len(chosen["excluded"]), "tries": len(fb["tries"])}
 
 
 if __name__ == "__main__":

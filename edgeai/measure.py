@@ -8,7 +8,7 @@ from typing import Callable
 import numpy as np
 
 from edgeai.manifest import ArtifactEntry
-from edgeai.recipe import DataConfig, Recipe, RecipeError
+from edgeai.recipe import DataConfig, Recipe
 from edgeai.source import ModelSource
 from edgeai.verify import to_artifact_layout
 
@@ -34,21 +34,6 @@ class RunData:
             from edgeai.data import load_feeds
             self._cache[kind] = load_feeds(spec, self._specs, what=self.WHAT[kind])
         return self._cache[kind]
-
-
-def metric_fn(source: ModelSource, eval_feeds: dict | None, metric: str | None = None) -> Callable[[Path], float]:
-    """path -> task metric on the evaluation data: the user `metric` (edgeai.metrics) when given,
-    else top-1 with labels, else cosine to FP32 PyTorch."""
-    if eval_feeds is None:
-        raise RecipeError("max_drop needs evaluation data (--eval-data or data.eval in the recipe)")
-    from edgeai.data import split_labels
-    from edgeai.evaluate import evaluate
-    from edgeai.metrics import load_metric
-
-    user = load_metric(metric)
-    feeds, labels = split_labels(eval_feeds)
-    reference = None if labels is not None or user else reference_outputs(source, feeds)
-    return lambda path: evaluate(path, feeds, labels=labels, reference=reference, metric=user).value
 
 
 def count_stage_macs(original: ModelSource, final: ModelSource, entries: list[ArtifactEntry]) -> None:

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from edgeai.budget import VariantRejected, quantization_budget, quantize_within_budget
+from edgeai.budget import quantization_budget, quantize_within_budget
 from edgeai.errors import EdgeAIError, ExportError, MissingDependencyError, RuntimeLoadError, VerificationError
 from edgeai.exporters import Exporter, ExportResult, get_exporter
 from edgeai.fsutil import check_output_target, locked_staging, publish, sha256_file
@@ -220,7 +220,7 @@ def _artifact_steps(ctx: RunContext, source: ModelSource, fp32: ArtifactEntry,
                           stage / f"model.{name}{(stage / fp32.file).suffix}")
         try:
             entries.append(_variant(ctx, variant, source, fp32, step_ctx, budget))
-        except (VerificationError, RuntimeLoadError, VariantRejected, _StepFailure, VariantNotKept) as e:
+        except (VerificationError, RuntimeLoadError, _StepFailure, VariantNotKept) as e:
             log.warning("variant %s left out: %s", name, e)
             failed.append({"name": name, "step": key, "error": str(e).replace(f"{stage}/", "")})
             for p in stage.glob(f"{variant.dst.name}*"):
@@ -231,8 +231,8 @@ def _artifact_steps(ctx: RunContext, source: ModelSource, fp32: ArtifactEntry,
 class _LazyBudget:
     """The run's quantization budget, built (reference outputs computed) when a step first needs it."""
 
-    def __init__(self, source: ModelSource, ctx: Any, max_drop: float | None, metric: str | None = None):
-        self._args, self._budget = (source, ctx, max_drop, metric), None
+    def __init__(self, source: ModelSource, step_ctx: Any, max_drop: float | None, metric: str | None):
+        self._args, self._budget = (source, step_ctx, max_drop, metric), None
 
     def get(self):
         if self._budget is None:
@@ -246,7 +246,8 @@ class _StepFailure(Exception):
 
 def _variant(ctx: RunContext, variant: Variant, source: ModelSource, fp32: ArtifactEntry, step_ctx: Any,
              budget: _LazyBudget) -> ArtifactEntry:
-    """Quantize the FP32 artifact into `variant.dst` and verify it; raises when it cannot be kept."""
+    """Quantize the FP32 artifact into `variant.dst` (INT8 within its budget) and verify it; raises when it
+    cannot be kept."""
     from edgeai.steps import config_to_dict
     from edgeai.verify import FP16_TOLERANCE, QUANTIZED_TOLERANCE
 

@@ -167,9 +167,10 @@ def validate(recipe: Recipe) -> None:
     seen = set()
     for item in recipe.quantize:
         (name, opts), = item.items()
-        name = canonical_scheme(name)  # int8-full is int8-static (quant's alias)
+        name = canonical_scheme(name)  # int8-full is int8-static, in every format
         if name in seen:
-            raise RecipeError(f"quantization {name!r} is asked twice; name each scheme once")
+            raise RecipeError(f"quantization {name!r} is asked twice (int8-full is another name for int8-static); "
+                              "name each scheme once")
         seen.add(name)
         key = f"{recipe.format}:{name}"
         if key not in ARTIFACT_STEPS:

@@ -32,7 +32,7 @@ def test_text_encoder_recipe_pins_the_attention_reshape_and_distills_with_cosine
 
 @pytest.mark.slow
 def test_speaker_lstm_recipe_distills_with_cosine_to_099(tmp_path):
-    arts, prune, distill = _run("speaker_lstm", tmp_path / "out")
+    arts, prune, distill = _run("speaker_lstm_pruned", tmp_path / "out")
     assert prune["details"]["achieved_ratio"] == pytest.approx(0.6, abs=0.03)
     assert distill["details"]["loss"] == "cosine"
     assert arts["fp32"].metrics["cosine"] >= 0.99

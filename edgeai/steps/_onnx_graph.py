@@ -109,6 +109,17 @@ def staged_output(dst: str | Path, src: str | Path | None = None) -> Iterator[Pa
 
 
 @contextlib.contextmanager
+def working_folder(folder: Path) -> Iterator[None]:
+    """Run with `folder` as the current directory (onnxruntime writes temp files into the cwd)."""
+    old = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+@contextlib.contextmanager
 def work_dir() -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix="edgeai-work-"))
     try:

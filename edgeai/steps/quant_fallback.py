@@ -54,9 +54,9 @@ class FallbackReport:
         if self.within:
             return [f"accuracy fallback: kept {len(best.excluded)} node(s) in FP32 "
                     f"({g.short_list(list(best.excluded))}) to stay within the budget ({budget}); "
-                    f"metric {best.metric:.4g} after {len(self.tries)} tries"]
+                    f"metric {best.metric:.5g} after {len(self.tries)} tries"]
         return [f"accuracy fallback did NOT reach the budget ({budget}) after {len(self.tries)} tries; "
-                f"best metric {best.metric:.4g} with {len(best.excluded)} node(s) in FP32 "
+                f"best metric {best.metric:.5g} with {len(best.excluded)} node(s) in FP32 "
                 f"({g.short_list(list(best.excluded))}); consider another scheme or FP16"]
 
     def to_dict(self) -> dict[str, Any]:
@@ -205,71 +205,92 @@ def search_units(model, candidates: Sequence[str]) -> dict[str, list[str]]:
     return units if len(units) < len(candidates) else {n: [n] for n in candidates}
 
 
-def fallback_until_within(fp32_path: str | Path, quantize: Callable[[tuple[str, ...]], Path],
-                          evaluate: Callable[[Path], float], baseline: float, target: float,
-                          calib_feeds: Mapping[str, np.ndarray], max_evals: int = 8, *,
-                          candidates: Sequence[str] | None = None, sensitivity_samples: int = 16,
+Ranker = Callable[[Path], tuple[dict[str, list[str]], list[tuple[str, float | None]]]]
+
+
+def onnx_ranker(fp32_path: Path, calib_feeds: Mapping[str, np.ndarray], candidates: Sequence[str] | None = None,
+                sensitivity_samples: int = 16) -> Ranker:
+    """all-INT8 model path -> (units, units ranked by the error their nodes add, worst first)."""
+    def rank(quant_path: Path):
+        model = g.load_model(fp32_path, with_weights=False)
+        nodes = list(candidates) if candidates is not None else candidate_nodes(model)
+        units = search_units(model, nodes)
+        inputs, _ = split_labels(calib_feeds)
+        scores = dict(node_sensitivity(fp32_path, quant_path, take(inputs, sensitivity_samples), nodes))
+        units = {u: sorted(members, key=lambda n: -(scores.get(n) or 0.0)) for u, members in units.items()}
+        ranked = {u: sum(scores.get(n) or 0.0 for n in members) for u, members in units.items()}
+        return units, sorted(ranked.items(), key=lambda kv: -kv[1])
+    return rank
+
+
+def fallback_until_within(quantize: Callable[[tuple[str, ...]], Path], evaluate: Callable[[Path], float],
+                          baseline: float, target: float, rank: Ranker, max_evals: int = 8, *,
                           budget: str = "") -> FallbackReport:
     """Quantize; while the metric is below `target`, keep the most sensitive units in FP32.
 
-    `quantize(excluded_nodes)` writes a quantized model and returns its path; node names are
-    those of the FP32 model at `fp32_path` (quantize exactly that model). `evaluate(path)`
-    returns the metric, higher is better. Units (single nodes, or whole blocks when there are
-    many nodes) are ranked once by `node_sensitivity` of the all-INT8 model on the first
-    `sensitivity_samples` samples. Then the k most sensitive units are kept in FP32, k = 1, 2,
-    4, ... until a try is within the budget, and k is bisected down between the last miss and
-    that hit; at most `max_evals` quantize+evaluate tries in all. The smallest k within the
-    budget is chosen, else the best try.
+    `quantize(excluded)` writes a quantized model with the named parts (ONNX node names, TFLite
+    op output tensors) kept in float and returns its path; `evaluate(path)` returns the metric,
+    higher is better. `rank(all-INT8 path)` gives the units (single nodes, or whole blocks when
+    there are many) ranked worst first, computed once. Then the k most sensitive units are kept
+    in float, k = 1, 2, 4, ... until a try is within the budget, and k is bisected down between
+    the last miss and that hit. When the k-th unit is a group, the same search then runs over its
+    own nodes (worst first), keeping the first k-1 units. At most `max_evals` quantize+evaluate
+    tries in all; the within-budget try with the fewest parts in float is chosen, else the best try.
     """
     report = FallbackReport(baseline=float(baseline), target=float(target), budget=budget)
-    by_count: dict[int, bool] = {}
 
     def attempt(excluded: tuple[str, ...]) -> bool:
         path = quantize(excluded)
         metric = float(evaluate(path))
         report.tries.append(FallbackTry(excluded, metric, float(baseline) - metric, str(path)))
-        log.info("fallback try %d: %d node(s) in FP32, metric %.5g (target %.5g)",
+        log.info("fallback try %d: %d part(s) in float, metric %.5g (target %.5g)",
                  len(report.tries), len(excluded), metric, target)
         return metric >= target
 
     ok = attempt(())
     if not ok and max_evals > 1:
-        model = g.load_model(fp32_path, with_weights=False)
-        nodes = list(candidates) if candidates is not None else candidate_nodes(model)
-        report.units = search_units(model, nodes)
-        inputs, _ = split_labels(calib_feeds)
-        node_scores = dict(node_sensitivity(fp32_path, Path(report.tries[0].path),
-                                            take(inputs, sensitivity_samples), nodes))
-        scored = {u: sum(node_scores.get(n) or 0.0 for n in members) for u, members in report.units.items()}
-        report.ranking = sorted(scored.items(), key=lambda kv: -kv[1])
+        report.units, report.ranking = rank(Path(report.tries[0].path))
         order = [u for u, _ in report.ranking]
 
-        def excluded_for(k: int) -> tuple[str, ...]:
-            return tuple(n for u in order[:k] for n in report.units[u])
+        def with_units(k: int) -> bool:
+            return attempt(tuple(n for u in order[:k] for n in report.units[u]))
 
-        def try_count(k: int) -> bool:
-            by_count[k] = attempt(excluded_for(k))
-            return by_count[k]
-
-        k, miss = 1, 0
-        while len(report.tries) < max_evals and k <= len(order):
-            if try_count(k):
-                break
-            miss, k = k, (len(order) if k * 2 > len(order) > k else k * 2)
-        hits = [c for c, good in by_count.items() if good]
-        if hits:
-            lo, hi = miss, min(hits)   # lo misses (0: the all-INT8 try), hi is within
-            while hi - lo > 1 and len(report.tries) < max_evals:
-                mid = (lo + hi) // 2
-                lo, hi = (lo, mid) if try_count(mid) else (mid, hi)
+        k = _smallest_prefix(len(order), with_units, lambda: max_evals - len(report.tries))
+        if k:
             ok = True
-            best = excluded_for(min(c for c, good in by_count.items() if good))
-            report.chosen = next(i for i, t in enumerate(report.tries) if t.excluded == best)
+            members = report.units[order[k - 1]]   # worst node first
+            if len(members) > 1:  # groups first, then the last group's own nodes
+                base = tuple(n for u in order[:k - 1] for n in report.units[u])
+                _smallest_prefix(len(members) - 1, lambda j: attempt(base + tuple(members[:j])),
+                                 lambda: max_evals - len(report.tries))
+            report.chosen = min((i for i, t in enumerate(report.tries) if t.metric >= target),
+                                key=lambda i: (len(report.tries[i].excluded), i))
     report.within = ok
     if not ok:
         report.chosen = max(range(len(report.tries)),
                             key=lambda i: (report.tries[i].metric, -len(report.tries[i].excluded)))
     return report
+
+
+def _smallest_prefix(n: int, within: Callable[[int], bool], evals_left: Callable[[], int]) -> int | None:
+    """The smallest k in 1..n with within(k) found by doubling then bisecting, or None; calls within() at
+    most evals_left() times."""
+    seen: dict[int, bool] = {}
+    k, miss = 1, 0
+    while evals_left() > 0 and k <= n:
+        seen[k] = within(k)
+        if seen[k]:
+            break
+        miss, k = k, (n if k * 2 > n > k else k * 2)
+    hits = [c for c, good in seen.items() if good]
+    if not hits:
+        return None
+    lo, hi = miss, min(hits)   # lo misses (0: nothing kept), hi is within
+    while hi - lo > 1 and evals_left() > 0:
+        mid = (lo + hi) // 2
+        seen[mid] = within(mid)
+        lo, hi = (lo, mid) if seen[mid] else (mid, hi)
+    return hi
 
 
 def quantize_with_fallback(step_name: str, src: str | Path, dst: str | Path, config: Any, ctx: StepContext,
@@ -314,7 +335,7 @@ def quantize_with_fallback(step_name: str, src: str | Path, dst: str | Path, con
             reports[str(path)] = step.fn(fp32, path, cfg, try_ctx)
             return path
 
-        fb = fallback_until_within(fp32, quantize, evaluate, baseline, target, feeds, max_evals,
+        fb = fallback_until_within(quantize, evaluate, baseline, target, onnx_ranker(fp32, feeds), max_evals,
                                    budget=budget or (f"drop <= {max_drop:g}" if max_drop is not None
                                                      else f"metric >= {min_metric:g}"))
         chosen = fb.chosen_try

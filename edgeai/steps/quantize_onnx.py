@@ -143,9 +143,11 @@ def preprocess(src: str | Path, dst: str | Path) -> tuple[str, list[str]]:
     errors = []
     for skip_symbolic in (False, True):
         try:
-            quant_pre_process(str(src), str(dst), skip_symbolic_shape=skip_symbolic,
-                              save_as_external_data=external, all_tensors_to_one_file=True,
-                              external_data_location=f"{dst.name}.data")
+            # a failing symbolic shape inference dumps its model (and weights) into the working folder
+            with g.work_dir() as scratch, g.working_folder(scratch):
+                quant_pre_process(str(src.resolve()), str(dst.resolve()), skip_symbolic_shape=skip_symbolic,
+                                  save_as_external_data=external, all_tensors_to_one_file=True,
+                                  external_data_location=f"{dst.name}.data")
             g.load_model(dst, with_weights=False)
         except Exception as e:  # the shape inferences and the optimizer fail on some exotic graphs
             first = (str(e).strip().splitlines() or [""])[0][:200]
@@ -164,12 +166,27 @@ def preprocess(src: str | Path, dst: str | Path) -> tuple[str, list[str]]:
 
 
 def _prepare(src: Path, work: Path, enabled: bool) -> tuple[Path, list[str], str]:
-    """(model to quantize, notes, which pre-processing ran)."""
-    if not enabled:
-        return src, [], "none"
-    pre = work / "preprocessed.onnx"
-    ran, notes = preprocess(src, pre)
-    return pre, notes, ran
+    """(model to quantize, notes, which pre-processing ran).
+
+    Shapes recorded for initializers (value_info) are dropped: onnxruntime's quantizer rewrites
+    some weights under the same name (a Gemm's transposed B), and onnx shape inference then
+    fails on the stale shape ("Inferred shape and existing shape differ").
+    """
+    ran, notes = "none", []
+    if enabled:
+        pre = work / "preprocessed.onnx"
+        ran, notes = preprocess(src, pre)
+        src = pre
+    header = g.load_model(src, with_weights=False)
+    inits = {t.name for t in header.graph.initializer}
+    if any(vi.name in inits for vi in header.graph.value_info):
+        model = g.load_model(src)
+        kept = [vi for vi in model.graph.value_info if vi.name not in inits]
+        del model.graph.value_info[:]
+        model.graph.value_info.extend(kept)
+        src = work / "prepared.onnx"
+        g.save_model(model, src, external=g.uses_external_data(header) or None)
+    return src, notes, ran
 
 
 def _origin(name: str, present: set[str]) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,10 @@ class TFLiteInt8DynamicConfig:
     """INT8 weights (per output channel); activations quantized on the fly by the kernels."""
 
     min_weight_elements: int = 0   # leave smaller weight tensors in float32 (1024 = TFLite's legacy rule)
+    exclude_ops: tuple[str, ...] = ()  # ops kept in float32, by scope: their output tensor names, each + ';'
+
+    def __post_init__(self):
+        object.__setattr__(self, "exclude_ops", tuple(self.exclude_ops))
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,10 @@ class TFLiteInt8FullConfig:
     needs_calibration: ClassVar[bool] = True  # the recipe is refused up front without calibration data
 
     max_samples: int = 256         # calibration samples used (from ctx.calibration, axis 0)
+    exclude_ops: tuple[str, ...] = ()  # ops kept in float32, by scope: their output tensor names, each + ';'
+
+    def __post_init__(self):
+        object.__setattr__(self, "exclude_ops", tuple(self.exclude_ops))
 
 
 @contextlib.contextmanager
@@ -156,9 +165,21 @@ def _run(src: Path, dst: Path, step: str, config: Any, ctx: StepContext) -> Step
                 qt.load_quantization_recipe(recipe.static_wi8_ai8())
                 for op in (qtyping.TFLOperationName.INPUT, qtyping.TFLOperationName.OUTPUT):
                     qt.update_quantization_recipe(".*", op, None, AlgorithmName.NO_QUANTIZE)  # float32 I/O
+            for name in getattr(config, "exclude_ops", ()):  # per-op recipe: this op stays float32
+                qt.update_quantization_recipe(f"^{re.escape(name)}$", qtyping.TFLOperationName.ALL_SUPPORTED, None,
+                                              AlgorithmName.NO_QUANTIZE)
+            if step == "tflite:int8-static":
                 feeds, calib_notes = _calibration_batches(before, ctx, config.max_samples)
                 notes += calib_notes
-                calibration = qt.calibrate({"serving_default": feeds}, num_threads=1)
+                # the fallback's tries share one calibration (a dict in ctx.extra): ranges do not
+                # depend on which ops stay float
+                cache = ctx.extra.get("tflite_calibration")
+                if cache is not None and "ranges" in cache:
+                    calibration = cache["ranges"]
+                else:
+                    calibration = qt.calibrate({"serving_default": feeds}, num_threads=1)
+                    if cache is not None:
+                        cache["ranges"] = calibration
             result = qt.quantize(calibration, enable_progress_bar=False, enable_progress_report=False)
         except (DataError, ExportError):
             raise
@@ -168,6 +189,9 @@ def _run(src: Path, dst: Path, step: str, config: Any, ctx: StepContext) -> Step
                               f"{type(e).__name__}: {first}") from None
     atomic_write_bytes(dst, bytes(result.quantized_model))
     after = inspect_tflite(dst)
+    if getattr(config, "exclude_ops", ()):
+        notes.append(f"kept in float32 (exclude_ops): {', '.join(config.exclude_ops[:5])}"
+                     + (f" and {len(config.exclude_ops) - 5} more" if len(config.exclude_ops) > 5 else ""))
     return _report(step, config, before, after, notes)
 
 

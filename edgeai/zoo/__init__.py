@@ -2,6 +2,8 @@
 
 `import edgeai.zoo` reads only a small JSON file; torch loads when a factory is called.
 Retrain with `python -m edgeai.zoo.train` (see edgeai/zoo/train.py).
+Models that carry real models' quantization traits, trained on generated data when first called:
+`edgeai.zoo.text` (BERT-shaped and padded-mask encoders) and `edgeai.zoo.speaker` (stacked LSTM).
 """
 from __future__ import annotations
 

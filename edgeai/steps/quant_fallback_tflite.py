@@ -1,0 +1,116 @@
+"""Accuracy-aware TFLite INT8: per-op ai-edge-quantizer recipes keep the ops that add the most error in float32."""
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+from edgeai.errors import DataError
+from edgeai.fsutil import atomic_write_bytes
+from edgeai.steps import StepContext, StepReport, config_to_dict, get_artifact_step
+from edgeai.steps import _onnx_graph as g
+from edgeai.steps.quant_fallback import FallbackReport, fallback_until_within
+
+log = logging.getLogger(__name__)
+
+# Ops whose weights ai-edge-quantizer stores in 8 bits; the units the fallback may keep in float.
+WEIGHTED_OPS = frozenset({"FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "BATCH_MATMUL",
+                          "EMBEDDING_LOOKUP", "GATHER", "UNIDIRECTIONAL_SEQUENCE_LSTM"})
+SENSITIVITY_SAMPLES = 8
+
+
+def weighted_ops(path: str | Path) -> list[tuple[str, str, str, list[str]]]:
+    """(op type, scope, first output tensor, input tensors) of the main graph's weighted ops.
+
+    The scope is how ai-edge-quantizer names an op in a recipe: its output tensor names, each
+    followed by ';'. A config's exclude_ops holds scopes.
+    """
+    from edgeai.runtime.tflite_inspect import _enum_names, _schema
+
+    schema = _schema()
+    model = schema.Model.GetRootAs(Path(path).read_bytes(), 0)
+    op_names = _enum_names(schema.BuiltinOperator)
+    codes = [op_names.get(max(model.OperatorCodes(i).BuiltinCode(), model.OperatorCodes(i).DeprecatedBuiltinCode()))
+             for i in range(model.OperatorCodesLength())]
+    sub = model.Subgraphs(0)
+
+    def name(i: int) -> str:
+        return sub.Tensors(i).Name().decode()
+
+    out = []
+    for k in range(sub.OperatorsLength()):
+        op = sub.Operators(k)
+        kind = codes[op.OpcodeIndex()]
+        if kind in WEIGHTED_OPS and op.OutputsLength():
+            ins = [name(op.Inputs(j)) for j in range(op.InputsLength()) if op.Inputs(j) >= 0]
+            outs = [name(op.Outputs(j)) for j in range(op.OutputsLength()) if op.Outputs(j) >= 0]
+            out.append((kind, "".join(f"{o};" for o in outs if o), outs[0], ins))
+    return out
+
+
+def tflite_ranker(src: Path, batches: list[dict]):
+    """all-INT8 .tflite path -> (units, ranking): the cosine error each weighted op adds, from
+    ai-edge-quantizer's tensor-by-tensor comparison of the two models in LiteRT."""
+    from ai_edge_quantizer import model_validator
+    from ai_edge_quantizer.utils import validation_utils
+
+    def rank(quant_path: Path):
+        metric = validation_utils.ValidationErrorMetric.COSINE_SIMILARITY
+        result = model_validator.compare_model(Path(src).read_bytes(), Path(quant_path).read_bytes(),
+                                               {"serving_default": batches}, [metric], num_threads=1)
+        err = {t: 1.0 - float(v.get(metric.value, 1.0)) for t, v in result.get_all_tensor_results().items()
+               if isinstance(v, dict)}
+        ops = weighted_ops(src)
+        scores = {scope: err.get(first, 0.0) - max((err.get(i, 0.0) for i in ins), default=0.0)
+                  for _, scope, first, ins in ops}
+        return {scope: [scope] for _, scope, _, _ in ops}, sorted(scores.items(), key=lambda kv: -kv[1])
+    return rank
+
+
+def quantize_tflite_with_fallback(step_name: str, src: str | Path, dst: str | Path, config: Any, ctx: StepContext,
+                                  evaluate: Callable[[Path], float], max_drop: float | None = None, *,
+                                  min_metric: float | None = None, budget: str = "", samples: Any = None,
+                                  max_evals: int = 8) -> tuple[StepReport, FallbackReport]:
+    """Run a TFLite INT8 step ("tflite:int8-dynamic" / "tflite:int8-static") with the fallback; write dst.
+
+    Like the ONNX fallback: the FP32 .tflite is the baseline, ops are ranked by the error they add
+    (compared tensor by tensor in LiteRT on a few samples), and the most sensitive are kept in
+    float32 by a per-op recipe until the metric meets the budget. Static INT8 calibrates once.
+    """
+    from edgeai.runtime.tflite_inspect import inspect_tflite
+    from edgeai.steps.quantize_tflite import _calibration_batches
+
+    if (max_drop is None) == (min_metric is None):
+        raise ValueError("give exactly one of max_drop and min_metric")
+    step = get_artifact_step(step_name)
+    src, dst = Path(src), Path(dst)
+    sample_ctx = replace(ctx, calibration=samples if samples is not None else
+                         (ctx.calibration if ctx.calibration is not None else ctx.eval_data))
+    if sample_ctx.calibration is None:
+        raise DataError(f"accuracy fallback for {step_name} needs sample inputs: give calibration or evaluation data")
+    from edgeai.data import split_labels
+    sample_ctx = replace(sample_ctx, calibration=split_labels(sample_ctx.calibration)[0])
+    batches, _ = _calibration_batches(inspect_tflite(src), sample_ctx, SENSITIVITY_SAMPLES)
+    reports: dict[str, StepReport] = {}
+    with g.work_dir() as work:
+        baseline = float(evaluate(src))
+        target = baseline - max_drop if max_drop is not None else float(min_metric)
+        try_ctx = replace(ctx, extra={**ctx.extra, "tflite_calibration": {}})
+
+        def quantize(excluded: tuple[str, ...]) -> Path:
+            path = work / f"try{len(reports)}.tflite"
+            reports[str(path)] = step.fn(src, path, replace(config, exclude_ops=tuple(config.exclude_ops) + excluded),
+                                         try_ctx)
+            return path
+
+        fb = fallback_until_within(quantize, evaluate, baseline, target, tflite_ranker(src, batches), max_evals,
+                                   budget=budget or (f"drop <= {max_drop:g}" if max_drop is not None
+                                                     else f"metric >= {min_metric:g}"))
+        chosen = fb.chosen_try
+        atomic_write_bytes(dst, Path(chosen.path).read_bytes())
+    report = reports[chosen.path]
+    report.config = config_to_dict(replace(config, exclude_ops=tuple(config.exclude_ops) + chosen.excluded))
+    report.notes = report.notes + fb.notes()
+    report.details["fallback"] = fb.to_dict()
+    return report, fb
