@@ -1,0 +1,394 @@
+"""The search: build candidates cheap-first, score them, time them against FP32 in interleaved rounds, choose.
+
+The search does not export or time anything itself: a `Lab` does (the real one drives the
+export pipeline and the bench protocol; tests use a deterministic one). The search decides
+what to build in which order, what to drop, what the cache already holds, and what to choose.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from statistics import median
+from typing import Callable, Protocol
+
+from edgeai.errors import ExportError
+from edgeai.optimize.cache import Cache, digest
+from edgeai.optimize.candidates import Candidate, Skip, Unit, base_plan, prune_units
+from edgeai.optimize.config import OptimizeConfig
+
+log = logging.getLogger(__name__)
+
+MIN_SPEEDUP = 1.03      # chosen over FP32 only at >= 1.03x median AND faster in every round
+NOT_SLOWER = 0.97       # --objective size: a smaller file must not be measurably slower
+TIE = 0.01              # objectives within 1% are a tie, broken by the other (size, or speed)
+
+
+@dataclass
+class Built:
+    """A built (exported, verified, scored) candidate, or why it could not be built."""
+
+    id: str
+    folder: str | None = None            # a normal export folder holding only this artifact
+    size_bytes: int | None = None
+    metric: str | None = None            # "top1", "cosine", or the user metric's name
+    value: float | None = None
+    notes: list[str] = field(default_factory=list)
+    error: str | None = None
+    reference_sha256: str | None = None  # the baseline's outputs on the evaluation data
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Timing:
+    """One candidate's per-round latencies with the baseline's from the same rounds (paired)."""
+
+    p50: list[float]
+    p90: list[float]
+    base_p50: list[float]
+    base_p90: list[float]
+    peak_rss_bytes: int | None = None
+    error: str | None = None
+
+    def speedups(self, stat: str) -> list[float]:
+        base, mine = (self.base_p90, self.p90) if stat == "p90" else (self.base_p50, self.p50)
+        return [b / m for b, m in zip(base, mine)]
+
+
+class Lab(Protocol):
+    """Where candidates are built and timed."""
+
+    def identity(self) -> dict: ...                 # model digest, data digests, versions: part of every key
+    def cpu(self) -> dict: ...                      # edgeai.hw.cpu_info() of the timing target
+    def clock(self) -> float: ...                   # seconds, monotonic
+    def build(self, units: list[Unit], dests: dict[str, Path]) -> dict[str, Built]: ...
+    def time(self, folders: dict[str, str]) -> dict[str, dict]: ...   # id -> {p50: [..], p90: [..], peak_rss_bytes, error}
+
+
+@dataclass
+class Row:
+    """A candidate as the report lists it."""
+
+    candidate: Candidate
+    status: str = "pending"              # chosen | ok | rejected | failed | skipped
+    reason: str = ""
+    built: Built | None = None
+    timing: Timing | None = None
+    drop: float | None = None
+    speedup: float | None = None         # median over rounds, by the objective's statistic (p50 for size)
+
+    @property
+    def id(self) -> str:
+        return self.candidate.id
+
+
+@dataclass
+class SearchResult:
+    rows: list[Row]
+    baseline: Row
+    chosen: Row
+    why: str
+    notes: list[str]
+    elapsed_s: float
+    budget_reached: bool
+
+
+class Search:
+    """One run of the search over `lab`, with `cache`; `run()` returns the SearchResult."""
+
+    def __init__(self, config: OptimizeConfig, lab: Lab, cache: Cache,
+                 progress: Callable[[dict], None] | None = None):
+        self.config, self.lab, self.cache = config, lab, cache
+        self.progress = progress or (lambda event: None)
+        self.rows: dict[str, Row] = {}
+        self.notes: list[str] = []
+        self.identity = lab.identity()
+        self.start = lab.clock()
+        self.deadline = self.start + config.budget_minutes * 60
+        self.budget_reached = False
+        self.baseline: Row | None = None
+
+    # ------------------------------------------------------------------ the plan
+    def run(self) -> SearchResult:
+        cfg = self.config
+        units, skips = base_plan(cfg.formats, cfg.objective, self.lab.cpu(), bool(cfg.calibration))
+        self._plan(units, skips)
+        self._build(units[:1], force=True)     # the baseline first: nothing is compared without it
+        self.baseline = self.rows[Candidate(cfg.formats[0], "fp32").id]
+        if self.baseline.status == "failed":
+            raise ExportError(f"the FP32 baseline could not be built: {self.baseline.reason}")
+        for row in self.rows.values():  # built beside the baseline, before there was one to compare with
+            if row.status == "ok":
+                self._check_accuracy_and_size(row)
+        self._build(units[1:])
+        self._time_pending()
+        self._prune_branch()
+        return self._finish()
+
+    def _prune_branch(self) -> None:
+        cfg = self.config
+        ratios = cfg.ratios
+        if not ratios:
+            return
+        if cfg.model.endswith(".onnx"):
+            self.notes.append("pruning skipped: it needs a PyTorch model, not an ONNX file")
+            return
+        fmt, schemes = self._prune_format()
+        units = prune_units(fmt, ratios, bool(cfg.train_data), schemes)
+        self._plan(units, [])
+        if not cfg.train_data:
+            self.notes.append("pruning without --train-data is not distilled (accuracy usually drops fast)")
+        others = [f for f in cfg.formats if f != fmt]
+        if others:
+            self.notes.append(f"pruning tried in {fmt} only (the format of the fastest unpruned candidate), "
+                              f"not in {', '.join(others)}")
+        step = max(1, cfg.workers)
+        for i in range(0, len(units), step):
+            batch = units[i:i + step]
+            if self._over_budget():
+                self._skip([c for u in units[i:] for c in u.candidates], "budget reached before it was built")
+                return
+            self._build(batch)
+            self._time_pending()
+            failed = next((u for u in batch if self.rows[u.candidates[0].id].status in ("rejected", "failed")), None)
+            if failed is not None:
+                rest = [c for u in units[i + step:] for c in u.candidates]
+                self._skip(rest, f"a smaller pruning ({self.rows[failed.candidates[0].id].id}) already "
+                                 f"failed: {self.rows[failed.candidates[0].id].reason}")
+                return
+
+    def _prune_format(self) -> tuple[str, tuple[str, ...]]:
+        """Prune where the unpruned search was fastest, and quantize with the schemes that beat FP32 there."""
+        stat = "p90" if self.config.objective == "p90" else "p50"
+        fast = [r for r in self.rows.values() if r.status == "ok" and r.timing and not r.candidate.steps
+                and _gate(r.timing.speedups(stat))[0]]
+        fmt = max(fast, key=lambda r: median(r.timing.speedups(stat))).candidate.format if fast \
+            else self.config.formats[0]
+        schemes = tuple(r.candidate.scheme for r in fast if r.candidate.format == fmt and r.candidate.scheme != "fp32")
+        return fmt, schemes
+
+    # ------------------------------------------------------------------ bookkeeping
+    def _plan(self, units: list[Unit], skips: list[Skip]) -> None:
+        for u in units:
+            for c in u.candidates:
+                self.rows.setdefault(c.id, Row(c))
+        for s in skips:
+            self.rows.setdefault(s.candidate.id, Row(s.candidate, "skipped", s.reason))
+        self._report("planned")
+
+    def _skip(self, candidates: list[Candidate], reason: str) -> None:
+        for c in candidates:
+            row = self.rows[c.id]
+            if row.status == "pending":
+                row.status, row.reason = "skipped", reason
+        self._report("skipped")
+
+    def _over_budget(self) -> bool:
+        if self.lab.clock() >= self.deadline:
+            if not self.budget_reached:
+                self.notes.append(f"stopped at the budget of {self.config.budget_minutes:g} min with the best so far")
+            self.budget_reached = True
+        return self.budget_reached
+
+    def key(self, c: Candidate) -> str:
+        return digest(self.identity, c.to_dict())
+
+    def _timing_key(self, c: Candidate) -> str:
+        cfg = self.config
+        return digest(self.key(c), self.key(self.baseline.candidate), cfg.threads, cfg.rounds, cfg.min_seconds,
+                      self.lab.cpu())
+
+    # ------------------------------------------------------------------ building
+    def _build(self, units: list[Unit], force: bool = False) -> None:
+        todo, dests = [], {}
+        for u in units:
+            if not force and self._over_budget():
+                self._skip(u.candidates, "budget reached before it was built")
+                continue
+            missing = []
+            for c in u.candidates:
+                stored = self.cache.get_built(self.key(c))
+                if stored is not None:
+                    self._built(c, Built(**stored), cached=True)
+                else:
+                    missing.append(c.scheme)
+            if missing:  # FP32 is always built with its unit; only the missing variants are quantized
+                todo.append(Unit(u.format, u.steps, tuple(s for s in u.schemes if s in missing)))
+                for c in todo[-1].candidates:
+                    dests[c.id] = self.cache.clear_candidate(self.key(c))
+        if not todo:
+            return
+        self._report(f"building {', '.join(c.id for u in todo for c in u.candidates)}")
+        results = self.lab.build(todo, dests)
+        for u in todo:
+            for c in u.candidates:
+                built = results.get(c.id) or Built(c.id, error="the build returned no result")
+                self.cache.put_built(self.key(c), built.to_dict())
+                self._built(c, built, cached=False)
+
+    def _built(self, c: Candidate, built: Built, cached: bool) -> None:
+        row = self.rows.setdefault(c.id, Row(c))
+        row.built = built
+        if cached:
+            log.info("%s: from the cache", c.id)
+        if built.error:
+            row.status, row.reason = "failed", built.error
+        else:
+            row.status = "ok"
+            if self.baseline is not None:
+                self._check_accuracy_and_size(row)
+        self._report(f"built {c.id}")
+
+    def _check_accuracy_and_size(self, row: Row) -> None:
+        cfg, b = self.config, row.built
+        base = self.baseline.built
+        if b.value is not None and base.value is not None:
+            row.drop = float(base.value) - float(b.value)
+            if row.drop > cfg.max_drop + 1e-12:
+                row.status = "rejected"
+                row.reason = f"{b.metric} drop {row.drop:.4g} > --max-drop {cfg.max_drop:g}"
+                return
+        if cfg.max_size_mb is not None and b.size_bytes is not None and b.size_bytes > cfg.max_size_mb * 1e6:
+            row.status = "rejected"
+            row.reason = f"{b.size_bytes / 1e6:.3f} MB > --max-size-mb {cfg.max_size_mb:g}"
+
+    # ------------------------------------------------------------------ timing (always serialized)
+    def _time_pending(self) -> None:
+        """Time every built, acceptable, untimed candidate with the baseline in the same rounds."""
+        pending = [r for r in self.rows.values() if r.status == "ok" and r.timing is None]
+        todo = []
+        for r in pending:
+            stored = self.cache.get_timing(self._timing_key(r.candidate))
+            if stored is not None:
+                self._timed(r, Timing(**stored))
+            else:
+                todo.append(r)
+        if not todo:
+            return
+        if self._over_budget():
+            base = [r for r in todo if r is self.baseline]
+            self._skip_timing([r for r in todo if r is not self.baseline])
+            todo = base
+            if not todo:
+                return
+        folders = {r.id: r.built.folder for r in todo}
+        folders.setdefault(self.baseline.id, self.baseline.built.folder)
+        self._report(f"timing {len(folders)} candidates, {self.config.rounds} interleaved rounds")
+        samples = self.lab.time(folders)
+        base = samples[self.baseline.id]
+        for r in todo:
+            s = samples[r.id]
+            timing = Timing(s["p50"], s["p90"], base["p50"], base["p90"], s.get("peak_rss_bytes"),
+                            s.get("error") or base.get("error"))
+            if not timing.error:
+                self.cache.put_timing(self._timing_key(r.candidate), timing.__dict__)
+            self._timed(r, timing)
+
+    def _skip_timing(self, rows: list[Row]) -> None:
+        for r in rows:
+            r.status, r.reason = "skipped", "built, but the budget was reached before it was timed"
+
+    def _timed(self, row: Row, timing: Timing) -> None:
+        row.timing = timing
+        cfg = self.config
+        if timing.error:
+            row.status, row.reason = "failed", f"benchmark failed: {timing.error}"
+            return
+        row.speedup = median(timing.speedups("p90" if cfg.objective == "p90" else "p50"))
+        if cfg.max_rss_mb is not None and timing.peak_rss_bytes and timing.peak_rss_bytes > cfg.max_rss_mb * 1e6:
+            row.status = "rejected"
+            row.reason = f"peak RSS {timing.peak_rss_bytes / 1e6:.1f} MB > --max-rss-mb {cfg.max_rss_mb:g}"
+        self._report(f"timed {row.id}")
+
+    # ------------------------------------------------------------------ the choice
+    def _finish(self) -> SearchResult:
+        chosen, why = choose(list(self.rows.values()), self.baseline, self.config.objective)
+        self._report("done")
+        return SearchResult(list(self.rows.values()), self.baseline, chosen, why, self.notes,
+                            self.lab.clock() - self.start, self.budget_reached)
+
+    def _report(self, message: str) -> None:
+        rows = list(self.rows.values())
+        best = None
+        if self.baseline is not None and self.baseline.timing is not None:
+            best = rank(rows, self.baseline, self.config.objective)[0]
+        self.progress({"message": message, "total": len(rows),
+                       "done": sum(r.status != "pending" and (r.timing is not None or r.status != "ok") for r in rows),
+                       "best": best.id if best else None, "best_speedup": best.speedup if best else None,
+                       "seconds_left": max(0.0, self.deadline - self.lab.clock())})
+
+
+def _gate(ratios: list[float]) -> tuple[bool, str]:
+    """The never-slower rule on per-round speedups (baseline / candidate, same round)."""
+    if not ratios:
+        return False, "not timed"
+    med = median(ratios)
+    if med < MIN_SPEEDUP:
+        return False, f"median speedup {med:.3f}x < {MIN_SPEEDUP}x"
+    slow = [i for i, r in enumerate(ratios, 1) if r <= 1.0]
+    if slow:
+        return False, (f"median speedup {med:.3f}x but not faster in round {slow[0]} of {len(ratios)} "
+                       f"({ratios[slow[0] - 1]:.3f}x)")
+    return True, f"median speedup {med:.3f}x, faster in all {len(ratios)} rounds"
+
+
+def rank(rows: list[Row], baseline: Row, objective: str) -> tuple[Row, str, dict[str, str], list[Row]]:
+    """(best row, why, each timed row's verdict, the rows tied with the best); pure: marks nothing.
+
+    The best is FP32 when no candidate passes the rules; ties go to the smaller file (to the
+    faster one for --objective size).
+    """
+    stat = "p90" if objective == "p90" else "p50"
+    base_size = baseline.built.size_bytes if baseline.built else None
+    eligible, verdicts = [], {}
+    for r in rows:
+        if r is baseline or r.status not in ("ok", "chosen") or r.timing is None:
+            continue
+        ratios = r.timing.speedups(stat)
+        if objective == "size":
+            med = median(ratios)
+            ok = base_size is not None and r.built.size_bytes < base_size and med >= NOT_SLOWER
+            verdicts[r.id] = (f"{r.built.size_bytes / base_size:.2f}x the FP32 size at {med:.3f}x speed" if ok else
+                              "not smaller than FP32" if r.built.size_bytes >= base_size else
+                              f"slower than FP32 (median {med:.3f}x < {NOT_SLOWER}x)")
+        else:
+            ok, verdicts[r.id] = _gate(ratios)
+        if ok:
+            eligible.append(r)
+    if not eligible:
+        timed = [r for r in rows if r is not baseline and r.timing is not None and not r.timing.error]
+        rule = ("a smaller file not slower than" if objective == "size"
+                else f">= {MIN_SPEEDUP}x median and faster in every round than")
+        why = (f"no candidate passed the rules against FP32 in the same run ({rule} FP32); FP32 is kept"
+               if timed else "no candidate was within the accuracy budget and limits, so none was timed; "
+                             "FP32 is kept")
+        return baseline, why, verdicts, []
+    if objective == "size":
+        smallest = min(r.built.size_bytes for r in eligible)
+        close = [r for r in eligible if r.built.size_bytes <= smallest * (1 + TIE)]
+        best = max(close, key=lambda r: r.speedup)
+    else:
+        fastest = max(r.speedup for r in eligible)
+        close = [r for r in eligible if r.speedup >= fastest * (1 - TIE)]
+        best = min(close, key=lambda r: (r.built.size_bytes, -r.speedup))
+    why = f"{best.id}: {verdicts[best.id]}"
+    if len(close) > 1:
+        why += (f"; tied within {TIE:.0%} with {', '.join(r.id for r in close if r is not best)}, chosen as "
+                + ("the faster" if objective == "size" else "the smaller file"))
+    return best, why, verdicts, close
+
+
+def choose(rows: list[Row], baseline: Row, objective: str) -> tuple[Row, str]:
+    """`rank`, then mark the rows: the chosen one, and why each other timed one lost."""
+    best, why, verdicts, _ = rank(rows, baseline, objective)
+    for r in rows:
+        if r.id in verdicts:
+            r.status, r.reason = "ok", verdicts[r.id]
+    best.status = "chosen"
+    if best is baseline:
+        baseline.reason = why
+    else:
+        baseline.status, baseline.reason = "ok", "the FP32 baseline every candidate is timed against"
+    return best, why
