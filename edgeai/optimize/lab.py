@@ -71,7 +71,7 @@ class PipelineLab:
     def recipe(self, fmt: str, steps: tuple, scheme: str) -> dict:
         """The `edgeai export` recipe that makes this candidate (its artifact is named by the scheme)."""
         quantize = () if scheme == "fp32" else (step_name(fmt, scheme),)
-        return unit_recipe(self.plain, fmt, steps, quantize)
+        return _absolute_paths(unit_recipe(self.plain, fmt, steps, quantize))
 
     # ------------------------------------------------------------------ building
     def build(self, units: list[Unit], dests: dict[str, Path]) -> dict[str, Built]:
@@ -80,8 +80,8 @@ class PipelineLab:
             names = {c.scheme: ("fp32" if c.scheme == "fp32" else step_name(u.format, c.scheme)) for c in u.candidates}
             quantize = tuple(names[s] for s in u.schemes)
             jobs.append({"recipe": unit_recipe(self.plain, u.format, u.steps, quantize),
-                         "ids": {names[c.scheme]: c.id for c in u.candidates},
-                         "dests": {c.id: str(dests[c.id]) for c in u.candidates},
+                         "ids": {names[c.scheme]: c.id for c in u.candidates if c.id in dests},
+                         "dests": {c.id: str(dests[c.id]) for c in u.candidates if c.id in dests},
                          "work": str(self.work_dir), "metric": self.config.metric,
                          "reference": not u.steps and u.format == self.config.formats[0]})
         results: dict[str, Built] = {}
@@ -168,6 +168,23 @@ class PipelineLab:
                 o["p90"].append(res.timing.p90_ms)
                 o["peak_rss_bytes"] = max(o["peak_rss_bytes"] or 0, res.peak_rss_bytes or 0) or None
         return out
+
+
+def _absolute_paths(recipe: dict) -> dict:
+    """Files named in the recipe as absolute paths, so it runs from wherever recipe.yaml is."""
+    def fix(spec):
+        if not spec:
+            return spec
+        target, sep, name = spec.rpartition(":")
+        file = target if sep and target.endswith(".py") else spec
+        if not Path(file).exists():
+            return spec  # a module:function or package spec
+        return str(Path(file).resolve()) + (f":{name}" if file is target else "")
+    out = {**recipe, "model": fix(recipe["model"]), "data": {k: fix(v) for k, v in recipe["data"].items()}}
+    for key in ("example_inputs", "arch", "metric"):
+        if out.get(key):
+            out[key] = fix(out[key])
+    return out
 
 
 def _model_digest(source) -> str:

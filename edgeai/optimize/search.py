@@ -63,7 +63,7 @@ class Lab(Protocol):
     def identity(self) -> dict: ...                 # model digest, data digests, versions: part of every key
     def cpu(self) -> dict: ...                      # edgeai.hw.cpu_info() of the timing target
     def clock(self) -> float: ...                   # seconds, monotonic
-    def build(self, units: list[Unit], dests: dict[str, Path]) -> dict[str, Built]: ...
+    def build(self, units: list[Unit], dests: dict[str, Path]) -> dict[str, Built]: ...  # only ids in dests
     def time(self, folders: dict[str, str]) -> dict[str, dict]: ...   # id -> {p50: [..], p90: [..], peak_rss_bytes, error}
 
 
@@ -213,17 +213,18 @@ class Search:
                 if stored is not None:
                     self._built(c, Built(**stored), cached=True)
                 else:
-                    missing.append(c.scheme)
-            if missing:  # FP32 is always built with its unit; only the missing variants are quantized
-                todo.append(Unit(u.format, u.steps, tuple(s for s in u.schemes if s in missing)))
-                for c in todo[-1].candidates:
+                    missing.append(c)
                     dests[c.id] = self.cache.clear_candidate(self.key(c))
+            if missing:  # the unit's FP32 export is redone, but only what is missing is kept and quantized
+                todo.append(Unit(u.format, u.steps, tuple(c.scheme for c in missing if c.scheme != "fp32")))
         if not todo:
             return
-        self._report(f"building {', '.join(c.id for u in todo for c in u.candidates)}")
+        self._report(f"building {', '.join(cid for cid in dests)}")
         results = self.lab.build(todo, dests)
         for u in todo:
             for c in u.candidates:
+                if c.id not in dests:
+                    continue
                 built = results.get(c.id) or Built(c.id, error="the build returned no result")
                 self.cache.put_built(self.key(c), built.to_dict())
                 self._built(c, built, cached=False)
