@@ -66,6 +66,10 @@ def _add_export(sub) -> None:
     p.add_argument("--max-drop", type=float, default=None,
                    help="accuracy budget for INT8 in the metric's units (points of top-1, or cosine: 0.01 means "
                         ">= 0.99): keep the most sensitive layers in FP32 until the drop fits")
+    p.add_argument("--metric", metavar="FILE.py:FUNC|module:FUNC",
+                   help="your task metric, FUNC(outputs: dict[name, array], labels) -> float, higher is better "
+                        "(return minus an error); labels is the data's 'labels' array or None. Used to score "
+                        "--eval-data and for --max-drop (in its units)")
     p.add_argument("--no-bench", action="store_true", help="skip timing the variants for the summary table")
     p.add_argument("--threads", type=int, default=None, help="threads for the summary timings (default 1)")
     p.set_defaults(func=cmd_export)
@@ -112,6 +116,8 @@ def cmd_export(args) -> int:
         opts["quantize"] = tuple({name.strip(): {}} for arg in args.quantize for name in arg.split(",") if name.strip())
     if args.max_drop is not None:
         opts["max_drop"] = args.max_drop
+    if args.metric:
+        opts["metric"] = args.metric
     summary = recipe.summary
     if args.no_bench:
         summary = replace(summary, bench=False)

@@ -10,6 +10,7 @@ import numpy as np
 
 from edgeai.data import DataSource, iter_batches, load_feeds, num_samples, split_labels
 from edgeai.errors import DataError
+from edgeai.metrics import Metric
 from edgeai.runtime import Session, load
 
 log = logging.getLogger(__name__)
@@ -21,7 +22,7 @@ METRICS = {"top1": "top-1 accuracy (points, 0-100)", "cosine": "mean cosine simi
 class EvalResult:
     """One metric value over `n` samples; higher is better for every metric."""
 
-    metric: str     # "top1" | "cosine"
+    metric: str     # "top1" | "cosine" | a user metric's name
     value: float
     n: int
 
@@ -41,7 +42,7 @@ class EvalResult:
 
 def evaluate(model: str | Path | Session, data: DataSource, *, labels: np.ndarray | None = None,
              reference: Mapping[str, np.ndarray] | None = None, batch_size: int = 64,
-             provider: str = "cpu", threads: int | None = None) -> EvalResult:
+             provider: str = "cpu", threads: int | None = None, metric: Metric | None = None) -> EvalResult:
     """Run `model` on `data` (samples on axis 0) and score it.
 
     `data` is anything `edgeai.data.load_feeds` accepts; a ``labels`` array in it is used
@@ -49,13 +50,16 @@ def evaluate(model: str | Path | Session, data: DataSource, *, labels: np.ndarra
     points: argmax over the last dim of the first output against labels of the same leading
     shape. Without labels it is the mean
     per-sample cosine similarity between the first output (flattened per sample) and
-    `reference` (the output of the same name, else the first reference array). A model whose
-    batch dim is fixed (e.g. 1) is run in chunks of that size, the last chunk padded.
+    `reference` (the output of the same name, else the first reference array). With a user
+    `metric` (edgeai.metrics) the value is ``metric(all outputs, labels)``; labels may be None.
+    A model whose batch dim is fixed (e.g. 1) is run in chunks of that size, the last chunk padded.
     """
     session = model if isinstance(model, Session) else load(model, provider=provider, threads=threads)
     feeds, data_labels = split_labels(load_feeds(data, session.inputs, what="evaluation data"))
     if labels is None and reference is None:  # explicit arguments win over a 'labels' array
         labels = data_labels
+    if metric is not None:
+        return EvalResult(metric.name, metric(run_batched(session, feeds, batch_size), labels), num_samples(feeds))
     if labels is None and reference is None:
         raise DataError("evaluation needs labels (a 'labels' array in the data or labels=...) or "
                         "reference outputs to compare with")

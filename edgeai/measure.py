@@ -36,16 +36,19 @@ class RunData:
         return self._cache[kind]
 
 
-def metric_fn(source: ModelSource, eval_feeds: dict | None) -> Callable[[Path], float]:
-    """path -> task metric on the evaluation data (top-1 with labels, else cosine to FP32 PyTorch)."""
+def metric_fn(source: ModelSource, eval_feeds: dict | None, metric: str | None = None) -> Callable[[Path], float]:
+    """path -> task metric on the evaluation data: the user `metric` (edgeai.metrics) when given,
+    else top-1 with labels, else cosine to FP32 PyTorch."""
     if eval_feeds is None:
         raise RecipeError("max_drop needs evaluation data (--eval-data or data.eval in the recipe)")
     from edgeai.data import split_labels
     from edgeai.evaluate import evaluate
+    from edgeai.metrics import load_metric
 
+    user = load_metric(metric)
     feeds, labels = split_labels(eval_feeds)
-    reference = None if labels is not None else reference_outputs(source, feeds)
-    return lambda path: evaluate(path, feeds, labels=labels, reference=reference).value
+    reference = None if labels is not None or user else reference_outputs(source, feeds)
+    return lambda path: evaluate(path, feeds, labels=labels, reference=reference, metric=user).value
 
 
 def count_stage_macs(original: ModelSource, final: ModelSource, entries: list[ArtifactEntry]) -> None:
@@ -68,20 +71,24 @@ def count_stage_macs(original: ModelSource, final: ModelSource, entries: list[Ar
 
 
 def evaluate_all(source: ModelSource, data: RunData, stage: Path, entries: list[ArtifactEntry],
-                  progress: Progress) -> None:
-    """Task metric of every artifact in its runtime: top-1 with labels, else cosine to the original
-    PyTorch model (before any pruning or distillation)."""
+                  progress: Progress, metric: str | None = None) -> None:
+    """Task metric of every artifact in its runtime: the user `metric` when given, else top-1 with
+    labels, else cosine to the original PyTorch model (before any pruning or distillation)."""
     from edgeai.data import split_labels
     from edgeai.evaluate import evaluate
+    from edgeai.metrics import load_metric
 
+    user = load_metric(metric)
     feeds, labels = split_labels(data.get("eval"))
     reference = None
-    if labels is None:
+    if labels is None and user is None:
         reference = reference_outputs(source, feeds)
     for e in entries:
         progress(f"evaluating {e.name}")
-        result = evaluate(stage / e.file, to_artifact_layout(feeds, e.details), labels=labels, reference=reference)
+        result = evaluate(stage / e.file, to_artifact_layout(feeds, e.details), labels=labels, reference=reference,
+                          metric=user)
         e.metrics[result.metric] = result.value
+        e.metrics["metric_name"] = result.metric
         e.metrics["eval_samples"] = result.n
 
 

@@ -86,7 +86,7 @@ def run(recipe: Recipe, out_dir: Path, progress: Progress) -> ExportOutcome:
         if source.module is not None:
             count_stage_macs(original, source, entries)
         if recipe.data.eval:
-            evaluate_all(original, data, stage, entries, progress)
+            evaluate_all(original, data, stage, entries, progress, recipe.metric)
         if recipe.summary.bench:
             bench_all(source, recipe, stage, entries, progress)
         manifest = Manifest(source=source.to_dict() | {"recipe": recipe.name or None},
@@ -163,7 +163,7 @@ def _artifact_steps(source: ModelSource, recipe: Recipe, data: RunData, stage: P
     ctx = StepContext(calibration=data.get("calibration"), eval_data=data.get("eval"),
                       input_specs=source.input_specs,
                       extra={"channels_last_inputs": list(fp32.details.get("channels_last_inputs", []))})
-    metric = metric_fn(source, ctx.eval_data) if recipe.max_drop is not None else None
+    metric = metric_fn(source, ctx.eval_data, recipe.metric) if recipe.max_drop is not None else None
     entries = []
     for item in recipe.quantize:
         (name, opts), = item.items()

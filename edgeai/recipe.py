@@ -43,6 +43,7 @@ class Recipe:
     data: DataConfig = DataConfig()
     tolerance: Mapping[str, float] = field(default_factory=dict)   # atol/rtol/min_cosine for FP32 parity
     max_drop: float | None = None                                  # accuracy budget for quantization fallback
+    metric: str | None = None                                      # user metric FILE.py:FUNC / module:FUNC
     summary: SummaryConfig = SummaryConfig()
     output: str | None = None
 
@@ -119,7 +120,7 @@ def _resolve_paths(recipe: Recipe, base: Path) -> Recipe:
     data = replace(recipe.data, eval=fix(recipe.data.eval), calibration=fix(recipe.data.calibration),
                    train=fix(recipe.data.train))
     return replace(recipe, model=fix(recipe.model), arch=fix(recipe.arch),
-                   example_inputs=fix(recipe.example_inputs), data=data)
+                   example_inputs=fix(recipe.example_inputs), metric=fix(recipe.metric), data=data)
 
 
 def load_recipe(path: str | Path) -> Recipe:

@@ -60,7 +60,7 @@ def _step_line(kind: str, d: dict) -> str:
 
 
 def _metric(a: ArtifactEntry) -> tuple[str, float] | None:
-    for name in ("top1", "cosine"):
+    for name in (a.metrics.get("metric_name"), "top1", "cosine"):
         if name in a.metrics:
             return name, float(a.metrics[name])
     return None
