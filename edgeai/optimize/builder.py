@@ -5,7 +5,7 @@ import hashlib
 import logging
 import shutil
 import tempfile
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -37,12 +37,8 @@ def unit_recipe(config: Mapping[str, Any], fmt: str, steps: tuple, quantize: tup
 
 
 def _to_recipe(data: Mapping[str, Any]):
-    from edgeai.recipe import SummaryConfig, recipe_from_dict, Recipe
+    from edgeai.recipe import SummaryConfig, recipe_from_dict
 
-    data = dict(data)
-    if "metric" in data and "metric" not in {f.name for f in fields(Recipe)}:
-        data.pop("metric")          # this pipeline cannot budget in the user's metric:
-        data["max_drop"] = None     # quantize without the fallback, score each variant below
     return replace(recipe_from_dict(data), summary=SummaryConfig(bench=False))
 
 
@@ -75,12 +71,11 @@ def _build(job: Mapping[str, Any]) -> dict[str, dict]:
                 results[cid] = {"id": cid, "error": failed.get(name, f"the export produced no {name} artifact")}
                 continue
             folder = _write_candidate(out.out_dir, out.manifest, entry, Path(dests[cid]))
-            metric, value, outputs = _score(folder, entry, job)
+            metric, value = _score(entry)
             result = {"id": cid, "folder": str(folder), "size_bytes": entry.size_bytes, "metric": metric,
                       "value": value, "notes": list(entry.notes)}
             if job.get("reference") and name == "fp32":
-                result["reference_sha256"] = _outputs_digest(outputs if outputs is not None
-                                                             else _run_eval(folder, entry, job)[0])
+                result["reference_sha256"] = _outputs_digest(_run_eval(folder, entry, job))
             results[cid] = result
     return results
 
@@ -97,38 +92,16 @@ def _write_candidate(src: Path, manifest, entry, dest: Path) -> Path:
     return dest
 
 
-def _score(folder: Path, entry, job: Mapping[str, Any]) -> tuple[str, float, dict | None]:
-    """(metric name, value, outputs or None): the user metric when given, else the pipeline's top-1/cosine."""
-    spec = job.get("metric")
-    if not spec:
-        for name in ("top1", "cosine"):
-            if name in entry.metrics:
-                return name, float(entry.metrics[name]), None
+def _score(entry) -> tuple[str, float]:
+    """(metric name, value) the pipeline measured in the artifact's runtime: the user metric, top-1 or cosine."""
+    name = entry.metrics.get("metric_name") or next((n for n in ("top1", "cosine") if n in entry.metrics), None)
+    if name is None:
         raise EdgeAIError("the export computed no metric; is --eval-data given?")
-    fn = load_metric(spec)
-    outputs, labels = _run_eval(folder, entry, job)
-    try:
-        value = float(fn(outputs, labels))
-    except Exception as e:
-        raise EdgeAIError(f"metric {spec!r} raised {type(e).__name__}: {e}") from None
-    if not np.isfinite(value):
-        raise EdgeAIError(f"metric {spec!r} returned {value}; it must return a finite number")
-    return spec.rpartition(":")[2], value, outputs
+    return name, float(entry.metrics[name])
 
 
-def load_metric(spec: str):
-    """The user metric FUNC(outputs, labels) -> float from FILE.py:FUNC or module:FUNC."""
-    try:
-        from edgeai.metrics import load_metric as load
-    except ImportError:
-        from edgeai.errors import ConfigError
-        from edgeai.imports import import_callable
-        return import_callable(spec, "metric", ConfigError)
-    return load(spec)
-
-
-def _run_eval(folder: Path, entry, job: Mapping[str, Any]) -> tuple[dict, np.ndarray | None]:
-    """All outputs of the artifact in its own runtime on the evaluation data, and the labels."""
+def _run_eval(folder: Path, entry, job: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """All outputs of the artifact in its own runtime on the evaluation data."""
     from edgeai.data import load_feeds, split_labels
     from edgeai.evaluate import run_batched
     from edgeai.manifest import Manifest
@@ -137,10 +110,8 @@ def _run_eval(folder: Path, entry, job: Mapping[str, Any]) -> tuple[dict, np.nda
     from edgeai.verify import to_artifact_layout
 
     specs = [TensorSpec.from_dict(d) for d in Manifest.read(folder).source["inputs"]]
-    feeds, labels = split_labels(load_feeds(job["recipe"]["data"]["eval"], specs, what="evaluation data"))
-    session = load(folder)
-    outputs = run_batched(session, to_artifact_layout(feeds, entry.details))
-    return outputs, labels
+    feeds, _ = split_labels(load_feeds(job["recipe"]["data"]["eval"], specs, what="evaluation data"))
+    return run_batched(load(folder), to_artifact_layout(feeds, entry.details))
 
 
 def _outputs_digest(outputs: Mapping[str, np.ndarray]) -> str:

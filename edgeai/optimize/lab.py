@@ -52,7 +52,7 @@ class PipelineLab:
                 what = {"eval": "evaluation data", "train": "training data"}.get(kind, "calibration data")
                 data[kind] = _arrays_digest(load_feeds(spec, source.input_specs, what=what))
         if cfg.metric:
-            from edgeai.optimize.builder import load_metric
+            from edgeai.metrics import load_metric
             load_metric(cfg.metric)  # a metric that does not import is bad input: fail before building
         return {"model": _model_digest(source), "inputs": [s.to_dict() for s in source.input_specs],
                 "data": data, "metric": _metric_digest(cfg.metric), "max_drop": cfg.max_drop,
@@ -82,8 +82,7 @@ class PipelineLab:
             jobs.append({"recipe": unit_recipe(self.plain, u.format, u.steps, quantize),
                          "ids": {names[c.scheme]: c.id for c in u.candidates if c.id in dests},
                          "dests": {c.id: str(dests[c.id]) for c in u.candidates if c.id in dests},
-                         "work": str(self.work_dir), "metric": self.config.metric,
-                         "reference": not u.steps and u.format == self.config.formats[0]})
+                         "work": str(self.work_dir),                          "reference": not u.steps and u.format == self.config.formats[0]})
         results: dict[str, Built] = {}
         for job, out in zip(jobs, self._run_jobs(jobs)):
             for cid, fields_ in out.items():
