@@ -158,3 +158,28 @@ def test_missing_model_and_data_exit_2(cli, tmp_path):
                        tmp_path / "e.npz", "--max-drop", "1", "-o", tmp_path / "o")
     assert code == 2 and "e.npz" in err
     assert not (tmp_path / "o" / "report.json").exists()
+
+
+@pytest.mark.slow  # ~1-2 min: two pruned units exported at once; Ray starts a local cluster
+@pytest.mark.parametrize("parallel", [{"workers": 2}, {"workers": 2, "ray": "local"}], ids=["process-pool", "ray"])
+def test_parallel_builds_then_serialized_timing(tmp_path, parallel):
+    import edgeai
+    from edgeai.zoo import REFERENCE_MODELS
+
+    if "ray" in parallel:
+        pytest.importorskip("ray")
+    ref = REFERENCE_MODELS["lstm"]
+    events = []
+    result = edgeai.optimize(ZOO_LSTM, tmp_path / "opt", inputs=list(ref.inputs), eval_data=ref.test_data,
+                             max_drop=1.0, rounds=1, min_seconds=0.1, prune_ratios=(0.25, 0.5),
+                             progress=events.append, **parallel)
+    rows = {c["id"]: c for c in result.report["candidates"]}
+    building = [e["message"] for e in events if e["message"].startswith("building")]
+    # both pruned units are built together (the pool or the Ray cluster), then timed one by one
+    assert any("onnx/prune0.25/fp32" in m and "onnx/prune0.5/fp32" in m for m in building)
+    for cid in ("onnx/prune0.25/fp32", "onnx/prune0.5/fp32"):
+        assert rows[cid]["status"] in ("chosen", "ok", "rejected"), rows[cid]
+        assert rows[cid]["size_bytes"] < rows["onnx/fp32"]["size_bytes"]
+    # timing is serialized: every timed candidate has one round paired with the baseline's
+    timed = [c for c in rows.values() if c["rounds"]]
+    assert timed and all(len(c["rounds"]["p50_ms"]) == len(c["rounds"]["baseline_p50_ms"]) == 1 for c in timed)
