@@ -5,7 +5,6 @@ import platform
 from dataclasses import dataclass
 from typing import Mapping
 
-SCHEMES = ("fp32", "fp16", "int8-dynamic", "int8-static")
 PRECISIONS = {"fp32": "fp32", "fp16": "fp16", "int8-dynamic": "int8", "int8-static": "int8"}
 # cheap, likely winners first: INT8 usually wins on CPU; FP16 only shrinks the file there
 SCHEME_ORDER = ("int8-static", "int8-dynamic", "fp16")
