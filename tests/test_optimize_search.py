@@ -302,3 +302,25 @@ def test_report_files_schema_png_recipe_and_best_folder(tmp_path):
     assert best.artifacts[0].metrics["speedup_vs_fp32"] == pytest.approx(2.0)
     md = (out / "report.md").read_text()
     assert "| onnx/int8-static | chosen | 0.350 | 5.000 |" in md
+
+
+def test_p90_objective_judges_the_tail_not_the_median(tmp_path):
+    class TailLab(FakeLab):
+        def time(self, folders):
+            out = super().time(folders)
+            if "onnx/int8-static" in out:   # a faster median with a worse tail
+                out["onnx/int8-static"]["p90"] = [13.0, 13.0, 13.0]
+            return out
+
+    table = dict(latency={"onnx/fp32": 10.0, "onnx/int8-static": 6.0, "onnx/int8-dynamic": 9.0}, metric={})
+    assert search(TailLab(**table), tmp_path / "a").chosen.id == "onnx/int8-static"
+    p90 = search(TailLab(**table), tmp_path / "b", objective="p90")
+    assert p90.chosen.id == "onnx/int8-dynamic"
+    assert by_id(p90)["onnx/int8-static"].speedup == pytest.approx(12.0 / 13.0)
+
+
+def test_cli_accepts_format_as_a_synonym_of_formats():
+    from edgeai.cli import build_parser
+    args = build_parser().parse_args(["optimize", "m.py:f", "--input", "x:batch,4", "--eval-data", "e.npz",
+                                      "--max-drop", "1", "-o", "out", "--format", "tflite,onnx"])
+    assert args.formats == ("tflite", "onnx") and args.objective == "p50" and args.budget_minutes == 30.0
