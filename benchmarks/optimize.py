@@ -24,7 +24,7 @@ REAL = {
     "pitch-cnn": (dict(model="edgeai.zoo.pitch:pitch_cnn", inputs=["audio:batch,1024"],
                        eval_data="edgeai.zoo.pitch:test_tones", calibration="edgeai.zoo.pitch:calib_tones",
                        train_data="edgeai.zoo.pitch:train_tones", metric="edgeai.zoo.pitch:pitch_error",
-                       max_drop=1.0), 3.0, "edgeai.zoo.pitch"),
+                       max_drop=1.0, distill={"epochs": 6}), 3.0, "edgeai.zoo.pitch"),
     "speaker-lstm": (dict(model="edgeai.zoo.speaker:speaker_lstm", inputs=["mels:batch,frames=48,40"],
                           eval_data="edgeai.zoo.speaker:utterances", calibration="edgeai.zoo.speaker:utterances_calib",
                           max_drop=0.01), 1.4, "edgeai.zoo.speaker"),

@@ -103,13 +103,14 @@ def base_plan(formats: tuple[str, ...], objective: str, cpu: Mapping,
     return units, skips
 
 
-def prune_steps(ratio: float, distill: bool) -> tuple[Mapping, ...]:
+def prune_steps(ratio: float, distill: Mapping | None) -> tuple[Mapping, ...]:
+    """Prune by `ratio` of MACs, then distill with `distill` options (None: no distillation)."""
     steps: list[Mapping] = [{"prune": {"ratio": ratio}}]
-    if distill:
-        steps.append({"distill": {}})
+    if distill is not None:
+        steps.append({"distill": dict(distill)})
     return tuple(steps)
 
 
-def prune_units(fmt: str, ratios: tuple[float, ...], distill: bool, schemes: tuple[str, ...]) -> list[Unit]:
+def prune_units(fmt: str, ratios: tuple[float, ...], distill: Mapping | None, schemes: tuple[str, ...]) -> list[Unit]:
     """Pruned units in ascending ratio (cheapest accuracy loss first); each quantized by `schemes`."""
     return [Unit(fmt, prune_steps(r, distill), schemes) for r in sorted(ratios)]

@@ -67,6 +67,8 @@ def add_parser(sub) -> None:
     p.add_argument("--prune-ratios", type=_ratios, default=None, metavar="R,R",
                    help="fractions of MACs to remove (default 0.5,0.75 with --train-data, else 0.25,0.5; "
                         "'' turns pruning off)")
+    p.add_argument("--distill-epochs", type=int, default=None,
+                   help="most epochs of distillation per pruned candidate (default: the distill step's)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (default 3)")
     p.add_argument("--min-seconds", type=float, default=1.0, help="timed seconds per candidate per round")
     p.add_argument("--workers", type=int, default=1, help="parallel builds (default 1: timing is never parallel)")
@@ -89,7 +91,7 @@ def cmd_optimize(args) -> int:
         budget_minutes=args.budget_minutes, threads=args.threads, max_size_mb=args.max_size_mb,
         max_rss_mb=args.max_rss_mb, prune_ratios=args.prune_ratios, rounds=args.rounds,
         min_seconds=args.min_seconds, workers=args.workers, ray=args.ray, cache_dir=args.cache_dir,
-        no_cache=args.no_cache)
+        no_cache=args.no_cache, distill={"epochs": args.distill_epochs} if args.distill_epochs else {})
     config.validate()
     if not args.debug:  # the progress line says what is being timed; per-target bench lines would bury it
         logging.getLogger("edgeai.bench").setLevel(logging.WARNING)

@@ -33,6 +33,7 @@ class OptimizeConfig:
     max_size_mb: float | None = None
     max_rss_mb: float | None = None
     prune_ratios: tuple[float, ...] | None = None   # None: DEFAULT_RATIOS_*; () turns pruning off
+    distill: Mapping[str, Any] = field(default_factory=dict)   # distill step options (epochs, max_minutes, ...)
     rounds: int = 3                        # interleaved timing rounds
     min_seconds: float = 1.0               # timed seconds per candidate per round
     workers: int = 1                       # parallel builds (exports, calibration, distillation)

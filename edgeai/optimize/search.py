@@ -136,7 +136,7 @@ class Search:
             self.notes.append("pruning skipped: it needs a PyTorch model, not an ONNX file")
             return
         fmt, schemes = self._prune_format()
-        units = prune_units(fmt, ratios, bool(cfg.train_data), schemes)
+        units = prune_units(fmt, ratios, dict(cfg.distill) if cfg.train_data else None, schemes)
         self._plan(units, [])
         if not cfg.train_data:
             self.notes.append("pruning without --train-data is not distilled (accuracy usually drops fast)")
