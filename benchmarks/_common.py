@@ -99,7 +99,7 @@ def timed(targets: list[str], threads: int, min_seconds: float, rounds: int = 3)
     return [None if None in s else median(s) for s in samples]
 
 
-def models_main(name: str, doc: str, run, columns) -> None:
+def models_main(name: str, doc: str, run, columns, extra_models=()) -> None:
     """The command line shared by the per-model benchmarks: pick models, run, write the table."""
     import argparse
     import logging
@@ -108,13 +108,14 @@ def models_main(name: str, doc: str, run, columns) -> None:
     ap.add_argument("--only", nargs="*", help="model names to run (default: all)")
     ap.add_argument("--min-seconds", type=float, default=2.0, help="timed seconds per variant (default 2)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--results", default=name, help=f"results file stem under benchmarks/results (default {name})")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     with workdir() as tmp:
         folder = Path(tmp)
-        models = reference_models() + edge_models(folder)
+        models = reference_models() + edge_models(folder) + list(extra_models)
         if args.only:
             models = [m for m in models if m[0] in args.only]
         rows = run(models, args.min_seconds, args.threads, folder)
-    write_results(name, rows, markdown_table(rows, columns), environment(),
+    write_results(args.results, rows, markdown_table(rows, columns), environment(),
                   {"threads": args.threads, "batch": 1, "min_seconds": args.min_seconds})

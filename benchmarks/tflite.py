@@ -1,7 +1,7 @@
 """Every TFLite variant vs ONNX Runtime FP32 and vs LiteRT FP32, on the reference and edge-size models.
 
 For each model: `edgeai export` to ONNX (FP32) and to TFLite (FP32 + fp16 + int8-dynamic +
-int8-full; for RNNs also the fused-LSTM FP32 graph), every artifact verified against PyTorch
+int8-static; for RNNs also the fused-LSTM FP32 graph), every artifact verified against PyTorch
 and evaluated in its own runtime (top-1 on the digits test split for the trained reference
 models; cosine to FP32 PyTorch for the random-weight ones). Then all artifacts of the model
 are timed together (each in a fresh process, 1 thread, batch 1; median p50 of 3 interleaved
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import _common as C
 
-TFLITE_SCHEMES = ({"fp16": {}}, {"int8-dynamic": {}}, {"int8-full": {}})
+TFLITE_SCHEMES = ({"fp16": {}}, {"int8-dynamic": {}}, {"int8-static": {}})
 COLUMNS = [("model", "model", ""), ("variant", "variant", ""), ("ops", "ops", ""), ("transposes", "TRANSPOSE", ""),
            ("size_mb", "size MB", ".3f"), ("p50_ms", "p50 ms", ".3f"), ("vs_ort", "speedup vs ORT FP32", ".2f"),
            ("vs_litert", "speedup vs LiteRT FP32", ".2f"), ("metric", "metric", ""), ("value", "value", ".4f"),

@@ -56,7 +56,7 @@ def _add_export(sub) -> None:
                    help="verification tolerance relative to max |reference| (default 1e-3)")
     p.add_argument("--quantize", action="append", default=None, metavar="SCHEME[,SCHEME]",
                    help="also write quantized variants, each verified and measured: fp16, int8-dynamic, "
-                        "int8-static (ONNX); fp16, int8-dynamic, int8-full (TFLite)")
+                        "int8-static (calibrated full integer; int8-full is an alias), the same names for ONNX and TFLite")
     p.add_argument("--calibration", metavar="DATA",
                    help="calibration inputs for static INT8: FILE.npz keyed by input name, a folder of "
                         "NAME.npy files, or module:function")

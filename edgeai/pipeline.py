@@ -8,11 +8,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+from edgeai.budget import VariantRejected, quantization_budget, quantize_within_budget
 from edgeai.errors import EdgeAIError, ExportError, MissingDependencyError, RuntimeLoadError, VerificationError
 from edgeai.exporters import Exporter, ExportResult, get_exporter
 from edgeai.fsutil import ensure_writable_dir, publish, sha256_file, staging_dir
 from edgeai.manifest import MANIFEST_NAME, ArtifactEntry, Manifest
-from edgeai.measure import RunData, bench_all, count_stage_macs, evaluate_all, metric_fn
+from edgeai.measure import RunData, bench_all, count_stage_macs, evaluate_all
 from edgeai.recipe import Recipe, RecipeError, load_recipe
 from edgeai.source import ModelSource, load_model
 from edgeai.verify import FP32_TOLERANCE, ArtifactHandle, Parity, Tolerance, check_onnx_file, open_artifact, verify
@@ -127,18 +128,32 @@ def _model_steps(source: ModelSource, recipe: Recipe, data: RunData,
     if source.module is None:
         raise RecipeError("model steps (prune, distill, ...) need a PyTorch model, not an ONNX file")
     ctx = StepContext(train_data=data.get("train"), calibration=data.get("calibration"), eval_data=data.get("eval"),
-                      teacher=source.module, input_specs=source.input_specs)
+                      teacher=source.module, input_specs=source.input_specs, extra={"metric": recipe.metric})
     records = []
     module = source.module
     for item in recipe.steps:
         (name, opts), = item.items()
         step = get_model_step(name)
         config = _make_config(step.config_cls, opts, f"step {name!r}")
+        config, search = _latency_target(name, config, module, source, ctx, recipe, progress)
         progress(f"model step {name}")
         module, report = step.fn(module, source.torch_inputs(), config, ctx)
+        if search:
+            report.details["latency_search"] = search
+            report.notes.extend(search["notes"])
         records.append({"type": f"model.{name}", "config": config_to_dict(config), "notes": report.notes,
                         "details": report.details})
     return replace(source, module=module.eval()), records
+
+
+def _latency_target(name: str, config: Any, module: Any, source: ModelSource, ctx: Any, recipe: Recipe,
+                    progress: Progress) -> tuple[Any, dict | None]:
+    """A prune step's target_speedup / target_latency_ms, searched on the exported model (edgeai.latency_target)."""
+    from edgeai import latency_target
+
+    if name != "prune" or not latency_target.wants_latency(config):
+        return config, None
+    return latency_target.for_pipeline(config, module, source, ctx, recipe, progress)
 
 
 def _make_config(config_cls: type, opts: dict, what: str):
@@ -158,22 +173,23 @@ def _artifact_steps(source: ModelSource, recipe: Recipe, data: RunData, stage: P
     """
     if not recipe.quantize:
         return []
-    from edgeai.steps import StepContext, get_artifact_step
+    from edgeai.steps import StepContext, canonical_scheme, get_artifact_step
 
     ctx = StepContext(calibration=data.get("calibration"), eval_data=data.get("eval"),
                       input_specs=source.input_specs,
                       extra={"channels_last_inputs": list(fp32.details.get("channels_last_inputs", []))})
-    metric = metric_fn(source, ctx.eval_data, recipe.metric) if recipe.max_drop is not None else None
+    budget = _LazyBudget(source, ctx, recipe.max_drop, recipe.metric)
     entries = []
     for item in recipe.quantize:
         (name, opts), = item.items()
+        name = canonical_scheme(name)  # files keep the canonical name (int8-full -> int8-static)
         key = f"{recipe.format}:{name}"
         step = get_artifact_step(key)
         config = _make_config(step.config_cls, opts, f"quantization {name!r}")
         dst = stage / f"model.{name}{(stage / fp32.file).suffix}"
         try:
-            entries.append(_variant(name, key, step, config, source, recipe, fp32, dst, ctx, metric, progress))
-        except (VerificationError, RuntimeLoadError, _StepFailure) as e:
+            entries.append(_variant(name, key, step, config, source, recipe, fp32, dst, ctx, budget, progress))
+        except (VerificationError, RuntimeLoadError, VariantRejected, _StepFailure) as e:
             log.warning("variant %s left out: %s", name, e)
             failed.append({"name": name, "step": key, "error": str(e).replace(f"{stage}/", "")})
             for p in stage.glob(f"{dst.name}*"):
@@ -181,20 +197,31 @@ def _artifact_steps(source: ModelSource, recipe: Recipe, data: RunData, stage: P
     return entries
 
 
+class _LazyBudget:
+    """The run's quantization budget, built (reference outputs computed) when a step first needs it."""
+
+    def __init__(self, source: ModelSource, ctx: Any, max_drop: float | None, metric: str | None = None):
+        self._args, self._budget = (source, ctx, max_drop, metric), None
+
+    def get(self):
+        if self._budget is None:
+            self._budget = quantization_budget(*self._args)
+        return self._budget
+
+
 class _StepFailure(Exception):
     """A step's own code broke (not the user's input): the variant is left out, the export goes on."""
 
 
-def _variant(name, key, step, config, source, recipe, fp32, dst, ctx, metric, progress) -> ArtifactEntry:
+def _variant(name, key, step, config, source, recipe, fp32, dst, ctx, budget, progress) -> ArtifactEntry:
     from edgeai.steps import config_to_dict
     from edgeai.verify import FP16_TOLERANCE, QUANTIZED_TOLERANCE
 
     src = dst.parent / fp32.file
     try:
-        if metric is not None and hasattr(config, "exclude_nodes"):
-            from edgeai.steps.quant_fallback import quantize_with_fallback
-            progress(f"quantizing: {name}, keeping sensitive layers in FP32 until the drop is <= {recipe.max_drop:g}")
-            report, _ = quantize_with_fallback(key, src, dst, config, ctx, metric, recipe.max_drop)
+        if step.precision == "int8":
+            progress(f"quantizing: {name} within budget: {budget.get().text}")
+            report = quantize_within_budget(key, step, src, dst, config, ctx, budget.get())
         else:
             progress(f"quantizing: {name}")
             report = step.fn(src, dst, config, ctx)
@@ -210,6 +237,8 @@ def _variant(name, key, step, config, source, recipe, fp32, dst, ctx, metric, pr
     parity = verify(source, handle, tolerance, allow_frozen=bool(layout.get("static_shapes")))
     if not parity.passed:
         raise VerificationError(f"{name} artifact computes something else: {parity.failure()}")
+    if recipe.format == "onnx":
+        check_onnx_file(dst)
     result = ExportResult(exporter=fp32.exporter, files=[dst.name, *report.details.get("extra_files", [])],
                           details={**layout, **report.details})
     steps = fp32.steps + [{"type": report.step, "config": report.config or config_to_dict(config)}]

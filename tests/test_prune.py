@@ -148,7 +148,7 @@ def test_prune_cnn_reaches_macs_target_with_a_smaller_dense_model(ratio):
     model = TinyMobileNet().eval()
     before = copy.deepcopy(model.state_dict())
     inputs = _cnn_inputs()
-    pruned, report = prune(model, inputs, PruneConfig(ratio=ratio))
+    pruned, report = prune(model, inputs, PruneConfig(ratio=ratio, round_to=8))
     d = report.details
     assert abs(d["achieved_ratio"] - ratio) <= 0.03, d["achieved_ratio"]
     assert d["macs_after"] == count_macs(pruned, inputs).total < d["macs_before"]
@@ -213,13 +213,13 @@ def _widths(report):
 def test_macs_allocation_cuts_mac_heavy_layers_more_and_protects_narrow_ones():
     torch.manual_seed(0)
     inputs = _seq_inputs()
-    _, rep = prune(_heavy_front_cnn(), inputs, PruneConfig(ratio=0.5, allocation="macs"))
+    _, rep = prune(_heavy_front_cnn(), inputs, PruneConfig(ratio=0.5, allocation="macs", round_to=8))
     w = _widths(rep)
     cut = {n: 1 - a / b for n, (b, a) in w.items()}
     assert w["2.0"] == (16, 16)                              # narrow layer protected
     assert cut["1.0"] > cut["3.0"] + 0.2                     # full-res 64x64 conv cut far more than ...
     assert cut["1.0"] > cut["4.0"] + 0.2                     # ... the same width at 1/16 the resolution
-    _, rep_u = prune(_heavy_front_cnn(), inputs, PruneConfig(ratio=0.5, allocation="uniform"))
+    _, rep_u = prune(_heavy_front_cnn(), inputs, PruneConfig(ratio=0.5, allocation="uniform", round_to=8))
     cut_u = {n: 1 - a / b for n, (b, a) in _widths(rep_u).items()}
     assert abs(cut_u["1.0"] - cut_u["4.0"]) < 0.15          # uniform: same ratio everywhere
     assert abs(rep.details["achieved_ratio"] - 0.5) < 0.03
@@ -278,9 +278,17 @@ class PermuteFlatten(nn.Module):
 
 def test_permute_before_flatten_is_refused_not_silently_wrong():
     with pytest.raises(VerificationError, match="not the original minus the removed channels"):
-        prune(PermuteFlatten().eval(), _cnn_inputs(), PruneConfig(ratio=0.5))
+        prune(PermuteFlatten().eval(), _cnn_inputs(), PruneConfig(ratio=0.5, auto_pin=False))
     pruned, _ = prune(PermuteFlatten().eval(), _cnn_inputs(), PruneConfig(ratio=0.3, pinned=("c2",)))
     assert pruned.c2.out_channels == 64 and pruned.c1.out_channels < 32
+
+
+def test_permute_before_flatten_pins_the_conv_feeding_it_automatically():
+    pruned, rep = prune(PermuteFlatten().eval(), _cnn_inputs(), PruneConfig(ratio=0.5))
+    assert [b["name"] for b in rep.details["auto_pinned"]] == ["c2"]
+    assert "not the original minus the removed channels" in rep.details["auto_pinned"][0]["reason"]
+    assert pruned.c2.out_channels == 64 and pruned.c1.out_channels < 32
+    assert rep.details["achieved_ratio"] == pytest.approx(0.5, abs=0.03)
 
 
 @pytest.mark.parametrize("kwargs,error,match", [
@@ -368,8 +376,30 @@ def test_zoo_models_prune_exactly_and_export_to_onnx(name, tmp_path):
     test = dict(np.load(ref.test_data))
     key = next(k for k in test if k != "labels")
     inputs = {key: torch.from_numpy(test[key][:2])}
-    pruned, rep = prune(model, inputs, PruneConfig(ratio=0.5))
+    pruned, rep = prune(model, inputs, PruneConfig(ratio=0.5, round_to=8))   # as fine on every CPU
     assert abs(rep.details["achieved_ratio"] - 0.5) < 0.03
     assert rep.details["max_abs_diff_vs_masked_original"] < 1e-4
     assert rep.details["params_after"] < 0.7 * rep.details["params_before"]
     assert _onnx_max_diff(pruned, inputs, tmp_path) < 1e-4
+
+
+@pytest.mark.parametrize("flags,expected", [(["avx", "avx2", "avx512f", "fma"], 16), (["avx", "avx2", "fma"], 8),
+                                            (["asimd", "asimddp"], 8)])
+def test_round_to_defaults_to_the_cpus_vector_width(monkeypatch, flags, expected):
+    import edgeai.hw as hw
+
+    monkeypatch.setattr(hw, "cpu_info", lambda: {"flags": flags})
+    _, rep = prune(TinyMobileNet().eval(), _cnn_inputs(), PruneConfig(ratio=0.5))
+    assert rep.config["round_to"] == expected
+    assert all(l["after"] % expected == 0 for l in rep.details["layers"] if l["after"] != l["before"])
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(ratio=0.5, target_speedup=2.0), "got ratio, target_speedup"),
+    (dict(target_speedup=0.9), "must be > 1"),
+    (dict(target_latency_ms=-1.0), "must be > 0"),
+    (dict(target_speedup=2.0), "measured on the exported model"),
+])
+def test_latency_targets_are_exclusive_and_need_the_pipeline(kwargs, match):
+    with pytest.raises(EdgeAIError, match=match):
+        prune(TinyMobileNet().eval(), _cnn_inputs(), PruneConfig(**kwargs))

@@ -149,7 +149,8 @@ def test_int8_dynamic_default_op_types_leave_conv_fp32_and_say_so(models, tmp_pa
 
 
 def test_int8_dynamic_quantizes_lstm_weights(models, tmp_path):
-    report = int8_dynamic(models["lstm"], tmp_path / "dyn.onnx", Int8DynamicConfig(), StepContext())
+    # per-tensor: per-channel scales (4 x 12 floats per matrix) are a large share of this tiny LSTM
+    report = int8_dynamic(models["lstm"], tmp_path / "dyn.onnx", Int8DynamicConfig(per_channel=False), StepContext())
     assert report.details["ops_after"].get("DynamicQuantizeLSTM") == 1
     assert weight_ratio(report) > 3.0
     assert cosine_to_fp32(models["lstm"], tmp_path / "dyn.onnx", samples("lstm", 16, 1)) > 0.99

@@ -63,5 +63,16 @@ def get_model_step(name: str) -> ModelStep:
     return MODEL_STEPS.get(name)
 
 
+# Scheme names mean the same in every format; an alias is looked up (and files named) as its canonical name.
+SCHEME_ALIASES = {"int8-full": "int8-static"}
+
+
+def canonical_scheme(name: str) -> str:
+    """'int8-full' -> 'int8-static'; other names unchanged."""
+    return SCHEME_ALIASES.get(name, name)
+
+
 def get_artifact_step(name: str) -> ArtifactStep:
-    return ARTIFACT_STEPS.get(name)
+    """ARTIFACT_STEPS["<format>:<scheme>"], the scheme's alias resolved."""
+    fmt, sep, scheme = name.rpartition(":")
+    return ARTIFACT_STEPS.get(f"{fmt}{sep}{canonical_scheme(scheme)}")

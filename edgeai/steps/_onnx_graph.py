@@ -244,3 +244,92 @@ def _drop_unused(model, op_types: set[str]) -> None:
             return
         for n in dead:
             model.graph.node.remove(n)
+
+
+def topological_sort(model) -> bool:
+    """Reorder the main graph's nodes so each comes after the producers of its inputs; True if it moved any.
+
+    onnxruntime's float16 converter appends Cast nodes at the end of the graph, which onnx.checker
+    rejects. Names no node produces (graph inputs, initializers, outer scope) count as available.
+    """
+    nodes = list(model.graph.node)
+    producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}
+    waiting = [{producer[x] for x in n.input if x in producer and producer[x] != i} for i, n in enumerate(nodes)]
+    users: dict[int, list[int]] = {}
+    for i, deps in enumerate(waiting):
+        for d in deps:
+            users.setdefault(d, []).append(i)
+    ready = [i for i, deps in enumerate(waiting) if not deps]
+    order: list[int] = []
+    while ready:
+        i = ready.pop(0)
+        order.append(i)
+        for u in users.get(i, []):
+            waiting[u].discard(i)
+            if not waiting[u]:
+                ready.append(u)
+    if len(order) != len(nodes):  # a cycle: leave the graph as it is for the checker to report
+        return False
+    if order == list(range(len(nodes))):
+        return False
+    del model.graph.node[:]
+    model.graph.node.extend(nodes[i] for i in order)
+    return True
+
+
+@contextlib.contextmanager
+def quantizer_warnings() -> Iterator[list[str]]:
+    """Collect what onnxruntime's quantizer logs (root logger) or warns, instead of printing it."""
+    import logging
+    import warnings
+
+    caught: list[str] = []
+
+    def grab(record) -> bool:
+        if record.levelno >= logging.WARNING:
+            caught.append(record.getMessage())
+        return False
+
+    root = logging.getLogger()
+    root.addFilter(grab)
+    try:
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            yield caught
+        caught.extend(str(x.message) for x in w)
+    finally:
+        root.removeFilter(grab)
+
+
+# onnxruntime's advice to pre-process; edgeai pre-processes unless told not to
+_KNOWN_ADVICE = ("Please consider to run pre-processing before quantization",)
+
+
+def warning_note(messages: list[str]) -> list[str]:
+    """One note summarizing the quantizer's warnings (the distinct ones, most frequent first)."""
+    msgs = [" ".join(m.split()) for m in messages if not m.startswith(_KNOWN_ADVICE)]
+    if not msgs:
+        return []
+    counts = Counter(m[:160] for m in msgs)
+    shown = "; ".join(f"{m} (x{c})" if c > 1 else m for m, c in counts.most_common(3))
+    more = f"; and {len(counts) - 3} other kind(s)" if len(counts) > 3 else ""
+    return [f"onnxruntime's quantizer warned {len(msgs)} time(s): {shown}{more}"]
+
+
+def extreme_range_nodes(model, calibration_cache: str | Path, limit: float) -> tuple[list[str], list[str]]:
+    """(nodes to keep in float, tensors) for tensors whose calibrated range is non-finite or beyond `limit`.
+
+    Such a tensor (an additive attention mask of float32 min, a -inf fill) cannot get a usable
+    INT8 scale; its producers and consumers are kept in float so it is never quantized.
+    """
+    import numpy as np
+    from onnxruntime.quantization.calibrate import load_tensors_data
+    ranges = load_tensors_data(calibration_cache)
+    extreme = []
+    for name, data in ranges.items():
+        bounds = np.concatenate([np.ravel(np.asarray(v, dtype=np.float64)) for v in data.range_value])
+        if not np.isfinite(bounds).all() or np.abs(bounds).max(initial=0.0) > limit:
+            extreme.append(name)
+    names = set(extreme)
+    nodes = [n.name for n in model.graph.node if names & (set(n.input) | set(n.output))]
+    return nodes, sorted(extreme)

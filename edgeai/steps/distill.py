@@ -1,10 +1,15 @@
 """Model step "distill": train a (pruned) student to match a teacher's outputs (knowledge distillation).
 
-loss = alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T)) + (1 - alpha) * CE(student, labels)
-(+ the MSE of optional feature pairs). Without labels only the teacher's soft labels are used.
-Outputs whose last dimension is 1, or float labels, are treated as regression (MSE instead of KL/CE).
-The teacher runs once over the data; its outputs are cached. The best student state (by the eval
-metric: top-1 with eval labels, else distillation loss on eval data, else training loss) is kept.
+loss = alpha * KD(student, teacher) + (1 - alpha) * LABEL(student, labels)  (+ MSE of feature pairs)
+KD is chosen from what the teacher's outputs are (see _distill_loss.py): KL with temperature for
+logits, binary cross-entropy for sigmoid probabilities, cosine for normalised embeddings, MSE for
+regression; `loss:` overrides it. Labels that do not fit the loss (e.g. f0 in Hz for a 360-bin
+head) are left to the eval metric. BatchNorm statistics stay frozen while training (the teacher's
+data statistics re-estimated after pruning are better than those of small noisy batches).
+The teacher runs once over the data; its outputs are cached. The best student state by the eval
+metric is kept: the user metric (`metric:`, FUNC(outputs, labels) -> float, higher is better),
+else top-1 with class labels, else the label loss, else the distillation loss on eval data.
+A student whose metric does not recover to the teacher's is reported with the numbers.
 """
 from __future__ import annotations
 
@@ -21,11 +26,14 @@ import numpy as np
 
 from edgeai.errors import ConfigError, DataError, UnknownNameError
 from edgeai.steps import MODEL_STEPS, ModelStep, StepContext, StepReport, config_to_dict
+from edgeai.steps import _distill_loss as losses
 
 log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("cosine", "constant")
+BATCHNORM = ("freeze", "train")
+RECOVERED = 0.9          # fraction of the teacher-student metric gap that distillation should close
 
 
 @dataclass(frozen=True)
@@ -44,6 +52,9 @@ class DistillConfig:
     patience: int = 5                   # epochs without eval improvement before stopping
     feature_layers: tuple[tuple[str, str], ...] = ()   # (student module, teacher module) pairs, MSE
     max_minutes: float | None = None
+    loss: str = "auto"                  # "auto" (from the teacher's outputs) | "kl" | "bce" | "cosine" | "mse"
+    batchnorm: str = "freeze"           # "freeze": running statistics fixed | "train": updated by each batch
+    metric: str | None = None           # "file.py:FUNC" | "module:FUNC", FUNC(outputs, labels) -> float, higher better
 
 
 def _validate(config: DistillConfig) -> None:
@@ -51,6 +62,10 @@ def _validate(config: DistillConfig) -> None:
         raise UnknownNameError(f"distill: no optimizer named {config.optimizer!r}; known: {', '.join(OPTIMIZERS)}")
     if config.schedule not in SCHEDULES:
         raise UnknownNameError(f"distill: no schedule named {config.schedule!r}; known: {', '.join(SCHEDULES)}")
+    if config.loss not in losses.LOSSES:
+        raise UnknownNameError(f"distill: no loss named {config.loss!r}; known: {', '.join(losses.LOSSES)}")
+    if config.batchnorm not in BATCHNORM:
+        raise UnknownNameError(f"distill: no batchnorm mode {config.batchnorm!r}; known: {', '.join(BATCHNORM)}")
     for field, ok in (("epochs", config.epochs >= 1), ("batch_size", config.batch_size >= 1),
                       ("lr", config.lr > 0), ("temperature", config.temperature > 0),
                       ("alpha", 0.0 <= config.alpha <= 1.0), ("patience", config.patience >= 1)):
@@ -141,43 +156,12 @@ def _teacher_pass(teacher: Any, arrays: dict, n: int, bs: int, dtype: Any, feats
     return torch.cat(outs), {k: torch.cat(v) for k, v in fmaps.items()}
 
 
-def _is_regression(out: Any, labels: np.ndarray | None) -> bool:
-    """Class labels have the output's shape minus its last (class) dim; regression targets its full shape."""
-    shape = tuple(out.shape)
-    if labels is None:
-        return out.dim() == 1 or shape[-1] == 1
-    if labels.shape[1:] == shape[1:] and (labels.dtype.kind == "f" or shape[-1] == 1):
-        return True
-    if labels.shape[1:] == shape[1:-1]:
-        return False
-    raise DataError(f"distill: labels of shape {labels.shape} fit neither the model's output {shape} "
-                    f"(regression targets) nor its shape without the class dim (class ids)")
-
-
 def _top1(logits: Any, labels: np.ndarray) -> float:
     import torch
 
     pred = logits.argmax(-1).reshape(-1)
     lab = torch.as_tensor(labels).reshape(-1).long()
     return float((pred == lab).float().mean())
-
-
-def _kd_loss(s: Any, t: Any, temperature: float, regression: bool) -> Any:
-    import torch.nn.functional as F
-
-    if regression:
-        return F.mse_loss(s.float(), t)
-    s, t = s.float().reshape(-1, s.shape[-1]), t.reshape(-1, t.shape[-1])
-    return F.kl_div(F.log_softmax(s / temperature, -1), F.log_softmax(t / temperature, -1),
-                    reduction="batchmean", log_target=True) * temperature ** 2
-
-
-def _label_loss(s: Any, labels: Any, regression: bool) -> Any:
-    import torch.nn.functional as F
-
-    if regression:
-        return F.mse_loss(s.float().reshape(labels.shape), labels.float())
-    return F.cross_entropy(s.float().reshape(-1, s.shape[-1]), labels.reshape(-1).long())
 
 
 def _adapt(x: Any, adapter: Any, dim: int) -> Any:
@@ -207,6 +191,83 @@ def _save_checkpoint(path: str, state: dict, epoch: int, metric: float) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def _user_metric(config: DistillConfig, ctx: StepContext) -> Any:
+    """The eval metric (edgeai.metrics: FUNC(outputs, labels) -> float, higher is better) or None:
+    the step's own `metric:`, else the recipe's (ctx.extra["metric"])."""
+    from edgeai.metrics import load_metric
+
+    return load_metric(config.metric or ctx.extra.get("metric"))
+
+
+def _output_name(model: Any, arrays: dict, dtype: Any) -> str:
+    """The name the exported artifact gives the output distillation trains (the metric sees this name)."""
+    import torch
+
+    from edgeai.exporters import output_names
+
+    with torch.no_grad():
+        return output_names(model(**_batch(arrays, slice(0, 1), dtype)))[0][0]
+
+
+class _Scorer:
+    """Scores outputs on the eval data: (value, name, higher is better), with the same rule for teacher and student."""
+
+    def __init__(self, metric: Any, choice: losses.LossChoice, t_eval: Any, eval_y: np.ndarray | None,
+                 output_name: str, temperature: float):
+        self.metric, self.choice, self.t_eval, self.eval_y = metric, choice, t_eval, eval_y
+        self.output_name, self.temperature = output_name, temperature
+        if metric is not None:
+            self.name, self.higher = metric.name, True
+        elif eval_y is not None and choice.kind == "kl" and losses.labels_fit(choice, tuple(t_eval.shape), eval_y):
+            self.name, self.higher = "top1", True
+        elif losses.labels_fit(choice, tuple(t_eval.shape), eval_y):
+            self.name, self.higher = choice.kind, False      # the loss to the eval labels
+        else:
+            self.name, self.higher = "kd_loss", False
+
+    def __call__(self, out: Any) -> float:
+        import torch
+
+        if self.metric is not None:
+            return self.metric({self.output_name: out.numpy()}, self.eval_y) + 0.0   # + 0.0: no -0.0
+        if self.name == "top1":
+            return _top1(out, self.eval_y)
+        if self.name == "kd_loss":
+            return float(losses.kd_loss(self.choice, out, self.t_eval, self.temperature))
+        return float(losses.label_loss(self.choice, out, torch.as_tensor(self.eval_y)))
+
+    def better(self, a: float, b: float) -> bool:
+        return a > b if self.higher else a < b
+
+
+def _outputs(model: Any, arrays: dict, n: int, bs: int, dtype: Any) -> Any:
+    import torch
+
+    model.eval()
+    with torch.no_grad():
+        return torch.cat([_first_tensor(model(**_batch(arrays, slice(s, s + bs), dtype))).float()
+                          for s in range(0, n, bs)])
+
+
+def _set_train(model: Any, batchnorm: str) -> None:
+    """Training mode; with batchnorm="freeze" the BatchNorm layers keep (and use) their running statistics."""
+    import torch
+
+    model.train()
+    if batchnorm == "freeze":
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
+def _check_labels(choice: losses.LossChoice, shape: tuple, labels: np.ndarray | None, scorer_uses: bool) -> None:
+    if labels is None or scorer_uses or losses.labels_fit(choice, shape, labels):
+        return
+    raise DataError(f"distill: labels of shape {labels.shape} ({labels.dtype}) fit neither the model's output "
+                    f"{shape} as {'class ids' if choice.kind == 'kl' else 'targets'} for the {choice.kind} loss; "
+                    f"give labels that do, or a metric (metric: FILE.py:FUNC) that reads them")
+
+
 def distill(student: Any, example_inputs: Mapping[str, Any], config: DistillConfig,
             ctx: StepContext | None = None) -> tuple[Any, StepReport]:
     """Train a copy of `student` against ctx.teacher; returns (best student, report)."""
@@ -221,6 +282,7 @@ def distill(student: Any, example_inputs: Mapping[str, Any], config: DistillConf
     names = list(example_inputs)
     train_x, train_y, n = _split(ctx.train_data, names, "training data")
     eval_x, eval_y, n_eval = _split(ctx.eval_data, names, "eval data")
+    metric = _user_metric(config, ctx)
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     model = copy.deepcopy(student)
@@ -228,6 +290,7 @@ def distill(student: Any, example_inputs: Mapping[str, Any], config: DistillConf
     teacher.eval()
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     bs = int(config.batch_size)
+    start, cpu_start = time.monotonic(), time.process_time()
 
     pairs = [tuple(p) for p in config.feature_layers]
     s_feats = _Features(model, [s for s, _ in pairs]) if pairs else None
@@ -239,20 +302,11 @@ def distill(student: Any, example_inputs: Mapping[str, Any], config: DistillConf
         if t_feats:
             t_feats.close()
         teacher.train(teacher_was_training)
-    regression = _is_regression(t_train, train_y if train_y is not None else eval_y)
-    adapters = torch.nn.ModuleDict()
-    if pairs:
-        with torch.no_grad():
-            model.eval()
-            model(**_batch(train_x, slice(0, 1), dtype))
-        for i, (s, t) in enumerate(pairs):
-            cs = s_feats.values[s].shape[s_feats.channel_dim[s]]
-            ct = t_train_f[t].shape[t_feats.channel_dim[t]]
-            if s_feats.values[s].shape[2:] != t_train_f[t].shape[2:] and s_feats.channel_dim[s] == 1:
-                raise ConfigError(f"distill: feature maps of '{s}' {tuple(s_feats.values[s].shape[1:])} and "
-                                  f"'{t}' {tuple(t_train_f[t].shape[1:])} differ in size; pair layers of equal resolution")
-            if cs != ct:
-                adapters[str(i)] = torch.nn.Linear(cs, ct).to(dtype)
+    choice = losses.chosen(config.loss, t_train, train_y if train_y is not None else eval_y)
+    shape = tuple(t_train.shape)
+    _check_labels(choice, shape, train_y, metric is not None)
+    _check_labels(choice, shape, eval_y, metric is not None)
+    adapters = _adapters(model, train_x, dtype, pairs, s_feats, t_feats, t_train_f)
 
     params = list(model.parameters()) + list(adapters.parameters())
     if config.optimizer == "sgd":
@@ -260,30 +314,17 @@ def distill(student: Any, example_inputs: Mapping[str, Any], config: DistillConf
     else:
         cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
         opt = cls(params, lr=config.lr, weight_decay=config.weight_decay)
-    steps_per_epoch = math.ceil(n / bs)
-    total_steps = steps_per_epoch * config.epochs
+    total_steps = math.ceil(n / bs) * config.epochs
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps) if config.schedule == "cosine"
              else torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0))
-    alpha = config.alpha if train_y is not None else 1.0
-    train_labels = None if train_y is None else torch.as_tensor(train_y)
+    train_labels = torch.as_tensor(train_y) if losses.labels_fit(choice, shape, train_y) else None
+    alpha = config.alpha if train_labels is not None else 1.0
+    scorer = _Scorer(metric, choice, t_eval, eval_y, _output_name(teacher, eval_x, dtype),
+                     config.temperature) if n_eval else None
+    out_of_time = (lambda: config.max_minutes is not None and time.monotonic() - start > 60 * config.max_minutes)
 
-    def evaluate() -> tuple[float, str, bool]:
-        """(metric, its name, higher is better) on eval data."""
-        model.eval()
-        outs = []
-        with torch.no_grad():
-            for s in range(0, n_eval, bs):
-                outs.append(_first_tensor(model(**_batch(eval_x, slice(s, s + bs), dtype))).float())
-        out = torch.cat(outs)
-        if eval_y is not None and not regression:
-            return _top1(out, eval_y), "top1", True
-        if eval_y is not None:
-            return float(_label_loss(out, torch.as_tensor(eval_y), True)), "mse", False
-        return float(_kd_loss(out, t_eval, config.temperature, regression)), "kd_loss", False
-
-    start = time.monotonic()
-    best_metric, metric_name, higher = (evaluate() if n_eval else (math.inf, "train_loss", False))
-    initial_metric = best_metric
+    initial = scorer(_outputs(model, eval_x, n_eval, bs, dtype)) if scorer else math.inf
+    best_metric, metric_name = initial, scorer.name if scorer else "train_loss"
     best_state, best_epoch, stale, epochs_run, history = copy.deepcopy(model.state_dict()), 0, 0, 0, []
     checkpoint = ctx.extra.get("checkpoint")
     progress = _progress(config.epochs)
@@ -292,17 +333,17 @@ def distill(student: Any, example_inputs: Mapping[str, Any], config: DistillConf
         progress.start()
     try:
         for epoch in range(1, config.epochs + 1):
-            model.train()
+            _set_train(model, config.batchnorm)
             order = torch.randperm(n, generator=gen)
-            total = 0.0
+            total, seen = 0.0, 0
             for s in range(0, n, bs):
                 idx = order[s:s + bs]
                 if len(idx) < 2 and n > 1:      # a single-sample batch breaks BatchNorm in train mode
                     continue
                 out = _first_tensor(model(**_batch(train_x, idx.numpy(), dtype)))
-                loss = alpha * _kd_loss(out, t_train[idx], config.temperature, regression)
+                loss = alpha * losses.kd_loss(choice, out, t_train[idx], config.temperature)
                 if train_labels is not None and alpha < 1.0:
-                    loss = loss + (1 - alpha) * _label_loss(out, train_labels[idx], regression)
+                    loss = loss + (1 - alpha) * losses.label_loss(choice, out, train_labels[idx])
                 for i, (sn, tn) in enumerate(pairs):
                     sf = _adapt(s_feats.values[sn], adapters[str(i)] if str(i) in adapters else None,
                                 s_feats.channel_dim[sn])
@@ -311,20 +352,21 @@ def distill(student: Any, example_inputs: Mapping[str, Any], config: DistillConf
                 loss.backward()
                 opt.step()
                 sched.step()
-                total += float(loss.detach()) * len(idx)
+                total, seen = total + float(loss.detach()) * len(idx), seen + len(idx)
+                if out_of_time():
+                    break
             epochs_run = epoch
-            train_loss = total / n
-            metric = evaluate()[0] if n_eval else train_loss
-            history.append({"epoch": epoch, "train_loss": round(train_loss, 5), metric_name: round(metric, 5)})
-            improved = metric > best_metric if higher else metric < best_metric
-            if improved:
-                best_metric, best_epoch, stale = metric, epoch, 0
+            train_loss = total / max(seen, 1)
+            value = scorer(_outputs(model, eval_x, n_eval, bs, dtype)) if scorer else train_loss
+            history.append({"epoch": epoch, "train_loss": round(train_loss, 5), metric_name: round(value, 5)})
+            if scorer.better(value, best_metric) if scorer else value < best_metric:
+                best_metric, best_epoch, stale = value, epoch, 0
                 best_state = copy.deepcopy(model.state_dict())
                 if checkpoint:
-                    _save_checkpoint(checkpoint, best_state, epoch, metric)
+                    _save_checkpoint(checkpoint, best_state, epoch, value)
             else:
                 stale += 1
-            info = f"loss {train_loss:.4f}  {metric_name} {metric:.4f}  best {best_metric:.4f}"
+            info = f"loss {train_loss:.4f}  {metric_name} {value:.4f}  best {best_metric:.4f}"
             if progress:
                 progress.update(task, advance=1, info=info)
             else:
@@ -332,7 +374,7 @@ def distill(student: Any, example_inputs: Mapping[str, Any], config: DistillConf
             if stale >= config.patience:
                 log.info("distill: no improvement for %d epochs; stopping", stale)
                 break
-            if config.max_minutes is not None and time.monotonic() - start > 60 * config.max_minutes:
+            if out_of_time():
                 log.info("distill: max_minutes=%s reached; stopping", config.max_minutes)
                 break
     finally:
@@ -343,26 +385,61 @@ def distill(student: Any, example_inputs: Mapping[str, Any], config: DistillConf
     model.load_state_dict(best_state)
     model.eval()
 
-    teacher_metric = None
-    if eval_y is not None and not regression:
-        teacher_metric = _top1(t_eval, eval_y)
-    elif train_y is not None and not regression:
-        teacher_metric = _top1(t_train, train_y)
-    notes = []
-    if train_y is None:
-        notes.append("no training labels: trained on the teacher's soft labels only")
+    teacher_metric = scorer(t_eval) if scorer and scorer.higher else None
+    minutes, cpu_minutes = (time.monotonic() - start) / 60, (time.process_time() - cpu_start) / 60
+    notes = [f"distillation loss: {choice.kind} ({choice.reason})",
+             f"{epochs_run} epoch(s) on {n} samples in {minutes:.1f} min ({cpu_minutes:.1f} CPU min)"]
+    if train_y is not None and train_labels is None:
+        notes.append(f"training labels do not fit the {choice.kind} loss: used by the metric only")
+    if train_labels is None:
+        notes.append("trained on the teacher's outputs only (no labels used in the loss)")
     if not n_eval:
         notes.append("no eval data: the best epoch was chosen by training loss")
     if best_epoch == 0:
         notes.append("distillation did not improve the student's eval metric; the input student is returned")
-    details = {"epochs_run": epochs_run, "best_epoch": best_epoch, "metric": metric_name,
-               "initial_metric": None if math.isinf(initial_metric) else initial_metric,
-               "best_metric": best_metric, "teacher_metric": teacher_metric,
-               "seconds": round(time.monotonic() - start, 2), "train_samples": n, "eval_samples": n_eval,
-               "history": history}
-    log.info("distill: %d epochs, best %s %.4f at epoch %d (teacher %s)", epochs_run, metric_name,
-             best_metric, best_epoch, teacher_metric)
+    recovered = _recovered(initial, best_metric, teacher_metric)
+    if recovered is not None and recovered < RECOVERED:
+        notes.append(f"the student did not recover: {metric_name} {initial:.4g} before distillation, "
+                     f"{best_metric:.4g} after, teacher {teacher_metric:.4g} ({recovered:.0%} of the gap closed) "
+                     f"with {n} training samples; give more training data, more epochs, or prune less")
+        log.warning("distill: %s", notes[-1])
+    details = {"loss": choice.kind, "loss_reason": choice.reason, "batchnorm": config.batchnorm,
+               "epochs_run": epochs_run, "best_epoch": best_epoch, "metric": metric_name,
+               "initial_metric": None if math.isinf(initial) else initial,
+               "best_metric": best_metric, "teacher_metric": teacher_metric, "recovered": recovered,
+               "seconds": round(60 * minutes, 2), "cpu_minutes": round(cpu_minutes, 3),
+               "train_samples": n, "eval_samples": n_eval, "history": history}
+    log.info("distill: %d epochs, %s loss, best %s %.4f at epoch %d (teacher %s)", epochs_run, choice.kind,
+             metric_name, best_metric, best_epoch, teacher_metric)
     return model, StepReport("distill", config_to_dict(config), notes, details)
+
+
+def _recovered(initial: float, best: float, teacher: float | None) -> float | None:
+    """Fraction of the (teacher - initial) metric gap closed, or None when there is no gap to close."""
+    if teacher is None or math.isinf(initial) or teacher - initial <= 1e-9 * max(abs(teacher), 1.0):
+        return None
+    return (best - initial) / (teacher - initial)
+
+
+def _adapters(model: Any, train_x: dict, dtype: Any, pairs: list, s_feats: Any, t_feats: Any, t_train_f: dict) -> Any:
+    """Linear maps from student to teacher feature widths, for feature pairs whose widths differ."""
+    import torch
+
+    adapters = torch.nn.ModuleDict()
+    if not pairs:
+        return adapters
+    with torch.no_grad():
+        model.eval()
+        model(**_batch(train_x, slice(0, 1), dtype))
+    for i, (s, t) in enumerate(pairs):
+        cs = s_feats.values[s].shape[s_feats.channel_dim[s]]
+        ct = t_train_f[t].shape[t_feats.channel_dim[t]]
+        if s_feats.values[s].shape[2:] != t_train_f[t].shape[2:] and s_feats.channel_dim[s] == 1:
+            raise ConfigError(f"distill: feature maps of '{s}' {tuple(s_feats.values[s].shape[1:])} and "
+                              f"'{t}' {tuple(t_train_f[t].shape[1:])} differ in size; pair layers of equal resolution")
+        if cs != ct:
+            adapters[str(i)] = torch.nn.Linear(cs, ct).to(dtype)
+    return adapters
 
 
 MODEL_STEPS.add("distill", ModelStep(DistillConfig, distill))

@@ -5,23 +5,27 @@ MACs removed. So the target is a fraction of MACs, and by default ("macs" alloca
 are cut where the MACs are. Every pruned model is checked twice: it runs on the example inputs
 with the original output shapes, and it computes exactly what the original computes when the
 weights that read the removed channels are zeroed (so a channel mapping edgeai got wrong, e.g. a
-permute before a flatten, is refused instead of silently returned).
+permute before a flatten, is refused instead of silently returned). When a cut fails either
+check, each prunable layer is cut alone to find the ones whose width feeds an op the dependency
+graph could not follow (a permute + reshape into a Linear, a width hard-coded in the forward);
+those are pinned automatically, the cut is retried, and the report says what was pinned and why.
 """
 from __future__ import annotations
 
 import copy
 import difflib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
 from edgeai.errors import ConfigError, InputSpecError, UnknownNameError, VerificationError
 from edgeai.steps import MODEL_STEPS, ModelStep, StepContext, StepReport, config_to_dict
-from edgeai.steps._prune_alloc import ALLOCATIONS, search
+from edgeai.steps._prune_alloc import ALLOCATIONS, keep_units, search
 
 log = logging.getLogger(__name__)
 
 IMPORTANCES = ("l1", "l2", "taylor", "bn_scale")
+TARGETS = ("ratio", "target_macs", "target_speedup", "target_latency_ms")
 RATIO_TOLERANCE = 0.02     # |achieved - target| MACs fraction accepted without a note
 UNREACHABLE_MARGIN = 0.02  # refuse when even the smallest allowed widths miss the target by more
 MAX_ROUNDS = 3             # re-plans when the measured MACs miss the prediction
@@ -30,12 +34,15 @@ BN_SAMPLES = 512           # samples used to re-estimate BatchNorm statistics af
 
 @dataclass(frozen=True)
 class PruneConfig:
-    """Structured pruning. Give `ratio` (fraction of MACs to remove) or `target_macs` (MACs to keep)."""
+    """Structured pruning to exactly one target: `ratio` (fraction of MACs to remove), `target_macs` (MACs
+    to keep), or, through the pipeline (measured on the exported model), `target_speedup` / `target_latency_ms`."""
 
     ratio: float | None = None
     target_macs: int | None = None     # MACs of one forward on the example inputs (whole batch), see edgeai.macs
+    target_speedup: float | None = None     # vs the unpruned export, batch 1 (edgeai.latency_target)
+    target_latency_ms: float | None = None  # p50 of the export, batch 1, on this machine
     importance: str = "l1"              # "l1" | "l2" | "taylor" | "bn_scale"
-    round_to: int = 8                   # kept channels are a multiple of this
+    round_to: int | None = None         # kept channels are a multiple of this; None: from the CPU (edgeai.hw)
     pinned: tuple[str, ...] = ()        # module names (and everything inside) whose output width is kept
     allocation: str = "macs"            # "macs": cut where the MACs are | "uniform": same ratio everywhere
     protect_narrow: int = 16            # layers this wide or narrower are not cut, nor others cut below it
@@ -43,12 +50,18 @@ class PruneConfig:
     heads: bool = True                  # Transformers: remove whole attention heads
     rnn_hidden: bool = True             # LSTM/GRU/RNN: remove hidden units
     recalibrate_bn: bool = True         # re-estimate BatchNorm statistics on ctx.train_data / ctx.calibration
+    auto_pin: bool = True               # when the cut breaks the model, pin the layers that break it and retry
 
 
 def validate(config: PruneConfig) -> None:
-    if (config.ratio is None) == (config.target_macs is None):
-        raise ConfigError("prune: give exactly one of ratio (fraction of MACs to remove, e.g. 0.5) "
-                          "or target_macs (MACs to keep)")
+    given = [k for k in TARGETS if getattr(config, k) is not None]
+    if len(given) != 1:
+        raise ConfigError("prune: give exactly one of ratio (fraction of MACs to remove, e.g. 0.5), target_macs "
+                          f"(MACs to keep), target_speedup or target_latency_ms; got {', '.join(given) or 'none'}")
+    if config.target_speedup is not None and not float(config.target_speedup) > 1.0:
+        raise ConfigError(f"prune: target_speedup must be > 1 (e.g. 3.0), got {config.target_speedup}")
+    if config.target_latency_ms is not None and not float(config.target_latency_ms) > 0.0:
+        raise ConfigError(f"prune: target_latency_ms must be > 0, got {config.target_latency_ms}")
     if config.ratio is not None and not 0.0 < float(config.ratio) < 1.0:
         raise ConfigError(f"prune: ratio must be between 0 and 1 (fraction of MACs to remove), got {config.ratio}")
     if config.target_macs is not None and int(config.target_macs) <= 0:
@@ -57,7 +70,7 @@ def validate(config: PruneConfig) -> None:
         raise UnknownNameError(f"prune: no importance named {config.importance!r}; known: {', '.join(IMPORTANCES)}")
     if config.allocation not in ALLOCATIONS:
         raise UnknownNameError(f"prune: no allocation named {config.allocation!r}; known: {', '.join(ALLOCATIONS)}")
-    if int(config.round_to) < 1:
+    if config.round_to is not None and int(config.round_to) < 1:
         raise ConfigError(f"prune: round_to must be >= 1, got {config.round_to}")
     if not 0.0 < float(config.max_layer_ratio) < 1.0:
         raise ConfigError(f"prune: max_layer_ratio must be between 0 and 1, got {config.max_layer_ratio}")
@@ -111,9 +124,12 @@ def _taylor_grads(model: Any, example_inputs: Mapping[str, Any]) -> None:
             p.grad = torch.zeros_like(p)
 
 
-def _plan_and_cut(module: Any, example_inputs: Mapping[str, Any], config: PruneConfig,
-                  base: Any, target_pred: float) -> tuple[Any, list, list[int], list[str], float, Any]:
-    """One pruning pass on a fresh copy: find slots, choose widths, cut, and build the zeroed reference."""
+def _plan_and_cut(module: Any, example_inputs: Mapping[str, Any], config: PruneConfig, base: Any,
+                  target_pred: float, probe: int | None = None) -> tuple[Any, list, list[int], list[str], float, Any]:
+    """One pruning pass on a fresh copy: find slots, choose widths, cut, and build the zeroed reference.
+
+    With `probe` = i only slot i is cut, to half its width (to find which slot breaks the model).
+    """
     import torch
 
     from edgeai.steps import _prune_graph as pg
@@ -132,8 +148,13 @@ def _plan_and_cut(module: Any, example_inputs: Mapping[str, Any], config: PruneC
                              or "no conv, linear, attention or RNN layer found")
                           + ". Unpin layers, lower protect_narrow, or use sparsity instead")
     slots = [t.slot for t in targets]
-    keeps, pred, floor = search(slots, base.per_module, target_pred, config.allocation,
-                                int(config.round_to), float(config.max_layer_ratio), int(config.protect_narrow))
+    if probe is not None:
+        keeps = [s.width for s in slots]
+        keeps[probe] = keep_units(slots[probe], 0.5, int(config.round_to), 0.5)
+        pred = floor = target_pred
+    else:
+        keeps, pred, floor = search(slots, base.per_module, target_pred, config.allocation,
+                                    int(config.round_to), float(config.max_layer_ratio), int(config.protect_narrow))
     if floor > target_pred + UNREACHABLE_MARGIN * base.total:
         raise ConfigError(
             f"prune: at most {1 - floor / base.total:.1%} of MACs can be removed with these settings, not "
@@ -170,30 +191,64 @@ def _plan_and_cut(module: Any, example_inputs: Mapping[str, Any], config: PruneC
     return work, targets, keeps, notes, pred, twin
 
 
-def _verify(work: Any, twin: Any, ref_out: Any, example_inputs: Mapping[str, Any]) -> float:
-    """The pruned model runs, keeps the output shapes, and equals the original with the removed channels unread."""
+def _check(work: Any, twin: Any, ref_out: Any, example_inputs: Mapping[str, Any]) -> tuple[str, str, float]:
+    """(what broke, the error's text, max difference): "" when the pruned model runs, keeps the
+    output shapes, and equals the original with the removed channels unread."""
     import torch
 
     try:
         with torch.no_grad():
             out = work(**example_inputs)
     except Exception as e:  # any failure of the user's forward on the pruned model is reported as such
-        raise VerificationError(f"prune: the pruned model no longer runs on the example inputs "
-                                f"({type(e).__name__}: {str(e)[:300]}); its forward probably hard-codes a "
-                                f"width. Pin the layers involved with pinned=[...]") from None
+        return "runs", f"{type(e).__name__}: {' '.join(str(e).split())[:300]}", 0.0
     if _shapes(out) != _shapes(ref_out):
-        raise VerificationError(f"prune: the pruned model's output shapes {_shapes(out)} differ from the "
-                                f"original's {_shapes(ref_out)}; pin the output layers with pinned=[...]")
+        return "shapes", f"output shapes {_shapes(out)} instead of {_shapes(ref_out)}", 0.0
     with torch.no_grad():
         masked = twin(**example_inputs)
     diff, scale = _max_diff(out, masked)
     if diff > 1e-4 * max(scale, 1.0):
-        raise VerificationError(
-            f"prune: the pruned model is not the original minus the removed channels (max difference "
-            f"{diff:.3g} vs output scale {scale:.3g}): the forward rearranges channels in a way edgeai cannot "
-            f"track (e.g. a permute before a flatten, or a width hard-coded in a reshape). Pin the layers "
-            f"around it with pinned=[...] or use the sparsity step instead")
+        return "equal", f"max difference {diff:.3g} vs output scale {scale:.3g}", diff
+    return "", "", diff
+
+
+WHY_BROKEN = {
+    "runs": "the pruned model no longer runs on the example inputs ({}); its forward probably hard-codes a width",
+    "shapes": "the pruned model's {}; its output layers must keep their width",
+    "equal": ("the pruned model is not the original minus the removed channels ({}): the forward rearranges "
+              "channels in a way edgeai cannot track (e.g. a permute before a flatten, or a width hard-coded "
+              "in a reshape)"),
+}
+
+
+def _verify(work: Any, twin: Any, ref_out: Any, example_inputs: Mapping[str, Any]) -> float:
+    what, text, diff = _check(work, twin, ref_out, example_inputs)
+    if what:
+        raise VerificationError(f"prune: {WHY_BROKEN[what].format(text)}. Pin the layers involved with "
+                                f"pinned=[...] or use the sparsity step instead")
     return diff
+
+
+def _breaking_slots(module: Any, example_inputs: Mapping[str, Any], config: PruneConfig, base: Any,
+                    ref_out: Any) -> list[dict[str, str]]:
+    """Cut each prunable slot alone, to half its width: the slots whose cut breaks the model, and why.
+
+    Used when the planned cut fails verification: the dependency graph could not follow what
+    some layer's output feeds (a permute + reshape into a Linear, a width hard-coded in the forward).
+    """
+    from edgeai.steps import _prune_graph as pg
+
+    probe_model = copy.deepcopy(module).eval()
+    targets, _ = pg.discover(probe_model, example_inputs, config, pg.build_graph(probe_model, example_inputs))
+    broken = []
+    for i, t in enumerate(targets):
+        if t.slot.protected:
+            continue
+        work, *_, twin = _plan_and_cut(module, example_inputs, config, base, base.total, probe=i)
+        what, text, _ = _check(work, twin, ref_out, example_inputs)
+        if what:
+            broken.append({"name": t.slot.name, "reason": WHY_BROKEN[what].format(text).replace("the pruned model",
+                                                                                               "cutting it alone")})
+    return broken
 
 
 def _recalibrate_bn(model: Any, ctx: StepContext | None, names: list[str]) -> tuple[int, str]:
@@ -231,6 +286,25 @@ def _recalibrate_bn(model: Any, ctx: StepContext | None, names: list[str]) -> tu
     return n, ""
 
 
+def _rounds(module: Any, example_inputs: Mapping[str, Any], config: PruneConfig, base: Any, target: float,
+            ref_out: Any) -> tuple:
+    """Plan, cut and verify; re-plan (up to MAX_ROUNDS) while the measured MACs miss the target."""
+    from edgeai.macs import count_macs
+
+    target_pred, best = target, None
+    for _ in range(MAX_ROUNDS):
+        work, targets, keeps, notes, pred, twin = _plan_and_cut(module, example_inputs, config, base, target_pred)
+        diff = _verify(work, twin, ref_out, example_inputs)
+        after = count_macs(work, example_inputs)
+        if best is None or abs(after.total - target) < abs(best[3].total - target):
+            best = (work, targets, keeps, after, notes, diff, pred)
+        if abs(after.total - target) <= RATIO_TOLERANCE * base.total or abs(after.total - pred) <= 0.005 * pred:
+            break                                # on target, or as close as the channel rounding allows
+        target_pred *= target / after.total      # the prediction was off (e.g. shared layers): re-aim
+        log.info("prune: measured %d MACs vs predicted %.0f; re-planning", after.total, pred)
+    return best
+
+
 def prune(module: Any, example_inputs: Mapping[str, Any], config: PruneConfig,
           ctx: StepContext | None = None) -> tuple[Any, StepReport]:
     """Remove channels/heads/hidden units until `config`'s MACs target; the input module is not modified."""
@@ -239,6 +313,13 @@ def prune(module: Any, example_inputs: Mapping[str, Any], config: PruneConfig,
     from edgeai.macs import count_macs
 
     validate(config)
+    if config.target_speedup is not None or config.target_latency_ms is not None:
+        raise ConfigError("prune: target_speedup / target_latency_ms are measured on the exported model; run the "
+                          "step through `edgeai export` (the pipeline turns them into a ratio), or give ratio")
+    if config.round_to is None:
+        from edgeai.hw import default_round_to
+
+        config = replace(config, round_to=default_round_to())
     if not example_inputs:
         raise InputSpecError("prune: example inputs are empty; pass one tensor per model input")
     _check_pinned(module, tuple(config.pinned))
@@ -254,18 +335,24 @@ def prune(module: Any, example_inputs: Mapping[str, Any], config: PruneConfig,
     if target >= base.total:
         raise ConfigError(f"prune: target_macs {int(target)} is not below the model's {base.total} MACs")
 
-    target_pred, best = target, None
-    for _ in range(MAX_ROUNDS):
-        work, targets, keeps, notes, pred, twin = _plan_and_cut(module_eval, example_inputs, config, base, target_pred)
-        diff = _verify(work, twin, ref_out, example_inputs)
-        after = count_macs(work, example_inputs)
-        if best is None or abs(after.total - target) < abs(best[3].total - target):
-            best = (work, targets, keeps, after, notes, diff, pred)
-        if abs(after.total - target) <= RATIO_TOLERANCE * base.total or abs(after.total - pred) <= 0.005 * pred:
-            break                                # on target, or as close as the channel rounding allows
-        target_pred *= target / after.total      # the prediction was off (e.g. shared layers): re-aim
-        log.info("prune: measured %d MACs vs predicted %.0f; re-planning", after.total, pred)
+    try:
+        best = _rounds(module_eval, example_inputs, config, base, target, ref_out)
+        auto_pinned: list[dict[str, str]] = []
+    except VerificationError as first:
+        if not config.auto_pin:
+            raise
+        auto_pinned = _breaking_slots(module_eval, example_inputs, config, base, ref_out)
+        if not auto_pinned:
+            raise
+        log.info("prune: pinned automatically: %s", ", ".join(b["name"] for b in auto_pinned))
+        pinned = replace(config, pinned=tuple(config.pinned) + tuple(b["name"] for b in auto_pinned))
+        try:
+            best = _rounds(module_eval, example_inputs, pinned, base, target, ref_out)
+        except VerificationError as e:
+            raise VerificationError(f"{e} (already pinned automatically: "
+                                    f"{', '.join(b['name'] for b in auto_pinned)})") from first
     work, targets, keeps, after, notes, diff, pred = best
+    notes = [f"'{b['name']}' pinned automatically: {b['reason']}" for b in auto_pinned] + notes
     flags = {n: p.requires_grad for n, p in module.named_parameters()}
     for n, p in work.named_parameters():
         p.requires_grad_(flags.get(n, True))
@@ -286,7 +373,7 @@ def prune(module: Any, example_inputs: Mapping[str, Any], config: PruneConfig,
     details = {"macs_before": base.total, "macs_after": after.total, "params_before": base.params,
                "params_after": after.params, "target_ratio": round(wanted, 4), "achieved_ratio": round(achieved, 4),
                "predicted_macs": int(pred), "max_abs_diff_vs_masked_original": diff,
-               "bn_recalibration_samples": bn_samples, "layers": layers}
+               "bn_recalibration_samples": bn_samples, "auto_pinned": auto_pinned, "layers": layers}
     log.info("prune: %d -> %d MACs (%.1f%% removed), %d -> %d params", base.total, after.total,
              100 * achieved, base.params, after.params)
     return work, StepReport("prune", config_to_dict(config), notes, details)

@@ -34,11 +34,13 @@ class FallbackReport:
     """Every try of the fallback loop and which one was chosen."""
 
     baseline: float
-    max_drop: float
+    target: float                                              # a try is within budget when metric >= target
+    budget: str = ""                                           # the budget in words, for notes
     tries: list[FallbackTry] = field(default_factory=list)
     chosen: int = 0
-    within: bool = False                                       # the chosen try meets max_drop
-    ranking: list[tuple[str, float | None]] = field(default_factory=list)  # (node, sensitivity), worst first
+    within: bool = False                                       # the chosen try meets the budget
+    ranking: list[tuple[str, float | None]] = field(default_factory=list)  # (unit, sensitivity), worst first
+    units: dict[str, list[str]] = field(default_factory=dict)  # unit -> its nodes (a layer, an LSTM, ...)
 
     @property
     def chosen_try(self) -> FallbackTry:
@@ -46,15 +48,15 @@ class FallbackReport:
 
     def notes(self) -> list[str]:
         best = self.chosen_try
+        budget = self.budget or f"metric >= {self.target:.4g}"
         if not best.excluded and self.within:
             return []
         if self.within:
             return [f"accuracy fallback: kept {len(best.excluded)} node(s) in FP32 "
-                    f"({g.short_list(list(best.excluded))}) to stay within a drop of {self.max_drop:g}; "
-                    f"drop {best.drop:.4g} after {len(self.tries)} tries"]
-        return [f"accuracy fallback did NOT reach a drop within {self.max_drop:g} "
-                f"after {len(self.tries)} tries; "
-                f"best drop {best.drop:.4g} with {len(best.excluded)} node(s) in FP32 "
+                    f"({g.short_list(list(best.excluded))}) to stay within the budget ({budget}); "
+                    f"metric {best.metric:.4g} after {len(self.tries)} tries"]
+        return [f"accuracy fallback did NOT reach the budget ({budget}) after {len(self.tries)} tries; "
+                f"best metric {best.metric:.4g} with {len(best.excluded)} node(s) in FP32 "
                 f"({g.short_list(list(best.excluded))}); consider another scheme or FP16"]
 
     def to_dict(self) -> dict[str, Any]:
@@ -72,16 +74,15 @@ def node_sensitivity(fp32_path: str | Path, quant_path: str | Path, feeds: Mappi
 
     Both models are run with the node's input and output tensors exposed as extra graph
     outputs (matched by tensor name). A node's score is the relative L2 error of its output
-    (quantized vs FP32) minus the largest relative error among its inputs, i.e. the error
-    it introduces rather than the error it inherits. Nodes none of whose outputs can be
-    found in the quantized model come last, with score None.
+    (quantized vs FP32, over the whole tensor) minus the largest relative error among its
+    inputs, i.e. the error it introduces rather than the error it inherits. Nodes none of whose
+    outputs can be found in the quantized model come last, with score None.
     """
     from edgeai import runtime
-    from edgeai.evaluate import run_batched
     m32, mq = g.load_model(fp32_path), g.load_model(quant_path)
     inits = {t.name for t in m32.graph.initializer}
-    nodes = [n for n in m32.graph.node if (n.name in candidates if candidates is not None else
-                                           n.op_type in g.WEIGHTED_OPS and any(i in inits for i in n.input))]
+    wanted = set(candidates) if candidates is not None else set(candidate_nodes(m32))
+    nodes = [n for n in m32.graph.node if n.name in wanted]
     produced_q = {o for n in mq.graph.node for o in n.output} | {i.name for i in mq.graph.input}
     consumers, consumers_q = _consumers(m32), _consumers(mq)
 
@@ -121,7 +122,9 @@ def node_sensitivity(fp32_path: str | Path, quant_path: str | Path, feeds: Mappi
             graph_out = {o.name for o in model.graph.output}
             model.graph.output.extend(_untyped_output(t) for t in sorted(names - graph_out))
             g.save_model(model, work / f"{tag}.onnx")
-            values.append(run_batched(runtime.load(work / f"{tag}.onnx"), feeds))
+            # one run on all samples: intermediate tensors need not be batch-major (an LSTM's Y is
+            # (seq, dirs, batch, hidden); attention transposes), so they are compared whole
+            values.append(runtime.load(work / f"{tag}.onnx").run(dict(feeds)))
     ref, got = values
     err = {p: _rel_err(got[p[1]], ref[p[0]]) for p in pairs}
     scores = []
@@ -152,60 +155,142 @@ def _rel_err(got: np.ndarray, ref: np.ndarray) -> float:
     return float(np.linalg.norm(got.astype(np.float64) - ref64) / (np.linalg.norm(ref64) + 1e-12))
 
 
+# Ops a fallback may keep in FP32: weighted ops, activation MatMuls (attention in static INT8) and
+# Gather on a weight table (an embedding).
+_CANDIDATE_OPS = g.WEIGHTED_OPS | {"Gather"}
+GROUP_ABOVE = 8   # with more candidate nodes than this, search whole blocks (a transformer layer) first
+
+
+def candidate_nodes(model) -> list[str]:
+    """Nodes whose quantization the fallback may undo, in graph order."""
+    inits = {t.name for t in model.graph.initializer}
+    out = []
+    for n in model.graph.node:
+        if n.op_type == "Gather":
+            if n.input and n.input[0] in inits:
+                out.append(n.name)
+        elif n.op_type == "MatMul" or (n.op_type in _CANDIDATE_OPS and any(i in inits for i in n.input)):
+            out.append(n.name)
+    return out
+
+
+def _scope(node) -> str | None:
+    """The module a node's op ran in, from the torch exporter's metadata (None when absent).
+
+    A Linear's MatMul runs in `layers.0.query`; its block is the parent `layers.0`.
+    """
+    for p in node.metadata_props:
+        if p.key == "pkg.torch.onnx.name_scopes":
+            scopes = [x.strip(" '\"") for x in p.value.strip("[]").split(",")]
+            mods = [x for x in scopes[1:-1] if x]   # drop the root '' and the op's own name
+            if not mods:
+                return None
+            return mods[-2] if len(mods) >= 2 and mods[-1].startswith(mods[-2] + ".") else mods[-1]
+    return None
+
+
+def search_units(model, candidates: Sequence[str]) -> dict[str, list[str]]:
+    """{unit name: nodes}: one node per unit, or whole blocks (by exporter scope) when there are many.
+
+    An LSTM/GRU is one node already; a transformer layer's MatMuls become one unit
+    (`layers.0`), an embedding or a Conv outside any block stays alone.
+    """
+    if len(candidates) <= GROUP_ABOVE:
+        return {n: [n] for n in candidates}
+    by_name = {n.name: n for n in model.graph.node}
+    units: dict[str, list[str]] = {}
+    for name in candidates:
+        scope = _scope(by_name[name])
+        units.setdefault(scope or name, []).append(name)
+    return units if len(units) < len(candidates) else {n: [n] for n in candidates}
+
+
 def fallback_until_within(fp32_path: str | Path, quantize: Callable[[tuple[str, ...]], Path],
-                          evaluate: Callable[[Path], float], baseline: float, max_drop: float,
-                          calib_feeds: Mapping[str, np.ndarray], max_tries: int = 8, *,
-                          candidates: Sequence[str] | None = None,
-                          sensitivity_samples: int = 16) -> FallbackReport:
-    """Quantize; while the metric drops more than `max_drop` below `baseline`, keep one more node in FP32.
+                          evaluate: Callable[[Path], float], baseline: float, target: float,
+                          calib_feeds: Mapping[str, np.ndarray], max_evals: int = 8, *,
+                          candidates: Sequence[str] | None = None, sensitivity_samples: int = 16,
+                          budget: str = "") -> FallbackReport:
+    """Quantize; while the metric is below `target`, keep the most sensitive units in FP32.
 
     `quantize(excluded_nodes)` writes a quantized model and returns its path; node names are
     those of the FP32 model at `fp32_path` (quantize exactly that model). `evaluate(path)`
-    returns the metric, higher is better. Nodes are ranked once by `node_sensitivity` on the
-    first `sensitivity_samples` samples of `calib_feeds`, then excluded cumulatively, one more
-    per try, at most `max_tries` of them. The first try within `max_drop` is chosen, else the best one.
+    returns the metric, higher is better. Units (single nodes, or whole blocks when there are
+    many nodes) are ranked once by `node_sensitivity` of the all-INT8 model on the first
+    `sensitivity_samples` samples. Then the k most sensitive units are kept in FP32, k = 1, 2,
+    4, ... until a try is within the budget, and k is bisected down between the last miss and
+    that hit; at most `max_evals` quantize+evaluate tries in all. The smallest k within the
+    budget is chosen, else the best try.
     """
-    report = FallbackReport(baseline=float(baseline), max_drop=float(max_drop))
+    report = FallbackReport(baseline=float(baseline), target=float(target), budget=budget)
+    by_count: dict[int, bool] = {}
 
     def attempt(excluded: tuple[str, ...]) -> bool:
         path = quantize(excluded)
         metric = float(evaluate(path))
         report.tries.append(FallbackTry(excluded, metric, float(baseline) - metric, str(path)))
-        log.info("fallback try %d: %d node(s) in FP32, metric %.5g (drop %.4g)",
-                 len(report.tries), len(excluded), metric, baseline - metric)
-        return baseline - metric <= max_drop
+        log.info("fallback try %d: %d node(s) in FP32, metric %.5g (target %.5g)",
+                 len(report.tries), len(excluded), metric, target)
+        return metric >= target
 
     ok = attempt(())
-    if not ok:
+    if not ok and max_evals > 1:
+        model = g.load_model(fp32_path, with_weights=False)
+        nodes = list(candidates) if candidates is not None else candidate_nodes(model)
+        report.units = search_units(model, nodes)
         inputs, _ = split_labels(calib_feeds)
-        ranking = node_sensitivity(fp32_path, Path(report.tries[0].path),
-                                   take(inputs, sensitivity_samples), candidates)
-        report.ranking = ranking
-        excluded: tuple[str, ...] = ()
-        for name, _ in ranking[:max_tries]:
-            excluded += (name,)
-            if attempt(excluded):
-                ok = True
+        node_scores = dict(node_sensitivity(fp32_path, Path(report.tries[0].path),
+                                            take(inputs, sensitivity_samples), nodes))
+        scored = {u: sum(node_scores.get(n) or 0.0 for n in members) for u, members in report.units.items()}
+        report.ranking = sorted(scored.items(), key=lambda kv: -kv[1])
+        order = [u for u, _ in report.ranking]
+
+        def excluded_for(k: int) -> tuple[str, ...]:
+            return tuple(n for u in order[:k] for n in report.units[u])
+
+        def try_count(k: int) -> bool:
+            by_count[k] = attempt(excluded_for(k))
+            return by_count[k]
+
+        k, miss = 1, 0
+        while len(report.tries) < max_evals and k <= len(order):
+            if try_count(k):
                 break
+            miss, k = k, (len(order) if k * 2 > len(order) > k else k * 2)
+        hits = [c for c, good in by_count.items() if good]
+        if hits:
+            lo, hi = miss, min(hits)   # lo misses (0: the all-INT8 try), hi is within
+            while hi - lo > 1 and len(report.tries) < max_evals:
+                mid = (lo + hi) // 2
+                lo, hi = (lo, mid) if try_count(mid) else (mid, hi)
+            ok = True
+            best = excluded_for(min(c for c, good in by_count.items() if good))
+            report.chosen = next(i for i, t in enumerate(report.tries) if t.excluded == best)
     report.within = ok
-    report.chosen = len(report.tries) - 1 if ok else min(
-        range(len(report.tries)), key=lambda i: (report.tries[i].drop, len(report.tries[i].excluded)))
+    if not ok:
+        report.chosen = max(range(len(report.tries)),
+                            key=lambda i: (report.tries[i].metric, -len(report.tries[i].excluded)))
     return report
 
 
 def quantize_with_fallback(step_name: str, src: str | Path, dst: str | Path, config: Any, ctx: StepContext,
-                           evaluate: Callable[[Path], float], max_drop: float,
-                           max_tries: int = 8) -> tuple[StepReport, FallbackReport]:
+                           evaluate: Callable[[Path], float], max_drop: float | None = None, *,
+                           min_metric: float | None = None, budget: str = "", samples: Any = None,
+                           max_evals: int = 8) -> tuple[StepReport, FallbackReport]:
     """Run an ONNX INT8 step ("onnx:int8-static" / "onnx:int8-dynamic") with the fallback loop; write dst.
 
+    The budget is `max_drop` below the FP32 baseline or an absolute `min_metric` (one of them).
     The model is pre-processed once, the FP32 baseline is `evaluate` on it, and every try
-    quantizes that same graph so node names match. Sample inputs for the sensitivity
-    ranking come from ctx.calibration, else ctx.eval_data.
+    quantizes that same graph so node names match; static INT8 is calibrated once and every try
+    reuses the ranges. Sample inputs for the sensitivity ranking are `samples`, else
+    ctx.calibration, else ctx.eval_data.
     """
     from edgeai.steps.quantize_onnx import preprocess
+    if (max_drop is None) == (min_metric is None):
+        raise ValueError("give exactly one of max_drop and min_metric")
     step = get_artifact_step(step_name)
     src, dst = Path(src), Path(dst)
-    samples = ctx.calibration if ctx.calibration is not None else ctx.eval_data
+    if samples is None:
+        samples = ctx.calibration if ctx.calibration is not None else ctx.eval_data
     if samples is None:
         raise DataError(f"accuracy fallback for {step_name} needs sample inputs: give calibration or "
                         "evaluation data")
@@ -220,14 +305,18 @@ def quantize_with_fallback(step_name: str, src: str | Path, dst: str | Path, con
         if num_samples(feeds) == 0:
             raise DataError("fallback sample data holds no samples")
         baseline = float(evaluate(fp32))
+        target = baseline - max_drop if max_drop is not None else float(min_metric)
+        try_ctx = replace(ctx, extra={**ctx.extra, "calibration_cache": str(work / "calibration.json")})
 
         def quantize(excluded: tuple[str, ...]) -> Path:
             path = work / f"try{len(reports)}.onnx"
             cfg = replace(config, exclude_nodes=tuple(config.exclude_nodes) + excluded, preprocess=False)
-            reports[str(path)] = step.fn(fp32, path, cfg, ctx)
+            reports[str(path)] = step.fn(fp32, path, cfg, try_ctx)
             return path
 
-        fb = fallback_until_within(fp32, quantize, evaluate, baseline, max_drop, feeds, max_tries)
+        fb = fallback_until_within(fp32, quantize, evaluate, baseline, target, feeds, max_evals,
+                                   budget=budget or (f"drop <= {max_drop:g}" if max_drop is not None
+                                                     else f"metric >= {min_metric:g}"))
         chosen = fb.chosen_try
         with g.staged_output(dst, src) as out:
             external = g.stores_external_data(chosen.path) or None
@@ -235,6 +324,8 @@ def quantize_with_fallback(step_name: str, src: str | Path, dst: str | Path, con
     report = reports[chosen.path]
     # the config that reproduces this artifact from src in one run
     report.config = config_to_dict(replace(config, exclude_nodes=tuple(config.exclude_nodes) + chosen.excluded))
+    if chosen.excluded and not config.exclude_nodes:  # the fallback's choice, not the user's
+        report.notes = [n for n in report.notes if not n.startswith("kept in FP32 as asked")]
     report.notes = pre_notes + report.notes + fb.notes()
     report.details.update({"preprocessed": pre_ran, "extra_files": extra,
                            "fallback": fb.to_dict(), **g.stats(src, "before"),

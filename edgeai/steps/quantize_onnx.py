@@ -61,9 +61,12 @@ class Fp16Config:
 class Int8DynamicConfig:
     """INT8 weights, activations quantized at run time; no calibration data needed."""
 
-    # Conv is left out on purpose: ConvInteger is far slower than float Conv on CPU.
-    op_types: tuple[str, ...] = ("MatMul", "Gemm", "LSTM", "GRU", "Attention")
-    per_channel: bool = False
+    # Conv is left out on purpose: ConvInteger is far slower than float Conv on CPU. Gather is
+    # quantized only where it reads a weight table (an embedding): 4x smaller tables, same speed.
+    op_types: tuple[str, ...] = ("MatMul", "Gemm", "LSTM", "GRU", "Attention", "Gather")
+    # per output channel: a few outlier weights then cost only their own channel's precision
+    # (BERT-shaped encoder, benchmarks/quantization.py: cosine to FP32 0.98 per-tensor, 0.999 per-channel)
+    per_channel: bool = True
     reduce_range: bool | None = None      # None: edgeai.hw.default_reduce_range() for this CPU
     exclude_nodes: tuple[str, ...] = ()   # node names kept in float32
     weight_type: str = "qint8"
@@ -117,6 +120,12 @@ def resolve_reduce_range(value: bool | None) -> tuple[bool, str]:
     else:
         why = f"reduce_range=False (default for this CPU, {info['model']}, {info['machine']}): not x86"
     return chosen, why
+
+
+def cpu_record() -> dict:
+    """The CPU facts that decided reduce_range and INT8 speed, for the manifest."""
+    info = hw.cpu_info()
+    return {"model": info["model"], "machine": info["machine"], "flags": info["flags"]}
 
 
 def preprocess(src: str | Path, dst: str | Path) -> tuple[str, list[str]]:
@@ -203,7 +212,9 @@ def _describe(report: StepReport, src: Path, quantized_from: Path, after: Path, 
         report.notes.append("no node was quantized: this artifact computes in FP32 like its input")
     b0, b1 = report.details["weight_bytes_before"], report.details["weight_bytes_after"]
     int8 = sum(w1.get(t, {}).get("bytes", 0) for t in ("int8", "uint8"))
-    if b1 and int8 < 0.5 * b1:
+    if b1 and not int8:
+        report.notes.append(f"no weights stored in 8 bits ({b0} -> {b1} bytes)")
+    elif b1 and int8 < 0.5 * b1:
         report.notes.append(f"only {100 * int8 / b1:.0f}% of weight bytes are stored in 8 bits "
                             f"({b0} -> {b1} bytes)")
 
@@ -218,6 +229,7 @@ def fp16(src: Path, dst: Path, config: Fp16Config, ctx: StepContext) -> StepRepo
     block = sorted(set(DEFAULT_OP_BLOCK_LIST) | set(config.op_block_list))
     half = convert_float_to_float16(model, keep_io_types=config.keep_io_types, op_block_list=block,
                                     node_block_list=list(config.node_block_list))
+    g.topological_sort(half)  # the converter appends its Casts at the end; onnx.checker wants order
     with g.staged_output(dst, src) as out:
         extra = g.save_model(half, out, external=external or None)
         report.details.update({**g.stats(src, "before"), **g.stats(out, "after"), "extra_files": extra})
@@ -238,14 +250,16 @@ def int8_dynamic(src: Path, dst: Path, config: Int8DynamicConfig, ctx: StepConte
     with g.work_dir() as work, g.staged_output(dst, src) as out:
         model_in, notes, pre = _prepare(src, work, config.preprocess)
         model = g.load_model(model_in, with_weights=False)
-        quantize_dynamic(str(model_in), str(out), op_types_to_quantize=list(config.op_types),
-                         per_channel=config.per_channel, reduce_range=reduce_range,
-                         weight_type=getattr(QuantType, QUANT_TYPES[config.weight_type]),
-                         nodes_to_exclude=_dynamic_exclude(model, config.exclude_nodes),
-                         use_external_data_format=g.needs_external_data(model))
-        report.notes.extend(notes)
+        with g.quantizer_warnings() as warned:
+            quantize_dynamic(str(model_in), str(out), op_types_to_quantize=list(config.op_types),
+                             per_channel=config.per_channel, reduce_range=reduce_range,
+                             weight_type=getattr(QuantType, QUANT_TYPES[config.weight_type]),
+                             nodes_to_exclude=_dynamic_exclude(model, config.exclude_nodes),
+                             use_external_data_format=g.needs_external_data(model))
+        report.notes.extend(notes + g.warning_note(warned))
         _describe(report, src, model_in, out, "dynamic", config.op_types, config.exclude_nodes)
         report.details.update({"preprocessed": pre, "reduce_range": reduce_range, "reduce_range_reason": why,
+                               "cpu": cpu_record(),
                                "extra_files": [f.name for f in g.files_of(out)[1:]]})
     return report
 
@@ -306,33 +320,65 @@ def calibration_feeds(ctx: StepContext, model_path: Path, config: Int8StaticConf
 
 
 def int8_static(src: Path, dst: Path, config: Int8StaticConfig, ctx: StepContext) -> StepReport:
-    """INT8 weights and activations; activation ranges from ctx.calibration."""
+    """INT8 weights and activations; activation ranges from ctx.calibration.
+
+    Ranges are calibrated once into ctx.extra["calibration_cache"] when that names a file (the
+    fallback's tries reuse it). Tensors whose calibrated range is non-finite or beyond
+    EXTREME_RANGE (an additive attention mask of -3.4e38) are not quantized: their producers and
+    consumers stay in float.
+    """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     src, dst = Path(src), Path(dst)
     report = StepReport("onnx:int8-static", config_to_dict(config))
     reduce_range, why = resolve_reduce_range(config.reduce_range)
+    method = getattr(CalibrationMethod, CALIBRATION_METHODS[config.method])
     with g.work_dir() as work, g.staged_output(dst, src) as out:
         model_in, notes, pre = _prepare(src, work, config.preprocess)
         feeds, cal_notes = calibration_feeds(ctx, model_in, config)
         model = g.load_model(model_in, with_weights=False)
         batch = g.fixed_batch(g.input_specs(model)) or CALIBRATION_BATCH
-        quantize_static(
-            str(model_in), str(out), _calibration_reader(feeds, batch),
-            quant_format=getattr(QuantFormat, FORMATS[config.format]),
-            op_types_to_quantize=list(config.op_types) if config.op_types else None,
-            per_channel=config.per_channel, reduce_range=reduce_range,
-            activation_type=getattr(QuantType, QUANT_TYPES[config.activation_type]),
-            weight_type=getattr(QuantType, QUANT_TYPES[config.weight_type]),
-            nodes_to_exclude=list(config.exclude_nodes), use_external_data_format=g.needs_external_data(model),
-            calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[config.method]),
-            # explicit Relu/Clip, so a node kept in FP32 can read the activation in float
-            extra_options={"QDQKeepRemovableActivations": bool(config.exclude_nodes or config.op_types)})
-        report.notes.extend(notes + cal_notes + _keep_fp32_nodes_fp32(out, model_in))
-        _describe(report, src, model_in, out, "static", config.op_types, config.exclude_nodes)
+        cache = Path(ctx.extra.get("calibration_cache") or work / "calibration.json")
+        with g.quantizer_warnings() as warned:
+            if not cache.is_file():
+                _calibrate(model_in, feeds, batch, config, method, cache, work)
+            float_nodes, extreme = g.extreme_range_nodes(model, cache, EXTREME_RANGE)
+            exclude = list(config.exclude_nodes) + [n for n in float_nodes if n not in config.exclude_nodes]
+            quantize_static(
+                str(model_in), str(out), None, quant_format=getattr(QuantFormat, FORMATS[config.format]),
+                op_types_to_quantize=list(config.op_types) if config.op_types else None,
+                per_channel=config.per_channel, reduce_range=reduce_range,
+                activation_type=getattr(QuantType, QUANT_TYPES[config.activation_type]),
+                weight_type=getattr(QuantType, QUANT_TYPES[config.weight_type]),
+                nodes_to_exclude=exclude, use_external_data_format=g.needs_external_data(model),
+                calibrate_method=method, calibration_cache_path=str(cache),
+                # explicit Relu/Clip, so a node kept in FP32 can read the activation in float
+                extra_options={"QDQKeepRemovableActivations": bool(exclude or config.op_types)})
+        if extreme:
+            notes.append(f"{len(extreme)} tensor(s) with a non-finite or extreme calibrated range (e.g. an "
+                         f"additive attention mask) stay in float with the {len(float_nodes)} node(s) around "
+                         f"them: {g.short_list(extreme)}")
+        report.notes.extend(notes + cal_notes + _keep_fp32_nodes_fp32(out, model_in) + g.warning_note(warned))
+        _describe(report, src, model_in, out, "static", config.op_types, tuple(exclude))
         report.details.update({"preprocessed": pre, "reduce_range": reduce_range, "reduce_range_reason": why,
+                               "cpu": cpu_record(), "float_range_nodes": float_nodes,
                                "calibration_samples": num_samples(feeds), "calibration_batch": batch,
                                "extra_files": [f.name for f in g.files_of(out)[1:]]})
     return report
+
+
+# A calibrated range beyond this (in absolute value) is a mask or a fill, not an activation.
+EXTREME_RANGE = 1e6
+
+
+def _calibrate(model_in: Path, feeds: dict, batch: int, config: Int8StaticConfig, method, cache: Path,
+               work: Path) -> None:
+    """Collect activation ranges on `feeds` once and save them where quantize_static reads them."""
+    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+    calibrator = create_calibrator(model_in, list(config.op_types) if config.op_types else None,
+                                   augmented_model_path=str(work / "augmented.onnx"), calibrate_method=method,
+                                   use_external_data_format=g.stores_external_data(model_in))
+    calibrator.collect_data(_calibration_reader(feeds, batch))
+    save_tensors_data(calibrator.compute_data(), cache)
 
 
 ARTIFACT_STEPS.add("onnx:fp16", ArtifactStep(Fp16Config, fp16, precision="fp16"))

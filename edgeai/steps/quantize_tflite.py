@@ -91,7 +91,7 @@ def _calibration_batches(info: dict, ctx: StepContext, max_samples: int) -> tupl
     from edgeai.specs import check_finite
 
     if not ctx.calibration:
-        raise DataError("tflite:int8-full needs calibration data (ctx.calibration: input name -> samples on "
+        raise DataError("tflite:int8-static needs calibration data (ctx.calibration: input name -> samples on "
                         "axis 0); pass a representative .npz, e.g. --calibration calib.npz")
     notes: list[str] = []
     check_finite(ctx.calibration, "calibration data")
@@ -204,10 +204,11 @@ def int8_dynamic(src: Path, dst: Path, config: TFLiteInt8DynamicConfig, ctx: Ste
     return _run(src, dst, "tflite:int8-dynamic", config, ctx)
 
 
-def int8_full(src: Path, dst: Path, config: TFLiteInt8FullConfig, ctx: StepContext) -> StepReport:
-    return _run(src, dst, "tflite:int8-full", config, ctx)
+def int8_static(src: Path, dst: Path, config: TFLiteInt8FullConfig, ctx: StepContext) -> StepReport:
+    """Calibrated full-integer INT8 (the scheme ONNX calls int8-static too; `int8-full` is an alias)."""
+    return _run(src, dst, "tflite:int8-static", config, ctx)
 
 
 ARTIFACT_STEPS.add("tflite:fp16", ArtifactStep(TFLiteFP16Config, fp16, precision="fp16"))
 ARTIFACT_STEPS.add("tflite:int8-dynamic", ArtifactStep(TFLiteInt8DynamicConfig, int8_dynamic, precision="int8"))
-ARTIFACT_STEPS.add("tflite:int8-full", ArtifactStep(TFLiteInt8FullConfig, int8_full, precision="int8"))
+ARTIFACT_STEPS.add("tflite:int8-static", ArtifactStep(TFLiteInt8FullConfig, int8_static, precision="int8"))

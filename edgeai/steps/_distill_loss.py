@@ -1,0 +1,95 @@
+"""Which distillation loss fits a teacher's outputs, and the losses themselves (torch, imported lazily).
+
+What the teacher's outputs on the training data look like decides the loss:
+- rows of values in [0, 1] summing to 1: softmax probabilities -> "kl" on their logs
+- values in [0, 1] otherwise: sigmoid / multi-label probabilities -> "bce" against the teacher's
+  probabilities (KL over softmax(p / T) of probabilities is a near-uniform target with no signal)
+- rows of unit L2 norm: normalised embeddings -> "cosine" (1 - cosine similarity)
+- one value per sample, or float labels of the output's shape: regression -> "mse"
+- anything else with a class dimension: logits -> "kl" with temperature T
+`loss: kl|bce|cosine|mse` in the distill config overrides the detection.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+LOSSES = ("auto", "kl", "bce", "cosine", "mse")
+UNIT_NORM_TOLERANCE = 1e-3
+EPS = 1e-7
+
+
+@dataclass(frozen=True)
+class LossChoice:
+    kind: str                    # "kl" | "bce" | "cosine" | "mse"
+    reason: str                  # why, for the report
+    log_probs: bool = False      # "kl" on softmax probabilities: their logs are the logits
+
+
+def detect(teacher_out: Any, labels: np.ndarray | None) -> LossChoice:
+    """The loss that fits `teacher_out` (N, ..., C) (teacher outputs on the training data)."""
+    t = teacher_out.float()
+    if t.dim() < 2 or t.shape[-1] == 1:
+        return LossChoice("mse", "one value per sample: regression")
+    rows = t.reshape(-1, t.shape[-1])
+    if float(rows.min()) >= 0.0 and float(rows.max()) <= 1.0:
+        if float((rows.sum(-1) - 1).abs().max()) < UNIT_NORM_TOLERANCE:
+            return LossChoice("kl", "rows are probabilities summing to 1 (softmax): KL on their logs", True)
+        return LossChoice("bce", "values in [0, 1] whose rows do not sum to 1: sigmoid (multi-label) "
+                                 "probabilities, matched with binary cross-entropy")
+    if float((rows.norm(dim=-1) - 1).abs().max()) < UNIT_NORM_TOLERANCE:
+        return LossChoice("cosine", "rows have unit L2 norm: normalised embeddings, matched by cosine")
+    if labels is not None and labels.dtype.kind == "f" and labels.shape[1:] == tuple(t.shape[1:]):
+        return LossChoice("mse", "float labels of the output's shape: regression")
+    return LossChoice("kl", "unbounded rows with a class dimension: logits, KL with temperature")
+
+
+def chosen(name: str, teacher_out: Any, labels: np.ndarray | None) -> LossChoice:
+    """`name` ("auto" detects); a forced "kl" still takes logs of softmax probabilities."""
+    auto = detect(teacher_out, labels)
+    if name == "auto":
+        return auto
+    return LossChoice(name, "set in the config", log_probs=name == "kl" and auto.log_probs)
+
+
+def labels_fit(choice: LossChoice, out_shape: tuple, labels: np.ndarray | None) -> bool:
+    """Whether `labels` can train the student directly with this loss (class ids for kl, targets otherwise)."""
+    if labels is None:
+        return False
+    if choice.kind == "kl":
+        return labels.dtype.kind in "iu" and labels.shape[1:] == tuple(out_shape[1:-1])
+    return labels.shape[1:] == tuple(out_shape[1:]) and labels.dtype.kind in "fiu"
+
+
+def kd_loss(choice: LossChoice, s: Any, t: Any, temperature: float) -> Any:
+    """Student output `s` against teacher output `t`."""
+    import torch
+    import torch.nn.functional as F
+
+    s = s.float()
+    if choice.kind == "mse":
+        return F.mse_loss(s.reshape(t.shape), t)
+    if choice.kind == "bce":
+        return F.binary_cross_entropy(s.clamp(EPS, 1 - EPS), t)
+    if choice.kind == "cosine":
+        return 1 - F.cosine_similarity(s.reshape(-1, s.shape[-1]), t.reshape(-1, t.shape[-1]), dim=-1).mean()
+    s, t = s.reshape(-1, s.shape[-1]), t.reshape(-1, t.shape[-1])
+    if choice.log_probs:
+        s, t = torch.log(s.clamp_min(EPS)), torch.log(t.clamp_min(EPS))
+    return F.kl_div(F.log_softmax(s / temperature, -1), F.log_softmax(t / temperature, -1),
+                    reduction="batchmean", log_target=True) * temperature ** 2
+
+
+def label_loss(choice: LossChoice, s: Any, labels: Any) -> Any:
+    """Student output `s` against labels that fit (see labels_fit)."""
+    import torch
+    import torch.nn.functional as F
+
+    s = s.float()
+    if choice.kind == "kl":
+        s = s.reshape(-1, s.shape[-1])
+        y = labels.reshape(-1).long()
+        return F.nll_loss(torch.log(s.clamp_min(EPS)), y) if choice.log_probs else F.cross_entropy(s, y)
+    return kd_loss(choice, s, labels.float(), 1.0)
