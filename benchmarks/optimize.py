@@ -24,9 +24,11 @@ REAL = {
     "pitch-cnn": (dict(model="edgeai.zoo.pitch:pitch_cnn", inputs=["audio:batch,1024"],
                        eval_data="edgeai.zoo.pitch:test_tones", calibration="edgeai.zoo.pitch:calib_tones",
                        train_data="edgeai.zoo.pitch:train_tones", metric="edgeai.zoo.pitch:pitch_error",
-                       max_drop=1.0, distill={"epochs": 6}), 3.0, "edgeai.zoo.pitch"),
+                       max_drop=1.0, distill={"epochs": 6, "patience": 2, "seed": 0}), 3.0, "edgeai.zoo.pitch"),
     "speaker-lstm": (dict(model="edgeai.zoo.speaker:speaker_lstm", inputs=["mels:batch,frames=48,40"],
                           eval_data="edgeai.zoo.speaker:utterances", calibration="edgeai.zoo.speaker:utterances_calib",
+                          train_data=str(C.ROOT / "recipes" / "real_data.py:speaker_train"),
+                          distill={"epochs": 12, "patience": 3, "lr": 2e-3, "seed": 0},
                           max_drop=0.01), 1.4, "edgeai.zoo.speaker"),
     "bert-encoder": (dict(model="edgeai.zoo.text:bert_encoder",
                           inputs=["input_ids:batch,seq=32:int64", "attention_mask:batch,seq:int64"],
@@ -48,6 +50,18 @@ COLUMNS = [("model", "model", ""), ("chosen", "chosen", ""), ("speedup", "speedu
            ("size_ratio", "size ×", ".2f"), ("metric", "metric", ""), ("base_value", "FP32 metric", ".4g"),
            ("value", "chosen metric", ".4g"), ("drop", "drop", "+.4g"), ("max_drop", "budget", "g"),
            ("tried", "candidates timed", ""), ("minutes", "minutes", ".1f")]
+
+
+def _loads(factory: str) -> bool:
+    """The model's module exists and its weights are there (the pitch CNN ships trained weights)."""
+    module, _, name = factory.partition(":")
+    if importlib.util.find_spec(module) is None:
+        return False
+    weights = getattr(importlib.import_module(module), "WEIGHTS", None)
+    if weights is not None and not Path(weights).is_file():
+        print(f"skipping {factory}: no weights at {weights}")
+        return False
+    return True
 
 
 def run_one(name: str, options: dict, goal: float | None, folder: Path, args) -> tuple[dict, list[dict]]:
@@ -87,7 +101,7 @@ def main() -> None:
     ap.add_argument("--min-seconds", type=float, default=1.0)
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    available = {k: v for k, v in REAL.items() if importlib.util.find_spec(v[2]) is not None}
+    available = {k: v for k, v in REAL.items() if _loads(v[0]["model"])}
     models = {**available, **(zoo_models() if args.zoo or not available else {})}
     if args.only:
         models = {k: v for k, v in models.items() if k in args.only}
