@@ -324,3 +324,21 @@ def test_cli_accepts_format_as_a_synonym_of_formats():
     args = build_parser().parse_args(["optimize", "m.py:f", "--input", "x:batch,4", "--eval-data", "e.npz",
                                       "--max-drop", "1", "-o", "out", "--format", "tflite,onnx"])
     assert args.formats == ("tflite", "onnx") and args.objective == "p50" and args.budget_minutes == 30.0
+
+
+def test_pruned_model_over_the_size_limit_does_not_stop_the_branch(tmp_path):
+    lab = FakeLab(latency={"onnx/fp32": 10.0, "onnx/prune0.25/fp32": 8.0, "onnx/prune0.5/fp32": 6.0}, metric={},
+                  size={"onnx/fp32": 900_000, "onnx/prune0.25/fp32": 700_000, "onnx/prune0.5/fp32": 450_000,
+                        "onnx/int8-static": 900_000, "onnx/int8-dynamic": 900_000})
+    result = search(lab, tmp_path, prune_ratios=(0.25, 0.5), max_size_mb=0.5)
+    rows = by_id(result)
+    assert rows["onnx/prune0.25/fp32"].status == "rejected" and "> --max-size-mb" in rows["onnx/prune0.25/fp32"].reason
+    assert result.chosen.id == "onnx/prune0.5/fp32"
+
+
+def test_fp32_over_the_size_limit_is_still_the_reference_and_the_report_says_so(tmp_path):
+    lab = FakeLab(latency={"onnx/fp32": 10.0, "onnx/int8-static": 9.9, "onnx/int8-dynamic": 12.0}, metric={},
+                  size={"onnx/fp32": 900_000, "onnx/int8-static": 300_000, "onnx/int8-dynamic": 250_000})
+    result = search(lab, tmp_path, max_size_mb=0.5)
+    assert result.chosen.id == "onnx/fp32" and result.baseline.timing is not None
+    assert any("itself over --max-size-mb 0.5 (0.900 MB)" in n for n in result.notes)

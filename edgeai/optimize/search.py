@@ -152,12 +152,18 @@ class Search:
                 return
             self._build(batch)
             self._time_pending()
-            failed = next((u for u in batch if self.rows[u.candidates[0].id].status in ("rejected", "failed")), None)
+            failed = next((u for u in batch if self._branch_fails(self.rows[u.candidates[0].id])), None)
             if failed is not None:
                 rest = [c for u in units[i + step:] for c in u.candidates]
                 self._skip(rest, f"a smaller pruning ({self.rows[failed.candidates[0].id].id}) already "
                                  f"failed: {self.rows[failed.candidates[0].id].reason}")
                 return
+
+    def _branch_fails(self, row: Row) -> bool:
+        """A pruned FP32 model that could not be built or lost too much accuracy: more pruning will not help.
+        (One over --max-size-mb does not stop the branch: more pruning makes it smaller.)"""
+        over = row.drop is not None and row.drop > self.config.max_drop + 1e-12
+        return row.status == "failed" or (row.status == "rejected" and over)
 
     def _prune_format(self) -> tuple[str, tuple[str, ...]]:
         """Prune where the unpruned search was fastest, and quantize with the schemes that beat FP32 there."""
@@ -243,6 +249,8 @@ class Search:
         self._report(f"built {c.id}")
 
     def _check_accuracy_and_size(self, row: Row) -> None:
+        if row is self.baseline:  # the reference is kept whatever the limits; _finish says if it breaks one
+            return
         cfg, b = self.config, row.built
         base = self.baseline.built
         if b.value is not None and base.value is not None:
@@ -306,6 +314,10 @@ class Search:
     # ------------------------------------------------------------------ the choice
     def _finish(self) -> SearchResult:
         chosen, why = choose(list(self.rows.values()), self.baseline, self.config.objective)
+        size, limit = self.baseline.built.size_bytes, self.config.max_size_mb
+        if chosen is self.baseline and limit is not None and size and size > limit * 1e6:
+            self.notes.append(f"FP32 is kept but is itself over --max-size-mb {limit:g} ({size / 1e6:.3f} MB): "
+                              "no candidate within the limits passed the rules")
         self._report("done")
         return SearchResult(list(self.rows.values()), self.baseline, chosen, why, self.notes,
                             self.lab.clock() - self.start, self.budget_reached)
