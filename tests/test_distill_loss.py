@@ -16,7 +16,8 @@ torch.set_num_threads(1)
 
 
 class Head(nn.Module):
-    """MLP with a chosen output: "logits", "softmax", "sigmoid" (multi-bin), "embedding" (unit norm), "scalar"."""
+    """MLP with a chosen output: "logits", "softmax", "sigmoid" (multi-bin), "embedding" / "relu-embedding"
+    (unit norm), "scalar"."""
 
     def __init__(self, kind: str, hidden: int = 64, out: int = 40):
         super().__init__()
@@ -32,6 +33,8 @@ class Head(nn.Module):
             return torch.sigmoid(6 * y - 6)          # mostly-off bins, a few on: a pitch-style head
         if self.kind == "embedding":
             return F.normalize(y, dim=-1)
+        if self.kind == "relu-embedding":             # a speaker encoder's normalize(relu(proj(h))): in [0, 1]
+            return F.normalize(F.relu(y), dim=-1)
         return y
 
 
@@ -53,6 +56,7 @@ def _cosine_gap(student, teacher, data):
 
 @pytest.mark.parametrize("kind,loss,log_probs", [("logits", "kl", False), ("softmax", "kl", True),
                                                  ("sigmoid", "bce", False), ("embedding", "cosine", False),
+                                                 ("relu-embedding", "cosine", False),
                                                  ("scalar", "mse", False)])
 def test_loss_is_detected_from_the_teachers_outputs(kind, loss, log_probs):
     teacher, train, _ = _task(kind)

@@ -2,9 +2,10 @@
 
 What the teacher's outputs on the training data look like decides the loss:
 - rows of values in [0, 1] summing to 1: softmax probabilities -> "kl" on their logs
+- rows of unit L2 norm: normalised embeddings -> "cosine" (1 - cosine similarity), also when a
+  ReLU before the normalisation keeps them in [0, 1]
 - values in [0, 1] otherwise: sigmoid / multi-label probabilities -> "bce" against the teacher's
   probabilities (KL over softmax(p / T) of probabilities is a near-uniform target with no signal)
-- rows of unit L2 norm: normalised embeddings -> "cosine" (1 - cosine similarity)
 - one value per sample, or float labels of the output's shape: regression -> "mse"
 - anything else with a class dimension: logits -> "kl" with temperature T
 `loss: kl|bce|cosine|mse` in the distill config overrides the detection.
@@ -34,13 +35,14 @@ def detect(teacher_out: Any, labels: np.ndarray | None) -> LossChoice:
     if t.dim() < 2 or t.shape[-1] == 1:
         return LossChoice("mse", "one value per sample: regression")
     rows = t.reshape(-1, t.shape[-1])
-    if float(rows.min()) >= 0.0 and float(rows.max()) <= 1.0:
-        if float((rows.sum(-1) - 1).abs().max()) < UNIT_NORM_TOLERANCE:
-            return LossChoice("kl", "rows are probabilities summing to 1 (softmax): KL on their logs", True)
+    in_unit_interval = float(rows.min()) >= 0.0 and float(rows.max()) <= 1.0
+    if in_unit_interval and float((rows.sum(-1) - 1).abs().max()) < UNIT_NORM_TOLERANCE:
+        return LossChoice("kl", "rows are probabilities summing to 1 (softmax): KL on their logs", True)
+    if float((rows.norm(dim=-1) - 1).abs().max()) < UNIT_NORM_TOLERANCE:   # before bce: ReLU'd embeddings are >= 0
+        return LossChoice("cosine", "rows have unit L2 norm: normalised embeddings, matched by cosine")
+    if in_unit_interval:
         return LossChoice("bce", "values in [0, 1] whose rows do not sum to 1: sigmoid (multi-label) "
                                  "probabilities, matched with binary cross-entropy")
-    if float((rows.norm(dim=-1) - 1).abs().max()) < UNIT_NORM_TOLERANCE:
-        return LossChoice("cosine", "rows have unit L2 norm: normalised embeddings, matched by cosine")
     if labels is not None and labels.dtype.kind == "f" and labels.shape[1:] == tuple(t.shape[1:]):
         return LossChoice("mse", "float labels of the output's shape: regression")
     return LossChoice("kl", "unbounded rows with a class dimension: logits, KL with temperature")

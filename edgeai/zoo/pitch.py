@@ -15,7 +15,8 @@ fundamental, random weaker harmonics, phases and noise; `labels` is f0 in Hz. Tr
 the decoded pitch (weighted average of the 9 bins around the peak), so higher is better and
 0 is perfect: use it as `--metric edgeai.zoo.pitch:pitch_error`.
 
-Training is deterministic on one machine (fixed seeds, deterministic algorithms, 1 thread).
+Training is deterministic on one machine (fixed seeds, deterministic algorithms, 1 thread): 3 epochs
+of 8000 tones, about 4 CPU minutes, held-out error 5.8 cents (weights/metrics.json, key "pitch").
 """
 from __future__ import annotations
 
@@ -179,7 +180,7 @@ def evaluate(model: Any, data: dict[str, np.ndarray], batch: int = 256) -> float
     return pitch_error({"pitch": out}, data["labels"])
 
 
-def train(epochs: int = 8, n_tones: int = 12000, lr: float = 3e-3, batch: int = 32) -> tuple[Any, dict]:
+def train(epochs: int = 3, n_tones: int = 8000, lr: float = 3e-3, batch: int = 32) -> tuple[Any, dict]:
     """Train a PitchCNN from a fixed seed with BCE on Gaussian bin targets; (model, metrics)."""
     import torch
     import torch.nn.functional as F
@@ -219,8 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     from edgeai.fsutil import atomic_write_bytes, atomic_write_text
 
     ap = argparse.ArgumentParser(prog="python -m edgeai.zoo.pitch", description=__doc__.split("\n")[0])
-    ap.add_argument("--epochs", type=int, default=8)
-    ap.add_argument("--tones", type=int, default=12000)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--tones", type=int, default=8000)
     ap.add_argument("--out", type=Path, default=WEIGHTS.parent.parent, help="folder holding weights/")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
