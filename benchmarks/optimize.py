@@ -99,6 +99,7 @@ def main() -> None:
     ap.add_argument("--budget-minutes", type=float, default=20.0)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--min-seconds", type=float, default=1.0)
+    ap.add_argument("--name", default="optimize", help="results/NAME.json and .md (default optimize)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     available = {k: v for k, v in REAL.items() if _loads(v[0]["model"])}
@@ -111,10 +112,12 @@ def main() -> None:
             row, c = run_one(name, options, goal, Path(tmp), args)
             rows.append(row)
             cands += c
-    table = C.markdown_table(rows, COLUMNS) + "\n\nEvery candidate:\n\n" + C.markdown_table(cands, CAND_COLUMNS)
-    C.write_results("optimize", rows, table, C.environment(),
-                    {"budget_minutes": args.budget_minutes, "rounds": args.rounds, "min_seconds": args.min_seconds,
-                     "threads": 1, "batch": 1, "candidates": cands})
+            # written after every model: a long run that is cut off keeps what it measured
+            table = (C.markdown_table(rows, COLUMNS) + "\n\nEvery candidate:\n\n"
+                     + C.markdown_table(cands, CAND_COLUMNS))
+            C.write_results(args.name, rows, table, C.environment(),
+                            {"budget_minutes": args.budget_minutes, "rounds": args.rounds,
+                             "min_seconds": args.min_seconds, "threads": 1, "batch": 1, "candidates": cands})
 
 
 if __name__ == "__main__":
