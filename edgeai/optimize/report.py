@@ -44,7 +44,7 @@ def report_dict(result: SearchResult, config: dict, env: dict) -> dict:
 def write_all(out_dir: Path, result: SearchResult, config: dict, env: dict, recipe: dict) -> dict:
     """Write every output into `out_dir`, each file atomically; best/ is replaced as a whole."""
     report = report_dict(result, config, env)
-    write_best(out_dir / "best", result)
+    write_best(out_dir / "best", result, config["threads"])
     atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
     atomic_write_text(out_dir / "report.md", markdown(report))
     atomic_write_text(out_dir / "recipe.yaml", recipe_yaml(recipe, result.chosen))
@@ -52,7 +52,7 @@ def write_all(out_dir: Path, result: SearchResult, config: dict, env: dict, reci
     return report
 
 
-def write_best(best: Path, result: SearchResult) -> None:
+def write_best(best: Path, result: SearchResult, threads: int) -> None:
     """best/: the chosen candidate's export folder, its manifest noting what it was compared against."""
     from edgeai.manifest import Manifest
 
@@ -60,7 +60,7 @@ def write_best(best: Path, result: SearchResult) -> None:
     manifest = Manifest.read(src)
     entry = manifest.artifacts[0]
     base = result.baseline
-    entry.metrics.update({"latency_p50_ms": candidate_dict(result.chosen)["p50_ms"],
+    entry.metrics.update({"latency_p50_ms": candidate_dict(result.chosen)["p50_ms"], "latency_threads": threads,
                           "speedup_vs_fp32": result.chosen.speedup,
                           **({result.chosen.built.metric: result.chosen.built.value} if result.chosen.built.metric
                              else {})})
