@@ -197,9 +197,33 @@ def test_budget_stops_the_search_with_the_best_so_far(tmp_path):
     rows = by_id(result)
     assert result.budget_reached
     assert [u.steps[0]["prune"]["ratio"] for u in lab.built_units if u.steps] == [0.25]
-    assert rows["onnx/prune0.5/fp32"].status == "skipped" and "budget" in rows["onnx/prune0.5/fp32"].reason
+    assert rows["onnx/prune0.5/fp32"].status == "skipped"
+    assert rows["onnx/prune0.5/fp32"].reason == "budget reached before it was built"
     assert result.chosen.id == "onnx/prune0.25/int8-static"
     assert any("stopped at the budget of 1.9 min" in n for n in result.notes)
+
+
+def test_budget_does_not_start_a_build_the_last_one_says_cannot_finish(tmp_path):
+    lab = FakeLab(latency={"onnx/fp32": 10.0, "onnx/int8-static": 5.0, "onnx/prune0.25/fp32": 7.0,
+                           "onnx/prune0.25/int8-static": 4.0},
+                  metric={}, build_s=20.0, prune_build_s=60.0)
+    # at 116 s, 34 s are left of 150 s: the last pruned build took 60 s, so 0.5 is not started
+    result = search(lab, tmp_path, prune_ratios=(0.25, 0.5), budget_minutes=2.5)
+    rows = by_id(result)
+    assert rows["onnx/prune0.5/fp32"].status == "skipped"
+    assert ("would not finish within the budget: the last pruned build took 1.0 min, 0.6 min were left"
+            == rows["onnx/prune0.5/fp32"].reason)
+    assert result.chosen.id == "onnx/prune0.25/int8-static" and lab.now < 150
+
+
+def test_what_was_built_is_timed_even_past_the_budget(tmp_path):
+    lab = FakeLab(latency={"onnx/fp32": 10.0, "onnx/int8-static": 5.0, "onnx/prune0.5/fp32": 4.0}, metric={},
+                  build_s=20.0, prune_build_s=60.0)
+    result = search(lab, tmp_path, prune_ratios=(0.5,), budget_minutes=1.0)   # the pruned build ends at 98 s
+    rows = by_id(result)
+    assert rows["onnx/prune0.5/fp32"].timing is not None and rows["onnx/prune0.5/int8-static"].timing is not None
+    assert result.chosen.speedup == pytest.approx(2.5)
+    assert any("finished 0.8 min past the 1 min budget" in n for n in result.notes)
 
 
 def test_cache_reuses_builds_and_timings_across_runs_and_objectives(tmp_path):

@@ -144,13 +144,20 @@ class Search:
         if others:
             self.notes.append(f"pruning tried in {fmt} only (the format of the fastest unpruned candidate), "
                               f"not in {', '.join(others)}")
-        step = max(1, cfg.workers)
+        step, last_build_s = max(1, cfg.workers), 0.0
         for i in range(0, len(units), step):
             batch = units[i:i + step]
-            if self._over_budget():
-                self._skip([c for u in units[i:] for c in u.candidates], "budget reached before it was built")
+            left = self.deadline - self.lab.clock()
+            if self._over_budget() or last_build_s > left:
+                why = ("budget reached before it was built" if left <= 0 else
+                       f"would not finish within the budget: the last pruned build took {last_build_s / 60:.1f} min, "
+                       f"{left / 60:.1f} min were left")
+                self._note_budget()
+                self._skip([c for u in units[i:] for c in u.candidates], why)
                 return
+            t0 = self.lab.clock()
             self._build(batch)
+            last_build_s = self.lab.clock() - t0
             self._time_pending()
             failed = next((u for u in batch if self._branch_fails(self.rows[u.candidates[0].id])), None)
             if failed is not None:
@@ -193,10 +200,14 @@ class Search:
 
     def _over_budget(self) -> bool:
         if self.lab.clock() >= self.deadline:
-            if not self.budget_reached:
-                self.notes.append(f"stopped at the budget of {self.config.budget_minutes:g} min with the best so far")
-            self.budget_reached = True
+            self._note_budget()
         return self.budget_reached
+
+    def _note_budget(self) -> None:
+        if not self.budget_reached:
+            self.notes.append(f"stopped at the budget of {self.config.budget_minutes:g} min with the best so far "
+                              "(what was built is timed; no build starts after the budget)")
+        self.budget_reached = True
 
     def key(self, c: Candidate) -> str:
         return digest(self.identity, c.to_dict())
@@ -265,7 +276,10 @@ class Search:
 
     # ------------------------------------------------------------------ timing (always serialized)
     def _time_pending(self) -> None:
-        """Time every built, acceptable, untimed candidate with the baseline in the same rounds."""
+        """Time every built, acceptable, untimed candidate with the baseline in the same rounds.
+
+        Timing is a small part of a candidate's cost (its build is the large one), so what was
+        built is timed even past the budget: the budget stops new builds."""
         pending = [r for r in self.rows.values() if r.status == "ok" and r.timing is None]
         todo = []
         for r in pending:
@@ -276,12 +290,6 @@ class Search:
                 todo.append(r)
         if not todo:
             return
-        if self._over_budget():
-            base = [r for r in todo if r is self.baseline]
-            self._skip_timing([r for r in todo if r is not self.baseline])
-            todo = base
-            if not todo:
-                return
         folders = {r.id: r.built.folder for r in todo}
         folders.setdefault(self.baseline.id, self.baseline.built.folder)
         self._report(f"timing {len(folders)} candidates, {self.config.rounds} interleaved rounds")
@@ -294,10 +302,6 @@ class Search:
             if not timing.error:
                 self.cache.put_timing(self._timing_key(r.candidate), timing.__dict__)
             self._timed(r, timing)
-
-    def _skip_timing(self, rows: list[Row]) -> None:
-        for r in rows:
-            r.status, r.reason = "skipped", "built, but the budget was reached before it was timed"
 
     def _timed(self, row: Row, timing: Timing) -> None:
         row.timing = timing
@@ -314,6 +318,10 @@ class Search:
     # ------------------------------------------------------------------ the choice
     def _finish(self) -> SearchResult:
         chosen, why = choose(list(self.rows.values()), self.baseline, self.config.objective)
+        over = self.lab.clock() - self.deadline
+        if over > 0:
+            self.notes.append(f"finished {over / 60:.1f} min past the {self.config.budget_minutes:g} min budget: "
+                              "a build started within it ran over, and what was built was timed")
         size, limit = self.baseline.built.size_bytes, self.config.max_size_mb
         if chosen is self.baseline and limit is not None and size and size > limit * 1e6:
             self.notes.append(f"FP32 is kept but is itself over --max-size-mb {limit:g} ({size / 1e6:.3f} MB): "
