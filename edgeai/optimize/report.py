@@ -8,7 +8,8 @@ from statistics import median
 from typing import Any
 
 from edgeai.fsutil import atomic_write_text, publish, staging_dir
-from edgeai.optimize.search import MIN_SPEEDUP, Row, SearchResult
+from edgeai.optimize.choice import MIN_SPEEDUP
+from edgeai.optimize.search import Row, SearchResult
 
 SCHEMA = "edgeai.optimize/1"
 STATUSES = ("chosen", "ok", "rejected", "failed", "skipped")
