@@ -7,7 +7,7 @@ in onnxruntime, and timed against FP32 in interleaved rounds (each candidate in 
 1 thread, batch 1). The speedup is the chosen candidate's median over rounds of FP32 p50 /
 its p50 in the same round; "FP32" means nothing beat the baseline by the rules.
 
-    python benchmarks/optimize.py [--only pitch-cnn ...] [--budget-minutes 20] [--rounds 3]
+    python benchmarks/optimize.py [--only pitch-cnn ...] [--budget-minutes 20] [--rounds 3] [--cache-root DIR]
 """
 from __future__ import annotations
 
@@ -69,8 +69,9 @@ def run_one(name: str, options: dict, goal: float | None, folder: Path, args) ->
 
     print(f"== {name}", flush=True)
     t0 = time.time()
+    cache = {"cache_dir": str(Path(args.cache_root) / name)} if args.cache_root else {}
     result = edgeai.optimize(out_dir=folder / name, budget_minutes=args.budget_minutes, rounds=args.rounds,
-                             min_seconds=args.min_seconds, **options)
+                             min_seconds=args.min_seconds, **cache, **options)
     report = result.report
     rows = {c["id"]: c for c in report["candidates"]}
     base, chosen = report["baseline"], rows[report["chosen"]]
@@ -99,6 +100,8 @@ def main() -> None:
     ap.add_argument("--budget-minutes", type=float, default=20.0)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--min-seconds", type=float, default=1.0)
+    ap.add_argument("--cache-root", help="keep each model's optimize cache in DIR/MODEL (a re-run with a wider "
+                                         "budget re-uses its builds and timings)")
     ap.add_argument("--name", default="optimize", help="results/NAME.json and .md (default optimize)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
