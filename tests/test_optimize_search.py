@@ -366,3 +366,16 @@ def test_fp32_over_the_size_limit_is_still_the_reference_and_the_report_says_so(
     result = search(lab, tmp_path, max_size_mb=0.5)
     assert result.chosen.id == "onnx/fp32" and result.baseline.timing is not None
     assert any("itself over --max-size-mb 0.5 (0.900 MB)" in n for n in result.notes)
+
+
+def test_a_moved_cache_folder_is_still_used(tmp_path):
+    import shutil
+    table = dict(latency={"onnx/fp32": 10.0, "onnx/int8-static": 5.0}, metric={})
+    Search(config(), FakeLab(**table), Cache(tmp_path / "old")).run()
+    shutil.move(tmp_path / "old", tmp_path / "new")
+    lab = FakeLab(**table)
+    result = Search(config(), lab, Cache(tmp_path / "new")).run()
+    assert lab.built_units == [] and lab.timed == []
+    assert result.chosen.id == "onnx/int8-static"
+    assert Path(result.chosen.built.folder).parent.parent == tmp_path / "new"
+    assert (Path(result.chosen.built.folder) / "manifest.json").is_file()

@@ -43,13 +43,19 @@ class Cache:
             result = json.loads((folder / RESULT_NAME).read_text())
         except (OSError, ValueError):
             return None
-        if result.get("folder") and not (folder / "manifest.json").is_file():
-            return None  # a failed build has no folder; a built one must still be whole
+        if result.get("folder"):
+            if not (folder / "manifest.json").is_file():
+                return None  # a failed build has no folder; a built one must still be whole
+            result["folder"] = str(folder)  # stored relative: a cache folder can be moved or shared
         return result
 
     def put_built(self, key: str, result: Mapping) -> None:
-        atomic_write_text(ensure_writable_dir(self.candidate_dir(key)) / RESULT_NAME,
-                          json.dumps(dict(result), indent=2))
+        folder = self.candidate_dir(key)
+        result = dict(result)
+        if result.get("folder"):
+            assert Path(result["folder"]).resolve() == folder.resolve(), "a candidate is built in its cache folder"
+            result["folder"] = "."
+        atomic_write_text(ensure_writable_dir(folder) / RESULT_NAME, json.dumps(result, indent=2))
 
     def clear_candidate(self, key: str) -> Path:
         """An empty folder for candidate `key` (a forced rebuild starts clean)."""
