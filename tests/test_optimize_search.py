@@ -379,3 +379,17 @@ def test_a_moved_cache_folder_is_still_used(tmp_path):
     assert result.chosen.id == "onnx/int8-static"
     assert Path(result.chosen.built.folder).parent.parent == tmp_path / "new"
     assert (Path(result.chosen.built.folder) / "manifest.json").is_file()
+
+
+def test_a_second_run_replaces_best_whole(tmp_path):
+    table = dict(latency={"onnx/fp32": 10.0, "onnx/int8-static": 5.0}, metric={},
+                 size={"onnx/fp32": 1_000_000, "onnx/int8-static": 300_000, "onnx/int8-dynamic": 250_000})
+    out = tmp_path / "out"
+    out.mkdir()
+    env, recipe = {"cpu": X86}, {"model": "m.py:f", "quantize": []}
+    for objective, expected in (("p50", "int8-static"), ("size", "int8-dynamic")):
+        result = search(FakeLab(**table), tmp_path, objective=objective)
+        write_all(out, result, {"objective": objective, "max_drop": 1.0, "budget_minutes": 30.0, "rounds": 3,
+                                "threads": 1}, env, {**recipe, "quantize": [expected]})
+        assert [a.name for a in Manifest.read(out / "best").artifacts] == [expected]
+    assert sorted(p.name for p in out.iterdir()) == ["best", "pareto.png", "recipe.yaml", "report.json", "report.md"]

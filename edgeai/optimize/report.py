@@ -7,7 +7,7 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
-from edgeai.fsutil import atomic_write_text, publish, staging_dir
+from edgeai.fsutil import atomic_write_text
 from edgeai.optimize.choice import MIN_SPEEDUP
 from edgeai.optimize.search import Row, SearchResult
 
@@ -70,17 +70,24 @@ def write_best(best: Path, result: SearchResult, threads: int) -> None:
         "reference": {"artifact": base.id, "metric": base.built.metric, "value": base.built.value,
                       "outputs_sha256": base.built.reference_sha256,
                       "what": "FP32 export of the original model, run on the evaluation data"}}}
-    best.parent.mkdir(parents=True, exist_ok=True)
-    with staging_dir(best.parent) as stage:
-        files = [entry.file, *entry.extra_files]
+    _replace_folder(best, src, [entry.file, *entry.extra_files], manifest)
+
+
+def _replace_folder(dest: Path, src: Path, files: list[str], manifest) -> None:
+    """Build `dest` beside itself, then swap it in by rename: a reader never sees half a folder."""
+    import tempfile
+
+    stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}-new-", dir=dest.parent))
+    old = dest.parent / f".{dest.name}-old-{stage.name}"
+    try:
         for f in files:
             shutil.copyfile(src / f, stage / f)
-        manifest.write(stage)
-        old = best.parent / f".best-old-{stage.name}"
-        if best.exists():
-            best.rename(old)
-        best.mkdir()
-        publish(stage, best, files + ["manifest.json"])
+        manifest.write(stage)          # the manifest last, as every export folder
+        if dest.exists():
+            dest.rename(old)
+        stage.rename(dest)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
 
 
