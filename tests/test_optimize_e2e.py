@@ -183,3 +183,30 @@ def test_parallel_builds_then_serialized_timing(tmp_path, parallel):
     # timing is serialized: every timed candidate has one round paired with the baseline's
     timed = [c for c in rows.values() if c["rounds"]]
     assert timed and all(len(c["rounds"]["p50_ms"]) == len(c["rounds"]["baseline_p50_ms"]) == 1 for c in timed)
+
+
+@pytest.mark.slow  # ~30 s each: export, three variants, timing
+@pytest.mark.parametrize("key", ["cnn", "vit"])
+def test_optimize_zoo_image_models_choose_by_the_rule(tmp_path, key):
+    import edgeai
+    from edgeai import runtime
+    from edgeai.zoo import REFERENCE_MODELS
+
+    ref = REFERENCE_MODELS[key]
+    result = edgeai.optimize(ref.factory, tmp_path / "opt", inputs=list(ref.inputs), eval_data=ref.test_data,
+                             calibration=ref.calib_data, max_drop=1.0, rounds=2, min_seconds=0.2, prune_ratios=())
+    report = result.report
+    rows = {c["id"]: c for c in report["candidates"]}
+    assert report["baseline"]["value"] == pytest.approx(100 * ref.accuracy, abs=0.01)   # top-1 in points
+    assert {rows[i]["status"] for i in ("onnx/int8-static", "onnx/int8-dynamic")} <= {"chosen", "ok", "rejected"}
+    chosen = rows[report["chosen"]]
+    if key == "cnn":   # static INT8 runs the CNN about 2x faster here: far above any noise
+        assert chosen["id"] == "onnx/int8-static"
+    if chosen["id"] != "onnx/fp32":   # the never-slower rule, from the per-round numbers in the report
+        r = chosen["rounds"]
+        ratios = [b / c for b, c in zip(r["baseline_p50_ms"], r["p50_ms"])]
+        assert min(ratios) > 1.0 and chosen["speedup"] >= 1.03
+        assert chosen["drop"] <= 1.0
+    x = np.load(ref.test_data)["image"][:2]
+    session = runtime.load(result.best_dir)
+    assert session.run({"image": x})[session.outputs[0].name].shape == (2, 10)
