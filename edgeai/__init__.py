@@ -14,6 +14,7 @@ _LAZY = {
     "bench": "edgeai.bench",
     "load_model": "edgeai.source",
     "runtime": "edgeai.runtime",
+    "optimize": "edgeai.optimize",   # a callable module: edgeai.optimize(model, out_dir, ...)
 }
 
 __all__ = ["__version__", *_LAZY]

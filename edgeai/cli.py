@@ -25,6 +25,7 @@ EPILOG = """examples:
   edgeai run out/cnn --input inputs.npz -o outputs.npz
   edgeai bench out/cnn --threads 1
   edgeai eval out/cnn --data edgeai/zoo/data/digits_test_image.npz
+  edgeai optimize edgeai.zoo:digits_cnn --input image:batch,1,32,32 --eval-data test.npz --max-drop 1 -o out/opt
 """
 
 
@@ -237,7 +238,8 @@ def _extra_commands():
     from edgeai.bench.cli import add_parser as add_bench
     from edgeai.data_text import add_parser as add_data
     from edgeai.evaluate.cli import add_parser as add_eval
-    return [add_bench, add_eval, add_data]
+    from edgeai.optimize.cli import add_parser as add_optimize
+    return [add_bench, add_eval, add_optimize, add_data]
 
 
 def _setup_logging(debug: bool, quiet: bool) -> None:

@@ -1,0 +1,122 @@
+"""Build one unit of candidates in a worker process: one `edgeai.export` call, split into one folder per candidate."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from edgeai.errors import EdgeAIError
+
+log = logging.getLogger(__name__)
+
+
+def unit_recipe(config: Mapping[str, Any], fmt: str, steps: tuple, quantize: tuple[str, ...]) -> dict:
+    """The recipe (as plain data) that `edgeai export` runs for these candidates; also what recipe.yaml holds."""
+    recipe = {"model": config["model"], "inputs": list(config["inputs"]), "format": fmt,
+              "export": dict(config["export"]), "steps": [dict(s) for s in steps],
+              "quantize": list(quantize),
+              "data": {"eval": config["eval_data"], "calibration": config["calibration"],
+                       "train": config["train_data"]},
+              "max_drop": config["max_drop"]}
+    for key in ("example_inputs", "arch"):
+        if config.get(key):
+            recipe[key] = config[key]
+    if config.get("trust_pickle"):
+        recipe["trust_pickle"] = True
+    if not config.get("dynamic_batch", True):
+        recipe["dynamic_batch"] = False
+    if config.get("metric"):
+        recipe["metric"] = config["metric"]
+    return recipe
+
+
+def _to_recipe(data: Mapping[str, Any]):
+    from edgeai.recipe import SummaryConfig, recipe_from_dict
+
+    return replace(recipe_from_dict(data), summary=SummaryConfig(bench=False))
+
+
+def build_unit(job: Mapping[str, Any]) -> dict[str, dict]:
+    """{candidate id: Built fields}; every failure becomes an `error` (the unit never raises)."""
+    ids: dict[str, str] = job["ids"]          # artifact name in the export -> candidate id
+    try:
+        return _build(job)
+    except EdgeAIError as e:
+        error = str(e)
+    except Exception as e:  # a bug or a limitation of a step on this model: report it, go on
+        log.debug("build failed", exc_info=True)
+        error = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+    return {cid: {"id": cid, "error": error} for cid in ids.values()}
+
+
+def _build(job: Mapping[str, Any]) -> dict[str, dict]:
+    from edgeai.pipeline import export
+
+    ids, dests = job["ids"], job["dests"]
+    work = Path(job["work"])
+    work.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="unit-", dir=work) as tmp:
+        out = export(recipe=_to_recipe(job["recipe"]), out_dir=Path(tmp) / "export")
+        failed = {f["name"]: f["error"] for f in out.manifest.failed}
+        results = {}
+        for name, cid in ids.items():
+            entry = next((a for a in out.manifest.artifacts if a.name == name), None)
+            if entry is None:
+                results[cid] = {"id": cid, "error": failed.get(name, f"the export produced no {name} artifact")}
+                continue
+            folder = _write_candidate(out.out_dir, out.manifest, entry, Path(dests[cid]))
+            metric, value = _score(entry)
+            result = {"id": cid, "folder": str(folder), "size_bytes": entry.size_bytes, "metric": metric,
+                      "value": value, "notes": list(entry.notes)}
+            if job.get("reference") and name == "fp32":
+                result["reference_sha256"] = _outputs_digest(_run_eval(folder, entry, job))
+            results[cid] = result
+    return results
+
+
+def _write_candidate(src: Path, manifest, entry, dest: Path) -> Path:
+    """`dest` becomes a normal export folder holding only `entry` (manifest written last)."""
+    from edgeai.manifest import Manifest
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in [entry.file, *entry.extra_files]:
+        shutil.copyfile(src / f, dest / f)
+    Manifest(source=manifest.source, artifacts=[entry], versions=manifest.versions,
+             created=manifest.created).write(dest)
+    return dest
+
+
+def _score(entry) -> tuple[str, float]:
+    """(metric name, value) the pipeline measured in the artifact's runtime: the user metric, top-1 or cosine."""
+    name = entry.metrics.get("metric_name") or next((n for n in ("top1", "cosine") if n in entry.metrics), None)
+    if name is None:
+        raise EdgeAIError("the export computed no metric; is --eval-data given?")
+    return name, float(entry.metrics[name])
+
+
+def _run_eval(folder: Path, entry, job: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """All outputs of the artifact in its own runtime on the evaluation data."""
+    from edgeai.data import load_feeds, split_labels
+    from edgeai.evaluate import run_batched
+    from edgeai.manifest import Manifest
+    from edgeai.runtime import load
+    from edgeai.specs import TensorSpec
+    from edgeai.verify import to_artifact_layout
+
+    specs = [TensorSpec.from_dict(d) for d in Manifest.read(folder).source["inputs"]]
+    feeds, _ = split_labels(load_feeds(job["recipe"]["data"]["eval"], specs, what="evaluation data"))
+    return run_batched(load(folder), to_artifact_layout(feeds, entry.details))
+
+
+def _outputs_digest(outputs: Mapping[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(outputs):
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(outputs[name]).tobytes())
+    return h.hexdigest()

@@ -1,0 +1,153 @@
+"""The `edgeai optimize` subcommand: `add_parser(subparsers)` registers it; a rich progress bar while it runs."""
+from __future__ import annotations
+
+import argparse
+import logging
+
+from edgeai.optimize.config import OBJECTIVES
+
+DESCRIPTION = """\
+Find the fastest variant of MODEL for this machine within an accuracy budget, by measuring.
+Candidates: FP32, FP16, INT8-dynamic and INT8-static in each format, structured pruning at a few
+ratios (distilled when --train-data is given) and prune -> quantize combinations, cheap likely
+winners first. Every candidate is exported and verified by the export pipeline, scored on
+--eval-data in its own runtime and timed against FP32 in interleaved rounds (each in a fresh
+process). A candidate replaces FP32 only if its median speedup is >= 1.03x AND it is faster in
+every round; ties go to the smaller file. Exit 0 whichever is chosen, 2 on bad input."""
+
+EPILOG = """\
+writes OUTDIR/best/ (an export folder with the chosen artifact), report.md, report.json
+(schema edgeai.optimize/1), pareto.png and recipe.yaml (reproduces the choice with edgeai export).
+examples:
+  edgeai optimize edgeai.zoo:digits_cnn --input image:batch,1,32,32 --eval-data test.npz \\
+      --calibration calib.npz --max-drop 1.0 -o out/opt
+  edgeai optimize model.py:make --example-inputs x.npz --eval-data e.npz --metric metric.py:pitch_error \\
+      --max-drop 2 --train-data t.npz --formats onnx,tflite --budget-minutes 20 -o out/opt"""
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+def _ratios(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(t) for t in _csv(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated fractions such as 0.5,0.75, got {text!r}")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("optimize", help="find the fastest variant within an accuracy budget, by measuring",
+                       description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("-o", "--output", required=True, metavar="OUTDIR")
+    p.add_argument("--input", dest="inputs", action="append", default=None, metavar="NAME:DIMS[:DTYPE]",
+                   help="one per forward() input, as for edgeai export")
+    p.add_argument("--example-inputs", metavar="X.npz", help="example inputs keyed by forward()'s parameter names")
+    p.add_argument("--fixed-batch", action="store_true", help="with --example-inputs: keep the leading dim fixed")
+    p.add_argument("--arch", metavar="FILE.py:FACTORY", help="builds the model a state_dict file belongs to")
+    p.add_argument("--trust-pickle", action="store_true", help="allow full unpickling of MODEL")
+    p.add_argument("--eval-data", required=True, metavar="E.npz",
+                   help="scores every candidate: inputs plus optional 'labels' (top-1; without labels, "
+                        "cosine to FP32 PyTorch)")
+    p.add_argument("--metric", metavar="FILE.py:FUNC",
+                   help="your metric FUNC(outputs: dict[str, ndarray], labels) -> float, higher is better")
+    p.add_argument("--max-drop", type=float, required=True,
+                   help="accuracy budget in the metric's units (top-1 points, cosine, or your metric)")
+    p.add_argument("--calibration", metavar="C.npz", help="calibration inputs (static INT8 needs them)")
+    p.add_argument("--train-data", metavar="T.npz", help="training data: pruned candidates are distilled on it")
+    p.add_argument("--formats", "--format", dest="formats", type=_csv, default=("onnx",), metavar="onnx,tflite",
+                   help="formats to try; the first one's FP32 is the baseline (default onnx)")
+    p.add_argument("--objective", choices=OBJECTIVES, default="p50",
+                   help="p50 or p90 latency, or size (the smallest file not slower than FP32); default p50")
+    p.add_argument("--budget-minutes", type=float, default=30.0, help="stop with the best so far (default 30)")
+    p.add_argument("--threads", type=int, default=1, help="threads when timing (default 1)")
+    p.add_argument("--max-size-mb", type=float, default=None, help="reject candidates larger than this")
+    p.add_argument("--max-rss-mb", type=float, default=None, help="reject candidates whose peak RSS exceeds this")
+    p.add_argument("--prune-ratios", type=_ratios, default=None, metavar="R,R",
+                   help="fractions of MACs to remove (default 0.5,0.75 with --train-data, else 0.25,0.5; "
+                        "'' turns pruning off)")
+    p.add_argument("--distill-epochs", type=int, default=None,
+                   help="most epochs of distillation per pruned candidate (default: the distill step's)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (default 3)")
+    p.add_argument("--min-seconds", type=float, default=1.0, help="timed seconds per candidate per round")
+    p.add_argument("--workers", type=int, default=1, help="parallel builds (default 1: timing is never parallel)")
+    p.add_argument("--ray", metavar="ADDRESS", help="build on a Ray cluster ('local' starts one here)")
+    p.add_argument("--cache-dir", metavar="DIR", help="where built candidates are kept (default OUTDIR/.cache)")
+    p.add_argument("--no-cache", action="store_true", help="rebuild and re-time everything")
+    p.set_defaults(func=cmd_optimize)
+
+
+def cmd_optimize(args) -> int:
+    from pathlib import Path
+
+    from edgeai.optimize import OptimizeConfig, run
+
+    config = OptimizeConfig(
+        model=args.model, eval_data=args.eval_data, max_drop=args.max_drop, inputs=tuple(args.inputs or ()),
+        example_inputs=args.example_inputs, arch=args.arch, trust_pickle=args.trust_pickle,
+        dynamic_batch=not args.fixed_batch, metric=args.metric, calibration=args.calibration,
+        train_data=args.train_data, formats=args.formats, objective=args.objective,
+        budget_minutes=args.budget_minutes, threads=args.threads, max_size_mb=args.max_size_mb,
+        max_rss_mb=args.max_rss_mb, prune_ratios=args.prune_ratios, rounds=args.rounds,
+        min_seconds=args.min_seconds, workers=args.workers, ray=args.ray, cache_dir=args.cache_dir,
+        no_cache=args.no_cache, distill={"epochs": args.distill_epochs} if args.distill_epochs else {})
+    config.validate()
+    if not args.debug:  # the progress line says what is being timed; per-target bench lines would bury it
+        logging.getLogger("edgeai.bench").setLevel(logging.WARNING)
+    with _ProgressDisplay(quiet=args.quiet) as display:
+        result = run(config, Path(args.output), display.update)
+    _print_summary(result)
+    return 0
+
+
+class _ProgressDisplay:
+    """candidates done/total, the current best and the time left, on one rich progress line."""
+
+    def __init__(self, quiet: bool):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        self.progress = Progress(TextColumn("[bold]optimize"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.description}"), TimeElapsedColumn(), disable=quiet,
+                                 transient=False)
+        self.task = self.progress.add_task("starting", total=None)
+
+    def __enter__(self):
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.stop()
+        return False
+
+    def update(self, event: dict) -> None:
+        best = f"best {event['best']} {event['best_speedup']:.2f}x" if event.get("best_speedup") else "best FP32"
+        left = f"{event['seconds_left'] / 60:.1f} min left"
+        self.progress.update(self.task, total=event["total"], completed=event["done"],
+                             description=f"{best} | {left} | {event['message'][:60]}")
+
+
+def _print_summary(result) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from edgeai.console import print_wide
+
+    table = Table(title=f"edgeai optimize: {result.out_dir}", title_justify="left")
+    for col in ("candidate", "status", "size MB", "p50 ms", "speedup", "metric", "drop", "reason"):
+        table.add_column(col, no_wrap=col != "reason")
+    styles = {"chosen": "bold green", "rejected": "red", "failed": "red", "skipped": "dim"}
+    for c in result.report["candidates"]:
+        table.add_row(c["id"], c["status"], _fmt(c["size_bytes"] and c["size_bytes"] / 1e6, ".3f"),
+                      _fmt(c["p50_ms"], ".3f"), _fmt(c["speedup"], ".2f"), _fmt(c["value"], ".4g"),
+                      _fmt(c["drop"], "+.4g"), c["reason"], style=styles.get(c["status"]))
+    console = Console()
+    print_wide(table, console)
+    for note in result.report["notes"]:
+        console.print(f"note: {note}", style="yellow", markup=False, highlight=False)
+    console.print(f"chosen: {result.why}", markup=False, highlight=False)
+    console.print(f"wrote {result.best_dir}/, report.md, report.json, pareto.png, recipe.yaml in {result.out_dir}",
+                  markup=False, highlight=False)
+
+
+def _fmt(v, spec: str) -> str:
+    return "-" if v is None else format(v, spec)

@@ -1,0 +1,73 @@
+"""What `edgeai optimize` is asked: the model, its data, the accuracy budget, the objective and the limits."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from edgeai.errors import ConfigError
+
+OBJECTIVES = ("p50", "p90", "size")
+FORMATS = ("onnx", "tflite")
+DEFAULT_RATIOS_DISTILL = (0.5, 0.75)   # with --train-data: distillation brings accuracy back
+DEFAULT_RATIOS_PLAIN = (0.25, 0.5)     # pruning alone loses accuracy fast
+
+
+@dataclass(frozen=True)
+class OptimizeConfig:
+    model: str
+    eval_data: str | None = None           # .npz / folder / module:function, with optional labels
+    max_drop: float | None = None          # in the metric's units (top-1 points, cosine, or the user metric)
+    inputs: tuple[str, ...] = ()
+    example_inputs: str | None = None
+    arch: str | None = None
+    trust_pickle: bool = False
+    dynamic_batch: bool = True
+    metric: str | None = None              # FILE.py:FUNC or module:FUNC, FUNC(outputs, labels) -> float
+    calibration: str | None = None
+    train_data: str | None = None
+    formats: tuple[str, ...] = ("onnx",)
+    export: Mapping[str, Any] = field(default_factory=dict)    # exporter options, as in a recipe
+    objective: str = "p50"
+    budget_minutes: float = 30.0
+    threads: int = 1
+    max_size_mb: float | None = None
+    max_rss_mb: float | None = None
+    prune_ratios: tuple[float, ...] | None = None   # None: DEFAULT_RATIOS_*; () turns pruning off
+    distill: Mapping[str, Any] = field(default_factory=dict)   # distill step options (epochs, max_minutes, ...)
+    rounds: int = 3                        # interleaved timing rounds
+    min_seconds: float = 1.0               # timed seconds per candidate per round
+    workers: int = 1                       # parallel builds (exports, calibration, distillation)
+    ray: str | None = None                 # Ray cluster address for the builds
+    cache_dir: str | None = None           # default OUTDIR/.cache
+    no_cache: bool = False
+
+    def validate(self) -> None:
+        if not self.eval_data:
+            raise ConfigError("optimize needs evaluation data to score every candidate: pass --eval-data E.npz")
+        if self.max_drop is None or self.max_drop < 0:
+            raise ConfigError(f"--max-drop must be >= 0 in the metric's units, got {self.max_drop}")
+        bad = [f for f in self.formats if f not in FORMATS]
+        if bad or not self.formats:
+            raise ConfigError(f"unknown format(s) {bad or '(none)'}; known: {', '.join(FORMATS)}")
+        if len(set(self.formats)) != len(self.formats):
+            raise ConfigError(f"--formats lists a format twice: {','.join(self.formats)}")
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"unknown objective {self.objective!r}; known: {', '.join(OBJECTIVES)}")
+        for name in ("threads", "rounds", "workers"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("budget_minutes", "min_seconds", "max_size_mb", "max_rss_mb"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be > 0, got {value}")
+        if any(not 0 < r < 1 for r in self.prune_ratios or ()):
+            raise ConfigError(f"--prune-ratios are fractions of MACs to remove, each between 0 and 1, "
+                              f"got {list(self.prune_ratios)}")
+        if not self.inputs and not self.example_inputs and not self.model.endswith(".onnx"):
+            raise ConfigError("optimize needs the model's inputs: pass --input NAME:DIMS or --example-inputs X.npz")
+
+    @property
+    def ratios(self) -> tuple[float, ...]:
+        if self.prune_ratios is not None:
+            return tuple(self.prune_ratios)
+        return DEFAULT_RATIOS_DISTILL if self.train_data else DEFAULT_RATIOS_PLAIN

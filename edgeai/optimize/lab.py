@@ -1,0 +1,218 @@
+"""The real Lab: builds candidates with the export pipeline in worker processes (or Ray), times them with `bench`."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing
+import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeai.errors import ConfigError, MissingDependencyError
+from edgeai.optimize.builder import build_unit, unit_recipe
+from edgeai.optimize.candidates import Unit, step_name
+from edgeai.optimize.config import OptimizeConfig
+from edgeai.optimize.search import Built
+
+log = logging.getLogger(__name__)
+
+
+class PipelineLab:
+    """Candidates built by `edgeai.export` (a process pool by default, Ray with `config.ray`),
+    scored in their own runtime, timed by `edgeai.bench` in fresh processes, one at a time."""
+
+    def __init__(self, config: OptimizeConfig, work_dir: Path):
+        self.config = config
+        self.work_dir = work_dir
+        self.plain = asdict(config)
+        self._identity = self._inspect()
+        self._pool: ProcessPoolExecutor | None = None
+        self._ray = None
+
+    # ------------------------------------------------------------------ what the keys are made of
+    def _inspect(self) -> dict:
+        """Load the model and the data once here: bad input fails now, in the user's terms, and is hashed."""
+        from edgeai.data import load_feeds
+        from edgeai.pipeline import versions
+        from edgeai.source import load_model
+
+        cfg = self.config
+        source = load_model(cfg.model, inputs=cfg.inputs, example_inputs=cfg.example_inputs, arch=cfg.arch,
+                            trust_pickle=cfg.trust_pickle, dynamic_batch=cfg.dynamic_batch)
+        self.input_specs = source.input_specs
+        data = {}
+        for kind, spec in (("eval", cfg.eval_data), ("calibration", cfg.calibration), ("train", cfg.train_data)):
+            if spec:
+                what = {"eval": "evaluation data", "train": "training data"}.get(kind, "calibration data")
+                data[kind] = _arrays_digest(load_feeds(spec, source.input_specs, what=what))
+        if cfg.metric:
+            from edgeai.metrics import load_metric
+            load_metric(cfg.metric)  # a metric that does not import is bad input: fail before building
+        return {"model": _model_digest(source), "inputs": [s.to_dict() for s in source.input_specs],
+                "data": data, "metric": _metric_digest(cfg.metric), "max_drop": cfg.max_drop,
+                "export": dict(cfg.export), "versions": versions()}
+
+    def identity(self) -> dict:
+        return self._identity
+
+    def cpu(self) -> dict:
+        from edgeai.hw import cpu_info
+        return cpu_info()
+
+    def clock(self) -> float:
+        return time.monotonic()
+
+    def recipe(self, fmt: str, steps: tuple, scheme: str) -> dict:
+        """The `edgeai export` recipe that makes this candidate (its artifact is named by the scheme)."""
+        quantize = () if scheme == "fp32" else (step_name(fmt, scheme),)
+        return _absolute_paths(unit_recipe(self.plain, fmt, steps, quantize))
+
+    # ------------------------------------------------------------------ building
+    def build(self, units: list[Unit], dests: dict[str, Path]) -> dict[str, Built]:
+        jobs = []
+        for u in units:
+            names = {c.scheme: ("fp32" if c.scheme == "fp32" else step_name(u.format, c.scheme)) for c in u.candidates}
+            quantize = tuple(names[s] for s in u.schemes)
+            jobs.append({"recipe": unit_recipe(self.plain, u.format, u.steps, quantize),
+                         "ids": {names[c.scheme]: c.id for c in u.candidates if c.id in dests},
+                         "dests": {c.id: str(dests[c.id]) for c in u.candidates if c.id in dests},
+                         "work": str(self.work_dir),                          "reference": not u.steps and u.format == self.config.formats[0]})
+        results: dict[str, Built] = {}
+        for job, out in zip(jobs, self._run_jobs(jobs)):
+            for cid, fields_ in out.items():
+                results[cid] = Built(**fields_)
+        return results
+
+    def _run_jobs(self, jobs: list[dict]) -> list[dict]:
+        if self.config.ray:
+            return self._run_ray(jobs)
+        if self._pool is None:
+            # spawn: a fresh interpreter per worker (torch and fork do not mix); reused across units
+            self._pool = ProcessPoolExecutor(max_workers=self.config.workers,
+                                             mp_context=multiprocessing.get_context("spawn"))
+        futures = [self._pool.submit(build_unit, job) for job in jobs]
+        out = []
+        for job, fut in zip(jobs, futures):
+            try:
+                out.append(fut.result())
+            except BrokenProcessPool:
+                self._pool = None   # a runtime killed the worker: the next unit gets a fresh pool
+                out.append({cid: {"id": cid, "error": "the build process died (a runtime crashed on this "
+                                                      "variant)"} for cid in job["ids"].values()})
+        return out
+
+    def _run_ray(self, jobs: list[dict]) -> list[dict]:
+        try:
+            import ray
+        except ImportError:
+            raise MissingDependencyError("--ray needs the ray package: pip install -c constraints.txt "
+                                         "'edgeai[ray]'") from None
+        if self._ray is None:
+            root = str(Path(__file__).resolve().parent.parent.parent)
+            env = {"env_vars": {"PYTHONPATH": root, "OMP_NUM_THREADS": "1"}}
+            try:
+                if self.config.ray == "local":
+                    ray.init(num_cpus=self.config.workers, runtime_env=env, include_dashboard=False,
+                             ignore_reinit_error=True, log_to_driver=False)
+                else:
+                    ray.init(address=self.config.ray, runtime_env=env, ignore_reinit_error=True)
+            except Exception as e:
+                raise ConfigError(f"cannot connect to the Ray cluster at {self.config.ray!r}: "
+                                  f"{type(e).__name__}: {e}") from None
+            self._ray = ray.remote(build_unit)
+        refs = [self._ray.remote(job) for job in jobs]
+        out = []
+        for job, ref in zip(jobs, refs):
+            try:
+                out.append(ray.get(ref))
+            except Exception as e:  # the task's process died, or Ray failed it
+                error = f"the Ray task failed: {type(e).__name__}: {' '.join(str(e).split())[:200]}"
+                out.append({cid: {"id": cid, "error": error} for cid in job["ids"].values()})
+        return out
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
+        if self._ray is not None and self.config.ray == "local":
+            import ray
+            ray.shutdown()
+            self._ray = None
+
+    # ------------------------------------------------------------------ timing (serialized, fresh processes)
+    def time(self, folders: dict[str, str]) -> dict[str, dict]:
+        """Per-round p50/p90 of every folder: each round times all of them, one after the other, each in
+        a fresh process; the order rotates between rounds so none always runs first."""
+        from edgeai.bench import bench
+
+        cfg = self.config
+        ids = list(folders)
+        out: dict[str, dict[str, Any]] = {i: {"p50": [], "p90": [], "peak_rss_bytes": None, "error": None}
+                                          for i in ids}
+        for r in range(cfg.rounds):
+            order = ids[r % len(ids):] + ids[:r % len(ids)]
+            report = bench([folders[i] for i in order], threads=cfg.threads, min_seconds=cfg.min_seconds, batch=1)
+            for cid, res in zip(order, report.results):
+                o = out[cid]
+                if not res.ok:
+                    o["error"] = o["error"] or res.error
+                    continue
+                o["p50"].append(res.timing.p50_ms)
+                o["p90"].append(res.timing.p90_ms)
+                o["peak_rss_bytes"] = max(o["peak_rss_bytes"] or 0, res.peak_rss_bytes or 0) or None
+        return out
+
+
+def _absolute_paths(recipe: dict) -> dict:
+    """Files named in the recipe as absolute paths, so it runs from wherever recipe.yaml is."""
+    def fix(spec):
+        if not spec:
+            return spec
+        target, sep, name = spec.rpartition(":")
+        file = target if sep and target.endswith(".py") else spec
+        if not Path(file).exists():
+            return spec  # a module:function or package spec
+        return str(Path(file).resolve()) + (f":{name}" if file is target else "")
+    out = {**recipe, "model": fix(recipe["model"]), "data": {k: fix(v) for k, v in recipe["data"].items()}}
+    for key in ("example_inputs", "arch", "metric"):
+        if out.get(key):
+            out[key] = fix(out[key])
+    return out
+
+
+def _model_digest(source) -> str:
+    """The weights and structure of the model (its file for ONNX), not the path it was loaded from."""
+    h = hashlib.sha256()
+    h.update(json.dumps(source.to_dict()["inputs"], sort_keys=True).encode())
+    if source.module is None:
+        h.update(Path(source.onnx_path).read_bytes())
+        return h.hexdigest()
+    h.update(repr(source.module).encode())
+    for name, tensor in source.module.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _arrays_digest(feeds: dict) -> str:
+    h = hashlib.sha256()
+    for name in sorted(feeds):
+        a = np.ascontiguousarray(feeds[name])
+        h.update(f"{name}{a.dtype}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _metric_digest(spec: str | None) -> str | None:
+    if not spec:
+        return None
+    file = spec.rpartition(":")[0]
+    if file.endswith(".py") and Path(file).is_file():
+        return hashlib.sha256(Path(file).read_bytes()).hexdigest() + ":" + spec.rpartition(":")[2]
+    return spec

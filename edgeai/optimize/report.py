@@ -1,0 +1,171 @@
+"""What `edgeai optimize` writes: best/ (an export folder), report.json, report.md, pareto.png, recipe.yaml."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from statistics import median
+from typing import Any
+
+from edgeai.fsutil import atomic_write_text
+from edgeai.optimize.choice import MIN_SPEEDUP
+from edgeai.optimize.search import Row, SearchResult
+
+SCHEMA = "edgeai.optimize/1"
+STATUSES = ("chosen", "ok", "rejected", "failed", "skipped")
+
+
+def candidate_dict(row: Row) -> dict:
+    b, t = row.built, row.timing
+    return {
+        "id": row.id, "steps": [dict(s) for s in row.candidate.steps] + (
+            [] if row.candidate.scheme == "fp32" else [{"quantize": row.candidate.scheme}]),
+        "format": row.candidate.format, "precision": row.candidate.precision, "scheme": row.candidate.scheme,
+        "size_bytes": b.size_bytes if b else None,
+        "p50_ms": median(t.p50) if t and t.p50 else None, "p90_ms": median(t.p90) if t and t.p90 else None,
+        "speedup": row.speedup,
+        "rounds": {"p50_ms": t.p50, "baseline_p50_ms": t.base_p50, "p90_ms": t.p90,
+                   "baseline_p90_ms": t.base_p90} if t else None,
+        "peak_rss_bytes": t.peak_rss_bytes if t else None,
+        "metric": b.metric if b else None, "value": b.value if b else None, "drop": row.drop,
+        "status": row.status if row.status in STATUSES else "skipped", "reason": row.reason,
+        "notes": list(b.notes) if b else [],
+    }
+
+
+def report_dict(result: SearchResult, config: dict, env: dict) -> dict:
+    return {"schema": SCHEMA, "baseline": candidate_dict(result.baseline), "chosen": result.chosen.id,
+            "why": result.why, "objective": config["objective"], "max_drop": config["max_drop"],
+            "rule": f"chosen over FP32 only at >= {MIN_SPEEDUP}x median speedup and faster in every round",
+            "budget_minutes": config["budget_minutes"], "elapsed_s": result.elapsed_s,
+            "budget_reached": result.budget_reached, "notes": result.notes, "env": env, "config": config,
+            "candidates": [candidate_dict(r) for r in result.rows]}
+
+
+def write_all(out_dir: Path, result: SearchResult, config: dict, env: dict, recipe: dict) -> dict:
+    """Write every output into `out_dir`, each file atomically; best/ is replaced as a whole."""
+    report = report_dict(result, config, env)
+    write_best(out_dir / "best", result, config["threads"])
+    atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
+    atomic_write_text(out_dir / "report.md", markdown(report))
+    atomic_write_text(out_dir / "recipe.yaml", recipe_yaml(recipe, result.chosen))
+    write_pareto(out_dir / "pareto.png", report)
+    return report
+
+
+def write_best(best: Path, result: SearchResult, threads: int) -> None:
+    """best/: the chosen candidate's export folder, its manifest noting what it was compared against."""
+    from edgeai.manifest import Manifest
+
+    src = Path(result.chosen.built.folder)
+    manifest = Manifest.read(src)
+    entry = manifest.artifacts[0]
+    base = result.baseline
+    entry.metrics.update({"latency_p50_ms": candidate_dict(result.chosen)["p50_ms"], "latency_threads": threads,
+                          "speedup_vs_fp32": result.chosen.speedup,
+                          **({result.chosen.built.metric: result.chosen.built.value} if result.chosen.built.metric
+                             else {})})
+    manifest.source = {**manifest.source, "optimize": {
+        "chosen": result.chosen.id, "why": result.why,
+        "reference": {"artifact": base.id, "metric": base.built.metric, "value": base.built.value,
+                      "outputs_sha256": base.built.reference_sha256,
+                      "what": "FP32 export of the original model, run on the evaluation data"}}}
+    _replace_folder(best, src, [entry.file, *entry.extra_files], manifest)
+
+
+def _replace_folder(dest: Path, src: Path, files: list[str], manifest) -> None:
+    """Build `dest` beside itself, then swap it in by rename: a reader never sees half a folder."""
+    import tempfile
+
+    stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}-new-", dir=dest.parent))
+    old = dest.parent / f".{dest.name}-old-{stage.name}"
+    try:
+        for f in files:
+            shutil.copyfile(src / f, stage / f)
+        manifest.write(stage)          # the manifest last, as every export folder
+        if dest.exists():
+            dest.rename(old)
+        stage.rename(dest)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _fmt(v: Any, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def markdown(report: dict) -> str:
+    base = report["baseline"]
+    lines = [f"# edgeai optimize: {report['chosen']}", "",
+             f"**Chosen:** {report['why']}", "",
+             f"Objective {report['objective']}, accuracy budget {report['max_drop']:g} "
+             f"({base['metric']}), {report['rule']}. Baseline {base['id']}: p50 {_fmt(base['p50_ms'], '.3f')} ms, "
+             f"{base['metric']} {_fmt(base['value'], '.4g')}. Search took {report['elapsed_s'] / 60:.1f} of "
+             f"{report['budget_minutes']:g} min.", "",
+             "| candidate | status | size MB | p50 ms | p90 ms | speedup | metric | drop | reason |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for c in report["candidates"]:
+        size = c["size_bytes"] / 1e6 if c["size_bytes"] else None
+        lines.append(f"| {c['id']} | {c['status']} | {_fmt(size, '.3f')} | {_fmt(c['p50_ms'], '.3f')} | "
+                     f"{_fmt(c['p90_ms'], '.3f')} | {_fmt(c['speedup'], '.2f')} | {_fmt(c['value'], '.4g')} | "
+                     f"{_fmt(c['drop'], '+.4g')} | {c['reason'].replace('|', '/')} |")
+    if report["notes"]:
+        lines += ["", *[f"- {n}" for n in report["notes"]]]
+    cpu = report["env"].get("cpu", {})
+    lines += ["", f"Machine: {cpu.get('model', '?')} ({cpu.get('machine', '?')}, flags: "
+                  f"{' '.join(cpu.get('flags', []))}); timing: {report['config']['rounds']} interleaved rounds, "
+                  f"each candidate in a fresh process, {report['config']['threads']} thread(s), batch 1.", ""]
+    return "\n".join(lines)
+
+
+def recipe_yaml(recipe: dict, chosen: Row) -> str:
+    import yaml
+
+    recipe = {**recipe, "output": "out/optimized"}
+    artifact = "fp32" if chosen.candidate.scheme == "fp32" else recipe["quantize"][0]
+    head = (f"# Reproduces the choice of `edgeai optimize` ({chosen.id}):\n"
+            f"#   edgeai export recipe.yaml   -> the artifact named '{artifact}' in {recipe['output']}/\n")
+    return head + yaml.safe_dump(recipe, sort_keys=False)
+
+
+def write_pareto(path: Path, report: dict) -> None:
+    """Metric against p50 for every timed candidate; baseline and choice marked."""
+    import io
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from edgeai.fsutil import atomic_write_bytes
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    timed = [c for c in report["candidates"] if c["p50_ms"] is not None and c["value"] is not None]
+    colors = {"chosen": "tab:green", "ok": "tab:blue", "rejected": "tab:red", "failed": "tab:gray",
+              "skipped": "tab:gray"}
+    for status in colors:
+        pts = [c for c in timed if c["status"] == status]
+        if pts:
+            ax.scatter([c["p50_ms"] for c in pts], [c["value"] for c in pts], c=colors[status], label=status,
+                       s=36, zorder=3)
+    for c in timed:
+        ax.annotate(c["id"], (c["p50_ms"], c["value"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    base = report["baseline"]
+    if base["p50_ms"] is not None and base["value"] is not None:
+        ax.scatter([base["p50_ms"]], [base["value"]], marker="s", s=110, facecolors="none", edgecolors="black",
+                   label="FP32 baseline", zorder=4)
+        ax.axhline(base["value"] - report["max_drop"], color="tab:red", ls="--", lw=0.8, label="accuracy budget")
+    chosen = next((c for c in timed if c["status"] == "chosen"), None)
+    if chosen:
+        ax.scatter([chosen["p50_ms"]], [chosen["value"]], marker="*", s=260, c="gold", edgecolors="black",
+                   label=f"chosen: {chosen['id']}", zorder=5)
+    ax.set_xlabel("p50 latency (ms, batch 1; lower is better)")
+    ax.set_ylabel(f"{base['metric']} (higher is better)")
+    ax.set_title("edgeai optimize: metric vs latency")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
