@@ -85,11 +85,11 @@ def quantize_within_budget(key: str, step, src: Path, dst: Path, config: Any, ct
         return step.fn(src, dst, config, ctx)
     if not fb.within:
         best = fb.chosen_try
-        raise VariantNotKept(f"over its accuracy budget ({budget.text}): best metric {best.metric:.5g} "
+        raise VariantNotKept(f"over its accuracy budget ({budget.text}): best metric {best.metric:.6g} "
                               f"with {len(best.excluded)} part(s) kept in float after {len(fb.tries)} tries")
     report.details["budget"] = budget.to_dict()
     if not fb.chosen_try.excluded:  # else the fallback's note states the budget
-        report.notes.append(f"accuracy budget: {budget.text}; metric {fb.chosen_try.metric:.5g}")
+        report.notes.append(f"accuracy budget: {budget.text}; metric {fb.chosen_try.metric:.6g}")
     if report.details.get("quantized_nodes") == 0:
         raise VariantNotKept("nothing to quantize: no node of this model was quantized "
                               f"({'; '.join(report.notes) or 'no supported op'}); the FP32 artifact is the same model")

@@ -292,3 +292,13 @@ def test_failed_preprocessing_is_retried_then_skipped_with_a_note(models, tmp_pa
     assert calls == [False, True] and report.details["preprocessed"] == ran
     assert any("symbolic shape inference" in n or "quantized the model as exported" in n for n in report.notes)
     assert weight_ratio(report) > 3.5
+
+
+def test_preprocessing_runs_on_relative_paths(models, tmp_path, monkeypatch):
+    # the pre-processing runs in a scratch working folder: relative paths must be resolved before it
+    import shutil
+    shutil.copy(models["cnn"], tmp_path / "m.onnx")
+    monkeypatch.chdir(tmp_path)
+    report = int8_dynamic(Path("m.onnx"), Path("d.onnx"), Int8DynamicConfig(), StepContext())
+    assert report.details["preprocessed"] == "full", report.notes
+    assert not any("pre-processing failed" in n for n in report.notes)

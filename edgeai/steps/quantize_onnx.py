@@ -138,14 +138,14 @@ def preprocess(src: str | Path, dst: str | Path) -> tuple[str, list[str]]:
     Returns (what ran: "full" | "no-symbolic-shape" | "none", notes for the StepReport).
     """
     from onnxruntime.quantization import quant_pre_process
-    src, dst = Path(src), Path(dst)
+    src, dst = Path(src).resolve(), Path(dst).resolve()  # before the chdir below: paths may be relative
     external = g.stores_external_data(src)
     errors = []
     for skip_symbolic in (False, True):
         try:
             # a failing symbolic shape inference dumps its model (and weights) into the working folder
             with g.work_dir() as scratch, g.working_folder(scratch):
-                quant_pre_process(str(src.resolve()), str(dst.resolve()), skip_symbolic_shape=skip_symbolic,
+                quant_pre_process(str(src), str(dst), skip_symbolic_shape=skip_symbolic,
                                   save_as_external_data=external, all_tensors_to_one_file=True,
                                   external_data_location=f"{dst.name}.data")
             g.load_model(dst, with_weights=False)
@@ -234,7 +234,8 @@ def _describe(report: StepReport, src: Path, quantized_from: Path, after: Path, 
     if b1 and not int8:
         report.notes.append(f"no weights stored in 8 bits ({b0} -> {b1} bytes)")
     elif b1 and int8 < 0.5 * b1:
-        report.notes.append(f"only {100 * int8 / b1:.0f}% of weight bytes are stored in 8 bits "
+        share = 100 * int8 / b1
+        report.notes.append(f"{'under 1' if share < 1 else f'{share:.0f}'}% of weight bytes are stored in 8 bits "
                             f"({b0} -> {b1} bytes)")
 
 
