@@ -55,11 +55,15 @@ def ensure_writable_dir(path: str | Path) -> Path:
         path.mkdir(parents=True, exist_ok=True)
     except (OSError, PermissionError) as e:
         raise OutputError(f"cannot create output folder {str(path)!r}: {e.strerror or e}") from None
+    _check_writable_dir(path)
+    return path
+
+
+def _check_writable_dir(path: Path) -> None:
     if not path.is_dir():
         raise OutputError(f"output {str(path)!r} exists and is not a folder")
     if not os.access(path, os.W_OK | os.X_OK):
         raise OutputError(f"output folder {str(path)!r} is not writable; choose another with -o")
-    return path
 
 
 STAGING_PREFIX = ".edgeai-staging-"
@@ -151,10 +155,7 @@ def _make_dirs(path: Path) -> list[Path]:
     except OSError as e:
         _remove_created(created)
         raise OutputError(f"cannot create output folder {str(path)!r}: {e.strerror or e}") from None
-    if not path.is_dir():
-        raise OutputError(f"output {str(path)!r} exists and is not a folder")
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise OutputError(f"output folder {str(path)!r} is not writable; choose another with -o")
+    _check_writable_dir(path)
     return created
 
 
