@@ -24,7 +24,7 @@ def unit_recipe(config: Mapping[str, Any], fmt: str, steps: tuple, quantize: tup
               "data": {"eval": config["eval_data"], "calibration": config["calibration"],
                        "train": config["train_data"]},
               "max_drop": config["max_drop"]}
-    for key in ("example_inputs", "arch"):
+    for key in ("example_inputs", "arch", "task"):
         if config.get(key):
             recipe[key] = config[key]
     if config.get("trust_pickle"):

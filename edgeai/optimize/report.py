@@ -112,8 +112,9 @@ def markdown(report: dict) -> str:
                      f"{_fmt(c['drop'], '+.4g')} | {c['reason'].replace('|', '/')} |")
     if report["notes"]:
         lines += ["", *[f"- {n}" for n in report["notes"]]]
-    cpu = report["env"].get("cpu", {})
-    lines += ["", f"Machine: {cpu.get('model', '?')} ({cpu.get('machine', '?')}, flags: "
+    cpu, device = report["env"].get("cpu", {}), report["env"].get("device")
+    where = f"Timed on {device['device']}" if device else "Timed on this machine"
+    lines += ["", f"{where}: {cpu.get('model', '?')} ({cpu.get('machine', '?')}, flags: "
                   f"{' '.join(cpu.get('flags', []))}); timing: {report['config']['rounds']} interleaved rounds, "
                   f"each candidate in a fresh process, {report['config']['threads']} thread(s), batch 1.", ""]
     return "\n".join(lines)
