@@ -75,7 +75,7 @@ def _build(job: Mapping[str, Any]) -> dict[str, dict]:
             result = {"id": cid, "folder": str(folder), "size_bytes": entry.size_bytes, "metric": metric,
                       "value": value, "notes": list(entry.notes)}
             if job.get("reference") and name == "fp32":
-                result["reference_sha256"] = _outputs_digest(_run_eval(folder, entry, job))
+                result["reference_sha256"] = outputs_digest(_run_eval(folder, entry, job))
             results[cid] = result
     return results
 
@@ -114,7 +114,7 @@ def _run_eval(folder: Path, entry, job: Mapping[str, Any]) -> dict[str, np.ndarr
     return run_batched(load(folder), to_artifact_layout(feeds, entry.details))
 
 
-def _outputs_digest(outputs: Mapping[str, np.ndarray]) -> str:
+def outputs_digest(outputs: Mapping[str, np.ndarray]) -> str:
     h = hashlib.sha256()
     for name in sorted(outputs):
         h.update(name.encode())

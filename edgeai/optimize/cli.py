@@ -16,7 +16,8 @@ process). A candidate replaces FP32 only if its median speedup is >= 1.03x AND i
 every round; ties go to the smaller file. Exit 0 whichever is chosen, 2 on bad input."""
 
 EPILOG = """\
-writes OUTDIR/best/ (an export folder with the chosen artifact), report.md, report.json
+writes OUTDIR/best/ (an export folder with the chosen artifact), baseline/ (the FP32 export it was
+compared with: edgeai eval OUTDIR/best --data E.npz --reference OUTDIR/baseline), report.md, report.json
 (schema edgeai.optimize/1), pareto.png and recipe.yaml (reproduces the choice with edgeai export).
 examples:
   edgeai optimize edgeai.zoo:digits_cnn --input image:batch,1,32,32 --eval-data test.npz \\
@@ -156,7 +157,8 @@ def _print_summary(result) -> None:
     for note in result.report["notes"]:
         console.print(f"note: {note}", style="yellow", markup=False, highlight=False)
     console.print(f"chosen: {result.why}", markup=False, highlight=False)
-    console.print(f"wrote {result.best_dir}/, report.md, report.json, pareto.png, recipe.yaml in {result.out_dir}",
+    console.print(f"wrote {result.best_dir}/, baseline/, report.md, report.json, pareto.png, recipe.yaml in "
+                  f"{result.out_dir}",
                   markup=False, highlight=False)
 
 

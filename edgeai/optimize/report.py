@@ -1,4 +1,4 @@
-"""What `edgeai optimize` writes: best/ (an export folder), report.json, report.md, pareto.png, recipe.yaml."""
+"""What `edgeai optimize` writes: best/ and baseline/ (export folders), report.json/.md, pareto.png, recipe.yaml."""
 from __future__ import annotations
 
 import json
@@ -46,6 +46,7 @@ def write_all(out_dir: Path, result: SearchResult, config: dict, env: dict, reci
     """Write every output into `out_dir`, each file atomically; best/ is replaced as a whole."""
     report = report_dict(result, config, env)
     write_best(out_dir / "best", result, config["threads"])
+    write_baseline(out_dir / "baseline", result)
     atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
     atomic_write_text(out_dir / "report.md", markdown(report))
     atomic_write_text(out_dir / "recipe.yaml", recipe_yaml(recipe, result.chosen))
@@ -71,6 +72,16 @@ def write_best(best: Path, result: SearchResult, threads: int) -> None:
                       "outputs_sha256": base.built.reference_sha256,
                       "what": "FP32 export of the original model, run on the evaluation data"}}}
     _replace_folder(best, src, [entry.file, *entry.extra_files], manifest)
+
+
+def write_baseline(dest: Path, result: SearchResult) -> None:
+    """baseline/: the FP32 export best/ was compared with (`edgeai eval best/ --reference baseline/`)."""
+    from edgeai.manifest import Manifest
+
+    src = Path(result.baseline.built.folder)
+    manifest = Manifest.read(src)
+    entry = manifest.artifacts[0]
+    _replace_folder(dest, src, [entry.file, *entry.extra_files], manifest)
 
 
 def _replace_folder(dest: Path, src: Path, files: list[str], manifest) -> None:
