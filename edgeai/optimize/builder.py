@@ -22,8 +22,9 @@ def unit_recipe(config: Mapping[str, Any], fmt: str, steps: tuple, quantize: tup
               "export": dict(config["export"]), "steps": [dict(s) for s in steps],
               "quantize": list(quantize),
               "data": {"eval": config["eval_data"], "calibration": config["calibration"],
-                       "train": config["train_data"]},
-              "max_drop": config["max_drop"]}
+                       "train": config["train_data"]}}
+    if quantize:  # the pipeline's budget for its quantized variants; a pruned FP32 unit is judged by the search
+        recipe["max_drop"] = config["max_drop"]
     for key in ("example_inputs", "arch", "task"):
         if config.get(key):
             recipe[key] = config[key]
