@@ -235,7 +235,7 @@ def test_optimize_a_hugging_face_folder_end_to_end(cli, tmp_path, hf_offline):
     np.savez(tmp_path / "eval.npz", input_ids=ids, attention_mask=mask, token_type_ids=np.zeros_like(ids))
     out = tmp_path / "opt"
     code, stdout, err = cli("optimize", f"hf:{model}", "--task", "text-classification", "--eval-data",
-                            tmp_path / "eval.npz", "--max-drop", "0.01", "-o", out, *FAST[:4], "-q")
+                            tmp_path / "eval.npz", "--max-drop", "0.01", "-o", out, *FAST, "-q")
     assert code == 0, err
     report = json.loads((out / "report.json").read_text())
     rows = {c["id"]: c for c in report["candidates"]}
