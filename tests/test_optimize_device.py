@@ -12,6 +12,7 @@ from test_devices import make_wide_mlp, sshd, venv_python  # noqa: F401  (module
 from edgeai.bench import runner, ssh
 from edgeai.fsutil import sha256_file
 from edgeai.manifest import Manifest
+from edgeai.optimize.builder import target_options
 
 
 def test_optimize_times_every_candidate_on_the_ssh_device_and_records_its_fingerprint(
@@ -51,6 +52,12 @@ def test_optimize_times_every_candidate_on_the_ssh_device_and_records_its_finger
     best_sha = sha256_file(out / "best" / best.artifacts[0].file)
     assert best_sha in uploads and (sshd.cache / "blobs" / best_sha).is_file()
     assert best.artifacts[0].name == rows[report["chosen"]]["scheme"]
+    # built here, for the device: INT8's reduce_range follows the device's CPU flags, written into the recipe
+    built = [Manifest.read(m.parent) for m in (out / ".cache" / "candidates").glob("*/manifest.json")]
+    dyn = next(m.artifacts[0] for m in built if m.artifacts[0].name == "int8-dynamic")
+    expected = target_options(device["cpu"])["reduce_range"]
+    assert dyn.details["reduce_range"] == expected
+    assert dyn.details["reduce_range_reason"] == f"reduce_range={expected} set in the config"
 
 
 @pytest.mark.parametrize("args, message", [

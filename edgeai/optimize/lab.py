@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from edgeai.errors import ConfigError, MissingDependencyError
-from edgeai.optimize.builder import build_unit, unit_recipe
+from edgeai.optimize.builder import build_unit, target_options, unit_recipe
 from edgeai.optimize.candidates import Unit, step_name
 from edgeai.optimize.config import OptimizeConfig
 from edgeai.optimize.search import Built
@@ -35,8 +35,10 @@ class PipelineLab:
         self.work_dir = work_dir
         self.plain = asdict(config)
         self.device = config.timing_device()
-        self._identity = self._inspect()
         self._device_env = self._probe_device() if self.device else None
+        # built for the device: the step defaults that follow the CPU follow its CPU (part of every key)
+        self.target = target_options(self._device_env["cpu"]) if self._device_env else None
+        self._identity = {**self._inspect(), "target": self.target}
         self._pool: ProcessPoolExecutor | None = None
         self._ray = None
 
@@ -105,7 +107,7 @@ class PipelineLab:
     def recipe(self, fmt: str, steps: tuple, scheme: str) -> dict:
         """The `edgeai export` recipe that makes this candidate (its artifact is named by the scheme)."""
         quantize = () if scheme == "fp32" else (step_name(fmt, scheme),)
-        return _absolute_paths(unit_recipe(self.plain, fmt, steps, quantize))
+        return _absolute_paths(unit_recipe(self.plain, fmt, steps, quantize, self.target))
 
     # ------------------------------------------------------------------ building
     def build(self, units: list[Unit], dests: dict[str, Path]) -> dict[str, Built]:
@@ -113,10 +115,11 @@ class PipelineLab:
         for u in units:
             names = {c.scheme: ("fp32" if c.scheme == "fp32" else step_name(u.format, c.scheme)) for c in u.candidates}
             quantize = tuple(names[s] for s in u.schemes)
-            jobs.append({"recipe": unit_recipe(self.plain, u.format, u.steps, quantize),
+            jobs.append({"recipe": unit_recipe(self.plain, u.format, u.steps, quantize, self.target),
                          "ids": {names[c.scheme]: c.id for c in u.candidates if c.id in dests},
                          "dests": {c.id: str(dests[c.id]) for c in u.candidates if c.id in dests},
-                         "work": str(self.work_dir),                          "reference": not u.steps and u.format == self.config.formats[0]})
+                         "work": str(self.work_dir),
+                         "reference": not u.steps and u.format == self.config.formats[0]})
         results: dict[str, Built] = {}
         for job, out in zip(jobs, self._run_jobs(jobs)):
             for cid, fields_ in out.items():

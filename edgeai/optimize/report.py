@@ -135,7 +135,8 @@ def recipe_yaml(recipe: dict, chosen: Row) -> str:
     import yaml
 
     recipe = {**recipe, "output": "out/optimized"}
-    artifact = "fp32" if chosen.candidate.scheme == "fp32" else recipe["quantize"][0]
+    step = recipe["quantize"][0] if recipe["quantize"] else "fp32"   # a name, or {name: options}
+    artifact = "fp32" if chosen.candidate.scheme == "fp32" else step if isinstance(step, str) else next(iter(step))
     head = (f"# Reproduces the choice of `edgeai optimize` ({chosen.id}):\n"
             f"#   edgeai export recipe.yaml   -> the artifact named '{artifact}' in {recipe['output']}/\n")
     return head + yaml.safe_dump(recipe, sort_keys=False)
