@@ -55,6 +55,8 @@ def test_eval_says_it_compares_with_the_first_artifact_or_the_labels(cli, folder
     code, out, err = cli("eval", folder, "--data", tmp_path / "l.npz", "--artifact-name", "fp32")
     assert code == 0 and "compared with: the data's 'labels' (top-1 accuracy in points)" in out, err
     assert "100.00" in out
+    code, out, err = cli("eval", folder, "--data", tmp_path / "l.npz", "--reference", folder / "wide.onnx")
+    assert code == 0 and "(top-1 accuracy in points); --reference is not used" in out, err
 
 
 def test_a_lone_artifact_without_labels_is_refused_not_compared_with_itself(cli, folder, tmp_path):

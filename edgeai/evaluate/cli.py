@@ -85,10 +85,11 @@ def run(args) -> int:
 def _compared_against(args, metric, labels, names: list, manifest, path: Path) -> str:
     """What the values mean, in words; a lone artifact with nothing to compare with is a user error."""
     has_labels = "the data's 'labels'" if labels is not None else "no labels"
+    unused = "; --reference is not used" if args.reference else ""
     if metric is not None:
-        return f"your metric {metric.name} ({args.metric}) with {has_labels}"
+        return f"your metric {metric.name} ({args.metric}) with {has_labels}{unused}"
     if labels is not None:
-        return "the data's 'labels' (top-1 accuracy in points)"
+        return f"the data's 'labels' (top-1 accuracy in points){unused}"
     if args.reference is not None:
         return f"the outputs of --reference {args.reference} (cosine of the first output)"
     if len(names) == 1:
