@@ -210,3 +210,57 @@ def test_optimize_zoo_image_models_choose_by_the_rule(tmp_path, key):
     x = np.load(ref.test_data)["image"][:2]
     session = runtime.load(result.best_dir)
     assert session.run({"image": x})[session.outputs[0].name].shape == (2, 10)
+
+
+@pytest.fixture()
+def hf_offline(monkeypatch):
+    """Nothing may download: Hugging Face's offline switch, read at call time by edgeai.hf."""
+    pytest.importorskip("optimum.exporters.onnx")
+    from huggingface_hub import constants
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+
+@pytest.mark.slow  # ~30 s: transformers + export + verify in a spawned build process, then timing
+def test_optimize_a_hugging_face_folder_end_to_end(cli, tmp_path, hf_offline):
+    """Issue 13's `optimize works on hf: models`: a BERT classifier folder, its inputs from Optimum."""
+    import hf_tiny
+
+    from edgeai import runtime
+
+    model = hf_tiny.bert_classifier(tmp_path / "bert", num_labels=3)
+    rng = np.random.default_rng(0)
+    mask = (np.arange(24)[None, :] < rng.integers(6, 25, size=32)[:, None]).astype(np.int64)
+    ids = rng.integers(5, hf_tiny.TEXT["vocab_size"], size=(32, 24)).astype(np.int64) * mask
+    np.savez(tmp_path / "eval.npz", input_ids=ids, attention_mask=mask, token_type_ids=np.zeros_like(ids))
+    out = tmp_path / "opt"
+    code, stdout, err = cli("optimize", f"hf:{model}", "--task", "text-classification", "--eval-data",
+                            tmp_path / "eval.npz", "--max-drop", "0.01", "-o", out, *FAST, "-q")
+    assert code == 0, err
+    report = json.loads((out / "report.json").read_text())
+    rows = {c["id"]: c for c in report["candidates"]}
+    base = report["baseline"]
+    assert base["id"] == "onnx/fp32" and base["metric"] == "cosine" and base["value"] > 0.99999  # vs transformers
+    dyn = rows["onnx/int8-dynamic"]
+    assert dyn["status"] in ("chosen", "ok", "rejected") and dyn["size_bytes"] < 0.8 * base["size_bytes"]
+    assert (dyn["status"] == "rejected") == (dyn["drop"] > 0.01)
+    if dyn["status"] != "rejected":   # timed against FP32 in the same two rounds
+        assert len(dyn["rounds"]["p50_ms"]) == len(dyn["rounds"]["baseline_p50_ms"]) == 2
+    assert rows[report["chosen"]]["status"] == "chosen" and report["config"]["task"] == "text-classification"
+    best = Manifest.read(out / "best")
+    assert [a.name for a in best.artifacts] == [rows[report["chosen"]]["scheme"]]
+    assert best.source["task"] == "text-classification"
+    session = runtime.load(out / "best")
+    logits = session.run({"input_ids": ids[:2], "attention_mask": mask[:2], "token_type_ids": np.zeros_like(ids[:2])})
+    assert logits[session.outputs[0].name].shape == (2, 3)
+    assert "task: text-classification" in (out / "recipe.yaml").read_text()
+    # best/ alone has nothing to compare with; the FP32 baseline/ is the reference optimize recorded
+    code, _, err = cli("eval", out / "best", "--data", tmp_path / "eval.npz")
+    assert code == 2 and "comparing it with itself" in err
+    code, stdout, err = cli("eval", out / "best", "--data", tmp_path / "eval.npz", "--reference", out / "baseline",
+                            "--json", tmp_path / "e.json")
+    assert code == 0, err
+    assert "they match the FP32 reference outputs edgeai optimize recorded" in " ".join(stdout.split())
+    value = json.loads((tmp_path / "e.json").read_text())["results"][0]["value"]
+    # the baseline's cosine was to PyTorch, this one to the FP32 export: the same within float error
+    assert value == pytest.approx(rows[report["chosen"]]["value"], abs=1e-4)

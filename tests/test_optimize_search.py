@@ -392,4 +392,46 @@ def test_a_second_run_replaces_best_whole(tmp_path):
         write_all(out, result, {"objective": objective, "max_drop": 1.0, "budget_minutes": 30.0, "rounds": 3,
                                 "threads": 1}, env, {**recipe, "quantize": [expected]})
         assert [a.name for a in Manifest.read(out / "best").artifacts] == [expected]
-    assert sorted(p.name for p in out.iterdir()) == ["best", "pareto.png", "recipe.yaml", "report.json", "report.md"]
+    assert sorted(p.name for p in out.iterdir()) == ["baseline", "best", "pareto.png", "recipe.yaml", "report.json",
+                                                     "report.md"]
+    assert [a.name for a in Manifest.read(out / "baseline").artifacts] == ["fp32"]   # what best/ was compared with
+
+
+def test_a_pruned_fp32_unit_is_a_valid_recipe_without_quantization(tmp_path):
+    """Pruning when nothing quantized beat FP32: no quantize step, so the recipe carries no max_drop
+    (the search applies the budget itself; the pipeline refuses max_drop without quantize)."""
+    from edgeai.optimize.builder import _to_recipe, unit_recipe
+    from edgeai.recipe import validate
+
+    np.savez(tmp_path / "e.npz", x=np.zeros((2, 4), np.float32))
+    config = {"model": "m.py:f", "inputs": ("x:batch,4",), "export": {}, "eval_data": str(tmp_path / "e.npz"),
+              "calibration": None, "train_data": None, "max_drop": 0.5}
+    pruned = unit_recipe(config, "onnx", ({"prune": {"ratio": 0.25}},), ())
+    validate(_to_recipe(pruned))   # what `edgeai export` checks first
+    assert "max_drop" not in pruned
+    quantized = _to_recipe(unit_recipe(config, "onnx", ({"prune": {"ratio": 0.25}},), ("int8-dynamic",)))
+    validate(quantized)
+    assert quantized.max_drop == 0.5
+
+
+@pytest.mark.parametrize("cpu, reduce_range, round_to", [
+    ({"machine": "aarch64", "flags": ["asimd", "asimddp"]}, False, 8),          # a Pi 5: dot product, NEON
+    ({"machine": "x86_64", "flags": ["avx2", "fma"]}, True, 8),                  # x86 without VNNI: 7-bit weights
+    ({"machine": "x86_64", "flags": ["avx512f", "avx512_vnni"]}, False, 16),
+])
+def test_builds_for_a_device_take_the_devices_cpu_defaults(tmp_path, cpu, reduce_range, round_to):
+    from edgeai.optimize.builder import _to_recipe, target_options, unit_recipe
+    from edgeai.recipe import validate
+
+    np.savez(tmp_path / "e.npz", x=np.zeros((2, 4), np.float32))
+    config = {"model": "m.py:f", "inputs": ("x:batch,4",), "export": {}, "eval_data": str(tmp_path / "e.npz"),
+              "calibration": None, "train_data": None, "max_drop": 0.5}
+    target = target_options(cpu)
+    assert target == {"reduce_range": reduce_range, "round_to": round_to}
+    recipe = unit_recipe(config, "onnx", ({"prune": {"ratio": 0.5}},), ("int8-dynamic", "fp16"), target)
+    assert recipe["steps"] == [{"prune": {"ratio": 0.5, "round_to": round_to}}]
+    assert recipe["quantize"] == [{"int8-dynamic": {"reduce_range": reduce_range}}, "fp16"]
+    validate(_to_recipe(recipe))
+    kept = unit_recipe(config, "onnx", ({"prune": {"ratio": 0.5, "round_to": 4}},), (), target)
+    assert kept["steps"] == [{"prune": {"ratio": 0.5, "round_to": 4}}]     # what the user set stays
+    assert unit_recipe(config, "onnx", (), ("int8-dynamic",))["quantize"] == ["int8-dynamic"]  # this machine

@@ -14,7 +14,10 @@ def add_parser(sub) -> None:
         description="Evaluate ARTIFACT (a .onnx/.tflite file, or every artifact of an export folder) on DATA. "
                     "With a 'labels' array the metric is top-1 accuracy in points; without, the mean cosine "
                     "similarity of each artifact's first output to the first artifact's (the FP32 reference). "
-                    "--metric scores with your own FUNC(outputs, labels) instead.")
+                    "--metric scores with your own FUNC(outputs, labels) instead; --reference compares with "
+                    "another model's outputs (e.g. the FP32 export, OUTDIR/baseline of edgeai optimize). "
+                    "It prints what each value is compared against. A single artifact without labels, "
+                    "--metric or --reference is refused: comparing it with itself would say nothing.")
     p.add_argument("artifact")
     p.add_argument("--data", required=True, metavar="FILE.npz|module:function",
                    help="inputs keyed by input name, optionally 'labels'")
@@ -25,6 +28,9 @@ def add_parser(sub) -> None:
     p.add_argument("--metric", metavar="FILE.py:FUNC|module:FUNC",
                    help="your task metric, FUNC(outputs: dict[name, array], labels) -> float, higher is better; "
                         "labels is the data's 'labels' array or None")
+    p.add_argument("--reference", metavar="MODEL",
+                   help="without labels: the cosine is to this model's outputs (a .onnx/.tflite file or an "
+                        "export folder's first artifact) instead of the first artifact's")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--no-verify-digest", action="store_true", help=NO_VERIFY_HELP)
     p.set_defaults(func=run)
@@ -44,20 +50,24 @@ def run(args) -> int:
 
     metric = load_metric(args.metric)
     path = Path(args.artifact)
-    if path.is_dir() and (path / MANIFEST_NAME).is_file():
-        names = args.artifact_name or [a.name for a in Manifest.read(path).artifacts]
-    else:
-        names = [None]
-    results, reference = [], None
+    manifest = Manifest.read(path) if path.is_dir() and (path / MANIFEST_NAME).is_file() else None
+    names = (args.artifact_name or [a.name for a in manifest.artifacts]) if manifest else [None]
+    results, reference, against = [], None, None
     for name in names:
         session = load_guarded(path, artifact=name, provider=args.provider,  # LiteRT: in a child process
                                verify_digest=not args.no_verify_digest)
         feeds, labels = split_labels(load_feeds(args.data, session.inputs, what="evaluation data"))
+        if against is None:
+            against = _compared_against(args, metric, labels, names, manifest, path)
         if labels is None and reference is None and metric is None:
-            reference = run_batched(session, feeds, args.batch_size)
+            ref_session = session if args.reference is None else load_guarded(
+                args.reference, provider=args.provider, verify_digest=not args.no_verify_digest)
+            reference = run_batched(ref_session, feeds, args.batch_size)
+            against += _recorded_reference_note(manifest, reference)
         res = evaluate(session, feeds, labels=labels, reference=None if labels is not None else reference,
                        batch_size=args.batch_size, metric=metric)
-        results.append({"artifact": name or str(path), **res.to_dict()})
+        results.append({"artifact": name or str(path), **res.to_dict(), "compared_with": against})
+    Console(soft_wrap=True).print(f"compared with: {against}", markup=False, highlight=False)
     base = results[0]["value"]
     table = Table(title=f"edgeai eval: {path}", title_justify="left")
     for col in ("artifact", "metric", "value", "drop", "n"):
@@ -70,3 +80,42 @@ def run(args) -> int:
     if args.json:
         atomic_write_text(args.json, json.dumps({"schema": "edgeai.eval/1", "results": results}, indent=2) + "\n")
     return 0
+
+
+def _compared_against(args, metric, labels, names: list, manifest, path: Path) -> str:
+    """What the values mean, in words; a lone artifact with nothing to compare with is a user error."""
+    has_labels = "the data's 'labels'" if labels is not None else "no labels"
+    unused = "; --reference is not used" if args.reference else ""
+    if metric is not None:
+        return f"your metric {metric.name} ({args.metric}) with {has_labels}{unused}"
+    if labels is not None:
+        return f"the data's 'labels' (top-1 accuracy in points){unused}"
+    if args.reference is not None:
+        return f"the outputs of --reference {args.reference} (cosine of the first output)"
+    if len(names) == 1:
+        from edgeai.errors import DataError
+        entry = manifest.get(names[0]) if manifest else None
+        what = f"{path} holds one {entry.precision} artifact ({entry.name})" if entry else f"{path} is one artifact"
+        raise DataError(f"{what} and --data has no 'labels': comparing it with itself would say nothing; add "
+                        f"labels to the data, pass --metric FILE.py:FUNC, or --reference FP32_MODEL"
+                        f"{_reference_hint(manifest)}")
+    return f"the first artifact, {names[0]} (cosine of the first output)"
+
+
+def _reference_hint(manifest) -> str:
+    ref = (manifest.source.get("optimize") or {}).get("reference") if manifest else None
+    if not ref:
+        return ""
+    return (f" (edgeai optimize compared it with {ref['artifact']}, kept in its OUTDIR/baseline/; "
+            f"outputs sha256 {str(ref.get('outputs_sha256'))[:12]})")
+
+
+def _recorded_reference_note(manifest, reference: dict) -> str:
+    """Whether these reference outputs are the ones edgeai optimize recorded (same model, same data)."""
+    ref = (manifest.source.get("optimize") or {}).get("reference") if manifest else None
+    if not ref or not ref.get("outputs_sha256"):
+        return ""
+    from edgeai.optimize.builder import outputs_digest
+    same = outputs_digest(reference) == ref["outputs_sha256"]
+    return ("; they match the FP32 reference outputs edgeai optimize recorded (sha256)" if same else
+            "; they differ from the FP32 reference outputs edgeai optimize recorded (other data or another model)")

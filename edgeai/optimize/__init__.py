@@ -76,8 +76,9 @@ def run(config: OptimizeConfig, out_dir: Path, progress: Callable[[dict], None] 
     finally:
         lab.close()
     c = result.chosen.candidate
-    report = write_all(out_dir, result, _plain(config), {"cpu": lab.cpu(), "versions": lab.identity()["versions"]},
-                       lab.recipe(c.format, c.steps, c.scheme))
+    env = {"cpu": lab.cpu(), "versions": lab.identity()["versions"],
+           "device": lab.device_env()}   # None: timed on this machine; else the device's fingerprint
+    report = write_all(out_dir, result, _plain(config), env, lab.recipe(c.format, c.steps, c.scheme))
     log.info("chose %s: %s", result.chosen.id, result.why)
     return OptimizeResult(out_dir, result.chosen.id, result.why, report)
 

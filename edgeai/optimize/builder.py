@@ -16,15 +16,41 @@ from edgeai.errors import EdgeAIError
 log = logging.getLogger(__name__)
 
 
-def unit_recipe(config: Mapping[str, Any], fmt: str, steps: tuple, quantize: tuple[str, ...]) -> dict:
-    """The recipe (as plain data) that `edgeai export` runs for these candidates; also what recipe.yaml holds."""
+def target_options(cpu: Mapping[str, Any]) -> dict:
+    """The step defaults edgeai.hw picks from this machine's CPU, picked from the timing device's `cpu`
+    instead (builds run here, the artifact runs there): ONNX INT8 reduce_range (7-bit weights on x86
+    without VNNI), structured pruning's channel multiple (16 with AVX-512, else 8)."""
+    flags, machine = set(cpu.get("flags", ())), str(cpu.get("machine", "")).lower()
+    dot = bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm"})
+    return {"reduce_range": machine in ("x86_64", "amd64", "i386", "i686") and not dot,
+            "round_to": 16 if "avx512f" in flags else 8}
+
+
+def _for_target(fmt: str, steps: tuple, quantize: tuple[str, ...], target: Mapping[str, Any] | None):
+    """(steps, quantize) with the target's defaults written in, where the recipe leaves them to the CPU."""
+    steps = [dict(s) for s in steps]
+    if not target:
+        return steps, list(quantize)
+    for i, step in enumerate(steps):
+        if "prune" in step and (step["prune"] or {}).get("round_to") is None:
+            steps[i] = {**step, "prune": {**(step["prune"] or {}), "round_to": target["round_to"]}}
+    onnx_int8 = ("int8-static", "int8-dynamic")
+    return steps, [{q: {"reduce_range": target["reduce_range"]}} if fmt == "onnx" and q in onnx_int8 else q
+                   for q in quantize]
+
+
+def unit_recipe(config: Mapping[str, Any], fmt: str, steps: tuple, quantize: tuple[str, ...],
+                target: Mapping[str, Any] | None = None) -> dict:
+    """The recipe (as plain data) that `edgeai export` runs for these candidates; also what recipe.yaml holds.
+    `target`: target_options() of the device the candidates are timed on (None: this machine)."""
+    steps, quantize = _for_target(fmt, steps, quantize, target)
     recipe = {"model": config["model"], "inputs": list(config["inputs"]), "format": fmt,
-              "export": dict(config["export"]), "steps": [dict(s) for s in steps],
-              "quantize": list(quantize),
+              "export": dict(config["export"]), "steps": steps, "quantize": quantize,
               "data": {"eval": config["eval_data"], "calibration": config["calibration"],
-                       "train": config["train_data"]},
-              "max_drop": config["max_drop"]}
-    for key in ("example_inputs", "arch"):
+                       "train": config["train_data"]}}
+    if quantize:  # the pipeline's budget for its quantized variants; a pruned FP32 unit is judged by the search
+        recipe["max_drop"] = config["max_drop"]
+    for key in ("example_inputs", "arch", "task"):
         if config.get(key):
             recipe[key] = config[key]
     if config.get("trust_pickle"):
@@ -75,7 +101,7 @@ def _build(job: Mapping[str, Any]) -> dict[str, dict]:
             result = {"id": cid, "folder": str(folder), "size_bytes": entry.size_bytes, "metric": metric,
                       "value": value, "notes": list(entry.notes)}
             if job.get("reference") and name == "fp32":
-                result["reference_sha256"] = _outputs_digest(_run_eval(folder, entry, job))
+                result["reference_sha256"] = outputs_digest(_run_eval(folder, entry, job))
             results[cid] = result
     return results
 
@@ -114,7 +140,7 @@ def _run_eval(folder: Path, entry, job: Mapping[str, Any]) -> dict[str, np.ndarr
     return run_batched(load(folder), to_artifact_layout(feeds, entry.details))
 
 
-def _outputs_digest(outputs: Mapping[str, np.ndarray]) -> str:
+def outputs_digest(outputs: Mapping[str, np.ndarray]) -> str:
     h = hashlib.sha256()
     for name in sorted(outputs):
         h.update(name.encode())

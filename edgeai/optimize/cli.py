@@ -7,7 +7,7 @@ import logging
 from edgeai.optimize.config import OBJECTIVES
 
 DESCRIPTION = """\
-Find the fastest variant of MODEL for this machine within an accuracy budget, by measuring.
+Find the fastest variant of MODEL for this machine (or the --device) within an accuracy budget, by measuring.
 Candidates: FP32, FP16, INT8-dynamic and INT8-static in each format, structured pruning at a few
 ratios (distilled when --train-data is given) and prune -> quantize combinations, cheap likely
 winners first. Every candidate is exported and verified by the export pipeline, scored on
@@ -16,13 +16,16 @@ process). A candidate replaces FP32 only if its median speedup is >= 1.03x AND i
 every round; ties go to the smaller file. Exit 0 whichever is chosen, 2 on bad input."""
 
 EPILOG = """\
-writes OUTDIR/best/ (an export folder with the chosen artifact), report.md, report.json
+writes OUTDIR/best/ (an export folder with the chosen artifact), baseline/ (the FP32 export it was
+compared with: edgeai eval OUTDIR/best --data E.npz --reference OUTDIR/baseline), report.md, report.json
 (schema edgeai.optimize/1), pareto.png and recipe.yaml (reproduces the choice with edgeai export).
 examples:
   edgeai optimize edgeai.zoo:digits_cnn --input image:batch,1,32,32 --eval-data test.npz \\
       --calibration calib.npz --max-drop 1.0 -o out/opt
   edgeai optimize model.py:make --example-inputs x.npz --eval-data e.npz --metric metric.py:pitch_error \\
-      --max-drop 2 --train-data t.npz --formats onnx,tflite --budget-minutes 20 -o out/opt"""
+      --max-drop 2 --train-data t.npz --formats onnx,tflite --budget-minutes 20 -o out/opt
+  edgeai optimize model.py:make --input x:batch,64 --eval-data e.npz --max-drop 1 -o out/opt \\
+      --device ssh://pi@raspberrypi.local --device-python /home/pi/edgeai/bin/python"""
 
 
 def _csv(text: str) -> tuple[str, ...]:
@@ -75,6 +78,14 @@ def add_parser(sub) -> None:
     p.add_argument("--ray", metavar="ADDRESS", help="build on a Ray cluster ('local' starts one here)")
     p.add_argument("--cache-dir", metavar="DIR", help="where built candidates are kept (default OUTDIR/.cache)")
     p.add_argument("--no-cache", action="store_true", help="rebuild and re-time everything")
+    p.add_argument("--task", help="hf: models: the Optimum task (default: read from config.json)")
+    dev = p.add_argument_group("where candidates are timed (default: this machine; builds always stay here)")
+    dev.add_argument("--device", metavar="ssh://HOST", default=None,
+                     help="ssh://[USER@]HOST[:PORT]: time every candidate there with the device's edgeai, as "
+                          "edgeai bench --device does (artifacts are copied once, by sha256)")
+    dev.add_argument("--ssh-config", metavar="FILE", help="ssh config file read before ~/.ssh/config (its settings win)")
+    dev.add_argument("--device-python", metavar="PATH",
+                     help="the device's Python that has edgeai installed (default: python3)")
     p.set_defaults(func=cmd_optimize)
 
 
@@ -91,7 +102,8 @@ def cmd_optimize(args) -> int:
         budget_minutes=args.budget_minutes, threads=args.threads, max_size_mb=args.max_size_mb,
         max_rss_mb=args.max_rss_mb, prune_ratios=args.prune_ratios, rounds=args.rounds,
         min_seconds=args.min_seconds, workers=args.workers, ray=args.ray, cache_dir=args.cache_dir,
-        no_cache=args.no_cache, distill={"epochs": args.distill_epochs} if args.distill_epochs else {})
+        no_cache=args.no_cache, distill={"epochs": args.distill_epochs} if args.distill_epochs else {},
+        task=args.task, device=args.device, ssh_config=args.ssh_config, device_python=args.device_python)
     config.validate()
     if not args.debug:  # the progress line says what is being timed; per-target bench lines would bury it
         logging.getLogger("edgeai.bench").setLevel(logging.WARNING)
@@ -145,7 +157,8 @@ def _print_summary(result) -> None:
     for note in result.report["notes"]:
         console.print(f"note: {note}", style="yellow", markup=False, highlight=False)
     console.print(f"chosen: {result.why}", markup=False, highlight=False)
-    console.print(f"wrote {result.best_dir}/, report.md, report.json, pareto.png, recipe.yaml in {result.out_dir}",
+    console.print(f"wrote {result.best_dir}/, baseline/, report.md, report.json, pareto.png, recipe.yaml in "
+                  f"{result.out_dir}",
                   markup=False, highlight=False)
 
 

@@ -40,6 +40,10 @@ class OptimizeConfig:
     ray: str | None = None                 # Ray cluster address for the builds
     cache_dir: str | None = None           # default OUTDIR/.cache
     no_cache: bool = False
+    task: str | None = None                # hf: models: the Optimum task (default: read from config.json)
+    device: str | None = None              # ssh://[USER@]HOST[:PORT]: time there, build here (None: this machine)
+    ssh_config: str | None = None          # read before ~/.ssh/config, as for `edgeai bench`
+    device_python: str | None = None       # the device's Python that has edgeai installed
 
     def validate(self) -> None:
         if not self.eval_data:
@@ -63,8 +67,21 @@ class OptimizeConfig:
         if any(not 0 < r < 1 for r in self.prune_ratios or ()):
             raise ConfigError(f"--prune-ratios are fractions of MACs to remove, each between 0 and 1, "
                               f"got {list(self.prune_ratios)}")
-        if not self.inputs and not self.example_inputs and not self.model.endswith(".onnx"):
+        self.timing_device()  # a bad --device is bad input: fail before building anything
+        if (not self.inputs and not self.example_inputs and not self.model.endswith(".onnx")
+                and not self.model.startswith("hf:")):  # an hf: model's inputs come from Optimum
             raise ConfigError("optimize needs the model's inputs: pass --input NAME:DIMS or --example-inputs X.npz")
+
+    def timing_device(self):
+        """The SshDevice candidates are timed on, or None for this machine (edgeai.bench.devices)."""
+        from edgeai.bench.devices import DeviceError, SshDevice, parse_device
+
+        if self.device and not self.device.startswith(("ssh://", "local")):
+            raise DeviceError(f"optimize times candidates with edgeai on the device: --device must be "
+                              f"ssh://HOST, got {self.device!r}")
+        device = parse_device(self.device, ssh_config=self.ssh_config, device_python=self.device_python)
+        assert device is None or isinstance(device, SshDevice), device
+        return device
 
     @property
     def ratios(self) -> tuple[float, ...]:

@@ -5,17 +5,18 @@ import hashlib
 import json
 import logging
 import multiprocessing
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgeai.errors import ConfigError, MissingDependencyError
-from edgeai.optimize.builder import build_unit, unit_recipe
+from edgeai.optimize.builder import build_unit, target_options, unit_recipe
 from edgeai.optimize.candidates import Unit, step_name
 from edgeai.optimize.config import OptimizeConfig
 from edgeai.optimize.search import Built
@@ -25,13 +26,19 @@ log = logging.getLogger(__name__)
 
 class PipelineLab:
     """Candidates built by `edgeai.export` (a process pool by default, Ray with `config.ray`),
-    scored in their own runtime, timed by `edgeai.bench` in fresh processes, one at a time."""
+    scored in their own runtime, timed by `edgeai.bench` in fresh processes, one at a time:
+    on this machine, or with `config.device` on an ssh host through `edgeai bench --device`'s
+    remote bench (builds stay here; the artifacts are copied there once, by sha256)."""
 
     def __init__(self, config: OptimizeConfig, work_dir: Path):
         self.config = config
         self.work_dir = work_dir
         self.plain = asdict(config)
-        self._identity = self._inspect()
+        self.device = config.timing_device()
+        self._device_env = self._probe_device() if self.device else None
+        # built for the device: the step defaults that follow the CPU follow its CPU (part of every key)
+        self.target = target_options(self._device_env["cpu"]) if self._device_env else None
+        self._identity = {**self._inspect(), "target": self.target}
         self._pool: ProcessPoolExecutor | None = None
         self._ray = None
 
@@ -44,7 +51,7 @@ class PipelineLab:
 
         cfg = self.config
         source = load_model(cfg.model, inputs=cfg.inputs, example_inputs=cfg.example_inputs, arch=cfg.arch,
-                            trust_pickle=cfg.trust_pickle, dynamic_batch=cfg.dynamic_batch)
+                            trust_pickle=cfg.trust_pickle, dynamic_batch=cfg.dynamic_batch, task=cfg.task)
         self.input_specs = source.input_specs
         data = {}
         for kind, spec in (("eval", cfg.eval_data), ("calibration", cfg.calibration), ("train", cfg.train_data)):
@@ -62,8 +69,37 @@ class PipelineLab:
         return self._identity
 
     def cpu(self) -> dict:
+        """The CPU candidates are timed on: the device's with --device (what can win is decided there)."""
+        if self._device_env is not None:
+            return dict(self._device_env["cpu"])
         from edgeai.hw import cpu_info
         return cpu_info()
+
+    def device_env(self) -> dict | None:
+        """The timing device's fingerprint (edgeai.bench.env.environment, run there), None for this machine."""
+        return self._device_env
+
+    def _probe_device(self) -> dict:
+        """Ask the device's edgeai for its fingerprint: an unreachable device fails now, before any build."""
+        from edgeai.bench import ssh
+        from edgeai.bench.devices import DeviceError
+
+        code = ("import json\ntry:\n    from edgeai.bench.env import environment\n"
+                f"    print(json.dumps(environment({int(self.config.threads)}, 'cpu')))\n"
+                "except ImportError as e:\n    print(json.dumps({'edgeai_error': str(e)}))\n")
+        with tempfile.TemporaryDirectory(prefix="edgeai-ssh-") as tmp:
+            device = self.device
+            if device.ssh_config:
+                device = replace(device, ssh_config=str(ssh.layered_config(device.ssh_config, Path(tmp))))
+            out = ssh.run_remote(device, [device.python, "-"], code, "reading its fingerprint", timeout=120)
+        try:
+            env = json.loads(out.strip().splitlines()[-1])
+        except (IndexError, ValueError):
+            env = {"edgeai_error": "it printed no fingerprint"}
+        if "edgeai_error" in env:
+            raise DeviceError(f"{self.device.name}: {self.device.python} cannot import edgeai's device agent "
+                              f"({env['edgeai_error']}); install it there: pip install edgeai")
+        return {**env, "device": self.device.name}
 
     def clock(self) -> float:
         return time.monotonic()
@@ -71,7 +107,7 @@ class PipelineLab:
     def recipe(self, fmt: str, steps: tuple, scheme: str) -> dict:
         """The `edgeai export` recipe that makes this candidate (its artifact is named by the scheme)."""
         quantize = () if scheme == "fp32" else (step_name(fmt, scheme),)
-        return _absolute_paths(unit_recipe(self.plain, fmt, steps, quantize))
+        return _absolute_paths(unit_recipe(self.plain, fmt, steps, quantize, self.target))
 
     # ------------------------------------------------------------------ building
     def build(self, units: list[Unit], dests: dict[str, Path]) -> dict[str, Built]:
@@ -79,10 +115,11 @@ class PipelineLab:
         for u in units:
             names = {c.scheme: ("fp32" if c.scheme == "fp32" else step_name(u.format, c.scheme)) for c in u.candidates}
             quantize = tuple(names[s] for s in u.schemes)
-            jobs.append({"recipe": unit_recipe(self.plain, u.format, u.steps, quantize),
+            jobs.append({"recipe": unit_recipe(self.plain, u.format, u.steps, quantize, self.target),
                          "ids": {names[c.scheme]: c.id for c in u.candidates if c.id in dests},
                          "dests": {c.id: str(dests[c.id]) for c in u.candidates if c.id in dests},
-                         "work": str(self.work_dir),                          "reference": not u.steps and u.format == self.config.formats[0]})
+                         "work": str(self.work_dir),
+                         "reference": not u.steps and u.format == self.config.formats[0]})
         results: dict[str, Built] = {}
         for job, out in zip(jobs, self._run_jobs(jobs)):
             for cid, fields_ in out.items():
@@ -157,7 +194,8 @@ class PipelineLab:
                                           for i in ids}
         for r in range(cfg.rounds):
             order = ids[r % len(ids):] + ids[:r % len(ids)]
-            report = bench([folders[i] for i in order], threads=cfg.threads, min_seconds=cfg.min_seconds, batch=1)
+            report = bench([folders[i] for i in order], threads=cfg.threads, min_seconds=cfg.min_seconds, batch=1,
+                           device=self.device)
             for cid, res in zip(order, report.results):
                 o = out[cid]
                 if not res.ok:

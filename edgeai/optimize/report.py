@@ -1,4 +1,4 @@
-"""What `edgeai optimize` writes: best/ (an export folder), report.json, report.md, pareto.png, recipe.yaml."""
+"""What `edgeai optimize` writes: best/ and baseline/ (export folders), report.json/.md, pareto.png, recipe.yaml."""
 from __future__ import annotations
 
 import json
@@ -46,6 +46,7 @@ def write_all(out_dir: Path, result: SearchResult, config: dict, env: dict, reci
     """Write every output into `out_dir`, each file atomically; best/ is replaced as a whole."""
     report = report_dict(result, config, env)
     write_best(out_dir / "best", result, config["threads"])
+    write_baseline(out_dir / "baseline", result)
     atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
     atomic_write_text(out_dir / "report.md", markdown(report))
     atomic_write_text(out_dir / "recipe.yaml", recipe_yaml(recipe, result.chosen))
@@ -71,6 +72,16 @@ def write_best(best: Path, result: SearchResult, threads: int) -> None:
                       "outputs_sha256": base.built.reference_sha256,
                       "what": "FP32 export of the original model, run on the evaluation data"}}}
     _replace_folder(best, src, [entry.file, *entry.extra_files], manifest)
+
+
+def write_baseline(dest: Path, result: SearchResult) -> None:
+    """baseline/: the FP32 export best/ was compared with (`edgeai eval best/ --reference baseline/`)."""
+    from edgeai.manifest import Manifest
+
+    src = Path(result.baseline.built.folder)
+    manifest = Manifest.read(src)
+    entry = manifest.artifacts[0]
+    _replace_folder(dest, src, [entry.file, *entry.extra_files], manifest)
 
 
 def _replace_folder(dest: Path, src: Path, files: list[str], manifest) -> None:
@@ -112,8 +123,9 @@ def markdown(report: dict) -> str:
                      f"{_fmt(c['drop'], '+.4g')} | {c['reason'].replace('|', '/')} |")
     if report["notes"]:
         lines += ["", *[f"- {n}" for n in report["notes"]]]
-    cpu = report["env"].get("cpu", {})
-    lines += ["", f"Machine: {cpu.get('model', '?')} ({cpu.get('machine', '?')}, flags: "
+    cpu, device = report["env"].get("cpu", {}), report["env"].get("device")
+    where = f"Timed on {device['device']}" if device else "Timed on this machine"
+    lines += ["", f"{where}: {cpu.get('model', '?')} ({cpu.get('machine', '?')}, flags: "
                   f"{' '.join(cpu.get('flags', []))}); timing: {report['config']['rounds']} interleaved rounds, "
                   f"each candidate in a fresh process, {report['config']['threads']} thread(s), batch 1.", ""]
     return "\n".join(lines)
@@ -123,7 +135,8 @@ def recipe_yaml(recipe: dict, chosen: Row) -> str:
     import yaml
 
     recipe = {**recipe, "output": "out/optimized"}
-    artifact = "fp32" if chosen.candidate.scheme == "fp32" else recipe["quantize"][0]
+    step = recipe["quantize"][0] if recipe["quantize"] else "fp32"   # a name, or {name: options}
+    artifact = "fp32" if chosen.candidate.scheme == "fp32" else step if isinstance(step, str) else next(iter(step))
     head = (f"# Reproduces the choice of `edgeai optimize` ({chosen.id}):\n"
             f"#   edgeai export recipe.yaml   -> the artifact named '{artifact}' in {recipe['output']}/\n")
     return head + yaml.safe_dump(recipe, sort_keys=False)

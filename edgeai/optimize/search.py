@@ -213,7 +213,7 @@ class Search:
     def _timing_key(self, c: Candidate) -> str:
         cfg = self.config
         return digest(self.key(c), self.key(self.baseline.candidate), cfg.threads, cfg.rounds, cfg.min_seconds,
-                      self.lab.cpu())
+                      self.lab.cpu(), cfg.device)
 
     # ------------------------------------------------------------------ building
     def _build(self, units: list[Unit], force: bool = False) -> None:
