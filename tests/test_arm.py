@@ -75,7 +75,9 @@ RUN_ON_ARM = textwrap.dedent("""
 @pytest.mark.slow
 def test_edgeai_runtime_on_aarch64_under_qemu_matches_x86_outputs(tmp_path, request):
     import onnxruntime as ort
-    cache = Path(request.config.cache.mkdir("edgeai-aarch64"))
+    # pytest's cache keeps the downloaded sysroot between runs; without the cache plugin, a temp folder
+    cache = (Path(request.config.cache.mkdir("edgeai-aarch64")) if getattr(request.config, "cache", None)
+             else tmp_path / "aarch64")
     try:
         python, site = armkit.build(cache, ["numpy", "onnxruntime"], CONSTRAINTS)
     except armkit.Unavailable as e:

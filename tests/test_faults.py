@@ -284,4 +284,5 @@ def test_tflite_export_stderr_holds_only_edgeai_lines(tmp_path):
     assert lines and all(line.startswith("INFO ") or line.startswith(" ") for line in lines), err
     for noise in ("absl", "oneDNN", "torchao", "Failed to load", "XNNPACK", "_pytree", "Estimated count"):
         assert noise not in err, noise
-    assert "int8-full" in out and (tmp_path / "t" / "model.int8-full.tflite").is_file()
+    # int8-full is an alias: the variant keeps the canonical name
+    assert "int8-static" in out and (tmp_path / "t" / "model.int8-static.tflite").is_file()
