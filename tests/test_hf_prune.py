@@ -85,3 +85,54 @@ def test_prune_removes_heads_and_ffn_width_and_the_export_matches_the_pruned_mod
     with torch.no_grad():
         want = pruned(**{k: torch.from_numpy(v) for k, v in feeds.items()})["last_hidden_state"].numpy()
     assert got.shape == want.shape and np.abs(got - want).max() < 1e-4
+
+
+def _cosine_to_teacher(student, teacher, feeds) -> float:
+    """Mean cosine of the student's last_hidden_state to the teacher's, over real (unpadded) tokens."""
+    import torch
+
+    x = {k: torch.from_numpy(v) for k, v in feeds.items()}
+    with torch.no_grad():
+        s, t = (m(**x)["last_hidden_state"].double() for m in (student, teacher))
+    cos = torch.nn.functional.cosine_similarity(s, t, dim=-1)
+    mask = x["attention_mask"].bool()
+    return float(cos[mask].mean())
+
+
+@pytest.mark.parametrize("name", list(BUILDERS))
+def test_distill_matches_hidden_states_by_mse_and_brings_the_pruned_encoder_back_to_its_teacher(name, tmp_path):
+    import torch
+
+    from edgeai.hf import load_hf
+    from edgeai.steps import StepContext
+    from edgeai.steps.distill import DistillConfig, distill
+    from edgeai.steps.prune import PruneConfig, prune
+
+    build, token_types = BUILDERS[name]
+    # weights 5x the default init: attention and FFN weigh enough in the output for pruning to cost
+    # something (at 0.02 the residual stream carries it all and the pruned model keeps cosine 0.9998)
+    source = load_hf(f"hf:{build(tmp_path / name, initializer_range=0.1)}")
+    example = {k: torch.as_tensor(v) for k, v in source.example_inputs.items()}
+    pruned, _ = prune(source.module, example, PruneConfig(ratio=0.5, round_to=8))
+    train = dict(np.load(token_data(tmp_path / "train.npz", 256, 0, token_types)))
+    test = dict(np.load(token_data(tmp_path / "test.npz", 64, 1, token_types)))
+    before = _cosine_to_teacher(pruned, source.module, test)
+    ctx = StepContext(teacher=source.module, train_data=train, eval_data=test)
+    student, report = distill(pruned, example, DistillConfig(epochs=8, lr=3e-3, batch_size=32, seed=0), ctx)
+    after = _cosine_to_teacher(student, source.module, test)
+    # hidden states are features: matched value for value, not as a distribution over the hidden units
+    assert report.details["loss"] == "mse", report.details["loss_reason"]
+    # measured: BERT 0.958 -> 0.995, DistilBERT 0.974 -> 0.994
+    assert before < 0.98 and after > before + 2 / 3 * (1 - before), (before, after)
+
+
+def test_hidden_state_outputs_are_detected_as_features_not_logits():
+    import torch
+
+    from edgeai.steps import _distill_loss as losses
+
+    hidden = torch.nn.functional.layer_norm(torch.randn(8, 16, 32) * 3, (32,))
+    assert losses.detect(hidden, None).kind == "kl"          # unnamed: as before, a class dimension
+    assert losses.detect(hidden, None, "last_hidden_state").kind == "mse"
+    normed = torch.nn.functional.normalize(hidden, dim=-1)   # unit rows stay embeddings, matched by cosine
+    assert losses.detect(normed, None, "last_hidden_state").kind == "cosine"
