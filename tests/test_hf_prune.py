@@ -136,3 +136,22 @@ def test_hidden_state_outputs_are_detected_as_features_not_logits():
     assert losses.detect(hidden, None, "last_hidden_state").kind == "mse"
     normed = torch.nn.functional.normalize(hidden, dim=-1)   # unit rows stay embeddings, matched by cosine
     assert losses.detect(normed, None, "last_hidden_state").kind == "cosine"
+
+
+@pytest.mark.parametrize("name,ratio", [("vit_classifier", 0.4), ("wav2vec2_classifier", 0.4)])
+def test_vit_and_wav2vec2_attention_lose_heads_and_the_export_verifies(name, ratio, tmp_path):
+    """ViT (query/key/value under .attention) and wav2vec2 (q_proj/k_proj/v_proj, head count from the
+    tensor) layouts: heads go, the logits keep their shape, the artifact matches the pruned model."""
+    from edgeai import export
+    from edgeai.recipe import SummaryConfig
+
+    folder = getattr(hf_tiny, name)(tmp_path / name)
+    out = export(f"hf:{folder}", tmp_path / "out", steps=({"prune": {"ratio": ratio, "round_to": 8}},),
+                 summary=SummaryConfig(bench=False))
+    original, student = out.artifacts
+    details = student.steps[0]["details"]
+    heads = [la for la in details["layers"] if la["kind"] == "heads"]
+    assert len(heads) == 2 and all(la["units_after"] < la["units_before"] == 4 for la in heads), heads
+    assert details["max_abs_diff_vs_masked_original"] < 1e-5 and not details["auto_pinned"]
+    assert student.parity["passed"] and student.outputs == original.outputs
+    assert student.metrics["macs"] < (1 - ratio + 0.05) * original.metrics["macs"]

@@ -24,6 +24,7 @@ class Layout:
     count: str                     # its head-count attribute
     widths: tuple[str, ...] = ()   # its attributes equal to heads * head_dim, updated with the count
     fused: bool = False            # one writer holding q, k and v blocks (timm)
+    size: str = "attention_head_size"   # its head-size attribute, if it has one (must equal head_dim)
 
     def names(self, block_name: str) -> list[str]:
         """Qualified names of the block, the holder, the writers and the reader (for MACs and pinning)."""
@@ -38,6 +39,8 @@ LAYOUTS = (
     Layout("vit", ("attention.query", "attention.key", "attention.value"), "output.dense", "attention",
            "num_attention_heads", ("all_head_size",)),                # ViT, DeiT, ...
     Layout("distilbert", ("q_lin", "k_lin", "v_lin"), "out_lin", "", "n_heads", ("dim",)),
+    Layout("bart", ("q_proj", "k_proj", "v_proj"), "out_proj", "", "num_heads",
+           size="head_dim"),                                          # wav2vec2, HuBERT, BART, Whisper, ...
 )
 
 
@@ -67,7 +70,7 @@ def _match(block: Any, layout: Layout) -> bool:
     if out != 3 * width or width % h or any(w.out_features != writers[0].out_features for w in writers):
         return False
     hd = width // h
-    size = getattr(holder, "attention_head_size", hd)
+    size = getattr(holder, layout.size, hd)
     return size == hd and all(getattr(holder, a, width) == width for a in layout.widths)
 
 
