@@ -76,9 +76,9 @@ def run(ratio: float, epochs: int, min_seconds: float, threads: int, folder: Pat
     real = feeds["attention_mask"].astype(bool)
     ref = _hidden(outs["unpruned"], feeds)
     samples: list[list[float]] = [[] for _ in outs]
+    targets = [f"{o.out_dir}@{o.artifacts[-1].name}" for o in outs.values()]
     for _ in range(3):
-        report = bench([f"{o.out_dir}@{o.artifacts[-1].name}" for o in outs.values()], threads=threads, min_seconds=min_seconds, batch=1,
-                       dims={"seq": SEQ})
+        report = bench(targets, threads=threads, min_seconds=min_seconds, batch=1, dims={"seq": SEQ})
         for i, r in enumerate(report.results):
             samples[i].append(r.timing.p50_ms if r.ok else float("nan"))
     p50 = [median(s) for s in samples]

@@ -1,10 +1,11 @@
 """Find what can be pruned in a model and cut it: channel groups, attention heads, RNN hidden units.
 
 Channel groups come from torch-pruning's DependencyGraph (it couples convs, depthwise groups,
-BN, residual adds, concats and flattens). Attention heads (timm qkv/proj and Hugging Face q/k/v +
-output dense, see _prune_heads.py) and RNN hidden units are handled here and in _prune_rnn.py. A group is never cut when its channels
-reach a model output, pass through a normalisation that mixes channels (LayerNorm, GroupNorm),
-touch an attention's projections (heads are cut as heads) or an nn.MultiheadAttention.
+BN, residual adds, concats and flattens). Attention heads (timm qkv/proj, Hugging Face q/k/v +
+output projection: _prune_heads.py) and RNN hidden units (_prune_rnn.py) are cut by their own
+rules, found here. A group is never cut when its channels reach a model output, pass through a
+normalisation that mixes channels (LayerNorm, GroupNorm), touch an attention's projections (heads
+are cut as heads) or an nn.MultiheadAttention.
 """
 from __future__ import annotations
 
