@@ -34,6 +34,16 @@ def bert_classifier(folder: Path, num_labels: int = 3) -> Path:
     return save(BertForSequenceClassification(BertConfig(**TEXT, num_labels=num_labels)), folder)
 
 
+def distilbert(folder: Path, **overrides) -> Path:
+    """DistilBertModel (feature-extraction, no token_type_ids)."""
+    import torch
+    from transformers import DistilBertConfig, DistilBertModel
+    torch.manual_seed(0)
+    cfg = DistilBertConfig(**{**dict(vocab_size=200, dim=32, n_layers=2, n_heads=4, hidden_dim=64,
+                                     max_position_embeddings=128), **overrides})
+    return save(DistilBertModel(cfg), folder)
+
+
 def distilbert_classifier(folder: Path) -> Path:
     """DistilBertForSequenceClassification (text-classification, no token_type_ids)."""
     import torch

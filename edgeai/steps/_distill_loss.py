@@ -7,6 +7,8 @@ What the teacher's outputs on the training data look like decides the loss:
 - values in [0, 1] otherwise: sigmoid / multi-label probabilities -> "bce" against the teacher's
   probabilities (KL over softmax(p / T) of probabilities is a near-uniform target with no signal)
 - one value per sample, or float labels of the output's shape: regression -> "mse"
+- an output named as hidden states (Hugging Face `last_hidden_state`, `pooler_output`): features -> "mse"
+  (a softmax over hidden units is no distribution, and KL ignores a shift of each row)
 - anything else with a class dimension: logits -> "kl" with temperature T
 `loss: kl|bce|cosine|mse` in the distill config overrides the detection.
 """
@@ -20,6 +22,7 @@ import numpy as np
 LOSSES = ("auto", "kl", "bce", "cosine", "mse")
 UNIT_NORM_TOLERANCE = 1e-3
 EPS = 1e-7
+FEATURE_OUTPUTS = ("last_hidden_state", "pooler_output", "hidden_states")   # Hugging Face feature outputs
 
 
 @dataclass(frozen=True)
@@ -29,12 +32,14 @@ class LossChoice:
     log_probs: bool = False      # "kl" on softmax probabilities: their logs are the logits
 
 
-def detect(teacher_out: Any, labels: np.ndarray | None) -> LossChoice:
-    """The loss that fits `teacher_out` (N, ..., C) (teacher outputs on the training data)."""
+def detect(teacher_out: Any, labels: np.ndarray | None, output_name: str = "") -> LossChoice:
+    """The loss that fits `teacher_out` (N, ..., C) (teacher outputs on the training data, output `output_name`)."""
     t = teacher_out.float()
     if t.dim() < 2 or t.shape[-1] == 1:
         return LossChoice("mse", "one value per sample: regression")
     rows = t.reshape(-1, t.shape[-1])
+    if output_name in FEATURE_OUTPUTS and float((rows.norm(dim=-1) - 1).abs().max()) >= UNIT_NORM_TOLERANCE:
+        return LossChoice("mse", f"output {output_name!r} holds hidden states: features, matched value for value")
     in_unit_interval = float(rows.min()) >= 0.0 and float(rows.max()) <= 1.0
     if in_unit_interval and float((rows.sum(-1) - 1).abs().max()) < UNIT_NORM_TOLERANCE:
         return LossChoice("kl", "rows are probabilities summing to 1 (softmax): KL on their logs", True)
@@ -48,9 +53,9 @@ def detect(teacher_out: Any, labels: np.ndarray | None) -> LossChoice:
     return LossChoice("kl", "unbounded rows with a class dimension: logits, KL with temperature")
 
 
-def chosen(name: str, teacher_out: Any, labels: np.ndarray | None) -> LossChoice:
+def chosen(name: str, teacher_out: Any, labels: np.ndarray | None, output_name: str = "") -> LossChoice:
     """`name` ("auto" detects); a forced "kl" still takes logs of softmax probabilities."""
-    auto = detect(teacher_out, labels)
+    auto = detect(teacher_out, labels, output_name)
     if name == "auto":
         return auto
     return LossChoice(name, "set in the config", log_probs=name == "kl" and auto.log_probs)

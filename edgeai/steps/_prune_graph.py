@@ -1,10 +1,11 @@
 """Find what can be pruned in a model and cut it: channel groups, attention heads, RNN hidden units.
 
 Channel groups come from torch-pruning's DependencyGraph (it couples convs, depthwise groups,
-BN, residual adds, concats and flattens). Attention heads (timm-style: qkv, proj, num_heads) and
-RNN hidden units are handled here and in _prune_rnn.py. A group is never cut when its channels
-reach a model output, pass through a normalisation that mixes channels (LayerNorm, GroupNorm),
-touch an attention's qkv/proj (heads are cut as heads) or an nn.MultiheadAttention.
+BN, residual adds, concats and flattens). Attention heads (timm qkv/proj, Hugging Face q/k/v +
+output projection: _prune_heads.py) and RNN hidden units (_prune_rnn.py) are cut by their own
+rules, found here. A group is never cut when its channels reach a model output, pass through a
+normalisation that mixes channels (LayerNorm, GroupNorm), touch an attention's projections (heads
+are cut as heads) or an nn.MultiheadAttention.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from edgeai.errors import ConfigError
+from edgeai.steps import _prune_heads as prune_heads
 from edgeai.steps import _prune_rnn as prune_rnn
 from edgeai.steps._prune_alloc import Slot
 
@@ -24,69 +26,21 @@ class Target:
     slot: Slot
     handler: Any = None                      # channels: torch-pruning out-channel function of the root
     rnn: prune_rnn.RnnPlan | None = None     # hidden: readers of the RNN
+    heads: prune_heads.Layout | None = None  # heads: where the attention keeps them
 
 
 def _within(name: str, pinned: tuple[str, ...]) -> bool:
     return any(name == p or name.startswith(p + ".") for p in pinned)
 
 
-def attention_modules(model: Any) -> dict[str, Any]:
-    """timm-style attention: qkv = Linear(d, 3*H*hd), proj = Linear(H*hd, d), int num_heads."""
-    import torch.nn as nn
-
-    found = {}
-    for name, m in model.named_modules():
-        qkv, proj, h = getattr(m, "qkv", None), getattr(m, "proj", None), getattr(m, "num_heads", None)
-        if (isinstance(qkv, nn.Linear) and isinstance(proj, nn.Linear) and isinstance(h, int) and h > 0
-                and qkv.out_features % (3 * h) == 0 and proj.in_features * 3 == qkv.out_features):
-            found[name] = m
-    return found
-
-
-def head_rows(attn: Any, heads: Any) -> tuple[Any, Any]:
-    """Rows of qkv (q, k and v blocks) and columns of proj that belong to `heads`."""
+def leaf_shapes(out: Any) -> list[tuple]:
+    """Shapes of every tensor in a (nested) output."""
     import torch
 
-    hd = attn.qkv.out_features // (3 * attn.num_heads)
-    width = attn.num_heads * hd
-    cols = torch.cat([torch.arange(h * hd, (h + 1) * hd) for h in heads.tolist()])
-    rows = torch.cat([p * width + cols for p in range(3)])
-    return rows, cols
+    return [tuple(t.shape) for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
 
 
-def cut_heads(attn: Any, keep: Any) -> None:
-    import torch
-    import torch.nn as nn
-
-    rows, cols = head_rows(attn, keep)
-    with torch.no_grad():
-        attn.qkv.weight = nn.Parameter(attn.qkv.weight[rows].clone())
-        if attn.qkv.bias is not None:
-            attn.qkv.bias = nn.Parameter(attn.qkv.bias[rows].clone())
-        attn.proj.weight = nn.Parameter(attn.proj.weight[:, cols].clone())
-    attn.qkv.out_features, attn.proj.in_features = len(rows), len(cols)
-    attn.num_heads = len(keep)
-
-
-def head_scores(attn: Any, importance: str) -> Any:
-    """Per head: the norm of its q, k, v rows and proj columns (|w * grad| for taylor)."""
-    import torch
-
-    def elem(w):
-        x = w.detach()
-        if importance == "taylor" and w.grad is not None:
-            return (x * w.grad).abs()
-        return x.abs() if importance == "l1" else x.pow(2)
-
-    scores = []
-    for h in range(attn.num_heads):
-        rows, cols = head_rows(attn, torch.tensor([h]))
-        s = elem(attn.qkv.weight)[rows].sum() + elem(attn.proj.weight)[:, cols].sum()
-        scores.append(s if importance in ("l1", "taylor") else s.sqrt())
-    return torch.stack(scores)
-
-
-def _heads_prunable(attn: Any, args: tuple, kwargs: dict) -> str:
+def _heads_prunable(attn: Any, layout: Any, args: tuple, kwargs: dict) -> str:
     """'' if the attention still runs with one head fewer, else why not."""
     import copy
 
@@ -96,11 +50,11 @@ def _heads_prunable(attn: Any, args: tuple, kwargs: dict) -> str:
     try:
         with torch.no_grad():
             ref = attn(*args, **kwargs)
-            cut_heads(trial, torch.arange(attn.num_heads - 1))
+            prune_heads.cut(trial, layout, torch.arange(prune_heads.num_heads(attn, layout) - 1))
             out = trial(*args, **kwargs)
     except Exception as e:  # the module's own forward decides; any failure means "cannot cut heads"
         return f"its forward fails with fewer heads ({type(e).__name__}: {str(e)[:120]})"
-    if getattr(out, "shape", None) != getattr(ref, "shape", None):
+    if leaf_shapes(out)[:1] != leaf_shapes(ref)[:1]:   # the first output; others may be per-head weights
         return "its output shape changes with fewer heads"
     return ""
 
@@ -175,8 +129,8 @@ def discover(model: Any, example_inputs: Mapping[str, Any], config: Any, dg: Any
     pinned = tuple(config.pinned)
     notes: list[str] = []
     targets: list[Target] = []
-    attns = attention_modules(model)
-    attn_parts = {f"{n}.{p}" if n else p for n in attns for p in ("qkv", "proj")}
+    attns = prune_heads.find(model)
+    attn_parts = {prune_heads.join(n, p) for n, lay in attns.items() for p in (*lay.writers, lay.reader)}
 
     def protect(name: str, width_ch: int) -> str:
         if _within(name, pinned):
@@ -206,19 +160,19 @@ def discover(model: Any, example_inputs: Mapping[str, Any], config: Any, dg: Any
         notes.append(f"{len(roots)} channel group(s) kept at full width because {reason}")
 
     if config.heads and attns:
-        inputs = _capture_inputs(model, example_inputs, attns)
-        for name, attn in attns.items():
-            hd = attn.qkv.out_features // (3 * attn.num_heads)
-            q = f"{name}.qkv" if name else "qkv"
-            p = f"{name}.proj" if name else "proj"
-            why = ("pinned" if _within(q, pinned) or _within(p, pinned) else protect(name, attn.num_heads * hd)
-                   or ("a single head" if attn.num_heads == 1 else ""))
+        inputs = _capture_inputs(model, example_inputs, {n: model.get_submodule(n) for n in attns})
+        for name, layout in attns.items():
+            attn = model.get_submodule(name)
+            h, hd = prune_heads.num_heads(attn, layout), prune_heads.head_dim(attn, layout)
+            parts = layout.names(name)
+            why = ("pinned" if any(_within(p, pinned) for p in parts[1:]) else protect(name, h * hd)
+                   or ("a single head" if h == 1 else ""))
             if not why and name in inputs:
-                why = _heads_prunable(attn, *inputs[name])
+                why = _heads_prunable(attn, layout, *inputs[name])
                 if why:
                     notes.append(f"heads of '{name}' kept: {why}")
-            targets.append(Target(Slot(name, "heads", attn.num_heads, hd, protected=why,
-                                       scales={name: [(1.0, 1)], q: [(1.0, 1)], p: [(1.0, 1)]})))
+            targets.append(Target(Slot(name, "heads", h, hd, protected=why, scales={p: [(1.0, 1)] for p in parts}),
+                                  heads=layout))
 
     rnns = [n for n, m in model.named_modules() if prune_rnn.is_rnn(m)]
     if config.rnn_hidden and rnns:

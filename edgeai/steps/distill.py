@@ -304,7 +304,7 @@ def distill(student: Any, example_inputs: Mapping[str, Any], config: DistillConf
         if t_feats:
             t_feats.close()
         teacher.train(teacher_was_training)
-    choice = losses.chosen(config.loss, t_train, train_y if train_y is not None else eval_y)
+    choice = losses.chosen(config.loss, t_train, train_y if train_y is not None else eval_y, out_name)
     shape = tuple(t_train.shape)
     _check_labels(choice, shape, train_y, metric is not None)
     _check_labels(choice, shape, eval_y, metric is not None)

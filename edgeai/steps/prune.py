@@ -21,6 +21,7 @@ from typing import Any, Mapping
 from edgeai.errors import ConfigError, InputSpecError, UnknownNameError, VerificationError
 from edgeai.steps import MODEL_STEPS, ModelStep, StepContext, StepReport, config_to_dict
 from edgeai.steps._prune_alloc import ALLOCATIONS, keep_units, search
+from edgeai.steps._prune_graph import leaf_shapes as _shapes
 
 log = logging.getLogger(__name__)
 
@@ -87,12 +88,6 @@ def _check_pinned(model: Any, pinned: tuple[str, ...]) -> None:
             raise ConfigError(f"prune: pinned module {p!r} is not in the model{hint}")
 
 
-def _shapes(out: Any) -> list[tuple]:
-    import torch
-
-    return [tuple(t.shape) for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
-
-
 def _max_diff(a: Any, b: Any) -> tuple[float, float]:
     import torch
 
@@ -133,6 +128,7 @@ def _plan_and_cut(module: Any, example_inputs: Mapping[str, Any], config: PruneC
     import torch
 
     from edgeai.steps import _prune_graph as pg
+    from edgeai.steps import _prune_heads as prune_heads
     from edgeai.steps import _prune_rnn as prune_rnn
 
     work = copy.deepcopy(module).eval()
@@ -173,12 +169,10 @@ def _plan_and_cut(module: Any, example_inputs: Mapping[str, Any], config: PruneC
             pg.cut_channels(work, dg, t, remove)
         elif s.kind == "heads":
             attn = work.get_submodule(s.name)
-            keep_heads = torch.sort(torch.topk(pg.head_scores(attn, config.importance), keep).indices).values
-            gone = torch.tensor(sorted(set(range(s.width)) - set(keep_heads.tolist())))
-            twin_attn = twin.get_submodule(s.name)
-            with torch.no_grad():
-                twin_attn.proj.weight[:, pg.head_rows(twin_attn, gone)[1]] = 0
-            pg.cut_heads(attn, keep_heads)
+            kept = torch.sort(torch.topk(prune_heads.scores(attn, t.heads, config.importance), keep).indices).values
+            gone = torch.tensor(sorted(set(range(s.width)) - set(kept.tolist())))
+            prune_heads.zero_readers(twin.get_submodule(s.name), t.heads, gone)
+            prune_heads.cut(attn, t.heads, kept)
         else:
             rnn = work.get_submodule(s.name)
             kept = prune_rnn.choose_units(prune_rnn.unit_scores(rnn, t.rnn, work, config.importance), keep)
