@@ -1,4 +1,4 @@
-"""Which distillation loss fits a teacher's outputs, and the losses themselves (torch, imported lazily).
+"""Which distillation loss fits a teacher's outputs, the losses themselves, and how the student is scored (torch, lazily).
 
 What the teacher's outputs on the training data look like decides the loss:
 - rows of values in [0, 1] summing to 1: softmax probabilities -> "kl" on their logs
@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from edgeai.errors import DataError
 
 LOSSES = ("auto", "kl", "bce", "cosine", "mse")
 UNIT_NORM_TOLERANCE = 1e-3
@@ -100,3 +102,50 @@ def label_loss(choice: LossChoice, s: Any, labels: Any) -> Any:
         y = labels.reshape(-1).long()
         return F.nll_loss(torch.log(s.clamp_min(EPS)), y) if choice.log_probs else F.cross_entropy(s, y)
     return kd_loss(choice, s, labels.float(), 1.0)
+
+
+def top1(logits: Any, labels: np.ndarray) -> float:
+    import torch
+
+    pred = logits.argmax(-1).reshape(-1)
+    lab = torch.as_tensor(labels).reshape(-1).long()
+    return float((pred == lab).float().mean())
+
+
+class Scorer:
+    """Scores outputs on the eval data: (value, name, higher is better), with the same rule for teacher and student."""
+
+    def __init__(self, metric: Any, choice: LossChoice, t_eval: Any, eval_y: np.ndarray | None,
+                 output_name: str, temperature: float):
+        self.metric, self.choice, self.t_eval, self.eval_y = metric, choice, t_eval, eval_y
+        self.output_name, self.temperature = output_name, temperature
+        if metric is not None:
+            self.name, self.higher = metric.name, True
+        elif eval_y is not None and choice.kind == "kl" and labels_fit(choice, tuple(t_eval.shape), eval_y):
+            self.name, self.higher = "top1", True
+        elif labels_fit(choice, tuple(t_eval.shape), eval_y):
+            self.name, self.higher = choice.kind, False      # the loss to the eval labels
+        else:
+            self.name, self.higher = "kd_loss", False
+
+    def __call__(self, out: Any) -> float:
+        import torch
+
+        if self.metric is not None:
+            return self.metric({self.output_name: out.numpy()}, self.eval_y) + 0.0   # + 0.0: no -0.0
+        if self.name == "top1":
+            return top1(out, self.eval_y)
+        if self.name == "kd_loss":
+            return float(kd_loss(self.choice, out, self.t_eval, self.temperature))
+        return float(label_loss(self.choice, out, torch.as_tensor(self.eval_y)))
+
+    def better(self, a: float, b: float) -> bool:
+        return a > b if self.higher else a < b
+
+
+def check_labels(choice: LossChoice, shape: tuple, labels: np.ndarray | None, scorer_uses: bool) -> None:
+    if labels is None or scorer_uses or labels_fit(choice, shape, labels):
+        return
+    raise DataError(f"distill: labels of shape {labels.shape} ({labels.dtype}) fit neither the model's output "
+                    f"{shape} as {'class ids' if choice.kind == 'kl' else 'targets'} for the {choice.kind} loss; "
+                    f"give labels that do, or a metric (metric: FILE.py:FUNC) that reads them")

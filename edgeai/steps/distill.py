@@ -157,14 +157,6 @@ def _teacher_pass(teacher: Any, arrays: dict, n: int, bs: int, dtype: Any, feats
     return torch.cat(outs), {k: torch.cat(v) for k, v in fmaps.items()}
 
 
-def _top1(logits: Any, labels: np.ndarray) -> float:
-    import torch
-
-    pred = logits.argmax(-1).reshape(-1)
-    lab = torch.as_tensor(labels).reshape(-1).long()
-    return float((pred == lab).float().mean())
-
-
 def _adapt(x: Any, adapter: Any, dim: int) -> Any:
     if adapter is None:
         return x
@@ -210,37 +202,6 @@ def _output_name(model: Any, arrays: dict, dtype: Any) -> str:
         return output_names(model(**_batch(arrays, slice(0, 1), dtype)))[0][0]
 
 
-class _Scorer:
-    """Scores outputs on the eval data: (value, name, higher is better), with the same rule for teacher and student."""
-
-    def __init__(self, metric: Any, choice: losses.LossChoice, t_eval: Any, eval_y: np.ndarray | None,
-                 output_name: str, temperature: float):
-        self.metric, self.choice, self.t_eval, self.eval_y = metric, choice, t_eval, eval_y
-        self.output_name, self.temperature = output_name, temperature
-        if metric is not None:
-            self.name, self.higher = metric.name, True
-        elif eval_y is not None and choice.kind == "kl" and losses.labels_fit(choice, tuple(t_eval.shape), eval_y):
-            self.name, self.higher = "top1", True
-        elif losses.labels_fit(choice, tuple(t_eval.shape), eval_y):
-            self.name, self.higher = choice.kind, False      # the loss to the eval labels
-        else:
-            self.name, self.higher = "kd_loss", False
-
-    def __call__(self, out: Any) -> float:
-        import torch
-
-        if self.metric is not None:
-            return self.metric({self.output_name: out.numpy()}, self.eval_y) + 0.0   # + 0.0: no -0.0
-        if self.name == "top1":
-            return _top1(out, self.eval_y)
-        if self.name == "kd_loss":
-            return float(losses.kd_loss(self.choice, out, self.t_eval, self.temperature))
-        return float(losses.label_loss(self.choice, out, torch.as_tensor(self.eval_y)))
-
-    def better(self, a: float, b: float) -> bool:
-        return a > b if self.higher else a < b
-
-
 def _outputs(model: Any, arrays: dict, n: int, bs: int, dtype: Any) -> Any:
     import torch
 
@@ -259,14 +220,6 @@ def _set_train(model: Any, batchnorm: str) -> None:
         for m in model.modules():
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
                 m.eval()
-
-
-def _check_labels(choice: losses.LossChoice, shape: tuple, labels: np.ndarray | None, scorer_uses: bool) -> None:
-    if labels is None or scorer_uses or losses.labels_fit(choice, shape, labels):
-        return
-    raise DataError(f"distill: labels of shape {labels.shape} ({labels.dtype}) fit neither the model's output "
-                    f"{shape} as {'class ids' if choice.kind == 'kl' else 'targets'} for the {choice.kind} loss; "
-                    f"give labels that do, or a metric (metric: FILE.py:FUNC) that reads them")
 
 
 def distill(student: Any, example_inputs: Mapping[str, Any], config: DistillConfig,
@@ -306,8 +259,8 @@ def distill(student: Any, example_inputs: Mapping[str, Any], config: DistillConf
         teacher.train(teacher_was_training)
     choice = losses.chosen(config.loss, t_train, train_y if train_y is not None else eval_y, out_name)
     shape = tuple(t_train.shape)
-    _check_labels(choice, shape, train_y, metric is not None)
-    _check_labels(choice, shape, eval_y, metric is not None)
+    losses.check_labels(choice, shape, train_y, metric is not None)
+    losses.check_labels(choice, shape, eval_y, metric is not None)
     adapters = _adapters(model, train_x, dtype, pairs, s_feats, t_feats, t_train_f)
 
     params = list(model.parameters()) + list(adapters.parameters())
@@ -321,7 +274,7 @@ def distill(student: Any, example_inputs: Mapping[str, Any], config: DistillConf
              else torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0))
     train_labels = torch.as_tensor(train_y) if losses.labels_fit(choice, shape, train_y) else None
     alpha = config.alpha if train_labels is not None else 1.0
-    scorer = _Scorer(metric, choice, t_eval, eval_y, out_name, config.temperature) if n_eval else None
+    scorer = losses.Scorer(metric, choice, t_eval, eval_y, out_name, config.temperature) if n_eval else None
     out_of_time = (lambda: config.max_minutes is not None and time.monotonic() - start > 60 * config.max_minutes)
 
     initial = scorer(_outputs(model, eval_x, n_eval, bs, dtype)) if scorer else math.inf
