@@ -6,12 +6,15 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
 from edgeai.errors import InputSpecError, MissingDependencyError, ModelLoadError
 from edgeai.specs import TensorSpec
+
+if TYPE_CHECKING:  # source.py imports this module lazily
+    from edgeai.source import ModelSource
 
 log = logging.getLogger(__name__)
 
