@@ -75,16 +75,22 @@ class ShiftedBatchNormCNN(torch.nn.Module):
         return self.fc(torch.flatten(y, 1))
 
 
-def test_tflite_fallback_keeps_a_conv_with_its_epilogue_in_float(tmp_path):
+def cnn_feeds(n, seed):
+    return {"x": np.random.default_rng(seed).standard_normal((n, 1, 16, 1)).astype(np.float32)}
+
+
+@pytest.fixture(scope="module")
+def shifted_bn_tflite(tmp_path_factory):
     torch.manual_seed(0)
-    path = tmp_path / "cnn.tflite"
+    path = tmp_path_factory.mktemp("tfl") / "cnn.tflite"
     exporter = get_exporter("tflite")
     exporter.fn(ShiftedBatchNormCNN().eval(), {"x": torch.randn(1, 1, 16, 1)}, [TensorSpec("x", (1, 1, 16, 1))], path,
                 exporter.config_cls())
+    return path
 
-    def feeds(n, seed):
-        return {"x": np.random.default_rng(seed).standard_normal((n, 1, 16, 1)).astype(np.float32)}
 
+def test_tflite_fallback_keeps_a_conv_with_its_epilogue_in_float(shifted_bn_tflite, tmp_path):
+    path, feeds = shifted_bn_tflite, cnn_feeds
     data = {**feeds(128, 3), "labels": run_batched(load(path), feeds(128, 3))["output"].argmax(-1)}
     kinds = {scope: kind for kind, scope, _, _ in _ops(path)}
     conv_unit = weighted_units(path)[0][1]
@@ -100,6 +106,22 @@ def test_tflite_fallback_keeps_a_conv_with_its_epilogue_in_float(tmp_path):
     kept = set(fb.chosen_try.excluded)
     assert "SUB" in {kinds[s] for s in kept} and "FULLY_CONNECTED" not in {kinds[s] for s in kept}
     assert evaluate(tmp_path / "q.tflite", data).value >= 90.0
+
+
+def test_a_tflite_variant_within_budget_only_with_every_op_in_float_is_not_kept(shifted_bn_tflite, tmp_path):
+    from edgeai.budget import Budget, quantize_within_budget
+    from edgeai.steps import VariantNotKept
+
+    feeds = cnn_feeds(128, 3)
+    labels = run_batched(load(shifted_bn_tflite), feeds)["output"].argmax(-1)
+    budget = Budget(feeds, None, labels, None, 0.0, None, "top-1 drop <= 0", cnn_feeds(64, 4))  # no drop at all
+    step = get_artifact_step("tflite:int8-static")
+    ctx = StepContext(calibration=cnn_feeds(64, 4))
+    with pytest.raises(VariantNotKept, match="no node of this model was quantized"):
+        quantize_within_budget("tflite:int8-static", step, shifted_bn_tflite, tmp_path / "q.tflite",
+                               TFLiteInt8FullConfig(), ctx, budget)
+    report = step.fn(shifted_bn_tflite, tmp_path / "all.tflite", TFLiteInt8FullConfig(), ctx)
+    assert report.details["quantized_nodes"] >= 3  # conv, BatchNorm, dense: INT8 when nothing is excluded
 
 
 def test_a_scheme_given_twice_under_its_alias_is_refused(tmp_path):

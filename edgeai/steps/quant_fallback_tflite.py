@@ -54,14 +54,7 @@ def weighted_units(path: str | Path) -> list[tuple[str, list[str], str, list[str
 
 def _ops(path: str | Path) -> list[tuple[str, str, str, list[str]]]:
     """(op type, scope, first output tensor, input tensors) of every op of the main graph, in order."""
-    from edgeai.runtime.tflite_inspect import _enum_names, _schema
-
-    schema = _schema()
-    model = schema.Model.GetRootAs(Path(path).read_bytes(), 0)
-    op_names = _enum_names(schema.BuiltinOperator)
-    codes = [op_names.get(max(model.OperatorCodes(i).BuiltinCode(), model.OperatorCodes(i).DeprecatedBuiltinCode()))
-             for i in range(model.OperatorCodesLength())]
-    sub = model.Subgraphs(0)
+    sub, codes, _ = _main_graph(path)
 
     def name(i: int) -> str:
         return sub.Tensors(i).Name().decode()
@@ -75,6 +68,34 @@ def _ops(path: str | Path) -> list[tuple[str, str, str, list[str]]]:
             outs = [name(op.Outputs(j)) for j in range(op.OutputsLength()) if op.Outputs(j) >= 0]
             out.append((kind, "".join(f"{o};" for o in outs if o), outs[0], ins))
     return out
+
+
+def _main_graph(path: str | Path):
+    """(main subgraph, op type name per opcode index, TensorType number -> name) of a .tflite."""
+    from edgeai.runtime.tflite_inspect import _enum_names, _schema
+
+    schema = _schema()
+    model = schema.Model.GetRootAs(Path(path).read_bytes(), 0)
+    op_names = _enum_names(schema.BuiltinOperator)
+    codes = [op_names.get(max(model.OperatorCodes(i).BuiltinCode(), model.OperatorCodes(i).DeprecatedBuiltinCode()))
+             for i in range(model.OperatorCodesLength())]
+    return model.Subgraphs(0), codes, _enum_names(schema.TensorType)
+
+
+def int8_op_count(path: str | Path) -> int:
+    """How many ops of the main graph read or write an INT8 tensor (weights or activations): 0 when a
+    quantization step left every op in float."""
+    sub, _, types = _main_graph(path)
+
+    def int8(i: int) -> bool:
+        return i >= 0 and types.get(sub.Tensors(i).Type()) == "INT8"
+
+    count = 0
+    for k in range(sub.OperatorsLength()):
+        op = sub.Operators(k)
+        tensors = [op.Inputs(j) for j in range(op.InputsLength())] + [op.Outputs(j) for j in range(op.OutputsLength())]
+        count += any(int8(i) for i in tensors)
+    return count
 
 
 def tflite_ranker(src: Path, batches: list[dict]):
