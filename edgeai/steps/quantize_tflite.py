@@ -192,7 +192,11 @@ def _run(src: Path, dst: Path, step: str, config: Any, ctx: StepContext) -> Step
     if getattr(config, "exclude_ops", ()):
         notes.append(f"kept in float32 (exclude_ops): {', '.join(config.exclude_ops[:5])}"
                      + (f" and {len(config.exclude_ops) - 5} more" if len(config.exclude_ops) > 5 else ""))
-    return _report(step, config, before, after, notes)
+    report = _report(step, config, before, after, notes)
+    if step != "tflite:fp16":  # 0 when every op stayed float (the budget's check refuses such a variant)
+        from edgeai.steps.quant_fallback_tflite import int8_op_count
+        report.details["quantized_nodes"] = int8_op_count(dst)
+    return report
 
 
 def _report(step: str, config: Any, before: dict, after: dict, notes: list[str]) -> StepReport:
