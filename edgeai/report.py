@@ -36,6 +36,8 @@ def model_step_lines(manifest: Manifest) -> list[str]:
     after = next((a for a in manifest.artifacts if any(s["type"].startswith("model.") for s in a.steps)), None)
     lines = []
     for s in after.steps if after else []:
+        if not s["type"].startswith("model."):  # export and artifact steps have their own rows
+            continue
         d = s.get("details", {})
         try:
             lines.append(_step_line(s["type"], d))
