@@ -15,7 +15,7 @@ from edgeai.fsutil import check_output_target, locked_staging, publish, sha256_f
 from edgeai.manifest import MANIFEST_NAME, ArtifactEntry, Manifest
 from edgeai.measure import RunData, bench_all, count_stage_macs, evaluate_all
 from edgeai.outdir import check_input_kept, input_files, removable_old_files
-from edgeai.recipe import Recipe, RecipeError, load_recipe, validate
+from edgeai.recipe import Recipe, RecipeError, load_recipe, make_config, validate
 from edgeai.source import ModelSource, load_model
 from edgeai.steps import VariantNotKept
 from edgeai.verify import FP32_TOLERANCE, ArtifactHandle, Parity, Tolerance, check_onnx_file, open_artifact, verify
@@ -98,7 +98,7 @@ def run(recipe: Recipe, out_dir: Path, progress: Progress) -> ExportOutcome:
     data = RunData(recipe.data, source.input_specs)
     source = _realistic_examples(source, recipe, data)
     exporter = get_exporter(recipe.format)
-    config = _make_config(exporter.config_cls, recipe.export, f"{recipe.format} export")
+    config = make_config(exporter.config_cls, recipe.export, f"{recipe.format} export")
     if exporter.fixed_shapes(config) and source.example_dims.get("batch", 1) != 1:
         source = source.with_dims(batch=1)  # a fixed-shape model is deployed at batch 1
     protected = input_files(recipe.model, source.onnx_path)
@@ -164,7 +164,7 @@ def _model_steps(source: ModelSource, recipe: Recipe, data: RunData,
     for item in recipe.steps:
         (name, opts), = item.items()
         step = get_model_step(name)
-        config = _make_config(step.config_cls, opts, f"step {name!r}")
+        config = make_config(step.config_cls, opts, f"step {name!r}")
         config, search = _latency_target(name, config, module, source, ctx, recipe, progress)
         progress(f"model step {name}")
         module, report = step.fn(module, source.torch_inputs(), config, ctx)
@@ -184,14 +184,6 @@ def _latency_target(name: str, config: Any, module: Any, source: ModelSource, ct
     if name != "prune" or not latency_target.wants_latency(config):
         return config, None
     return latency_target.for_pipeline(config, module, source, ctx, recipe, progress)
-
-
-def _make_config(config_cls: type, opts: dict, what: str):
-    try:
-        return config_cls(**opts)
-    except TypeError:
-        known = ", ".join(f.name for f in fields(config_cls))
-        raise RecipeError(f"bad options {dict(opts)} for {what}; known: {known}") from None
 
 
 def _artifact_steps(ctx: RunContext, source: ModelSource, fp32: ArtifactEntry,
@@ -216,7 +208,7 @@ def _artifact_steps(ctx: RunContext, source: ModelSource, fp32: ArtifactEntry,
         name = canonical_scheme(name)  # files keep the canonical name (int8-full -> int8-static)
         key = f"{recipe.format}:{name}"
         step = get_artifact_step(key)
-        variant = Variant(name, key, step, _make_config(step.config_cls, opts, f"quantization {name!r}"),
+        variant = Variant(name, key, step, make_config(step.config_cls, opts, f"quantization {name!r}"),
                           stage / f"model.{name}{(stage / fp32.file).suffix}")
         try:
             entries.append(_variant(ctx, variant, source, fp32, step_ctx, budget))
