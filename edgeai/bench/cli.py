@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from edgeai.argtypes import count, is_count, positive_int, seconds
-from edgeai.bench.results import PROVIDERS, RUNTIMES
+from edgeai.bench.results import PRECISIONS, PROVIDERS, RUNTIMES
 from edgeai.bench.stats import DEFAULT_MAX_SECONDS, DEFAULT_MIN_RUNS, DEFAULT_MIN_SECONDS
 from edgeai.errors import InputSpecError, OutputError
 from edgeai.fsutil import ensure_writable_dir
@@ -96,6 +96,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     torch_opts = p.add_argument_group("model specs (--runtime torch), passed to edgeai.source.load_model")
     torch_opts.add_argument("--input", action="append", default=[], metavar="NAME:DIM,...[:DTYPE]",
                             help="an input of the model, e.g. image:batch,1,32,32 (repeatable, call order)")
+    torch_opts.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                            help="cast the module's weights and float inputs to this dtype before timing "
+                                 "(fp16/bf16: the usual GPU precisions); default: fp32")
     torch_opts.add_argument("--example-inputs", metavar="NPZ", help="example inputs file (.npz)")
     torch_opts.add_argument("--arch", metavar="MODULE:FACTORY", help="builds the module a state_dict is loaded into")
     torch_opts.add_argument("--trust-pickle", action="store_true",
@@ -125,8 +128,8 @@ def run(args: argparse.Namespace) -> int:
     dims = parse_dims(args.dim)
     load_options = {k: v for k, v in (("example_inputs", args.example_inputs), ("arch", args.arch),
                                       ("trust_pickle", args.trust_pickle)) if v}
-    if (args.input or load_options) and args.runtime != "torch":
-        raise InputSpecError("--input, --example-inputs, --arch and --trust-pickle describe PyTorch model "
+    if (args.input or load_options or args.precision != "fp32") and args.runtime != "torch":
+        raise InputSpecError("--input, --example-inputs, --arch, --trust-pickle and --precision describe PyTorch model "
                              "specs; add --runtime torch (exported artifacts carry their own input specs)")
     if args.json:
         json_path = Path(args.json)
@@ -137,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
                    runs=args.runs, min_seconds=args.min_seconds, batch=args.batch,
                    dims=dims, provider=args.provider, isolate=not args.no_isolate,
                    inputs=args.input, load_options=load_options, verify_digest=not args.no_verify_digest,
-                   device=device)
+                   device=device, precision=args.precision)
     print_report(report)
     if args.json:
         report.write_json(args.json)
