@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeai.argtypes import positive_int
 from edgeai.errors import DataError, MissingDependencyError, ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -110,7 +111,7 @@ def add_parser(sub) -> None:
                                      "into an .npz keyed by the model's input names.")
     t.add_argument("file", metavar="FILE.txt")
     t.add_argument("--tokenizer", required=True, metavar="hf:DIR|hf:ORG/NAME", help="a saved Hugging Face tokenizer")
-    t.add_argument("--max-length", type=int, default=None, metavar="N",
+    t.add_argument("--max-length", type=positive_int, default=None, metavar="N",
                    help="pad and truncate every sample to N tokens (default: the longest line)")
     t.add_argument("-o", "--output", required=True, metavar="OUT.npz")
     t.set_defaults(func=cmd_text)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from edgeai import typed
+from edgeai.argtypes import MAX_THREADS
 from edgeai.errors import ConfigError
 from edgeai.typed import shown
 
@@ -247,8 +248,10 @@ def _check_max_drop(recipe: Recipe) -> None:
 
 
 def _check_summary(summary: SummaryConfig) -> None:
-    if not isinstance(summary.threads, int) or isinstance(summary.threads, bool) or summary.threads < 1:
-        raise RecipeError(f"threads (--threads, summary.threads) must be an integer >= 1, got {summary.threads!r}")
+    if (not isinstance(summary.threads, int) or isinstance(summary.threads, bool)
+            or not 1 <= summary.threads <= MAX_THREADS):
+        raise RecipeError(f"threads (--threads, summary.threads) must be an integer >= 1, got {summary.threads!r} "
+                          f"(at most {MAX_THREADS})")
     if not isinstance(summary.warmup, int) or isinstance(summary.warmup, bool) or summary.warmup < 0:
         raise RecipeError(f"summary.warmup must be an integer >= 0, got {summary.warmup!r}")
     if not _number(summary.min_seconds) or summary.min_seconds <= 0:
