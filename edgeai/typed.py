@@ -24,6 +24,21 @@ class FieldError(ValueError):
         self.path, self.message = path, message
 
 
+def read_json(path) -> Any:
+    """The JSON value in file `path`; ValueError saying what is wrong when it is not UTF-8 JSON (OSError passes)."""
+    import json
+    from pathlib import Path
+    raw = Path(path).read_bytes()
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start})") from None
+    except RecursionError:
+        raise ValueError("nested too deeply to be edgeai's JSON") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"not JSON: {e}") from None
+
+
 def hints(cls: type) -> dict[str, Any]:
     """The resolved annotations of dataclass `cls`'s fields (strings under `from __future__ import annotations`)."""
     resolved = typing.get_type_hints(cls)
@@ -38,14 +53,13 @@ def build(cls: type, data: Any, path: str = "", strict: bool = True):
 def check_fields(cls: type, data: Any, path: str = "", strict: bool = True) -> dict[str, Any]:
     """The keyword arguments for `cls`: `data` checked field by field and normalized (lists -> tuples)."""
     if not isinstance(data, Mapping):
-        raise FieldError(path, f"expected a mapping of {', '.join(f.name for f in dataclasses.fields(cls))}, "
-                               f"got {shown(data)}")
+        raise FieldError(path, f"expected {describe(cls)}, got {shown(data)}")
     types_ = hints(cls)
     unknown = sorted(str(k) for k in data if k not in types_)
     if unknown and strict:
         where = f" under {path!r}" if path else ""
         raise FieldError("", f"unknown key(s) {unknown}{where}; known: {', '.join(sorted(types_))}")
-    return {k: check(v, types_[k], _join(path, k)) for k, v in data.items() if k in types_}
+    return {k: check(v, types_[k], _join(path, k), strict) for k, v in data.items() if k in types_}
 
 
 def check_instance(obj: Any, path: str = "") -> None:
@@ -53,15 +67,16 @@ def check_instance(obj: Any, path: str = "") -> None:
     check_fields(type(obj), {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}, path)
 
 
-def check(value: Any, tp: Any, path: str) -> Any:
-    """`value` checked against annotation `tp` and normalized; FieldError naming `path` when it does not fit."""
+def check(value: Any, tp: Any, path: str, strict: bool = True) -> Any:
+    """`value` checked against annotation `tp` and normalized; FieldError naming `path` when it does not fit.
+    Nested dataclasses given as mappings are built (unknown keys refused when `strict`, else dropped)."""
     if tp is Any or tp is object:
         return value
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (Union, types.UnionType):
         for option in args:
             try:
-                return check(value, option, path)
+                return check(value, option, path, strict)
             except FieldError as e:
                 if e.path != path:  # the value has this shape; the mistake is deeper inside it
                     raise
@@ -74,13 +89,13 @@ def check(value: Any, tp: Any, path: str) -> Any:
         if isinstance(value, tp):
             check_instance(value, path)
             return value
-        return build(tp, value, path)
+        return build(tp, value, path, strict)
     if origin is not None:
-        return _check_container(value, tp, origin, args, path)
+        return _check_container(value, tp, origin, args, path, strict)
     return _check_scalar(value, tp, path)
 
 
-def _check_container(value: Any, tp: Any, origin: Any, args: tuple, path: str) -> Any:
+def _check_container(value: Any, tp: Any, origin: Any, args: tuple, path: str, strict: bool) -> Any:
     if origin in (tuple, list, Sequence) or (isinstance(origin, type) and issubclass(origin, Sequence)
                                              and origin is not str):
         if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
@@ -88,10 +103,10 @@ def _check_container(value: Any, tp: Any, origin: Any, args: tuple, path: str) -
         if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
             if len(value) != len(args):
                 raise FieldError(path, f"expected {describe(tp)}, got {shown(value)}")
-            items = [check(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args))]
+            items = [check(v, a, f"{path}[{i}]", strict) for i, (v, a) in enumerate(zip(value, args))]
         else:
             inner = args[0] if args else Any
-            items = [check(v, inner, f"{path}[{i}]") for i, v in enumerate(value)]
+            items = [check(v, inner, f"{path}[{i}]", strict) for i, v in enumerate(value)]
         return list(items) if origin is list else tuple(items)
     if isinstance(origin, type) and issubclass(origin, Mapping):
         if not isinstance(value, Mapping):
@@ -100,7 +115,7 @@ def _check_container(value: Any, tp: Any, origin: Any, args: tuple, path: str) -
         out = {}
         for k, v in value.items():
             check(k, key_tp, f"{path} key {k!r}")
-            out[k] = check(v, value_tp, _join(path, str(k)))
+            out[k] = check(v, value_tp, _join(path, str(k)), strict)
         return out
     if isinstance(origin, type):
         return _check_scalar(value, origin, path)
@@ -149,7 +164,8 @@ def describe(tp: Any) -> str:
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in args)
     if dataclasses.is_dataclass(tp):
-        return f"a mapping of {', '.join(f.name for f in dataclasses.fields(tp))}"
+        names = [f.name for f in dataclasses.fields(tp)]
+        return f"a mapping of {', '.join(names[:4])}{', ...' if len(names) > 4 else ''}"
     if origin is not None and isinstance(origin, type) and issubclass(origin, Mapping):
         if len(args) != 2 or (args[0] is Any and args[1] is Any):
             return "a mapping"
@@ -168,6 +184,11 @@ _PLURALS = {bool: "booleans", int: "integers", float: "numbers", str: "strings"}
 
 
 def _plural(tp: Any) -> str:
+    origin = typing.get_origin(tp) or tp
+    if dataclasses.is_dataclass(tp) or (isinstance(origin, type) and issubclass(origin, Mapping)):
+        return "mappings"
+    if isinstance(origin, type) and issubclass(origin, (list, tuple)):
+        return "lists"
     return _PLURALS.get(tp) or f"items that are {describe(tp)}"
 
 
