@@ -84,6 +84,28 @@ def cap_threads(n: int | None, flag: str = "--threads") -> int | None:
     return n
 
 
+def check_utf8_args(values: dict) -> None:
+    """ConfigError when a path or name on the command line is not UTF-8 (undecodable bytes in argv):
+    ONNX, the runtimes and the manifest all need UTF-8 names, and would fail later with a misleading error."""
+    from edgeai.errors import ConfigError
+    for dest, value in values.items():
+        for text in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(text, str) and not _is_utf8(text):
+                shown = os.fsencode(text).decode("utf-8", "backslashreplace")
+                positional = dest in ("model", "artifact", "targets", "folder", "file")
+                flag = dest if positional else "--" + dest.replace("_", "-")
+                raise ConfigError(f"{flag} '{shown}' is not valid UTF-8; ONNX, the runtimes and the manifest need "
+                                  "UTF-8 file names: rename it")
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _float(text: str) -> float:
     try:
         return float(text)

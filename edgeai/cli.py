@@ -166,7 +166,7 @@ def cmd_run(args) -> int:
     import numpy as np
 
     from edgeai.errors import OutputError
-    from edgeai.fsutil import atomic_write_bytes
+    from edgeai.fsutil import atomic_write_bytes, reporting_disk_errors
     from edgeai.runtime.subproc import load_guarded
     from edgeai.specs import load_npz
 
@@ -182,7 +182,8 @@ def cmd_run(args) -> int:
     out = Path(args.output)
     if out.is_dir():
         raise OutputError(f"output {str(out)!r} is a folder; give a file name such as out.npz")
-    atomic_write_bytes(out, buf.getvalue())
+    with reporting_disk_errors(out):
+        atomic_write_bytes(out, buf.getvalue())
     for name, arr in outputs.items():
         print(f"{name}: shape {tuple(arr.shape)} {arr.dtype}")
     print(f"wrote {out}")
@@ -278,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(args.debug, args.quiet)
     with _sigterm_unwinds():
         try:
+            argtypes.check_utf8_args(vars(args))
             return int(args.func(args) or 0)
         except EdgeAIError as e:
             if args.debug:
@@ -290,12 +292,25 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             print("edgeai: interrupted", file=sys.stderr)
             return 128 + signal.SIGINT
-        except Exception as e:
+        except OSError as e:
+            from edgeai.fsutil import disk_error
+            error = disk_error(e.filename, e)  # a full disk anywhere is the machine's state, not a bug
+            if error is None:
+                return _internal_error(e, args.debug)
             if args.debug:
                 traceback.print_exc()
-            print(f"edgeai: internal error: {type(e).__name__}: {' '.join(str(e).split())[:300]} "
-                  "(run with --debug for the traceback and please report it)", file=sys.stderr)
-            return 1
+            print(f"edgeai: error: {error}", file=sys.stderr)
+            return 2
+        except Exception as e:
+            return _internal_error(e, args.debug)
+
+
+def _internal_error(e: Exception, debug: bool) -> int:
+    if debug:
+        traceback.print_exc()
+    print(f"edgeai: internal error: {type(e).__name__}: {' '.join(str(e).split())[:300]} "
+          "(run with --debug for the traceback and please report it)", file=sys.stderr)
+    return 1
 
 
 @contextlib.contextmanager

@@ -135,7 +135,7 @@ def add_parser(sub) -> None:
 
 def cmd_text(args) -> int:
     from edgeai.errors import OutputError
-    from edgeai.fsutil import atomic_write_bytes
+    from edgeai.fsutil import atomic_write_bytes, reporting_disk_errors
     if args.max_length is not None and args.max_length < 2:
         raise DataError(f"--max-length must be >= 2 (room for the special tokens), got {args.max_length}")
     out = Path(args.output)
@@ -144,7 +144,8 @@ def cmd_text(args) -> int:
     feeds = tokenize_file(args.file, args.tokenizer, args.max_length)
     buf = io.BytesIO()
     np.savez(buf, **feeds)
-    atomic_write_bytes(out, buf.getvalue())
+    with reporting_disk_errors(out):
+        atomic_write_bytes(out, buf.getvalue())
     for name, arr in feeds.items():
         print(f"{name}: shape {tuple(arr.shape)} {arr.dtype}")
     print(f"wrote {out}")

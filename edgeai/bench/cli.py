@@ -8,7 +8,7 @@ from edgeai.argtypes import THREADS_HELP, cap_threads, count, is_count, positive
 from edgeai.bench.results import PROVIDERS, RUNTIMES
 from edgeai.bench.stats import DEFAULT_MAX_SECONDS, DEFAULT_MIN_RUNS, DEFAULT_MIN_SECONDS
 from edgeai.errors import InputSpecError, OutputError
-from edgeai.fsutil import ensure_writable_dir
+from edgeai.fsutil import ensure_writable_dir, reporting_disk_errors
 from edgeai.manifest import NO_VERIFY_HELP
 
 DESCRIPTION = f"""\
@@ -141,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
                    device=device)
     print_report(report)
     if args.json:
-        report.write_json(args.json)
+        with reporting_disk_errors(args.json):
+            report.write_json(args.json)
         print(f"wrote {args.json}")
     return 1 if report.failed else 0
