@@ -146,3 +146,156 @@ def test_threads_help_says_what_happens_above_the_cores(cli, capsys):
     with pytest.raises(SystemExit):
         cli("bench", "--help")
     assert "lowered to the core count" in " ".join(capsys.readouterr().out.split())
+
+
+# ---- labels for top-1 must be class ids --------------------------------------------------------------
+
+def _relu_onnx(path):
+    """y = relu(x), x: batch x 3 (three 'classes')."""
+    import onnx
+    from onnx import TensorProto, helper
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9), path)
+    return path
+
+
+X4 = np.array([[3, 1, 0], [0, 2, 1], [0, 1, 5], [4, 0, 0]], np.float32)   # argmax 0, 1, 2, 0
+
+
+@pytest.mark.parametrize("labels, needle", [
+    (np.array([0.5, 1, 2, 0]), "'labels' hold fractional values such as 0.5"),
+    (np.array([0, 1, 2, 7]), "'labels' hold 7, outside the model's 3 classes (0 to 2)"),
+    (np.array([0, -1, 2, 0]), "'labels' hold -1, outside the model's 3 classes"),
+    (np.array(["a", "b", "c", "d"]), "'labels' have dtype <U1"),
+])
+def test_labels_that_are_not_class_ids_are_refused_naming_the_metrics_that_fit(cli, tmp_path, labels, needle):
+    model = _relu_onnx(tmp_path / "m.onnx")
+    np.savez(tmp_path / "d.npz", x=X4, labels=labels)
+    code, out, err = cli("eval", model, "--data", tmp_path / "d.npz")
+    _one_line_error(code, err, needle, "not class ids for top-1", "--metric FILE.py:FUNC", "cosine similarity")
+    assert "top1" not in out
+
+
+def test_integral_float_labels_are_class_ids(tmp_path):
+    from edgeai.evaluate import evaluate
+    model = _relu_onnx(tmp_path / "m.onnx")
+    result = evaluate(model, {"x": X4, "labels": np.array([0.0, 1.0, 2.0, 1.0], np.float32)})
+    assert (result.metric, result.value) == ("top1", 75.0)
+
+
+# ---- malformed files edgeai reads: one line naming the file and the field ----------------------------
+
+@pytest.fixture
+def export_folder(tmp_path):
+    """An export folder written without torch: the relu model, a manifest with real digests."""
+    from edgeai.fsutil import sha256_file
+    from edgeai.manifest import ArtifactEntry, Manifest
+    folder = tmp_path / "exp"
+    folder.mkdir()
+    model = _relu_onnx(folder / "model.onnx")
+    spec = [{"name": "x", "shape": ["batch", 3], "dtype": "float32"}]
+    entry = ArtifactEntry("fp32", "model.onnx", "onnx", "fp32", sha256_file(model), model.stat().st_size, spec,
+                          [{"name": "y", "shape": ["batch", 3], "dtype": "float32"}])
+    Manifest(source={"inputs": spec, "example_dims": {"batch": 2}}, artifacts=[entry], versions={},
+             created="now").write(folder)
+    return folder
+
+
+def _edit_json(path, edit):
+    import json
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda m: m["artifacts"][0].update(digests="x"),
+     "artifacts[0].digests: expected a mapping of strings to strings, got 'x' (a string)"),
+    (lambda m: m["source"].update(example_dims="x"), "source.example_dims: expected a mapping of strings to integers"),
+    (lambda m: m["source"].update(example_dims={"batch": "two"}), "source.example_dims.batch: expected an integer"),
+    (lambda m: m.update(source=None), "source: expected a mapping with string keys, got null"),
+    (lambda m: m["artifacts"][0].update(size_bytes="big"), "artifacts[0].size_bytes: expected an integer, got 'big'"),
+    (lambda m: m["artifacts"][0]["inputs"][0].update(shape=3), "artifacts[0].inputs[0].shape: expected a list"),
+    (lambda m: m.update(artifacts={"fp32": 1}), "artifacts: expected a list of artifacts"),
+])
+@pytest.mark.parametrize("command", ["info", "run", "bench"])
+def test_malformed_manifest_is_one_line_naming_file_and_field(cli, tmp_path, export_folder, edit, needle, command):
+    _edit_json(export_folder / "manifest.json", edit)
+    np.savez(tmp_path / "x.npz", x=X4)
+    extra = {"info": [], "run": ["--input", tmp_path / "x.npz", "-o", tmp_path / "y.npz"],
+             "bench": ["--runs", "2", "--warmup", "0", "--no-isolate"]}[command]
+    code, _, err = cli(command, export_folder, *extra)
+    _one_line_error(code, err, f"'{export_folder / 'manifest.json'}' is not a valid edgeai manifest", needle)
+
+
+@pytest.mark.parametrize("content, needle", [
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    (b'{"schema": "edgeai.manifest/2", "source": "\xff"}', "not UTF-8 text (byte 0xff at offset 43)"),
+])
+def test_deep_or_undecodable_manifest_is_one_line(cli, export_folder, content, needle):
+    path = export_folder / "manifest.json"
+    path.write_bytes(content.encode() if isinstance(content, str) else content)
+    code, _, err = cli("info", export_folder)
+    _one_line_error(code, err, f"'{path}' is not a valid edgeai manifest", needle)
+
+
+@pytest.fixture
+def bench_report(tmp_path, export_folder, cli):
+    code, _, err = cli("bench", export_folder / "model.onnx", "--runs", "2", "--warmup", "0", "--no-isolate",
+                       "--json", tmp_path / "base.json")
+    assert code == 0, err
+    return tmp_path / "base.json"
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda r: r.update(results="x"), "results: expected a list of mappings, got 'x'"),
+    (lambda r: r["results"][0]["timing"].update(p50_ms="fast"), "results[0].timing.p50_ms: expected a number or null"),
+    (lambda r: r["results"][0]["timing"].update(p50_ms=0), "results[0].timing.p50_ms: expected a time > 0, got 0"),
+    (lambda r: r["results"][0].update(timing=5), "results[0].timing: expected a mapping of n, mean_ms"),
+    (lambda r: r["results"][0].update(timing=None), "results[0].timing: a result with status 'ok' needs its timing"),
+    (lambda r: r.update(env="x"), "env: expected a mapping, got 'x'"),
+    (lambda r: r.update(config=[1]), "config: expected a mapping of runtime, threads"),
+])
+def test_malformed_compare_report_is_one_line_naming_file_and_field(cli, tmp_path, bench_report, edit, needle):
+    new = tmp_path / "new.json"
+    new.write_text(bench_report.read_text())
+    _edit_json(new, edit)
+    code, _, err = cli("bench", "--compare", bench_report, new)
+    _one_line_error(code, err, f"report '{new}' is not a valid edgeai.bench/1 report", needle)
+
+
+def test_compare_report_without_cpu_section_or_with_new_fields_still_compares(cli, tmp_path, bench_report):
+    new = tmp_path / "new.json"
+    new.write_text(bench_report.read_text())
+    _edit_json(new, lambda r: (r["env"].pop("cpu"), r["results"][0].update(from_a_newer_edgeai=1)))
+    code, out, err = cli("bench", "--compare", bench_report, new)
+    assert code == 0, err
+    assert "1.000" in out
+
+
+def test_deep_compare_report_is_one_line(cli, tmp_path, bench_report):
+    deep = tmp_path / "deep.json"
+    deep.write_text('{"a":' * 100_000 + "1" + "}" * 100_000)
+    code, _, err = cli("bench", "--compare", bench_report, deep)
+    _one_line_error(code, err, f"report '{deep}' is nested too deeply")
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda d: d.update(unknown_key=1), "unknown key(s) ['unknown_key']"),
+    (lambda d: d.update(size_bytes="big"), "size_bytes: expected an integer or null, got 'big'"),
+])
+def test_cached_optimize_result_with_unknown_or_mistyped_key_is_one_line(tmp_path, edit, needle):
+    from test_optimize_search import FakeLab, search
+
+    from edgeai.optimize.cache import CacheError
+    table = dict(latency={"onnx/fp32": 10.0, "onnx/int8-static": 5.0}, metric={})
+    search(FakeLab(**table), tmp_path)
+    results = sorted((tmp_path / "cache" / "candidates").glob("*/result.json"))
+    assert results
+    _edit_json(results[0], edit)
+    with pytest.raises(CacheError) as info:
+        search(FakeLab(**table), tmp_path)
+    assert f"cache entry '{results[0]}' is not one this edgeai wrote" in str(info.value)
+    assert needle in str(info.value) and "--no-cache" in str(info.value)
