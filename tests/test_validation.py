@@ -110,7 +110,7 @@ OPT = ["optimize", RAISES, "--input", "x:1,3", "--eval-data", "e.npz", "--max-dr
     [*OPT, "--rounds", "0"], [*OPT, "--workers", "-1"],
     ["optimize", RAISES, "--input", "x:1,3", "--eval-data", "e.npz", "--max-drop", "nan", "-o", "o"],
     ["export", RAISES, "--input", "x:1,3", "--atol", "nan", "-o", "o"],
-    ["export", RAISES, "--input", "x:1,3", "--rtol", "-inf", "-o", "o"],
+    ["export", RAISES, "--input", "x:1,3", "--rtol", "inf", "-o", "o"],
     ["export", RAISES, "--input", "x:1,3", "--threads", "100000", "-o", "o"],
     ["run", "m.onnx", "--input", "x.npz", "-o", "y.npz", "--threads", "100000"],
     ["bench", "m.onnx", "--threads", "100000"],
@@ -299,3 +299,177 @@ def test_cached_optimize_result_with_unknown_or_mistyped_key_is_one_line(tmp_pat
         search(FakeLab(**table), tmp_path)
     assert f"cache entry '{results[0]}' is not one this edgeai wrote" in str(info.value)
     assert needle in str(info.value) and "--no-cache" in str(info.value)
+
+
+def _tflite(path, in_name="serving_default_x:0", out_name="PartitionedCall:0", in_type=None, signature=None):
+    """A one-op (RELU, 1x3) .tflite written with the flatbuffer schema: tensor names, types and the
+    signature as given (`signature`: (input name, output name) or None for none)."""
+    flatbuffers = pytest.importorskip("flatbuffers")
+    s = pytest.importorskip("ai_edge_litert.schema_py_generated")
+
+    def tensor(name, typ):
+        t = s.TensorT()
+        t.name, t.shape, t.type, t.buffer = name, [1, 3], typ, 0
+        return t
+
+    code = s.OperatorCodeT()
+    code.builtinCode = code.deprecatedBuiltinCode = s.BuiltinOperator.RELU
+    op = s.OperatorT()
+    op.opcodeIndex, op.inputs, op.outputs = 0, [0], [1]
+    graph = s.SubGraphT()
+    graph.tensors = [tensor(in_name, s.TensorType.FLOAT32 if in_type is None else in_type),
+                     tensor(out_name, s.TensorType.FLOAT32)]
+    graph.inputs, graph.outputs, graph.operators = [0], [1], [op]
+    model = s.ModelT()
+    model.version, model.operatorCodes, model.subgraphs, model.buffers = 3, [code], [graph], [s.BufferT()]
+    if signature:
+        sig = s.SignatureDefT()
+        sig.signatureKey, sig.subgraphIndex = "serving_default", 0
+        sig.inputs, sig.outputs = [s.TensorMapT(), ], [s.TensorMapT()]
+        sig.inputs[0].name, sig.inputs[0].tensorIndex = signature[0], 0
+        sig.outputs[0].name, sig.outputs[0].tensorIndex = signature[1], 1
+        model.signatureDefs = [sig]
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    path.write_bytes(builder.Output())
+    return path
+
+
+@pytest.mark.parametrize("type_name", ["RESOURCE", "INT4", 99])
+def test_tflite_input_of_a_type_no_array_holds_is_one_line_naming_the_tensor(cli, tmp_path, type_name):
+    s = pytest.importorskip("ai_edge_litert.schema_py_generated")
+    code_ = type_name if isinstance(type_name, int) else getattr(s.TensorType, type_name)
+    model = _tflite(tmp_path / "m.tflite", in_type=code_)
+    np.savez(tmp_path / "x.npz", x=X4[:1])
+    shown = f"UNKNOWN TYPE {type_name}" if isinstance(type_name, int) else type_name
+    for command, extra in (("run", ["--input", tmp_path / "x.npz", "-o", tmp_path / "y.npz"]),
+                           ("eval", ["--data", tmp_path / "x.npz", "--reference", model])):
+        code, _, err = cli(command, model, *extra)
+        _one_line_error(code, err, f"'{model}': input 'x' has type {shown}, which cannot be fed or read as an array")
+
+
+@pytest.mark.parametrize("names, want", [
+    (dict(), ("x", "PartitionedCall")),                                      # no signature: plain tensor names
+    (dict(signature=("image", "logits")), ("image", "logits")),              # a signature names them
+    (dict(in_name="x:0", out_name="x:1"), ("x:0", "x:1")),                   # plain names would collide: kept
+])
+def test_every_tflite_path_names_inputs_by_one_rule(cli, tmp_path, names, want):
+    from edgeai.runtime import load
+    from edgeai.runtime.subproc import IsolatedSession
+    from edgeai.runtime.tflite import TFLiteSession
+    model = _tflite(tmp_path / "m.tflite", **names)
+    x = np.array([[-1, 2, 0.5]], np.float32)
+    sessions = [load(model), IsolatedSession(model, "tflite"), TFLiteSession(model)]
+    assert {(s.inputs[0].name, s.outputs[0].name) for s in sessions} == {want}
+    assert TFLiteSession.read_specs(model)[0][0].name == want[0]
+    for s in sessions:
+        np.testing.assert_array_equal(s.run({want[0]: x})[want[1]], [[0, 2, 0.5]])
+    np.savez(tmp_path / "x.npz", **{want[0]: x}, labels=np.array([1]))
+    code, _, err = cli("run", model, "--input", tmp_path / "x.npz", "-o", tmp_path / "y.npz")
+    assert code == 0, err
+    assert list(np.load(tmp_path / "y.npz")) == [want[1]]
+    code, out, err = cli("eval", model, "--data", tmp_path / "x.npz")
+    assert code == 0, err
+    assert "100.00" in out
+
+
+def test_tokenizer_json_that_is_not_utf8_is_one_line_naming_it(cli, tmp_path):
+    pytest.importorskip("transformers")
+    import hf_tiny
+    folder = hf_tiny.wordpiece_vocab(tmp_path / "tok", ["hello", "world"])
+    raw = (folder / "tokenizer.json").read_bytes()
+    (folder / "tokenizer.json").write_bytes(raw.replace(b"hello", b"hel\xfflo", 1))
+    (tmp_path / "s.txt").write_text("hello world\n")
+    code, _, err = cli("data", "text", tmp_path / "s.txt", "--tokenizer", f"hf:{folder}", "-o", tmp_path / "d.npz")
+    _one_line_error(code, err, f"'{folder / 'tokenizer.json'}' is not UTF-8 text (byte 0xff at offset")
+    assert not (tmp_path / "d.npz").exists()
+
+
+def test_npz_member_that_is_a_raw_pickle_is_refused_without_unpickling(cli, tmp_path):
+    import pickle
+    import zipfile
+    marker = tmp_path / "payload-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    with zipfile.ZipFile(tmp_path / "x.npz", "w") as z:
+        z.writestr("x.npy", pickle.dumps(Payload()))
+    model = _relu_onnx(tmp_path / "m.onnx")
+    for command, extra in (("run", ["--input", tmp_path / "x.npz", "-o", tmp_path / "y.npz"]),
+                           ("eval", ["--data", tmp_path / "x.npz"])):
+        code, _, err = cli(command, model, *extra)
+        _one_line_error(code, err, f"'{tmp_path / 'x.npz'}': member 'x' is not a NumPy .npy array (a raw pickle",
+                        "never unpickles")
+    assert not marker.exists()
+
+
+def test_npz_object_array_is_named_as_pickled_objects(cli, tmp_path):
+    np.savez(tmp_path / "x.npz", x=np.array([{"a": 1}], dtype=object))
+    code, _, err = cli("run", _relu_onnx(tmp_path / "m.onnx"), "--input", tmp_path / "x.npz", "-o", tmp_path / "y.npz")
+    _one_line_error(code, err, "holds an object array (pickled Python objects)")
+
+
+# ---- a full disk is the machine's state: one line naming the file, the old file kept -----------------
+
+@pytest.fixture
+def full_disk(monkeypatch):
+    """Every fsync fails with ENOSPC, as a write to a full file system does (no root needed for a tmpfs)."""
+    import errno
+    import os
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(os, "fsync", no_space)
+
+
+@pytest.mark.parametrize("command", ["run", "bench", "data"])
+def test_full_disk_while_writing_an_output_is_one_line_and_keeps_the_old_file(cli, tmp_path, command, request):
+    model = _relu_onnx(tmp_path / "m.onnx")
+    np.savez(tmp_path / "x.npz", x=X4)
+    out = tmp_path / "out.file"
+    out.write_text("old")
+    if command == "data":
+        pytest.importorskip("transformers")
+        import hf_tiny
+        folder = hf_tiny.wordpiece_vocab(tmp_path / "tok", ["hello"])
+        (tmp_path / "s.txt").write_text("hello\n")
+        args = ["data", "text", tmp_path / "s.txt", "--tokenizer", f"hf:{folder}", "-o", out]
+    else:
+        args = {"run": ["run", model, "--input", tmp_path / "x.npz", "-o", out],
+                "bench": ["bench", model, "--runs", "2", "--warmup", "0", "--no-isolate", "--json", out]}[command]
+    request.getfixturevalue("full_disk")
+    code, _, err = cli(*args)
+    _one_line_error(code, err, f"cannot write '{out}': no space left on the device (ENOSPC)")
+    assert out.read_text() == "old" and sorted(p.name for p in tmp_path.glob(".out.file*")) == []
+
+
+def test_full_disk_anywhere_else_is_one_line_not_an_internal_error(cli, tmp_path, monkeypatch, export_folder):
+    import errno
+
+    from edgeai import manifest
+
+    def full(cls, folder):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "somewhere"))
+    monkeypatch.setattr(manifest.Manifest, "read", classmethod(full))
+    code, _, err = cli("info", export_folder)
+    _one_line_error(code, err, f"cannot write '{tmp_path / 'somewhere'}': no space left on the device")
+
+
+def test_output_folder_name_that_is_not_utf8_is_named_not_blamed_on_onnx(cli, tmp_path):
+    out = str(tmp_path) + "/out\udcff"   # what Python makes of the byte 0xff in argv
+    code, _, err = cli("export", _relu_onnx(tmp_path / "m.onnx"), "-o", out, "--no-bench")
+    _one_line_error(code, err, f"--output '{tmp_path}/out\\xff' is not valid UTF-8", "rename it")
+    assert "ONNX checker" not in err and sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_forward_that_returns_none_names_the_model(cli, tmp_path):
+    pytest.importorskip("torch")
+    (tmp_path / "nothing.py").write_text(
+        "import torch\n\nclass M(torch.nn.Module):\n    def forward(self, x):\n        return None\n\n\n"
+        "def make():\n    return M()\n")
+    spec = f"{tmp_path / 'nothing.py'}:make"
+    code, _, err = cli("export", spec, "--input", "x:1,3", "-o", tmp_path / "o", "--no-bench")
+    _one_line_error(code, err, f"the model '{spec}' returns None from forward() on the example inputs, not a tensor")
+    assert ".edgeai-staging" not in err and not (tmp_path / "o").exists()

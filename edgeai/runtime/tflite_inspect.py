@@ -59,12 +59,9 @@ def io_names(in_idx: list[int], out_idx: list[int], raw: dict[int, str],
     the tensor names made plain ('serving_default_x:0' -> 'x') unless that makes two names equal."""
     if signature is not None and set(signature[0]) == set(in_idx) and set(signature[1]) == set(out_idx):
         return {**signature[0], **signature[1]}
-    names = {}
-    for group in (in_idx, out_idx):
-        plain = [plain_name(raw[i]) for i in group]
-        use = plain if len(set(plain)) == len(plain) else [raw[i] for i in group]
-        names.update(zip(group, use))
-    return names
+    every = [*in_idx, *out_idx]
+    plain = {i: plain_name(raw[i]) for i in every}
+    return plain if len(set(plain.values())) == len(set(every)) else {i: raw[i] for i in every}
 
 
 def _input_layout(shape: list[int], consumers: list[tuple[str, list[int] | None]]) -> str | None:
