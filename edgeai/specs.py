@@ -156,14 +156,15 @@ def load_npz(path: str | Path, what: str = "input file") -> dict[str, np.ndarray
     except ValueError as e:
         if "allow_pickle" not in str(e):
             raise DataError(f"{what} {str(path)!r} is not a readable .npz file (ValueError: {e})") from None
-        raise DataError(f"{what} {str(path)!r} holds an object array (pickled Python objects); edgeai reads only "
-                        "numeric arrays and never unpickles data: save numbers with numpy.savez") from None
+        raise DataError(f"{what} {str(path)!r} is not a readable .npz file: it holds an object array (pickled "
+                        "Python objects), and edgeai never unpickles data; save numbers with numpy.savez") from None
     except Exception as e:  # zipfile / format errors all mean "not a valid .npz"
         raise DataError(f"{what} {str(path)!r} is not a readable .npz file ({type(e).__name__}: {e})") from None
     raw = [k for k, v in arrays.items() if not isinstance(v, np.ndarray)]
     if raw:  # np.load hands back the bytes of a member that is not in .npy format (a raw pickle, ...)
-        raise DataError(f"{what} {str(path)!r}: member {raw[0]!r} is not a NumPy .npy array (a raw pickle or "
-                        "another file inside the zip); edgeai never unpickles data: save arrays with numpy.savez")
+        raise DataError(f"{what} {str(path)!r} is not a readable .npz file: member {raw[0]!r} is not a NumPy .npy "
+                        "array (a raw pickle or another file inside the zip), and edgeai never unpickles data; save "
+                        "arrays with numpy.savez")
     if not arrays:
         raise DataError(f"{what} {str(path)!r} holds no arrays")
     return arrays

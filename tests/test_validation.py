@@ -400,15 +400,15 @@ def test_npz_member_that_is_a_raw_pickle_is_refused_without_unpickling(cli, tmp_
     for command, extra in (("run", ["--input", tmp_path / "x.npz", "-o", tmp_path / "y.npz"]),
                            ("eval", ["--data", tmp_path / "x.npz"])):
         code, _, err = cli(command, model, *extra)
-        _one_line_error(code, err, f"'{tmp_path / 'x.npz'}': member 'x' is not a NumPy .npy array (a raw pickle",
-                        "never unpickles")
+        _one_line_error(code, err, f"'{tmp_path / 'x.npz'}' is not a readable .npz file: member 'x' is not a NumPy "
+                                   ".npy array (a raw pickle", "never unpickles")
     assert not marker.exists()
 
 
 def test_npz_object_array_is_named_as_pickled_objects(cli, tmp_path):
     np.savez(tmp_path / "x.npz", x=np.array([{"a": 1}], dtype=object))
     code, _, err = cli("run", _relu_onnx(tmp_path / "m.onnx"), "--input", tmp_path / "x.npz", "-o", tmp_path / "y.npz")
-    _one_line_error(code, err, "holds an object array (pickled Python objects)")
+    _one_line_error(code, err, "is not a readable .npz file: it holds an object array (pickled Python objects)")
 
 
 # ---- a full disk is the machine's state: one line naming the file, the old file kept -----------------
