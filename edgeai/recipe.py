@@ -247,12 +247,11 @@ def _check_max_drop(recipe: Recipe) -> None:
                           "(data.eval in a recipe)")
 
 
-def _check_summary(summary: SummaryConfig) -> None:
-    if (not isinstance(summary.threads, int) or isinstance(summary.threads, bool)
-            or not 1 <= summary.threads <= MAX_THREADS):
+def _check_summary(summary: SummaryConfig) -> None:  # the types were checked by typed.check_instance
+    if not 1 <= summary.threads <= MAX_THREADS:
         raise RecipeError(f"threads (--threads, summary.threads) must be an integer >= 1, got {summary.threads!r} "
                           f"(at most {MAX_THREADS})")
-    if not isinstance(summary.warmup, int) or isinstance(summary.warmup, bool) or summary.warmup < 0:
+    if summary.warmup < 0:
         raise RecipeError(f"summary.warmup must be an integer >= 0, got {summary.warmup!r}")
     if not _number(summary.min_seconds) or summary.min_seconds <= 0:
         raise RecipeError(f"summary.min_seconds must be a number > 0, got {summary.min_seconds!r}")

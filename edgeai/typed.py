@@ -1,6 +1,6 @@
-"""Values from YAML/JSON checked against a dataclass's annotations: one walker for recipes, configs, manifests (stdlib only).
+"""YAML/JSON values checked against a dataclass's annotations: one walker for recipes, configs, manifests.
 
-`build(cls, data)` makes `cls(**data)` after checking every value against the field's annotation
+Stdlib only. `build(cls, data)` makes `cls(**data)` after checking every value against the field's annotation
 (bool, int, float, str, None, Optional/Union, Literal, tuple/list, Mapping/dict, Any, nested
 dataclasses); lists become tuples where the field is a tuple. A mismatch raises FieldError naming
 the field's path, the type expected and the value given; callers turn it into their EdgeAIError.
@@ -8,6 +8,7 @@ the field's path, the type expected and the value given; callers turn it into th
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -39,9 +40,14 @@ def read_json(path) -> Any:
         raise ValueError(f"not JSON: {e}") from None
 
 
+@functools.lru_cache(maxsize=None)
 def hints(cls: type) -> dict[str, Any]:
-    """The resolved annotations of dataclass `cls`'s fields (strings under `from __future__ import annotations`)."""
-    resolved = typing.get_type_hints(cls)
+    """The resolved annotations of dataclass `cls`'s fields (strings under `from __future__ import annotations`);
+    when they name something that cannot be imported here, no field is checked (Any)."""
+    try:
+        resolved = typing.get_type_hints(cls)
+    except (NameError, TypeError):
+        resolved = {}
     return {f.name: resolved.get(f.name, Any) for f in dataclasses.fields(cls)}
 
 
