@@ -266,6 +266,12 @@ def test_malformed_compare_report_is_one_line_naming_file_and_field(cli, tmp_pat
     _one_line_error(code, err, f"report '{new}' is not a valid edgeai.bench/1 report", needle)
 
 
+@pytest.mark.parametrize("threshold", ["inf", "nan", "inf%"])
+def test_compare_threshold_must_be_finite(cli, bench_report, threshold):
+    code, _, err = cli("bench", "--compare", bench_report, bench_report, "--threshold", threshold)
+    _one_line_error(code, err, f"bad --threshold '{threshold}': expected a slowdown such as 5% or 0.05")
+
+
 def test_compare_report_without_cpu_section_or_with_new_fields_still_compares(cli, tmp_path, bench_report):
     new = tmp_path / "new.json"
     new.write_text(bench_report.read_text())

@@ -29,7 +29,7 @@ def parse_threshold(text: str) -> float:
         value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
     except ValueError:
         value = -1.0
-    if not value >= 0:
+    if not (value >= 0 and math.isfinite(value)):  # inf would let every slowdown pass
         raise InputSpecError(f"bad --threshold {text!r}: expected a slowdown such as 5% or 0.05")
     return value
 
