@@ -44,14 +44,6 @@ def finite_float(text: str) -> float:
     return value
 
 
-def positive_float(text: str) -> float:
-    """A finite number > 0 (sizes, minutes): 'nan' or 'inf' would turn a limit off."""
-    value = _float(text)
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
-    return value
-
-
 def nonnegative_float(text: str) -> float:
     """A finite number >= 0 (tolerances, budgets)."""
     value = _float(text)

@@ -61,7 +61,8 @@ def _add_export(sub) -> None:
                    help="TFLite: take image inputs as NHWC (a camera frame needs no transpose)")
     p.add_argument("--fuse-lstm", action="store_true",
                    help="TFLite: emit nn.LSTM as the fused UNIDIRECTIONAL_SEQUENCE_LSTM op instead of unrolling it")
-    p.add_argument("--atol", type=argtypes.nonnegative_float, default=None, help="verification absolute tolerance (default 1e-4)")
+    p.add_argument("--atol", type=argtypes.nonnegative_float, default=None,
+                   help="verification absolute tolerance (default 1e-4)")
     p.add_argument("--rtol", type=argtypes.nonnegative_float, default=None,
                    help="verification tolerance relative to max |reference| (default 1e-3)")
     p.add_argument("--quantize", action="append", default=None, metavar="SCHEME[,SCHEME]",

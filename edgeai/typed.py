@@ -156,7 +156,8 @@ def _hint(value: Any, tp: Any) -> str:
             float(value)
         except ValueError:
             return ""
-        return "; write the number without quotes, with a decimal point in exponents (1.0e-4: YAML reads 1e-4 as a string)"
+        return ("; write the number without quotes, with a decimal point in exponents "
+                "(1.0e-4: YAML reads 1e-4 as a string)")
     return ""
 
 

@@ -127,7 +127,7 @@ def test_optimize_config_refuses_nan_limits_from_python():
     from edgeai.errors import ConfigError
     from edgeai.optimize import OptimizeConfig
     config = OptimizeConfig(model="m.onnx", eval_data="e.npz", max_drop=1.0, budget_minutes=float("nan"))
-    with pytest.raises(ConfigError, match="--budget-minutes must be a finite number > 0, got nan"):
+    with pytest.raises(ConfigError, match="--budget-minutes must be > 0 and finite, got nan"):
         config.validate()
 
 

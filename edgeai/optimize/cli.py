@@ -56,7 +56,7 @@ def add_parser(sub) -> None:
                         "cosine to FP32 PyTorch)")
     p.add_argument("--metric", metavar="FILE.py:FUNC",
                    help="your metric FUNC(outputs: dict[str, ndarray], labels) -> float, higher is better")
-    p.add_argument("--max-drop", type=argtypes.nonnegative_float, required=True,
+    p.add_argument("--max-drop", type=argtypes.finite_float, required=True,
                    help="accuracy budget in the metric's units (top-1 points, cosine, or your metric)")
     p.add_argument("--calibration", metavar="C.npz", help="calibration inputs (static INT8 needs them)")
     p.add_argument("--train-data", metavar="T.npz", help="training data: pruned candidates are distilled on it")
@@ -64,11 +64,13 @@ def add_parser(sub) -> None:
                    help="formats to try; the first one's FP32 is the baseline (default onnx)")
     p.add_argument("--objective", choices=OBJECTIVES, default="p50",
                    help="p50 or p90 latency, or size (the smallest file not slower than FP32); default p50")
-    p.add_argument("--budget-minutes", type=argtypes.positive_float, default=30.0, help="stop with the best so far (default 30)")
+    p.add_argument("--budget-minutes", type=argtypes.finite_float, default=30.0,
+                   help="stop with the best so far (default 30)")
     p.add_argument("--threads", type=argtypes.threads, default=1, metavar="N",
                    help=f"threads when timing (default 1; {argtypes.THREADS_HELP})")
-    p.add_argument("--max-size-mb", type=argtypes.positive_float, default=None, help="reject candidates larger than this")
-    p.add_argument("--max-rss-mb", type=argtypes.positive_float, default=None, help="reject candidates whose peak RSS exceeds this")
+    p.add_argument("--max-size-mb", type=argtypes.finite_float, default=None, help="reject candidates larger than this")
+    p.add_argument("--max-rss-mb", type=argtypes.finite_float, default=None,
+                   help="reject candidates whose peak RSS exceeds this")
     p.add_argument("--prune-ratios", type=_ratios, default=None, metavar="R,R",
                    help="fractions of MACs to remove (default 0.5,0.75 with --train-data, else 0.25,0.5; "
                         "'' turns pruning off)")
@@ -76,7 +78,8 @@ def add_parser(sub) -> None:
                    help="most epochs of distillation per pruned candidate (default: the distill step's)")
     p.add_argument("--rounds", type=argtypes.positive_int, default=3, help="interleaved timing rounds (default 3)")
     p.add_argument("--min-seconds", type=argtypes.seconds, default=1.0, help="timed seconds per candidate per round")
-    p.add_argument("--workers", type=argtypes.positive_int, default=1, help="parallel builds (default 1: timing is never parallel)")
+    p.add_argument("--workers", type=argtypes.positive_int, default=1,
+                   help="parallel builds (default 1: timing is never parallel)")
     p.add_argument("--ray", metavar="ADDRESS", help="build on a Ray cluster ('local' starts one here)")
     p.add_argument("--cache-dir", metavar="DIR", help="where built candidates are kept (default OUTDIR/.cache)")
     p.add_argument("--no-cache", action="store_true", help="rebuild and re-time everything")

@@ -64,7 +64,7 @@ class OptimizeConfig:
         for name in ("budget_minutes", "min_seconds", "max_size_mb", "max_rss_mb"):
             value = getattr(self, name)
             if value is not None and not (value > 0 and math.isfinite(value)):  # nan would turn the limit off
-                raise ConfigError(f"--{name.replace('_', '-')} must be a finite number > 0, got {value}")
+                raise ConfigError(f"--{name.replace('_', '-')} must be > 0 and finite, got {value}")
         if any(not 0 < r < 1 for r in self.prune_ratios or ()):
             raise ConfigError(f"--prune-ratios are fractions of MACs to remove, each between 0 and 1, "
                               f"got {list(self.prune_ratios)}")
