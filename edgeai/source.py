@@ -100,6 +100,11 @@ def _check_forward(source: ModelSource) -> None:
         raise InputSpecError(f"the model fails on the example inputs ({shapes}): {type(e).__name__}: {text}; "
                              "check the --input shapes and dtypes") from None
     names, leaves = output_names(outputs)
+    if not any(isinstance(t, torch.Tensor) for t in leaves):
+        got = "None" if outputs is None else f"{type(outputs).__name__} {' '.join(repr(outputs).split())[:60]}"
+        raise ModelLoadError(f"the model {source.origin!r} returns {got} from forward() on the example inputs, not a "
+                             "tensor; edgeai exports what forward() returns: a tensor, or a tuple, list or dict of "
+                             "tensors")
     for name, t in zip(names, leaves):
         bad = non_finite(t.detach().float().cpu().numpy()) if isinstance(t, torch.Tensor) else ""
         if bad:
