@@ -153,17 +153,22 @@ def call_factory(spec: str):
 def _load_file(path: Path, arch: str | None, trust_pickle: bool):
     import torch
 
-    from edgeai.modelfile import TRUST_HINT, check_pt2, not_a_model_message, sniff
+    from edgeai.modelfile import TRUST_HINT, check_graph_module, check_pt2, not_a_model_message, sniff
     kind = sniff(path)
     if kind == "pt2" or (path.suffix.lower() == ".pt2" and kind in ("zip", "unknown")):
         if not trust_pickle:
-            check_pt2(path)  # torch.export.load unpickles some records with full pickle
+            check_pt2(path)  # records torch would unpickle, guard code, operators outside the allowlist
         try:
             ep = torch.export.load(str(path))
         except Exception as e:
             raise ModelLoadError(f"{str(path)!r} is not a loadable ExportedProgram (.pt2): {_first_line(e)}") from None
+        if not trust_pickle:
+            check_graph_module(path, ep.graph_module)  # again on what torch built, before anything runs it
         return "exported_program", ep.module(), None
     if kind == "torchscript":
+        if not trust_pickle:
+            from edgeai.torchscript_check import check_torchscript
+            check_torchscript(path)  # torch.jit.load runs the archive's __setstate__ methods
         try:
             return "torchscript", torch.jit.load(str(path), map_location="cpu"), None
         except Exception as e:
