@@ -202,7 +202,7 @@ class Parity:
         for c in self.checks:
             for name, e in c["outputs"].items():
                 if not passes({name: e}, self.tolerance):
-                    dims = _dims_text(c["dims"]).replace("samples=", "eval samples ")  # "at eval samples 0-63, ..."
+                    dims = _dims_text(c["dims"]).replace("samples=", "eval samples ")  # "at eval samples 2-3, batch=2"
                     if e.get("non_finite"):
                         return f"output {name!r} at {dims}: the artifact outputs {e['non_finite']}, the reference none"
                     return (f"output {name!r} at {dims}: max abs error {e['max_abs']:.3g} "
