@@ -57,6 +57,9 @@ def _add_export(sub) -> None:
     p.add_argument("--exporter", choices=("auto", "dynamo", "torchscript"), default=None,
                    help="ONNX export path: auto tries torch.export first, then TorchScript (default auto)")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18)")
+    p.add_argument("--allow-trace-branches", action="store_true",
+                   help="keep a TorchScript trace whose Python control flow read input values (it follows the "
+                        "example inputs' branch; --eval-data verifies it on real samples)")
     p.add_argument("--channels-last-io", action="store_true",
                    help="TFLite: take image inputs as NHWC (a camera frame needs no transpose)")
     p.add_argument("--fuse-lstm", action="store_true",
@@ -117,6 +120,8 @@ def cmd_export(args) -> int:
         export_opts["exporter"] = args.exporter
     if args.opset:
         export_opts["opset"] = args.opset
+    if args.allow_trace_branches:
+        export_opts["allow_trace_branches"] = True
     if args.channels_last_io:
         export_opts["channels_last_io"] = True
     if args.fuse_lstm:

@@ -54,6 +54,9 @@ def bench(targets: Sequence[str | Path], *, runtime: str = "auto", threads: int 
 def run_bench(targets: Sequence[str | Path], config: BenchConfig, device: SshDevice | AdbDevice | None = None,
               *, verify_digest: bool = True) -> BenchReport:
     expanded = expand_targets(targets, config.runtime, verify_digest=verify_digest)
+    if config.runtime == "torch":  # model files are checked here, so a refusal is a one-line error (exit 2)
+        from edgeai.bench.torch_session import check_model_specs
+        check_model_specs([t.path for t in expanded], config)
     if isinstance(device, SshDevice):
         from edgeai.bench.ssh import bench_over_ssh
         return bench_over_ssh(expanded, config, device)

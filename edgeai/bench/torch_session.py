@@ -120,6 +120,16 @@ def specs_from_examples(example_inputs: Mapping[str, "torch.Tensor"]) -> list[Te
             for name, t in example_inputs.items()]
 
 
+def check_model_specs(specs: Sequence[str], config: BenchConfig) -> None:
+    """Refuse, before any worker starts, a .pt2/TorchScript spec whose loading could reach files or processes."""
+    from pathlib import Path
+
+    from edgeai.source import check_model_file
+    for spec in specs:
+        if Path(spec).is_file():
+            check_model_file(Path(spec), bool(config.load_options.get("trust_pickle")))
+
+
 def load_torch_session(spec: str, config: BenchConfig) -> TorchSession:
     """Build the module of a model spec with edgeai.source.load_model and wrap it."""
     from edgeai.source import load_model
