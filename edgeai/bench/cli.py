@@ -8,7 +8,7 @@ from edgeai.argtypes import count, is_count, positive_int, seconds
 from edgeai.bench.results import PROVIDERS, RUNTIMES
 from edgeai.bench.stats import DEFAULT_MAX_SECONDS, DEFAULT_MIN_RUNS, DEFAULT_MIN_SECONDS
 from edgeai.errors import InputSpecError, OutputError
-from edgeai.fsutil import ensure_writable_dir
+from edgeai.fsutil import check_output_file, ensure_writable_dir, write_output
 from edgeai.manifest import NO_VERIFY_HELP
 
 DESCRIPTION = f"""\
@@ -130,8 +130,9 @@ def run(args: argparse.Namespace) -> int:
                              "specs; add --runtime torch (exported artifacts carry their own input specs)")
     if args.json:
         json_path = Path(args.json)
-        if json_path.is_dir():
+        if json_path.is_dir() and not json_path.is_symlink():
             raise OutputError(f"--json {args.json!r} is a folder; name a file, e.g. {json_path / 'bench.json'}")
+        check_output_file(json_path)
         ensure_writable_dir(json_path.parent)  # fail before spending minutes benchmarking
     report = bench(args.targets, runtime=args.runtime, threads=args.threads, warmup=args.warmup,
                    runs=args.runs, min_seconds=args.min_seconds, batch=args.batch,
@@ -140,6 +141,6 @@ def run(args: argparse.Namespace) -> int:
                    device=device)
     print_report(report)
     if args.json:
-        report.write_json(args.json)
+        write_output(args.json, report.to_json().encode())
         print(f"wrote {args.json}")
     return 1 if report.failed else 0
