@@ -96,18 +96,20 @@ def test_link_planted_as_the_cache_folder_is_refused(cli, mlp, tmp_path):
     assert list(victim.iterdir()) == []
 
 
-@pytest.mark.parametrize("how", ["swapped", "linked"])
-def test_changed_cached_model_is_rebuilt_not_timed_or_published(cli, mlp, optimized, tmp_path, how):
+def test_changed_cached_models_are_rebuilt_not_timed_or_published(cli, mlp, optimized, tmp_path):
+    """One cached model swapped for another model's bytes, one replaced by a link to it: both rebuilt."""
+    from edgeai.manifest import Manifest
+
     out = shutil.copytree(optimized, tmp_path / "out", symlinks=True)
     genuine = sha256_file(optimized / "baseline" / "model.onnx")
     other = make_mlp(tmp_path / "other.onnx", 8, seed=1)          # same inputs and outputs, other weights
     before = other.read_bytes()
-    cached = _candidates(out)["onnx/fp32"] / "model.onnx"
-    cached.unlink()
-    if how == "swapped":
-        shutil.copyfile(other, cached)
-    else:
-        cached.symlink_to(other)
+    folders = _candidates(out)
+    swapped, linked = folders["onnx/fp32"], folders["onnx/int8-dynamic"]
+    shutil.copyfile(other, swapped / "model.onnx")
+    linked_file = linked / Manifest.read(linked).artifacts[0].file
+    linked_file.unlink()
+    linked_file.symlink_to(other)
     code, _, err = cli("optimize", mlp / "m.onnx", "--eval-data", mlp / "e.npz", "-o", out, *FAST_OPTIMIZE, "-q")
     assert code == 0, err
     assert sha256_file(out / "baseline" / "model.onnx") == genuine
@@ -115,7 +117,9 @@ def test_changed_cached_model_is_rebuilt_not_timed_or_published(cli, mlp, optimi
     if report["chosen"] == "onnx/fp32":
         assert sha256_file(out / "best" / "model.onnx") == genuine
     assert other.read_bytes() == before
-    assert not cached.is_symlink() and sha256_file(cached) == genuine   # rebuilt in the cache too
+    assert sha256_file(swapped / "model.onnx") == genuine            # rebuilt in the cache too
+    assert not linked_file.is_symlink()
+    Manifest.read(linked).artifacts[0].verify_files(linked)
 
 
 # ---------------------------------------------------------------------------- SIGTERM and the OUTDIR lock
