@@ -192,7 +192,7 @@ class PipelineLab:
         error) and remove every unit folder this Lab made, whatever became of its worker."""
         if self._pool is not None:
             if abort:  # a worker unwinds its build (staging removed) and exits; see builder.worker_init
-                for proc in list(getattr(self._pool, "_processes", {}).values()):
+                for proc in list((getattr(self._pool, "_processes", None) or {}).values()):
                     with contextlib.suppress(OSError, ValueError):
                         proc.terminate()
             self._pool.shutdown(cancel_futures=True)
