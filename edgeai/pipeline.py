@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 from dataclasses import dataclass, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path

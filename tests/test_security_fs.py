@@ -17,9 +17,8 @@ import pytest
 
 from test_bench import make_mlp
 
-from edgeai.fsutil import sha256_file
-
 import edgeai
+from edgeai.fsutil import sha256_file
 
 SRC = Path(edgeai.__file__).resolve().parent.parent   # the checkout under test: subprocesses import it
 FAST_OPTIMIZE = ["--max-drop", "1", "--rounds", "1", "--min-seconds", "0.05", "--prune-ratios", ""]
@@ -45,7 +44,7 @@ def _snapshot(folder: Path) -> dict:
 def mlp(tmp_path_factory):
     """A tiny ONNX MLP (x[batch,16] -> y[batch,4]) and evaluation data: optimize builds it in seconds."""
     folder = tmp_path_factory.mktemp("mlp")
-    model = make_mlp(folder / "m.onnx", 8)
+    make_mlp(folder / "m.onnx", 8)
     np.savez(folder / "e.npz", x=np.random.default_rng(0).standard_normal((16, 16)).astype(np.float32))
     return folder
 
@@ -178,8 +177,8 @@ def test_first_started_of_two_exports_into_one_folder_wins(cli, tmp_path):
     (tmp_path / "models.py").write_text(_SLOW_LOADER)
     out = tmp_path / "out"
     first = subprocess.Popen([sys.executable, "-m", "edgeai.cli", "export", f"{tmp_path / 'models.py'}:slow",
-                              "--input", "input:batch,4", "--exporter", "torchscript", "-o", str(out), "--no-bench", "-q"], env=_env(),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              "--input", "input:batch,4", "--exporter", "torchscript", "-o", str(out), "--no-bench",
+                              "-q"], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _wait_for(lambda: (tmp_path / "loading").exists(), 120, "the first export loading its model")
         code, _, err = cli("export", f"{tmp_path / 'models.py'}:fast", "--input", "input:batch,4", "-o", out,
