@@ -137,7 +137,9 @@ def _wait_for(predicate, seconds: float, what: str):
     pytest.fail(f"{what} did not happen within {seconds} s")
 
 
-def test_sigterm_to_optimizes_process_group_leaves_no_staging_and_prints_one_line(mlp, tmp_path):
+@pytest.mark.parametrize("to", ["group", "main"])
+def test_sigterm_to_optimize_leaves_no_staging_and_prints_one_line(mlp, tmp_path, to):
+    """SIGTERM to the whole process group (the workers get it too) or to the main process only."""
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "edgeai.cli", "optimize", str(mlp / "m.onnx"), "--eval-data",
                              str(mlp / "e.npz"), "-o", str(out), *FAST_OPTIMIZE, "-q"], env=_env(),
@@ -145,7 +147,7 @@ def test_sigterm_to_optimizes_process_group_leaves_no_staging_and_prints_one_lin
     try:
         _wait_for(lambda: list((out / ".cache" / "work").glob("unit-*/export/.edgeai-staging-*")), 120,
                   "a build in a worker")
-        os.killpg(proc.pid, signal.SIGTERM)
+        (os.killpg if to == "group" else os.kill)(proc.pid, signal.SIGTERM)
         _, err = proc.communicate(timeout=120)   # stderr closes when every process of the group is gone
     finally:
         if proc.poll() is None:
