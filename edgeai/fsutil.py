@@ -9,7 +9,7 @@ import shutil
 import stat
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from edgeai.errors import OutputError
 
@@ -198,6 +198,17 @@ def check_output_target(path: str | Path) -> Path:
 @contextlib.contextmanager
 def _locked(folder: Path) -> Iterator[None]:
     """Hold an exclusive flock on `folder` (the lock goes with the descriptor); OutputError if taken."""
+    fd = hold_lock(folder, busy=f"another edgeai export is writing to {str(folder)!r}; wait for it to finish "
+                                "or choose another folder with -o")
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
+def hold_lock(folder: Path, busy: str | None = None) -> int:
+    """Take an exclusive flock on `folder`, held until the returned descriptor is closed (or the process
+    dies); OutputError (`busy`) if another process holds it."""
     import fcntl  # POSIX only: exports run on the workstation, the runtime may run anywhere
 
     try:
@@ -205,14 +216,26 @@ def _locked(folder: Path) -> Iterator[None]:
     except OSError as e:
         raise OutputError(f"cannot open output folder {str(folder)!r}: {e.strerror or e}") from None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise OutputError(f"another edgeai export is writing to {str(folder)!r}; wait for it to finish "
-                              "or choose another folder with -o") from None
-        yield
-    finally:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
         os.close(fd)
+        raise OutputError(busy or f"{str(folder)!r} is in use by another edgeai process") from None
+    return fd
+
+
+def remove_unlocked(folders: Iterable[Path]) -> None:
+    """Remove each folder (not a link) that no live process holds a hold_lock on: left by a killed one."""
+    for folder in folders:
+        if folder.is_symlink() or not folder.is_dir():
+            continue
+        try:
+            fd = hold_lock(folder)
+        except OutputError:
+            continue
+        try:
+            shutil.rmtree(folder, ignore_errors=True)
+        finally:
+            os.close(fd)
 
 
 @contextlib.contextmanager

@@ -158,6 +158,26 @@ def test_sigterm_to_optimize_leaves_no_staging_and_prints_one_line(mlp, tmp_path
     assert not list(out.rglob(".edgeai-staging-*"))
 
 
+def test_unit_folders_of_a_killed_optimize_are_removed_by_the_next_one_not_those_in_use(cli, mlp, optimized,
+                                                                                        tmp_path):
+    from edgeai.fsutil import hold_lock
+
+    out = shutil.copytree(optimized, tmp_path / "out", symlinks=True)
+    work = out / ".cache" / "work"
+    stale, busy = work / "unit-killed", work / "unit-busy"
+    for unit in (stale, busy):
+        (unit / "export" / ".edgeai-staging-x").mkdir(parents=True)
+        (unit / "export" / ".edgeai-staging-x" / "model.onnx").write_bytes(b"half written")
+    lock = hold_lock(busy)   # a unit another optimize sharing this cache is building right now
+    try:
+        code, _, err = cli("optimize", mlp / "m.onnx", "--eval-data", mlp / "e.npz", "-o", out, *FAST_OPTIMIZE,
+                           "-q")
+    finally:
+        os.close(lock)
+    assert code == 0, err
+    assert sorted(p.name for p in work.iterdir()) == ["unit-busy"]
+
+
 _SLOW_LOADER = """
 import time
 from pathlib import Path

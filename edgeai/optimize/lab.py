@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import multiprocessing
+import os
 import shutil
 import tempfile
 import time
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from edgeai.errors import ConfigError, MissingDependencyError
+from edgeai.fsutil import hold_lock, remove_unlocked
 from edgeai.optimize.builder import build_unit, target_options, unit_recipe, worker_init
 from edgeai.optimize.candidates import Unit, step_name
 from edgeai.optimize.config import OptimizeConfig
@@ -43,7 +45,8 @@ class PipelineLab:
         self._identity = {**self._inspect(), "target": self.target}
         self._pool: ProcessPoolExecutor | None = None
         self._ray = None
-        self._units: set[str] = set()   # unit folders made and not removed yet
+        self._units: dict[str, int] = {}   # unit folders made and not removed yet -> the lock held on each
+        remove_unlocked(work_dir.glob("unit-*"))  # left by an optimize that was killed (SIGKILL, power loss)
 
     # ------------------------------------------------------------------ what the keys are made of
     def _inspect(self) -> dict:
@@ -131,14 +134,20 @@ class PipelineLab:
         return results
 
     def _unit_dir(self) -> Path:
-        """A fresh folder for one unit's build (the worker removes it; so does close, if the worker died)."""
-        folder = Path(tempfile.mkdtemp(prefix="unit-", dir=self.work_dir))
-        self._units.add(str(folder))
+        """A fresh folder for one unit's build (the worker removes it; so does close, if the worker died).
+        It is locked while this Lab lives, so another optimize sharing the cache never takes it for stale;
+        made under another name and renamed once locked, so it is never seen unlocked."""
+        new = Path(tempfile.mkdtemp(prefix=".new-unit-", dir=self.work_dir))
+        lock = hold_lock(new)
+        folder = new.with_name(new.name.removeprefix(".new-"))
+        new.rename(folder)
+        self._units[str(folder)] = lock
         return folder
 
     def _remove_unit(self, folder: str) -> None:
         shutil.rmtree(folder, ignore_errors=True)
-        self._units.discard(folder)
+        if folder in self._units:
+            os.close(self._units.pop(folder))
 
     def _run_jobs(self, jobs: list[dict]) -> list[dict]:
         if self.config.ray:
