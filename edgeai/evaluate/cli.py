@@ -43,11 +43,13 @@ def run(args) -> int:
     from edgeai.data import load_feeds, split_labels
     from edgeai.evaluate import evaluate, run_batched
     from edgeai.console import print_wide
-    from edgeai.fsutil import atomic_write_text
+    from edgeai.fsutil import check_output_file, write_output
     from edgeai.manifest import Manifest
     from edgeai.metrics import load_metric
     from edgeai.runtime.subproc import load_guarded
 
+    if args.json:
+        check_output_file(args.json)  # a bad --json fails before anything runs
     metric = load_metric(args.metric)
     path = Path(args.artifact)
     manifest = Manifest.read(path) if path.is_dir() and (path / MANIFEST_NAME).is_file() else None
@@ -78,7 +80,7 @@ def run(args) -> int:
         table.add_row(r["artifact"], r["metric"], format(r["value"], spec), format(r["drop"], "+" + spec), str(r["n"]))
     print_wide(table, Console())
     if args.json:
-        atomic_write_text(args.json, json.dumps({"schema": "edgeai.eval/1", "results": results}, indent=2) + "\n")
+        write_output(args.json, (json.dumps({"schema": "edgeai.eval/1", "results": results}, indent=2) + "\n").encode())
     return 0
 
 
