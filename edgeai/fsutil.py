@@ -44,7 +44,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         if isinstance(e, OSError):
-            raise OutputError(f"cannot write {str(path)!r}: {e.strerror or e}") from None
+            raise disk_error(path, e) or OutputError(f"cannot write {str(path)!r}: {e.strerror or e}") from None
         raise
 
 
@@ -65,7 +65,7 @@ def write_output(path: str | Path, data: bytes) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
     except OSError as e:
-        raise OutputError(f"cannot write {str(path)!r}: {e.strerror or e}") from None
+        raise disk_error(path, e) or OutputError(f"cannot write {str(path)!r}: {e.strerror or e}") from None
 
 
 def check_output_file(path: str | Path) -> Path:
