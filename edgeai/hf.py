@@ -151,7 +151,7 @@ def load_hf(spec: str, *, task: str | None = None, trust_pickle: bool = False,
     module = _wrap(model, onnx_config, list(axes), outputs)
     provenance = {"loader": "hf", "model_id": ref.model_id, "revision": ref.revision, "task": task,
                   "model_type": config.model_type, "architecture": type(model).__name__, "weights": ref.weights,
-                  "outputs": outputs, **optimum.versions}
+                  "outputs": outputs, **optimum.versions, **_max_dims(model, specs)}
     source = ModelSource("hf", spec, module, feeds, specs, provenance=provenance)
     _check_forward(source)
     return source
@@ -161,6 +161,21 @@ def _spec(name: str, arr: np.ndarray, axes: Mapping[int, str]) -> TensorSpec:
     shape = tuple(DIM_NAMES[axes[i]] if axes.get(i) in DIM_NAMES else int(s) for i, s in enumerate(arr.shape))
     sizes = {d: int(s) for d, s in zip(shape, arr.shape) if isinstance(d, str)}
     return TensorSpec(name, shape, str(arr.dtype), sizes)
+
+
+def _max_dims(model, specs: list[TensorSpec]) -> dict:
+    """{"max_dims": {"seq": N}} when the model has a position table: N positions (less the
+    padding offset RoBERTa-style tables start after); verification stays within it."""
+    import torch
+    if not any("seq" in s.dynamic_dims for s in specs):
+        return {}
+    limits = []
+    for module in model.modules():
+        table = getattr(module, "position_embeddings", None)
+        if isinstance(table, torch.nn.Embedding):
+            offset = table.padding_idx + 1 if table.padding_idx is not None else 0
+            limits.append(table.num_embeddings - offset)
+    return {"max_dims": {"seq": min(limits)}} if limits else {}
 
 
 def _user_examples(data, specs: list[TensorSpec]) -> tuple[dict[str, np.ndarray], list[TensorSpec]]:
