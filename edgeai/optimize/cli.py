@@ -92,6 +92,8 @@ def add_parser(sub) -> None:
 def cmd_optimize(args) -> int:
     from pathlib import Path
 
+    from edgeai.extras import require
+    require("torch", "edgeai optimize")  # a device install (no 'export' extra): say which extra to add
     from edgeai.optimize import OptimizeConfig, run
 
     config = OptimizeConfig(
