@@ -236,10 +236,11 @@ def _add_common(parser: argparse.ArgumentParser, default) -> None:
 def _extra_commands():
     """Subcommands that live beside the code they drive (bench, eval)."""
     from edgeai.bench.cli import add_parser as add_bench
+    from edgeai.bench.setup import add_parser as add_device
     from edgeai.data_text import add_parser as add_data
     from edgeai.evaluate.cli import add_parser as add_eval
     from edgeai.optimize.cli import add_parser as add_optimize
-    return [add_bench, add_eval, add_optimize, add_data]
+    return [add_bench, add_eval, add_optimize, add_data, add_device]
 
 
 def _setup_logging(debug: bool, quiet: bool) -> None:

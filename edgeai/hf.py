@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import numpy as np
 
 from edgeai.errors import InputSpecError, MissingDependencyError, ModelLoadError
+from edgeai.extras import install_command
 from edgeai.specs import TensorSpec
 
 if TYPE_CHECKING:  # source.py imports this module lazily
@@ -19,7 +20,6 @@ if TYPE_CHECKING:  # source.py imports this module lazily
 log = logging.getLogger(__name__)
 
 PREFIX = "hf:"
-INSTALL = 'pip install -c constraints.txt "edgeai[hf]"'
 # Optimum's dynamic axes that stay dynamic, under edgeai's dim names; every other axis Optimum marks
 # dynamic (image height/width, channels, mel bins) is fixed at the config's size: the model's
 # position embeddings or feature extractor only accept that size
@@ -75,7 +75,7 @@ def _from_cache(repo: str, revision: str | None) -> tuple[Path, str]:
         from huggingface_hub import constants, snapshot_download
         from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
     except ImportError:
-        raise MissingDependencyError(f"hf: models need the Hugging Face extra; run: {INSTALL}") from None
+        raise MissingDependencyError(f"hf: models need the Hugging Face extra; run: {install_command('hf')}") from None
     offline = bool(constants.HF_HUB_OFFLINE)
     try:
         path = Path(snapshot_download(repo, revision=revision, local_files_only=offline,
@@ -206,7 +206,7 @@ def _optimum() -> _Optimum:
         import optimum.exporters.onnx.model_configs  # noqa: F401  (registers the ONNX export configs)
         from optimum.exporters.tasks import TasksManager
     except ImportError:
-        raise MissingDependencyError(f"hf: models need Optimum and transformers; run: {INSTALL}") from None
+        raise MissingDependencyError(f"hf: models need Optimum and transformers; run: {install_command('hf')}") from None
     versions = {p: version(p) for p in ("transformers", "optimum", "optimum-onnx")}
     return _Optimum(TasksManager, versions)
 

@@ -98,7 +98,7 @@ class PipelineLab:
             env = {"edgeai_error": "it printed no fingerprint"}
         if "edgeai_error" in env:
             raise DeviceError(f"{self.device.name}: {self.device.python} cannot import edgeai's device agent "
-                              f"({env['edgeai_error']}); install it there: pip install edgeai")
+                              f"({env['edgeai_error']}); install it there: edgeai device setup {self.device.name}")
         return {**env, "device": self.device.name}
 
     def clock(self) -> float:
@@ -148,8 +148,8 @@ class PipelineLab:
         try:
             import ray
         except ImportError:
-            raise MissingDependencyError("--ray needs the ray package: pip install -c constraints.txt "
-                                         "'edgeai[ray]'") from None
+            from edgeai.extras import install_command
+            raise MissingDependencyError(f"--ray needs the ray package: {install_command('ray')}") from None
         if self._ray is None:
             root = str(Path(__file__).resolve().parent.parent.parent)
             env = {"env_vars": {"PYTHONPATH": root, "OMP_NUM_THREADS": "1"}}
