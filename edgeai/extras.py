@@ -15,7 +15,7 @@ EXTRA_OF_MODULE = {
     "litert_torch": "tflite", "ai_edge_quantizer": "tflite",
     "ai_edge_litert": "litert",
     "transformers": "hf", "optimum": "hf", "tokenizers": "hf",
-    "ray": "ray",
+    "ray": "ray", "cloudpickle": "export",
 }
 PACKAGE_DIR = Path(__file__).resolve().parent
 

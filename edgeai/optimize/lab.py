@@ -1,12 +1,15 @@
 """The real Lab: builds candidates with the export pipeline in worker processes (or Ray), times them with `bench`."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import multiprocessing
+import sys
 import tempfile
 import time
+import types
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, replace
@@ -22,6 +25,20 @@ from edgeai.optimize.config import OptimizeConfig
 from edgeai.optimize.search import Built
 
 log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _main_left_alone():
+    """Spawned workers that do not run the user's script again. spawn re-imports the parent's __main__
+    in every worker, so a plain script that calls edgeai.optimize() without `if __name__ ==
+    "__main__":` would start optimize again in each one (and the worker dies). Workers need nothing from
+    __main__ (jobs are plain data), so while they start, __main__ is a module with no file to import."""
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
 
 
 class PipelineLab:
@@ -133,16 +150,31 @@ class PipelineLab:
             # spawn: a fresh interpreter per worker (torch and fork do not mix); reused across units
             self._pool = ProcessPoolExecutor(max_workers=self.config.workers,
                                              mp_context=multiprocessing.get_context("spawn"))
-        futures = [self._pool.submit(build_unit, job) for job in jobs]
+        with _main_left_alone():  # workers start here, in submit
+            futures = [self._pool.submit(build_unit, job) for job in jobs]
         out = []
         for job, fut in zip(jobs, futures):
             try:
                 out.append(fut.result())
             except BrokenProcessPool:
                 self._pool = None   # a runtime killed the worker: the next unit gets a fresh pool
-                out.append({cid: {"id": cid, "error": "the build process died (a runtime crashed on this "
-                                                      "variant)"} for cid in job["ids"].values()})
+                out.append(self._rebuild_alone(job))
         return out
+
+    def _rebuild_alone(self, job: dict) -> dict:
+        """A unit whose worker died, once more in a process of its own: a second death is the candidate's
+        (a runtime that crashes on it, kept in the cache); a first one may be the machine's (memory),
+        so it is never cached (`transient`) unless it happens again."""
+        pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        try:
+            with _main_left_alone():
+                future = pool.submit(build_unit, job)
+            return future.result()
+        except BrokenProcessPool:
+            return {cid: {"id": cid, "error": "the build process died twice (a runtime crashed on this variant)"}
+                    for cid in job["ids"].values()}
+        finally:
+            pool.shutdown(cancel_futures=True)
 
     def _run_ray(self, jobs: list[dict]) -> list[dict]:
         try:
