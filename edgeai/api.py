@@ -1,6 +1,6 @@
 """`edgeai.export` and `edgeai.optimize` as users call them: a model spec or an nn.Module object, one set of keywords.
 
-Both take `eval_data`, `calibration` and `train_data` (a path, a folder or `module:function`),
+Both take `eval_data`, `calibration` and `train_data` (a path, a folder or `module:function`), `format`,
 `inputs` (specs, a list or one string) or `example_inputs` (an .npz path or {name: array}),
 and export takes `quantize=["int8-dynamic", ...]`. A value of the wrong type is a ConfigError
 naming the keyword, never an AttributeError from deep inside.
@@ -76,8 +76,12 @@ def optimize(model: Any = None, out_dir: str | PathLike | None = None, *, config
     >>> edgeai.optimize(net, "out/opt", example_inputs={"x": x}, eval_data="e.npz", max_drop=1.0)
     """
     from edgeai.optimize import optimize as run_optimize
+    from edgeai.vocabulary import renamed_keywords
 
-    options = _plain(options)
+    options = _plain(renamed_keywords(options, {"formats": "format"}))
+    if "format" in options:   # one name with export: format="onnx", or several: format=["onnx", "tflite"]
+        value = options.pop("format")
+        options["formats"] = tuple(v.strip() for v in value.split(",")) if isinstance(value, str) else value
     _check_types(options, "optimize")
     if _is_module(model):
         if out_dir is None:

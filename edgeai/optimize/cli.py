@@ -5,6 +5,7 @@ import argparse
 import logging
 
 from edgeai.optimize.config import OBJECTIVES
+from edgeai.vocabulary import add_deprecated_alias
 
 DESCRIPTION = """\
 Find the fastest variant of MODEL for this machine (or the --device) within an accuracy budget, by measuring.
@@ -23,7 +24,7 @@ examples:
   edgeai optimize edgeai.zoo:digits_cnn --input image:batch,1,32,32 --eval-data test.npz \\
       --calibration calib.npz --max-drop 1.0 -o out/opt
   edgeai optimize model.py:make --example-inputs x.npz --eval-data e.npz --metric metric.py:pitch_error \\
-      --max-drop 2 --train-data t.npz --formats onnx,tflite --budget-minutes 20 -o out/opt
+      --max-drop 2 --train-data t.npz --format onnx,tflite --budget-minutes 20 -o out/opt
   edgeai optimize model.py:make --input x:batch,64 --eval-data e.npz --max-drop 1 -o out/opt \\
       --device ssh://pi@raspberrypi.local --device-python /home/pi/edgeai/bin/python"""
 
@@ -59,8 +60,9 @@ def add_parser(sub) -> None:
                    help="accuracy budget in the metric's units (top-1 points, cosine, or your metric)")
     p.add_argument("--calibration", metavar="C.npz", help="calibration inputs (static INT8 needs them)")
     p.add_argument("--train-data", metavar="T.npz", help="training data: pruned candidates are distilled on it")
-    p.add_argument("--formats", "--format", dest="formats", type=_csv, default=("onnx",), metavar="onnx,tflite",
+    p.add_argument("--format", dest="formats", type=_csv, default=("onnx",), metavar="onnx[,tflite]",
                    help="formats to try; the first one's FP32 is the baseline (default onnx)")
+    add_deprecated_alias(p, "--formats", "--format", "formats", type=_csv)
     p.add_argument("--objective", choices=OBJECTIVES, default="p50",
                    help="p50 or p90 latency, or size (the smallest file not slower than FP32); default p50")
     p.add_argument("--budget-minutes", type=float, default=30.0, help="stop with the best so far (default 30)")
