@@ -73,8 +73,8 @@ def test_plain_install_has_no_torch_and_runs_run_and_bench_on_an_onnx_folder(ven
                                                        make_mlp(tmp_path / "b.onnx", 64, seed=1)))
     x = np.random.default_rng(0).standard_normal((3, 16)).astype(np.float32)
     np.savez(tmp_path / "in.npz", x=x)
-    proc = run_edgeai(venv_python, "run", str(folder), "--input", str(tmp_path / "in.npz"),
-                      "-o", str(tmp_path / "out.npz"), "--artifact-name", "wide", cwd=tmp_path)
+    proc = run_edgeai(venv_python, "run", f"{folder}@wide", "--input-data", str(tmp_path / "in.npz"),
+                      "-o", str(tmp_path / "out.npz"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     expected = ort.InferenceSession(str(folder / "wide.onnx")).run(None, {"x": x})[0]
     with np.load(tmp_path / "out.npz") as out:
@@ -90,7 +90,7 @@ def test_plain_install_has_no_torch_and_runs_run_and_bench_on_an_onnx_folder(ven
 
     proc = run_edgeai(venv_python, "info", str(folder), cwd=tmp_path)
     assert proc.returncode == 0 and "wide" in proc.stdout, proc.stderr
-    proc = run_edgeai(venv_python, "eval", str(folder), "--data", str(tmp_path / "in.npz"),
+    proc = run_edgeai(venv_python, "eval", str(folder), "--eval-data", str(tmp_path / "in.npz"),
                       "--json", str(tmp_path / "eval.json"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     evals = json.loads((tmp_path / "eval.json").read_text())["results"]

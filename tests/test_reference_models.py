@@ -38,7 +38,7 @@ def test_reference_model_end_to_end(cli, tmp_path, key):
     result = json.loads((tmp_path / "bench.json").read_text())["results"][0]
     assert result["status"] == "ok" and result["timing"]["n"] == 20 and result["timing"]["p50_ms"] > 0
 
-    code, stdout, err = cli("eval", out, "--data", ref.test_data, "--json", tmp_path / "eval.json")
+    code, stdout, err = cli("eval", out, "--eval-data", ref.test_data, "--json", tmp_path / "eval.json")
     assert code == 0, err
     ev = json.loads((tmp_path / "eval.json").read_text())["results"][0]
     assert ev["metric"] == "top1" and ev["value"] == pytest.approx(entry.metrics["top1"]) and ev["n"] == 359

@@ -293,8 +293,8 @@ def test_changed_artifact_is_refused_by_run_eval_info_bench_and_runtime_load(cli
     out = _copy_export(quantized_export, tmp_path / "out")
     _change_one_weight(out / "model.onnx")
     np.savez(tmp_path / "x.npz", image=np.random.rand(2, 3, 16, 16).astype(np.float32))
-    for args in (["run", out, "--input", tmp_path / "x.npz", "-o", tmp_path / "y.npz"],
-                 ["eval", out, "--data", tmp_path / "x.npz"],
+    for args in (["run", out, "--input-data", tmp_path / "x.npz", "-o", tmp_path / "y.npz"],
+                 ["eval", out, "--eval-data", tmp_path / "x.npz"],
                  ["info", out],
                  ["bench", out, "--runs", "3", "--warmup", "0", "--no-isolate"]):
         code, _, err = cli(*args)

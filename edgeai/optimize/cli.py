@@ -18,7 +18,7 @@ every round; ties go to the smaller file. Exit 0 whichever is chosen, 2 on bad i
 
 EPILOG = """\
 writes OUTDIR/best/ (an export folder with the chosen artifact), baseline/ (the FP32 export it was
-compared with: edgeai eval OUTDIR/best --data E.npz --reference OUTDIR/baseline), report.md, report.json
+compared with: edgeai eval OUTDIR/best --eval-data E.npz --reference OUTDIR/baseline), report.md, report.json
 (schema edgeai.optimize/1), pareto.png and recipe.yaml (reproduces the choice with edgeai export).
 examples:
   edgeai optimize edgeai.zoo:digits_cnn --input image:batch,1,32,32 --eval-data test.npz \\
