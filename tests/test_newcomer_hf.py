@@ -36,19 +36,23 @@ def test_roberta_position_table_limit_leaves_out_the_padding_offset():
     assert _max_dims(model, spec) == {"max_dims": {"seq": 32}}   # positions start after padding_idx 1
 
 
-def test_bert_exported_at_its_full_length_verifies_below_it(tmp_path):
-    """Example inputs as long as the position table (what --max-length N gives on an N-position BERT):
-    before, verification probed seq=N+3 and the artifact failed in BroadcastIterator."""
+def test_hf_recipe_with_data_at_the_full_length_verifies_below_it(tmp_path):
+    """recipes/hf_text_encoder.yaml set up as its comments say (eval data padded to the model's length):
+    verification probed seq=N+3, past the position table, and every export path failed ("the artifact
+    failed to run at batch=2, seq=131 ... BroadcastIterator")."""
     from edgeai.cli import main
-    folder = hf_tiny.bert(tmp_path / "bert", max_position_embeddings=32)
+    hf_tiny.bert(tmp_path / "model", max_position_embeddings=32)
     rng = np.random.default_rng(0)
-    ids = rng.integers(5, 200, size=(2, 32)).astype(np.int64)
-    np.savez(tmp_path / "ex.npz", input_ids=ids, attention_mask=np.ones_like(ids), token_type_ids=np.zeros_like(ids))
-    out = tmp_path / "out"
-    assert main(["export", f"hf:{folder}", "--example-inputs", str(tmp_path / "ex.npz"), "--exporter", "torchscript",
-                 "--no-bench", "-o", str(out), "-q"]) == 0
-    manifest = json.loads((out / "manifest.json").read_text())
+    ids = rng.integers(5, 200, size=(8, 32)).astype(np.int64)
+    np.savez(tmp_path / "sentences.npz", input_ids=ids, attention_mask=np.ones_like(ids),
+             token_type_ids=np.zeros_like(ids))
+    (tmp_path / "enc.yaml").write_text("model: hf:model\ntask: feature-extraction\nexport: {exporter: torchscript}\n"
+                                       "data: {eval: sentences.npz}\nsummary: {bench: false}\noutput: out\n")
+    assert main(["export", str(tmp_path / "enc.yaml"), "-o", str(tmp_path / "out"), "-q"]) == 0
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["source"]["max_dims"] == {"seq": 32}
-    checks = manifest["artifacts"][0]["parity"]["checks"]
-    assert [c["dims"] for c in checks] == [{"batch": 2, "seq": 32}, {"batch": 5, "seq": 32}, {"batch": 2, "seq": 29}]
-    assert max(o["max_abs"] for c in checks for o in c["outputs"].values()) < 1e-4
+    fp32 = manifest["artifacts"][0]
+    assert [c["dims"] for c in fp32["parity"]["checks"]] == [{"batch": 2, "seq": 32}, {"batch": 5, "seq": 32},
+                                                             {"batch": 2, "seq": 29}]
+    assert max(o["max_abs"] for c in fp32["parity"]["checks"] for o in c["outputs"].values()) < 1e-4
+    assert fp32["metrics"]["cosine"] > 0.9999
