@@ -134,16 +134,17 @@ def models_main(name: str, doc: str, run, columns, extra_models=()) -> None:
     """The command line shared by the per-model benchmarks: pick models, run, write the table."""
     import logging
 
-    from edge_models import EDGE_MODELS
-    from edgeai.zoo import REFERENCE_MODELS
-    known = [f"digits-{m}" for m in REFERENCE_MODELS] + list(EDGE_MODELS) + [m[0] for m in extra_models]
     ap = parser(doc)
-    ap.add_argument("--only", nargs="*", help=f"model names to run (default: all): {', '.join(known)}")
+    ap.add_argument("--only", nargs="*", help="model names to run (default: all; a wrong one lists them)")
     ap.add_argument("--min-seconds", type=float, default=2.0, help="timed seconds per variant (default 2)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--results", default=name, help=f"results file stem under benchmarks/results (default {name})")
     args = ap.parse_args()
-    check_only(ap, args.only, known)
+    if args.only:  # the names need the edge models' module, which imports torch: not for --help
+        from edge_models import EDGE_MODELS
+        from edgeai.zoo import REFERENCE_MODELS
+        known = [f"digits-{m}" for m in REFERENCE_MODELS] + list(EDGE_MODELS) + [m[0] for m in extra_models]
+        check_only(ap, args.only, known)
     logging.basicConfig(level=logging.WARNING)
     with workdir() as tmp:
         folder = Path(tmp)

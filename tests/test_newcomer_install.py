@@ -79,6 +79,7 @@ def _fresh_venv(folder: Path) -> Path:
     return folder / "bin" / "python"
 
 
+@pytest.mark.slow  # build, a fresh venv, numpy + onnxruntime from pip's cache: ~60 s on 2 busy cores
 def test_python_m_build_makes_a_wheel_whose_plain_install_runs_without_torch(tmp_path):
     src = tmp_path / "src"  # a copy: an in-tree build leaves build/ and egg-info behind
     src.mkdir()
