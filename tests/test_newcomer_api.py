@@ -148,3 +148,29 @@ def test_a_trusted_pickle_whose_module_is_gone_names_the_module(tmp_path, monkey
     (tmp_path / "gone_models_xyz.py").unlink()
     with pytest.raises(ModelLoadError, match="code is in module 'gone_models_xyz', which cannot be imported"):
         load_model(str(tmp_path / "model.pt"), inputs=["x:batch,3"], trust_pickle=True)
+
+
+def test_optimize_never_caches_a_failure_of_the_machine(tmp_path):
+    """A build that failed for the environment (a missing package, a full disk) is built again on the
+    next run; a failure of the candidate itself stays cached."""
+    from test_optimize_search import FakeLab, by_id, search
+
+    from edgeai.optimize.search import Built
+
+    class MachineTrouble(FakeLab):
+        def build(self, units, dests):
+            out = super().build(units, dests)
+            if self.broken:
+                out["onnx/int8-dynamic"] = Built("onnx/int8-dynamic", error="needs the 'tflite' extra", transient=True)
+            return out
+
+    first = MachineTrouble({"onnx/fp32": 10.0, "onnx/int8-dynamic": 5.0}, {}, fail={"onnx/int8-static"})
+    first.broken = True
+    result = search(first, tmp_path)
+    assert by_id(result)["onnx/int8-dynamic"].status == "failed"
+    second = MachineTrouble({"onnx/fp32": 10.0, "onnx/int8-dynamic": 5.0}, {}, fail={"onnx/int8-static"})
+    second.broken = False
+    result = search(second, tmp_path)
+    rebuilt = [c.id for u in second.built_units for c in u.candidates]
+    assert "onnx/int8-dynamic" in rebuilt and "onnx/int8-static" not in rebuilt   # the candidate's own failure stays
+    assert result.chosen.id == "onnx/int8-dynamic"

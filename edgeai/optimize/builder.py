@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from edgeai.errors import EdgeAIError
+from edgeai.errors import EdgeAIError, MissingDependencyError
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,9 @@ def build_unit(job: Mapping[str, Any]) -> dict[str, dict]:
     ids: dict[str, str] = job["ids"]          # artifact name in the export -> candidate id
     try:
         return _build(job)
+    except (MissingDependencyError, OSError, MemoryError) as e:  # this machine's, not the candidate's
+        error = str(e) if isinstance(e, EdgeAIError) else f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+        return {cid: {"id": cid, "error": error, "transient": True} for cid in ids.values()}
     except EdgeAIError as e:
         error = str(e)
     except Exception as e:  # a bug or a limitation of a step on this model: report it, go on

@@ -202,7 +202,7 @@ class PipelineLab:
                 out.append(ray.get(ref))
             except Exception as e:  # the task's process died, or Ray failed it
                 error = f"the Ray task failed: {type(e).__name__}: {' '.join(str(e).split())[:200]}"
-                out.append({cid: {"id": cid, "error": error} for cid in job["ids"].values()})
+                out.append({cid: {"id": cid, "error": error, "transient": True} for cid in job["ids"].values()})
         return out
 
     def close(self) -> None:
