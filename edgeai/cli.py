@@ -26,6 +26,7 @@ EPILOG = """examples:
   edgeai bench out/cnn --threads 1
   edgeai eval out/cnn --eval-data edgeai/zoo/data/digits_test_image.npz
   edgeai optimize edgeai.zoo:digits_cnn --input image:batch,1,32,32 --eval-data test.npz --max-drop 1 -o out/opt
+  edgeai device setup ssh://pi@raspberrypi.local      install this edgeai (+ LiteRT) on a board, in a venv
 """
 
 
