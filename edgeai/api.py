@@ -18,6 +18,7 @@ import hashlib
 import io
 import itertools
 import sys
+import tempfile
 from dataclasses import asdict, is_dataclass
 from os import PathLike
 from pathlib import Path
@@ -47,8 +48,8 @@ def export(model: Any = None, out_dir: str | PathLike | None = None, *, recipe=N
     from edgeai.recipe import Recipe, load_recipe, recipe_from_dict
 
     options = _plain(options)
-    _check_types(options, "export")
-    data = {DATA_KEYWORDS[k]: options.pop(k) for k in list(options) if k in DATA_KEYWORDS}
+    # the recipe's own typing checks its fields (recipe_from_dict); these keywords are the API's
+    _check_types({k: v for k, v in options.items() if k in (*DATA_KEYWORDS, "example_inputs")}, "export")
     if _is_module(model):
         _need_inputs(options, "export")
         model = _in_process(model)
@@ -58,7 +59,9 @@ def export(model: Any = None, out_dir: str | PathLike | None = None, *, recipe=N
         recipe = load_recipe(recipe)
     elif recipe is not None and not isinstance(recipe, Recipe):
         raise ConfigError(f"recipe must be a path or an edgeai.recipe.Recipe, got {type(recipe).__name__}")
-    if not options and not data and (recipe is None or model is None):
+    examples = options.pop("example_inputs") if isinstance(options.get("example_inputs"), Mapping) else None
+    data = {DATA_KEYWORDS[k]: options.pop(k) for k in list(options) if k in DATA_KEYWORDS}
+    if not options and not data and examples is None and (recipe is None or model is None):
         return run_export(model, out_dir, recipe=recipe, progress=progress)   # nothing to merge
     base = asdict(recipe) if recipe is not None else {"model": model}
     if model is not None:
@@ -66,7 +69,11 @@ def export(model: Any = None, out_dir: str | PathLike | None = None, *, recipe=N
     if isinstance(options.get("data"), Mapping):
         data = {**options.pop("data"), **data}
     merged = {**base, **options, "data": {**(base.get("data") or {}), **data}}
-    return run_export(recipe=recipe_from_dict(merged), out_dir=out_dir, progress=progress)
+    if examples is None:
+        return run_export(recipe=recipe_from_dict(merged), out_dir=out_dir, progress=progress)
+    with tempfile.TemporaryDirectory(prefix="edgeai-examples-") as tmp:  # a recipe holds paths, not arrays
+        merged["example_inputs"] = str(_save_examples(examples, Path(tmp)))
+        return run_export(recipe=recipe_from_dict(merged), out_dir=out_dir, progress=progress)
 
 
 def optimize(model: Any = None, out_dir: str | PathLike | None = None, *, config=None,

@@ -58,12 +58,16 @@ def _add_export(sub) -> None:
     p.add_argument("--exporter", choices=("auto", "dynamo", "torchscript"), default=None,
                    help="ONNX export path: auto tries torch.export first, then TorchScript (default auto)")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18)")
+    p.add_argument("--allow-trace-branches", action="store_true",
+                   help="keep a TorchScript trace whose Python control flow read input values (it follows the "
+                        "example inputs' branch; --eval-data verifies it on real samples)")
     p.add_argument("--channels-last-io", action="store_true",
                    help="TFLite: take image inputs as NHWC (a camera frame needs no transpose)")
     p.add_argument("--fuse-lstm", action="store_true",
                    help="TFLite: emit nn.LSTM as the fused UNIDIRECTIONAL_SEQUENCE_LSTM op instead of unrolling it")
-    p.add_argument("--atol", type=float, default=None, help="verification absolute tolerance (default 1e-4)")
-    p.add_argument("--rtol", type=float, default=None,
+    p.add_argument("--atol", type=argtypes.nonnegative_float, default=None,
+                   help="verification absolute tolerance (default 1e-4)")
+    p.add_argument("--rtol", type=argtypes.nonnegative_float, default=None,
                    help="verification tolerance relative to max |reference| (default 1e-3)")
     p.add_argument("--quantize", action="append", default=None, metavar="SCHEME[,SCHEME]",
                    help="also write quantized variants, each verified and measured: fp16, int8-dynamic, "
@@ -85,8 +89,8 @@ def _add_export(sub) -> None:
                         "(return minus an error); labels is the data's 'labels' array or None. Used to score "
                         "--eval-data and for --max-drop (in its units)")
     p.add_argument("--no-bench", action="store_true", help="skip timing the variants for the summary table")
-    p.add_argument("--threads", type=argtypes.positive_int, default=None,
-                   help="threads for the summary timings (default 1)")
+    p.add_argument("--threads", type=argtypes.threads, default=None, metavar="N",
+                   help=f"threads for the summary timings (default 1; {argtypes.THREADS_HELP})")
     p.set_defaults(func=cmd_export)
 
 
@@ -120,6 +124,8 @@ def cmd_export(args) -> int:
         export_opts["exporter"] = args.exporter
     if args.opset:
         export_opts["opset"] = args.opset
+    if args.allow_trace_branches:
+        export_opts["allow_trace_branches"] = True
     if args.channels_last_io:
         export_opts["channels_last_io"] = True
     if args.fuse_lstm:
@@ -146,6 +152,7 @@ def cmd_export(args) -> int:
         summary = replace(summary, bench=False)
     if args.threads is not None:
         summary = replace(summary, threads=args.threads)
+    summary = replace(summary, threads=argtypes.cap_threads(summary.threads))
     recipe = replace(recipe, export=export_opts, tolerance=tol, data=data, summary=summary, **opts)
     with quiet_third_party(enabled=not args.debug):  # absl/oneDNN/XNNPACK lines, torchao and pytree warnings
         outcome = export(recipe=recipe, out_dir=args.output, progress=_progress)
@@ -165,8 +172,8 @@ def _add_run(sub) -> None:
     p.add_argument("-o", "--output", required=True, metavar="OUT.npz", help="where to write the outputs")
     add_deprecated_alias(p, "--artifact-name", "FOLDER@ARTIFACT", "artifact_name")
     p.add_argument("--provider", default="cpu", choices=PROVIDERS, help="execution provider (default cpu)")
-    p.add_argument("--threads", type=argtypes.positive_int, default=None,
-                   help="intra-op threads (default: runtime's choice)")
+    p.add_argument("--threads", type=argtypes.threads, default=None, metavar="N",
+                   help=f"intra-op threads (default: runtime's choice; {argtypes.THREADS_HELP})")
     p.add_argument("--no-verify-digest", action="store_true", help=NO_VERIFY_HELP)
     p.set_defaults(func=cmd_run)
 
@@ -177,7 +184,7 @@ def cmd_run(args) -> int:
     import numpy as np
 
     from edgeai.errors import OutputError
-    from edgeai.fsutil import atomic_write_bytes
+    from edgeai.fsutil import atomic_write_bytes, reporting_disk_errors
     from edgeai.runtime.subproc import load_guarded
     from edgeai.specs import load_npz
 
@@ -189,7 +196,8 @@ def cmd_run(args) -> int:
     feeds = load_npz(args.input_data, "input file")
     feeds.pop("labels", None)
     # LiteRT can abort on a bad model: it runs in a child process, so that is an error message
-    session = load_guarded(path, artifact=name, provider=args.provider, threads=args.threads,
+    threads = argtypes.cap_threads(args.threads)
+    session = load_guarded(path, artifact=name, provider=args.provider, threads=threads,
                            verify_digest=not args.no_verify_digest)
     outputs = session.run(feeds)
     buf = io.BytesIO()
@@ -197,7 +205,8 @@ def cmd_run(args) -> int:
     out = Path(args.output)
     if out.is_dir():
         raise OutputError(f"output {str(out)!r} is a folder; give a file name such as out.npz")
-    atomic_write_bytes(out, buf.getvalue())
+    with reporting_disk_errors(out):
+        atomic_write_bytes(out, buf.getvalue())
     for name, arr in outputs.items():
         print(f"{name}: shape {tuple(arr.shape)} {arr.dtype}")
     print(f"wrote {out}")
@@ -294,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(args.debug, args.quiet)
     with _sigterm_unwinds():
         try:
+            argtypes.check_utf8_args(vars(args))
             return int(args.func(args) or 0)
         except EdgeAIError as e:
             if args.debug:
@@ -306,12 +316,25 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             print("edgeai: interrupted", file=sys.stderr)
             return 128 + signal.SIGINT
-        except Exception as e:
+        except OSError as e:
+            from edgeai.fsutil import disk_error
+            error = disk_error(e.filename, e)  # a full disk anywhere is the machine's state, not a bug
+            if error is None:
+                return _internal_error(e, args.debug)
             if args.debug:
                 traceback.print_exc()
-            print(f"edgeai: internal error: {type(e).__name__}: {' '.join(str(e).split())[:300]} "
-                  "(run with --debug for the traceback and please report it)", file=sys.stderr)
-            return 1
+            print(f"edgeai: error: {error}", file=sys.stderr)
+            return 2
+        except Exception as e:
+            return _internal_error(e, args.debug)
+
+
+def _internal_error(e: Exception, debug: bool) -> int:
+    if debug:
+        traceback.print_exc()
+    print(f"edgeai: internal error: {type(e).__name__}: {' '.join(str(e).split())[:300]} "
+          "(run with --debug for the traceback and please report it)", file=sys.stderr)
+    return 1
 
 
 @contextlib.contextmanager

@@ -55,6 +55,27 @@ def split_labels(feeds: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray]
     return inputs, feeds.get(LABELS)
 
 
+def check_class_ids(labels: np.ndarray, classes: int, what: str = "evaluation data") -> np.ndarray:
+    """`labels` as int64 class ids in [0, classes), or a DataError naming the metrics that fit other labels."""
+    labels = np.asarray(labels)
+    if labels.dtype.kind == "b":
+        labels = labels.astype(np.int64)
+    problem = ""
+    if labels.dtype.kind not in "iuf":
+        problem = f"have dtype {labels.dtype}"
+    elif labels.dtype.kind == "f" and not np.array_equal(labels, np.round(labels)):
+        odd = labels[labels != np.round(labels)].ravel()[0]
+        problem = f"hold fractional values such as {float(odd):g}"
+    elif labels.size and (labels.min() < 0 or labels.max() >= classes):
+        bad = labels[(labels < 0) | (labels >= classes)].ravel()[0]
+        problem = f"hold {bad:g}, outside the model's {classes} classes (0 to {classes - 1})"
+    if problem:
+        raise DataError(f"{what}: '{LABELS}' {problem}, so they are not class ids for top-1 accuracy; for "
+                        "other targets pass a metric that reads them (--metric FILE.py:FUNC), or leave "
+                        "'labels' out to score cosine similarity to the reference")
+    return labels.astype(np.int64)
+
+
 def num_samples(feeds: Mapping[str, np.ndarray]) -> int:
     """Samples in `feeds` (the length of axis 0, equal for every array after load_feeds)."""
     first = next(iter(feeds.values()), None)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeai.argtypes import positive_int
 from edgeai.errors import DataError, MissingDependencyError, ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -70,12 +71,28 @@ def load_tokenizer(spec: str):
     if not spec.startswith("hf:"):
         raise DataError(f"--tokenizer {spec!r}: write hf:FOLDER (a saved tokenizer) or hf:ORG/NAME")
     folder, name, _ = resolve_folder(spec)
+    check_json_files(folder, TOKENIZER_JSON)
     try:
         tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=False, local_files_only=True)
-    except (OSError, ValueError, KeyError) as e:
+    except Exception as e:  # noqa: BLE001  (the tokenizers library raises a bare Exception on a bad file)
         raise ModelLoadError(f"{name!r} holds no tokenizer transformers can load: "
                              f"{' '.join(str(e).split())[:250]}") from None
     return tok, folder
+
+
+TOKENIZER_JSON = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "config.json")
+
+
+def check_json_files(folder: Path, names: tuple[str, ...]) -> None:
+    """ModelLoadError naming the file when one of `names` in `folder` is not UTF-8 JSON (the libraries say less)."""
+    from edgeai.typed import read_json
+    for name in names:
+        path = folder / name
+        if path.is_file():
+            try:
+                read_json(path)
+            except ValueError as e:
+                raise ModelLoadError(f"{str(path)!r} is {e}; restore it (save_pretrained writes it)") from None
 
 
 def _tokenizer_limit(tok) -> int:
@@ -87,7 +104,7 @@ def _label_ids(labels: list[str], folder: Path) -> np.ndarray:
     if all(_is_int(x) for x in labels):
         return np.asarray([int(x) for x in labels], dtype=np.int64)
     config = folder / "config.json"
-    label2id = json.loads(config.read_text()).get("label2id", {}) if config.is_file() else {}
+    label2id = json.loads(config.read_text(encoding="utf-8")).get("label2id", {}) if config.is_file() else {}
     unknown = sorted({x for x in labels if x not in label2id and not _is_int(x)})
     if unknown:
         where = f"the label2id of {config}" if label2id else "no label2id (config.json) beside the tokenizer"
@@ -110,7 +127,7 @@ def add_parser(sub) -> None:
                                      "into an .npz keyed by the model's input names.")
     t.add_argument("file", metavar="FILE.txt")
     t.add_argument("--tokenizer", required=True, metavar="hf:DIR|hf:ORG/NAME", help="a saved Hugging Face tokenizer")
-    t.add_argument("--max-length", type=int, default=None, metavar="N",
+    t.add_argument("--max-length", type=positive_int, default=None, metavar="N",
                    help="pad and truncate every sample to N tokens (default: the longest line)")
     t.add_argument("-o", "--output", required=True, metavar="OUT.npz")
     t.set_defaults(func=cmd_text)
@@ -118,7 +135,7 @@ def add_parser(sub) -> None:
 
 def cmd_text(args) -> int:
     from edgeai.errors import OutputError
-    from edgeai.fsutil import atomic_write_bytes
+    from edgeai.fsutil import atomic_write_bytes, reporting_disk_errors
     if args.max_length is not None and args.max_length < 2:
         raise DataError(f"--max-length must be >= 2 (room for the special tokens), got {args.max_length}")
     out = Path(args.output)
@@ -127,7 +144,8 @@ def cmd_text(args) -> int:
     feeds = tokenize_file(args.file, args.tokenizer, args.max_length)
     buf = io.BytesIO()
     np.savez(buf, **feeds)
-    atomic_write_bytes(out, buf.getvalue())
+    with reporting_disk_errors(out):
+        atomic_write_bytes(out, buf.getvalue())
     for name, arr in feeds.items():
         print(f"{name}: shape {tuple(arr.shape)} {arr.dtype}")
     print(f"wrote {out}")

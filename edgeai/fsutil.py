@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import shutil
@@ -170,3 +171,30 @@ def publish(staged: Path, final_dir: Path, names: list[str]) -> None:
     """Move staged files into `final_dir` by rename (atomic per file); pass the manifest last."""
     for name in names:
         os.replace(staged / name, Path(final_dir) / name)
+
+
+# errno values that say the disk, not the user's path, is the problem: one-line errors, not tracebacks
+DISK_ERRORS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+               errno.EROFS: "the file system is read-only", errno.EFBIG: "the file is too large for the file system"}
+
+
+def disk_error(path: str | Path | None, e: OSError) -> OutputError | None:
+    """The OutputError for a write to `path` that failed because the disk is full (or similar), else None."""
+    reason = DISK_ERRORS.get(e.errno)
+    if reason is None:
+        return None
+    where = f"cannot write {str(path)!r}" if path else "cannot write the output"
+    return OutputError(f"{where}: {reason} ({errno.errorcode[e.errno]}); free some space or write elsewhere "
+                       "(nothing was replaced)")
+
+
+@contextlib.contextmanager
+def reporting_disk_errors(path: str | Path) -> Iterator[None]:
+    """Turn a full disk (ENOSPC, EDQUOT, EROFS, EFBIG) while writing `path` into an OutputError naming it."""
+    try:
+        yield
+    except OSError as e:
+        error = disk_error(path, e)
+        if error is None:
+            raise
+        raise error from None

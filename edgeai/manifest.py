@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from edgeai import typed
 from edgeai.errors import RuntimeLoadError
 from edgeai.fsutil import atomic_write_text, sha256_file
 from edgeai.specs import TensorSpec
@@ -113,14 +114,20 @@ class Manifest:
         newer edgeai) are ignored with a warning."""
         path = Path(folder) / MANIFEST_NAME
         try:
-            data = json.loads(path.read_text())
+            data = typed.read_json(path)
             if not isinstance(data, dict):
                 raise ValueError("not a JSON object")
             _check_schema(data.get("schema"), path)
-            arts = [_from_dict(ArtifactEntry, a, path) for a in data.pop("artifacts")]
-            manifest = _from_dict(cls, {**data, "artifacts": arts}, path)
+            artifacts = data.pop("artifacts", None)
+            if not isinstance(artifacts, list):
+                raise typed.FieldError("artifacts", f"expected a list of artifacts, got {typed.shown(artifacts)}")
+            arts = [_from_dict(ArtifactEntry, a, path, f"artifacts[{i}]") for i, a in enumerate(artifacts)]
+            manifest = _from_dict(cls, {**data, "artifacts": arts}, path, "")
+            _check_source(manifest.source)
         except FileNotFoundError:
             raise RuntimeLoadError(f"{str(folder)!r} has no {MANIFEST_NAME}; is it an edgeai output folder?") from None
+        except OSError as e:
+            raise RuntimeLoadError(f"{str(path)!r} cannot be read: {e.strerror or e}") from None
         except (ValueError, TypeError, KeyError, AttributeError) as e:
             raise RuntimeLoadError(f"{str(path)!r} is not a valid edgeai manifest ({e})") from None
         for a in manifest.artifacts:
@@ -146,9 +153,33 @@ def _check_schema(schema: Any, path: Path) -> None:
                     path, schema, SCHEMA)
 
 
-def _from_dict(cls: type, data: dict, path: Path):
+def _from_dict(cls: type, data: Any, path: Path, where: str):
+    """`cls` from manifest data, every field type-checked (typed.FieldError names the field)."""
+    if not isinstance(data, dict):
+        raise typed.FieldError(where, f"expected a mapping, got {typed.shown(data)}")
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
-        log.warning("%s: ignoring keys this edgeai does not know: %s", path, ", ".join(unknown))
-    return cls(**{k: v for k, v in data.items() if k in known})
+        log.warning("%s: ignoring keys this edgeai does not know: %s", path, ", ".join(map(str, unknown)))
+    obj = typed.build(cls, data, where, strict=False)
+    for key in ("inputs", "outputs") if cls is ArtifactEntry else ():
+        _check_specs(getattr(obj, key), f"{where}.{key}")
+    return obj
+
+
+def _check_specs(specs: list, where: str) -> None:
+    """Each input/output entry is a tensor spec: name, shape (ints and dim names) and dtype."""
+    for i, d in enumerate(specs):
+        typed.check_fields(TensorSpec, d, f"{where}[{i}]", strict=False)
+        missing = [k for k in ("name", "shape") if k not in d]
+        if missing:
+            raise typed.FieldError(f"{where}[{i}]", f"has no {' or '.join(missing)}")
+
+
+def _check_source(source: dict) -> None:
+    """The keys of `source` that edgeai reads back (bench sizes dynamic dims from example_dims)."""
+    if "example_dims" in source:
+        typed.check(source["example_dims"], dict[str, int], "source.example_dims")
+    if "inputs" in source:
+        typed.check(source["inputs"], list, "source.inputs")
+        _check_specs(source["inputs"], "source.inputs")

@@ -277,6 +277,7 @@ def _export_verified(ctx: RunContext, source: ModelSource, steps: list[dict], na
     """Export with each attempt the exporter offers until one verifies; the FP32 entry `name`."""
     recipe, exporter, stage, progress = ctx.recipe, ctx.exporter, ctx.stage, ctx.progress
     tolerance = _tolerance(recipe)
+    samples = ctx.data.get("eval")  # loaded before the attempts: a data error is not an export failure
     failures = []
     if source.kind == "onnx":
         attempts = [None]
@@ -294,7 +295,8 @@ def _export_verified(ctx: RunContext, source: ModelSource, steps: list[dict], na
                 check_onnx_file(model_path)
             progress(f"verifying {model_path.name} against {'PyTorch' if source.module is not None else 'ONNX'}")
             handle = open_artifact(model_path, recipe.format, result.details)
-            parity = verify(source, handle, tolerance, allow_frozen=bool(result.details.get("static_shapes")))
+            parity = verify(source, handle, tolerance, allow_frozen=bool(result.details.get("static_shapes")),
+                            samples=samples)
             if not parity.passed:
                 raise VerificationError(f"exported model differs from the reference: {parity.failure()}")
         except MissingDependencyError:

@@ -6,7 +6,10 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+from edgeai import typed
+from edgeai.argtypes import MAX_THREADS
 from edgeai.errors import ConfigError
+from edgeai.typed import shown
 
 
 class RecipeError(ConfigError):
@@ -54,12 +57,15 @@ class Recipe:
         return asdict(self)
 
 
-def _named_steps(value: Any, what: str) -> tuple[dict, ...]:
+def _named_steps(value: Any, what: str, field_name: str) -> tuple[dict, ...]:
     """["fp16", {"int8-static": {...}}] -> ({"fp16": {}}, {"int8-static": {...}})."""
     if value is None:
         return ()
     if isinstance(value, (str, Mapping)):
         value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise RecipeError(f"recipe field {field_name!r}: expected a list of {what} names or {{name: options}} "
+                          f"mappings, got {shown(value)}")
     out = []
     for item in value:
         if isinstance(item, str):
@@ -67,42 +73,33 @@ def _named_steps(value: Any, what: str) -> tuple[dict, ...]:
         elif isinstance(item, Mapping) and len(item) == 1:
             (name, cfg), = item.items()
             if cfg is not None and not isinstance(cfg, Mapping):
-                raise RecipeError(f"{what} {name!r}: options must be a mapping, got {cfg!r}")
+                raise RecipeError(f"{what} {name!r}: options must be a mapping, got {shown(cfg)}")
             out.append({str(name): dict(cfg or {})})
         else:
-            raise RecipeError(f"each {what} must be a name or a one-key mapping name: {{options}}, got {item!r}")
+            raise RecipeError(f"each {what} must be a name or a one-key mapping name: {{options}}, got {shown(item)}")
     return tuple(out)
 
 
-def _sub(cls, value: Any, what: str):
-    if value is None:
-        return cls()
-    if not isinstance(value, Mapping):
-        raise RecipeError(f"recipe key {what!r} must be a mapping")
-    known = {f.name for f in fields(cls)}
-    unknown = set(value) - known
-    if unknown:
-        raise RecipeError(f"unknown key(s) {sorted(unknown)} under {what!r}; known: {', '.join(sorted(known))}")
-    return cls(**value)
-
-
 def recipe_from_dict(data: Mapping[str, Any], base_dir: Path | None = None) -> Recipe:
+    """A Recipe from YAML data: every value checked against the field's type (RecipeError naming it)."""
     known = {f.name for f in fields(Recipe)}
     unknown = set(data) - known
     if unknown:
-        raise RecipeError(f"unknown recipe key(s) {sorted(unknown)}; known: {', '.join(sorted(known))}")
+        raise RecipeError(f"unknown recipe key(s) {sorted(map(str, unknown))}; known: {', '.join(sorted(known))}")
     if "model" not in data:
         raise RecipeError("recipe has no 'model' (a factory 'module:function' or a model file)")
     d = dict(data)
-    inputs = d.get("inputs") or ()
-    d["inputs"] = (inputs,) if isinstance(inputs, str) else tuple(inputs)
-    d["steps"] = _named_steps(d.get("steps"), "step")
-    d["quantize"] = _named_steps(d.get("quantize"), "quantization")
-    d["data"] = _sub(DataConfig, d.get("data"), "data")
-    d["summary"] = _sub(SummaryConfig, d.get("summary"), "summary")
-    d["export"] = dict(d.get("export") or {})
-    d["tolerance"] = dict(d.get("tolerance") or {})
-    recipe = Recipe(**d)
+    if isinstance(d.get("inputs"), str):  # one input may be written without a list
+        d["inputs"] = [d["inputs"]]
+    d["steps"] = _named_steps(d.get("steps"), "step", "steps")
+    d["quantize"] = _named_steps(d.get("quantize"), "quantization", "quantize")
+    for key in ("inputs", "data", "summary", "export", "tolerance"):  # an empty YAML key means the default
+        if key in d and d[key] is None:
+            del d[key]
+    try:
+        recipe = typed.build(Recipe, d)
+    except typed.FieldError as e:
+        raise RecipeError(f"recipe field {e.path!r}: {e.message}" if e.path else str(e)) from None
     return _resolve_paths(recipe, base_dir) if base_dir else recipe
 
 
@@ -133,7 +130,12 @@ def load_recipe(path: str | Path) -> Recipe:
     if not path.is_file():
         raise RecipeError(f"recipe {str(path)!r} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise RecipeError(f"recipe {str(path)!r} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset "
+                          f"{e.start}); save it as UTF-8") from None
+    except RecursionError:
+        raise RecipeError(f"recipe {str(path)!r} is nested too deeply to be a recipe") from None
     except yaml.YAMLError as e:
         raise RecipeError(f"recipe {str(path)!r} is not valid YAML: {' '.join(str(e).split())[:200]}") from None
     if not isinstance(data, Mapping):
@@ -159,6 +161,10 @@ def validate(recipe: Recipe) -> None:
     from edgeai.exporters import get_exporter
     from edgeai.steps import ARTIFACT_STEPS, canonical_scheme, get_model_step
 
+    try:  # a Recipe built in Python skips recipe_from_dict: check its types here
+        typed.check_instance(recipe)
+    except typed.FieldError as e:
+        raise RecipeError(f"recipe field {e.path!r}: {e.message}") from None
     exporter = get_exporter(recipe.format)
     make_config(exporter.config_cls, recipe.export, f"{recipe.format} export")
     for item in recipe.steps:
@@ -199,11 +205,17 @@ def validate(recipe: Recipe) -> None:
 
 
 def make_config(config_cls: type, opts: Mapping[str, Any], what: str):
-    """`config_cls(**opts)`, or a RecipeError listing the known options."""
+    """`config_cls(**opts)` with every option checked against its type, or a RecipeError naming it."""
+    known = ", ".join(f.name for f in fields(config_cls))
+    if not isinstance(opts, Mapping):
+        raise RecipeError(f"{what}: options must be a mapping, got {shown(opts)}")
     try:
-        return config_cls(**opts)
-    except TypeError:
-        known = ", ".join(f.name for f in fields(config_cls))
+        return typed.build(config_cls, opts)
+    except typed.FieldError as e:
+        if not e.path:  # an unknown option
+            raise RecipeError(f"bad options {dict(opts)} for {what}; known: {known}") from None
+        raise RecipeError(f"{what} option {e.path!r}: {e.message}") from None
+    except TypeError:  # a required option is missing
         raise RecipeError(f"bad options {dict(opts)} for {what}; known: {known}") from None
 
 
@@ -235,10 +247,11 @@ def _check_max_drop(recipe: Recipe) -> None:
                           "(data.eval in a recipe)")
 
 
-def _check_summary(summary: SummaryConfig) -> None:
-    if not isinstance(summary.threads, int) or isinstance(summary.threads, bool) or summary.threads < 1:
-        raise RecipeError(f"threads (--threads, summary.threads) must be an integer >= 1, got {summary.threads!r}")
-    if not isinstance(summary.warmup, int) or isinstance(summary.warmup, bool) or summary.warmup < 0:
+def _check_summary(summary: SummaryConfig) -> None:  # the types were checked by typed.check_instance
+    if not 1 <= summary.threads <= MAX_THREADS:
+        raise RecipeError(f"threads (--threads, summary.threads) must be an integer >= 1, got {summary.threads!r} "
+                          f"(at most {MAX_THREADS})")
+    if summary.warmup < 0:
         raise RecipeError(f"summary.warmup must be an integer >= 0, got {summary.warmup!r}")
     if not _number(summary.min_seconds) or summary.min_seconds <= 0:
         raise RecipeError(f"summary.min_seconds must be a number > 0, got {summary.min_seconds!r}")

@@ -100,6 +100,11 @@ def _check_forward(source: ModelSource) -> None:
         raise InputSpecError(f"the model fails on the example inputs ({shapes}): {type(e).__name__}: {text}; "
                              "check the --input shapes and dtypes") from None
     names, leaves = output_names(outputs)
+    if not any(isinstance(t, torch.Tensor) for t in leaves):
+        got = "None" if outputs is None else f"{type(outputs).__name__} {' '.join(repr(outputs).split())[:60]}"
+        raise ModelLoadError(f"the model {source.origin!r} returns {got} from forward() on the example inputs, not a "
+                             "tensor; edgeai exports what forward() returns: a tensor, or a tuple, list or dict of "
+                             "tensors")
     for name, t in zip(names, leaves):
         bad = non_finite(t.detach().float().cpu().numpy()) if isinstance(t, torch.Tensor) else ""
         if bad:
@@ -153,15 +158,15 @@ def call_factory(spec: str):
 def _load_file(path: Path, arch: str | None, trust_pickle: bool):
     import torch
 
-    from edgeai.modelfile import TRUST_HINT, check_pt2, not_a_model_message, sniff
-    kind = sniff(path)
-    if kind == "pt2" or (path.suffix.lower() == ".pt2" and kind in ("zip", "unknown")):
-        if not trust_pickle:
-            check_pt2(path)  # torch.export.load unpickles some records with full pickle
+    from edgeai.modelfile import TRUST_HINT, check_graph_module, not_a_model_message
+    kind = check_model_file(path, trust_pickle)
+    if kind == "pt2":
         try:
             ep = torch.export.load(str(path))
         except Exception as e:
             raise ModelLoadError(f"{str(path)!r} is not a loadable ExportedProgram (.pt2): {_first_line(e)}") from None
+        if not trust_pickle:
+            check_graph_module(path, ep.graph_module)  # again on what torch built, before anything runs it
         return "exported_program", ep.module(), None
     if kind == "torchscript":
         try:
@@ -202,6 +207,21 @@ def _load_file(path: Path, arch: str | None, trust_pickle: bool):
         detail = " ".join(str(e).split())[:300]
         raise ModelLoadError(f"weights in {str(path)!r} do not fit --arch {arch!r}: {detail}") from None
     return "state_dict", module, None
+
+
+def check_model_file(path: Path, trust_pickle: bool = False) -> str:
+    """What `path` holds (modelfile.sniff; "pt2" for any .pt2), after refusing a .pt2 or TorchScript file
+    whose loading or running could reach files or processes (unless `trust_pickle`). Loads nothing."""
+    from edgeai.modelfile import check_pt2, sniff
+    kind = sniff(path)
+    if kind == "pt2" or (path.suffix.lower() == ".pt2" and kind in ("zip", "unknown")):
+        kind = "pt2"
+        if not trust_pickle:
+            check_pt2(path)  # records torch would unpickle, guard code, operators outside the allowlist
+    elif kind == "torchscript" and not trust_pickle:
+        from edgeai.torchscript_check import check_torchscript
+        check_torchscript(path)  # torch.jit.load runs the archive's __setstate__ methods
+    return kind
 
 
 def _find_state_dict(obj) -> dict | None:

@@ -151,10 +151,20 @@ def load_npz(path: str | Path, what: str = "input file") -> dict[str, np.ndarray
     if not path.is_file():
         raise DataError(f"{what} {str(path)!r} does not exist")
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with np.load(path, allow_pickle=False) as z:  # never unpickle: a data file must not run code
             arrays = {k: z[k] for k in z.files}
-    except Exception as e:  # zipfile / pickle / format errors all mean "not a valid .npz"
+    except ValueError as e:
+        if "allow_pickle" not in str(e):
+            raise DataError(f"{what} {str(path)!r} is not a readable .npz file (ValueError: {e})") from None
+        raise DataError(f"{what} {str(path)!r} is not a readable .npz file: it holds an object array (pickled "
+                        "Python objects), and edgeai never unpickles data; save numbers with numpy.savez") from None
+    except Exception as e:  # zipfile / format errors all mean "not a valid .npz"
         raise DataError(f"{what} {str(path)!r} is not a readable .npz file ({type(e).__name__}: {e})") from None
+    raw = [k for k, v in arrays.items() if not isinstance(v, np.ndarray)]
+    if raw:  # np.load hands back the bytes of a member that is not in .npy format (a raw pickle, ...)
+        raise DataError(f"{what} {str(path)!r} is not a readable .npz file: member {raw[0]!r} is not a NumPy .npy "
+                        "array (a raw pickle or another file inside the zip), and edgeai never unpickles data; save "
+                        "arrays with numpy.savez")
     if not arrays:
         raise DataError(f"{what} {str(path)!r} holds no arrays")
     return arrays

@@ -52,10 +52,10 @@ def test_export_takes_a_module_object_and_the_readme_quantize_list(tmp_path):
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(quantize="int8-dynamic", eval_data=3), "eval_data must be a path"),
-    (dict(quantize=[3]), "quantize must be a list of names"),
-    (dict(inputs=[("x", 8)]), "inputs must be a list of strings"),
-    (dict(trust_pickle="yes"), "trust_pickle must be True or False"),
-    (dict(export=["opset", 17]), "export must be a mapping"),
+    (dict(quantize=[3]), "each quantization must be a name or a one-key mapping"),
+    (dict(inputs=[("x", 8)]), r"recipe field 'inputs\[0\]': expected a string"),
+    (dict(trust_pickle="yes"), "recipe field 'trust_pickle': expected true or false"),
+    (dict(export=["opset", 17]), "recipe field 'export': expected a mapping"),
     (dict(example_inputs=5), "example_inputs must be an .npz path"),
 ])
 def test_export_keywords_of_the_wrong_type_are_config_errors(tmp_path, kwargs, message):

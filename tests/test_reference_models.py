@@ -28,7 +28,7 @@ def test_reference_model_end_to_end(cli, tmp_path, key):
         name = next(k for k in z.files if k != "labels")
         x, labels = z[name][:16], z["labels"][:16]
     np.savez(tmp_path / "in.npz", **{name: x})
-    code, _, err = cli("run", out, "--input", tmp_path / "in.npz", "-o", tmp_path / "pred.npz")
+    code, _, err = cli("run", out, "--input-data", tmp_path / "in.npz", "-o", tmp_path / "pred.npz")
     assert code == 0, err
     with np.load(tmp_path / "pred.npz") as z:
         assert (z["output"].argmax(-1) == labels).mean() >= 0.85

@@ -4,11 +4,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from edgeai.argtypes import count, is_count, positive_int, seconds
-from edgeai.bench.results import PROVIDERS, RUNTIMES
+from edgeai.argtypes import THREADS_HELP, cap_threads, count, is_count, positive_int, seconds, threads
+from edgeai.bench.results import PRECISIONS, PROVIDERS, RUNTIMES
 from edgeai.bench.stats import DEFAULT_MAX_SECONDS, DEFAULT_MIN_RUNS, DEFAULT_MIN_SECONDS
 from edgeai.errors import InputSpecError, OutputError
-from edgeai.fsutil import ensure_writable_dir
+from edgeai.fsutil import ensure_writable_dir, reporting_disk_errors
 from edgeai.manifest import NO_VERIFY_HELP
 
 DESCRIPTION = f"""\
@@ -54,9 +54,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--runtime", choices=RUNTIMES, default="auto",
                    help="auto: each artifact in its format's runtime (onnx: onnxruntime); torch: run "
                         "model specs in PyTorch (default: auto)")
-    p.add_argument("--threads", type=positive_int, default=1, metavar="N",
+    p.add_argument("--threads", type=threads, default=1, metavar="N",
                    help="intra-op threads (onnxruntime intra_op_num_threads, torch.set_num_threads); "
-                        "default: 1")
+                        f"default: 1; {THREADS_HELP}")
     p.add_argument("--warmup", type=count, default=10, metavar="W",
                    help="untimed runs after the first inference (default: 10)")
     stop = p.add_mutually_exclusive_group()
@@ -97,6 +97,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     torch_opts = p.add_argument_group("model specs (--runtime torch), passed to edgeai.source.load_model")
     torch_opts.add_argument("--input", action="append", default=[], metavar="NAME:DIM,...[:DTYPE]",
                             help="an input of the model, e.g. image:batch,1,32,32 (repeatable, call order)")
+    torch_opts.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                            help="cast the module's weights and float inputs to this dtype before timing "
+                                 "(fp16/bf16: the usual GPU precisions); default: fp32")
     torch_opts.add_argument("--example-inputs", metavar="NPZ", help="example inputs file (.npz)")
     torch_opts.add_argument("--arch", metavar="MODULE:FACTORY", help="builds the module a state_dict is loaded into")
     torch_opts.add_argument("--trust-pickle", action="store_true",
@@ -126,21 +129,23 @@ def run(args: argparse.Namespace) -> int:
     dims = parse_dims(args.dim)
     load_options = {k: v for k, v in (("example_inputs", args.example_inputs), ("arch", args.arch),
                                       ("trust_pickle", args.trust_pickle)) if v}
-    if (args.input or load_options) and args.runtime != "torch":
-        raise InputSpecError("--input, --example-inputs, --arch and --trust-pickle describe PyTorch model "
+    if (args.input or load_options or args.precision != "fp32") and args.runtime != "torch":
+        raise InputSpecError("--input, --example-inputs, --arch, --trust-pickle and --precision describe PyTorch model "
                              "specs; add --runtime torch (exported artifacts carry their own input specs)")
     if args.json:
         json_path = Path(args.json)
         if json_path.is_dir():
             raise OutputError(f"--json {args.json!r} is a folder; name a file, e.g. {json_path / 'bench.json'}")
         ensure_writable_dir(json_path.parent)  # fail before spending minutes benchmarking
-    report = bench(args.targets, runtime=args.runtime, threads=args.threads, warmup=args.warmup,
+    n_threads = args.threads if device is not None else cap_threads(args.threads)  # a device has its own cores
+    report = bench(args.targets, runtime=args.runtime, threads=n_threads, warmup=args.warmup,
                    runs=args.runs, min_seconds=args.min_seconds, batch=args.batch,
                    dims=dims, provider=args.provider, isolate=not args.no_isolate,
                    inputs=args.input, load_options=load_options, verify_digest=not args.no_verify_digest,
-                   device=device)
+                   device=device, precision=args.precision)
     print_report(report)
     if args.json:
-        report.write_json(args.json)
+        with reporting_disk_errors(args.json):
+            report.write_json(args.json)
         print(f"wrote {args.json}")
     return 1 if report.failed else 0

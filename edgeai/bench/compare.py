@@ -6,10 +6,11 @@ slowdown inside it is not evidence of a regression.
 """
 from __future__ import annotations
 
-import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgeai import typed
 from edgeai.bench.results import SCHEMA, BenchReport
 from edgeai.errors import InputSpecError
 
@@ -33,23 +34,37 @@ def parse_threshold(text: str) -> float:
         value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
     except ValueError:
         value = -1.0
-    if not value >= 0:
+    if not (value >= 0 and math.isfinite(value)):  # inf would let every slowdown pass
         raise InputSpecError(f"bad --threshold {text!r}: expected a slowdown such as 5% or 0.05")
     return value
 
 
 def load_report(path: str | Path) -> BenchReport:
+    """A bench --json report, every field type-checked: InputSpecError naming the file and the bad field."""
     try:
-        data = json.loads(Path(path).read_text())
+        data = typed.read_json(path)
     except FileNotFoundError:
         raise InputSpecError(f"report {str(path)!r} does not exist") from None
-    except (OSError, ValueError) as e:
-        raise InputSpecError(f"report {str(path)!r} is not JSON ({e})") from None
+    except OSError as e:
+        raise InputSpecError(f"report {str(path)!r} cannot be read: {e.strerror or e}") from None
+    except ValueError as e:
+        raise InputSpecError(f"report {str(path)!r} is {e}") from None
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
         schema = data.get("schema") if isinstance(data, dict) else None
         raise InputSpecError(f"{str(path)!r} is not an {SCHEMA} report (schema {schema!r}); "
                              "write one with edgeai bench --json")
-    return BenchReport.from_dict(data)
+    try:
+        report = typed.build(BenchReport, data, strict=False)  # a newer edgeai (on a device) may add fields
+        for i, r in enumerate(report.results):
+            if r.ok and r.timing is None:
+                raise typed.FieldError(f"results[{i}].timing", "a result with status 'ok' needs its timing")
+            p50 = r.timing.p50_ms if r.timing is not None else None
+            if p50 is not None and not (p50 > 0 and math.isfinite(p50)):
+                raise typed.FieldError(f"results[{i}].timing.p50_ms", f"expected a time > 0, got {p50!r}")
+    except typed.FieldError as e:
+        raise InputSpecError(f"report {str(path)!r} is not a valid {SCHEMA} report ({e}); "
+                             "write one with edgeai bench --json") from None
+    return report
 
 
 def compare(base: BenchReport, new: BenchReport, threshold: float) -> list[Row]:
@@ -95,9 +110,12 @@ def _timed_row(name: str, b, n, threshold: float) -> Row:
 
 def environment_differences(base: BenchReport, new: BenchReport) -> list[str]:
     """Fields of the fingerprint that differ: a ratio across machines measures the machines too."""
-    keys = [("device", lambda e: e.get("device", "local")), ("CPU", lambda e: e["cpu"]["model"]),
+    def part(e: dict, key: str) -> dict:  # env is free-form: a missing or odd section reads as unknown
+        value = e.get(key)
+        return value if isinstance(value, dict) else {}
+    keys = [("device", lambda e: e.get("device", "local")), ("CPU", lambda e: part(e, "cpu").get("model")),
             ("threads", lambda e: e.get("threads")), ("provider", lambda e: e.get("provider")),
-            ("onnxruntime", lambda e: e["versions"].get("onnxruntime"))]
+            ("onnxruntime", lambda e: part(e, "versions").get("onnxruntime"))]
     return [f"{name}: {get(base.env)} -> {get(new.env)}" for name, get in keys if get(base.env) != get(new.env)]
 
 

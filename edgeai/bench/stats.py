@@ -31,9 +31,9 @@ class TimingStats:
     std_ms: float      # sample standard deviation (ddof=1); 0 for a single run
     min_ms: float
     max_ms: float
-    p50_ms: float      # percentiles interpolate linearly between order statistics (numpy's default)
-    p90_ms: float
-    p99_ms: float
+    p50_ms: float | None  # percentiles interpolate linearly between order statistics (numpy's default);
+    p90_ms: float | None  # None where only a summary was measured (benchmark_model builds without a median)
+    p99_ms: float | None
     total_s: float
 
     @classmethod

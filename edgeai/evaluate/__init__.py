@@ -8,7 +8,7 @@ from typing import Mapping
 
 import numpy as np
 
-from edgeai.data import DataSource, iter_batches, load_feeds, num_samples, split_labels
+from edgeai.data import DataSource, check_class_ids, iter_batches, load_feeds, num_samples, split_labels
 from edgeai.errors import DataError
 from edgeai.metrics import Metric
 from edgeai.runtime import Session
@@ -101,6 +101,7 @@ def _fixed_batch(session: Session) -> int | None:
 
 
 def _top1(out: np.ndarray, labels: np.ndarray) -> float:
+    labels = check_class_ids(labels, int(out.shape[-1]) if out.ndim else 1)
     pred = np.argmax(out, axis=-1)
     if labels.shape != pred.shape:
         if labels.size != pred.size:

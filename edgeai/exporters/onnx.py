@@ -10,8 +10,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from edgeai.errors import ConfigError, ExportError
+from edgeai.errors import ConfigError, ExportError, VerificationError
 from edgeai.exporters import EXPORTERS, Exporter, ExportResult, interrupts_propagate, output_names
+from edgeai.exporters.trace_branches import watch_branches
 from edgeai.specs import TensorSpec
 
 log = logging.getLogger(__name__)
@@ -25,12 +26,16 @@ class OnnxExportConfig:
     exporter: str = "auto"          # "auto" (dynamo, then torchscript), "dynamo" or "torchscript"
     opset: int = 18
     external_data: bool = False     # force weights into model.onnx.data (automatic past 2 GB)
+    allow_trace_branches: bool = False  # keep a TorchScript trace whose Python control flow read input values
 
     def __post_init__(self):
         if self.exporter not in ("auto", *EXPORT_PATHS):
             raise ConfigError(f"unknown ONNX exporter {self.exporter!r}; known: auto, {', '.join(EXPORT_PATHS)}")
         if not isinstance(self.opset, int) or isinstance(self.opset, bool) or self.opset < MIN_OPSET:
             raise ConfigError(f"ONNX opset must be an integer >= {MIN_OPSET}, got {self.opset!r}")
+        if not isinstance(self.allow_trace_branches, bool):  # the string "false" would be truthy
+            raise ConfigError(f"ONNX export option allow_trace_branches must be true or false, "
+                              f"got {self.allow_trace_branches!r}")
 
 
 def attempts(config: OnnxExportConfig) -> list[OnnxExportConfig]:
@@ -55,6 +60,7 @@ def export_onnx(module, example_inputs: dict, input_specs: list[TensorSpec], out
     out_names, _ = output_names(outputs)
     out_path = Path(out_path)
     quiet = contextlib.redirect_stdout(io.StringIO())
+    branches: list[str] = []  # where a TorchScript trace read input values into Python control flow
     try:
         with interrupts_propagate(), warnings.catch_warnings(), quiet, _quiet_torch_logs():
             warnings.simplefilter("ignore")
@@ -65,17 +71,31 @@ def export_onnx(module, example_inputs: dict, input_specs: list[TensorSpec], out
                                   dynamic_shapes=_dynamic_shapes(input_specs) or None,
                                   external_data=config.external_data, verbose=False, optimize=True)
             else:
-                torch.onnx.export(module, args, str(out_path), dynamo=False, input_names=names,
-                                  output_names=out_names, opset_version=min(config.opset, 17),
-                                  dynamic_axes=_dynamic_axes(input_specs) or None)
+                with watch_branches(len(args)) as branches:
+                    torch.onnx.export(module, args, str(out_path), dynamo=False, input_names=names,
+                                      output_names=out_names, opset_version=min(config.opset, 17),
+                                      dynamic_axes=_dynamic_axes(input_specs) or None)
     except Exception as e:  # (an interrupt never gets here: interrupts_propagate raises it)
         raise ExportError(f"{path} ONNX export failed: {root_cause(e)}") from e
+    notes = []
+    if branches:
+        where = ", ".join(branches[:3]) + (f" and {len(branches) - 3} more" if len(branches) > 3 else "")
+        if not config.allow_trace_branches:
+            raise VerificationError(
+                f"the trace fixed Python control flow on input values at {where}: the artifact always takes the "
+                "branch the example inputs took; use torch.where/torch.cond there, or if every input takes that "
+                "branch pass --allow-trace-branches (export option allow_trace_branches) and --eval-data to "
+                "verify on real samples")
+        notes.append(f"TorchScript trace fixed Python control flow on input values at {where} "
+                     "(allow_trace_branches): the artifact follows the branch of the example inputs")
     if path == "dynamo":
         _drop_initializer_value_info(out_path)
     files = [out_path.name] + external_files(out_path)
+    details = {"opset": _opset(out_path), "export_path": path, "op_histogram": op_histogram(out_path)}
+    if branches:
+        details["trace_branches"] = branches
     return ExportResult(exporter=f"torch.onnx ({'torch.export' if path == 'dynamo' else 'TorchScript'})",
-                        files=files, details={"opset": _opset(out_path), "export_path": path,
-                                              "op_histogram": op_histogram(out_path)})
+                        files=files, details=details, notes=notes)
 
 
 @contextlib.contextmanager

@@ -8,6 +8,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
+from edgeai import typed
+from edgeai.errors import EdgeAIError
 from edgeai.fsutil import atomic_write_text, ensure_writable_dir
 
 log = logging.getLogger(__name__)
@@ -73,3 +75,16 @@ class Cache:
 
     def put_timing(self, key: str, timing: Mapping) -> None:
         atomic_write_text(ensure_writable_dir(self.root / "timings") / f"{key}.json", json.dumps(dict(timing)))
+
+
+class CacheError(EdgeAIError):
+    """An entry of the optimize cache does not have the fields this edgeai writes (edited or foreign)."""
+
+
+def cached_entry(cls: type, data: Any, path: Path):
+    """`cls` built from a cache entry read from `path`, each field type-checked; CacheError naming the file."""
+    try:
+        return typed.build(cls, data)
+    except typed.FieldError as e:
+        raise CacheError(f"cache entry {str(path)!r} is not one this edgeai wrote ({e}); delete it, or pass "
+                         "--no-cache to rebuild and re-time everything") from None

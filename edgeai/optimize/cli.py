@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from edgeai import argtypes
 from edgeai.optimize.config import OBJECTIVES
 from edgeai.vocabulary import add_deprecated_alias
 
@@ -56,7 +57,7 @@ def add_parser(sub) -> None:
                         "cosine to FP32 PyTorch)")
     p.add_argument("--metric", metavar="FILE.py:FUNC",
                    help="your metric FUNC(outputs: dict[str, ndarray], labels) -> float, higher is better")
-    p.add_argument("--max-drop", type=float, required=True,
+    p.add_argument("--max-drop", type=argtypes.finite_float, required=True,
                    help="accuracy budget in the metric's units (top-1 points, cosine, or your metric)")
     p.add_argument("--calibration", metavar="C.npz", help="calibration inputs (static INT8 needs them)")
     p.add_argument("--train-data", metavar="T.npz", help="training data: pruned candidates are distilled on it")
@@ -65,18 +66,22 @@ def add_parser(sub) -> None:
     add_deprecated_alias(p, "--formats", "--format", "formats", type=_csv)
     p.add_argument("--objective", choices=OBJECTIVES, default="p50",
                    help="p50 or p90 latency, or size (the smallest file not slower than FP32); default p50")
-    p.add_argument("--budget-minutes", type=float, default=30.0, help="stop with the best so far (default 30)")
-    p.add_argument("--threads", type=int, default=1, help="threads when timing (default 1)")
-    p.add_argument("--max-size-mb", type=float, default=None, help="reject candidates larger than this")
-    p.add_argument("--max-rss-mb", type=float, default=None, help="reject candidates whose peak RSS exceeds this")
+    p.add_argument("--budget-minutes", type=argtypes.finite_float, default=30.0,
+                   help="stop with the best so far (default 30)")
+    p.add_argument("--threads", type=argtypes.threads, default=1, metavar="N",
+                   help=f"threads when timing (default 1; {argtypes.THREADS_HELP})")
+    p.add_argument("--max-size-mb", type=argtypes.finite_float, default=None, help="reject candidates larger than this")
+    p.add_argument("--max-rss-mb", type=argtypes.finite_float, default=None,
+                   help="reject candidates whose peak RSS exceeds this")
     p.add_argument("--prune-ratios", type=_ratios, default=None, metavar="R,R",
                    help="fractions of MACs to remove (default 0.5,0.75 with --train-data, else 0.25,0.5; "
                         "'' turns pruning off)")
-    p.add_argument("--distill-epochs", type=int, default=None,
+    p.add_argument("--distill-epochs", type=argtypes.positive_int, default=None,
                    help="most epochs of distillation per pruned candidate (default: the distill step's)")
-    p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (default 3)")
-    p.add_argument("--min-seconds", type=float, default=1.0, help="timed seconds per candidate per round")
-    p.add_argument("--workers", type=int, default=1, help="parallel builds (default 1: timing is never parallel)")
+    p.add_argument("--rounds", type=argtypes.positive_int, default=3, help="interleaved timing rounds (default 3)")
+    p.add_argument("--min-seconds", type=argtypes.seconds, default=1.0, help="timed seconds per candidate per round")
+    p.add_argument("--workers", type=argtypes.positive_int, default=1,
+                   help="parallel builds (default 1: timing is never parallel)")
     p.add_argument("--ray", metavar="ADDRESS", help="build on a Ray cluster ('local' starts one here)")
     p.add_argument("--cache-dir", metavar="DIR", help="where built candidates are kept (default OUTDIR/.cache)")
     p.add_argument("--no-cache", action="store_true", help="rebuild and re-time everything")
@@ -98,12 +103,13 @@ def cmd_optimize(args) -> int:
     require("torch", "edgeai optimize")  # a device install (no 'export' extra): say which extra to add
     from edgeai.optimize import OptimizeConfig, run
 
+    threads = args.threads if args.device else argtypes.cap_threads(args.threads)  # a device has its own cores
     config = OptimizeConfig(
         model=args.model, eval_data=args.eval_data, max_drop=args.max_drop, inputs=tuple(args.inputs or ()),
         example_inputs=args.example_inputs, arch=args.arch, trust_pickle=args.trust_pickle,
         dynamic_batch=not args.fixed_batch, metric=args.metric, calibration=args.calibration,
         train_data=args.train_data, formats=args.formats, objective=args.objective,
-        budget_minutes=args.budget_minutes, threads=args.threads, max_size_mb=args.max_size_mb,
+        budget_minutes=args.budget_minutes, threads=threads, max_size_mb=args.max_size_mb,
         max_rss_mb=args.max_rss_mb, prune_ratios=args.prune_ratios, rounds=args.rounds,
         min_seconds=args.min_seconds, workers=args.workers, ray=args.ray, cache_dir=args.cache_dir,
         no_cache=args.no_cache, distill={"epochs": args.distill_epochs} if args.distill_epochs else {},

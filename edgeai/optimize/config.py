@@ -1,6 +1,7 @@
 """What `edgeai optimize` is asked: the model, its data, the accuracy budget, the objective and the limits."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -48,7 +49,7 @@ class OptimizeConfig:
     def validate(self) -> None:
         if not self.eval_data:
             raise ConfigError("optimize needs evaluation data to score every candidate: pass --eval-data E.npz")
-        if self.max_drop is None or self.max_drop < 0:
+        if self.max_drop is None or not (self.max_drop >= 0 and math.isfinite(self.max_drop)):
             raise ConfigError(f"--max-drop must be >= 0 in the metric's units, got {self.max_drop}")
         bad = [f for f in self.formats if f not in FORMATS]
         if bad or not self.formats:
@@ -62,8 +63,8 @@ class OptimizeConfig:
                 raise ConfigError(f"--{name} must be >= 1, got {getattr(self, name)}")
         for name in ("budget_minutes", "min_seconds", "max_size_mb", "max_rss_mb"):
             value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be > 0, got {value}")
+            if value is not None and not (value > 0 and math.isfinite(value)):  # nan would turn the limit off
+                raise ConfigError(f"--{name.replace('_', '-')} must be > 0 and finite, got {value}")
         if any(not 0 < r < 1 for r in self.prune_ratios or ()):
             raise ConfigError(f"--prune-ratios are fractions of MACs to remove, each between 0 and 1, "
                               f"got {list(self.prune_ratios)}")

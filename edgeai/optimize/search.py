@@ -13,7 +13,7 @@ from statistics import median
 from typing import Callable, Protocol
 
 from edgeai.errors import ExportError
-from edgeai.optimize.cache import Cache, digest
+from edgeai.optimize.cache import RESULT_NAME, Cache, cached_entry, digest
 from edgeai.optimize.choice import choose, gate, rank
 from edgeai.optimize.candidates import Candidate, Skip, Unit, base_plan, prune_units
 from edgeai.optimize.config import OptimizeConfig
@@ -227,7 +227,8 @@ class Search:
             for c in u.candidates:
                 stored = self.cache.get_built(self.key(c))
                 if stored is not None:
-                    self._built(c, Built(**stored), cached=True)
+                    self._built(c, cached_entry(Built, stored, self.cache.candidate_dir(self.key(c)) / RESULT_NAME),
+                                cached=True)
                 else:
                     missing.append(c)
                     dests[c.id] = self.cache.clear_candidate(self.key(c))
@@ -285,7 +286,8 @@ class Search:
         for r in pending:
             stored = self.cache.get_timing(self._timing_key(r.candidate))
             if stored is not None:
-                self._timed(r, Timing(**stored))
+                key = self._timing_key(r.candidate)
+                self._timed(r, cached_entry(Timing, stored, self.cache.root / "timings" / f"{key}.json"))
             else:
                 todo.append(r)
         if not todo:

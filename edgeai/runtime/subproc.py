@@ -69,7 +69,7 @@ def run_isolated_many(path: str | Path, feeds_list: Sequence[Mapping[str, np.nda
         names = json.loads((tmp / "outputs.json").read_text())
         results = []
         for i in range(len(feeds_list)):
-            with np.load(tmp / f"out{i}.npz") as z:
+            with np.load(tmp / f"out{i}.npz", allow_pickle=False) as z:
                 results.append({name: z[f"arr_{j}"] for j, name in enumerate(names)})
         return results
 
@@ -135,7 +135,7 @@ def _child(folder: Path) -> int:
         session = get_runtime(job["fmt"])(job["path"], **job["options"])
         names = [o.name for o in session.outputs]
         for i in range(job["n"]):
-            with np.load(folder / f"in{i}.npz") as z:
+            with np.load(folder / f"in{i}.npz", allow_pickle=False) as z:
                 feeds = {k: z[k] for k in z.files}
             out = session.run(feeds)
             np.savez(folder / f"out{i}.npz", *[out[n] for n in names])

@@ -35,6 +35,21 @@ def import_interpreter():
     return mod, "tflite-runtime", getattr(tflite_runtime, "__version__", "")
 
 
+# tensor types numpy can hold and LiteRT can be fed or read as arrays (not RESOURCE, VARIANT, INT4, STRING, ...)
+IO_DTYPES = ("float32", "float16", "float64", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64",
+             "uint64", "bool", "complex64", "complex128")
+
+
+def check_io_types(info: dict, path: str | Path) -> None:
+    """RuntimeLoadError naming the tensor when an input or output of the model has a type edgeai cannot feed or read."""
+    for kind in ("inputs", "outputs"):
+        for d in info[kind]:
+            if d["dtype"] not in IO_DTYPES:
+                raise RuntimeLoadError(f"{str(path)!r}: {kind[:-1]} {d['name']!r} has type {d['dtype'].upper()}, "
+                                       "which cannot be fed or read as an array; edgeai runs .tflite models whose "
+                                       f"inputs and outputs are {', '.join(IO_DTYPES[:-2])}")
+
+
 def _spec(name: str, detail: dict) -> TensorSpec:
     sig = detail.get("shape_signature")
     if sig is None or len(sig) != len(detail["shape"]):
@@ -59,6 +74,7 @@ class TFLiteSession(Session):
     def read_specs(cls, path) -> tuple[list[TensorSpec], list[TensorSpec]]:
         """Inputs and outputs from the flatbuffer alone: no interpreter, so no crash."""
         info = inspect_tflite(path)
+        check_io_types(info, path)
         return ([_spec(d["name"], d) for d in info["inputs"]], [_spec(d["name"], d) for d in info["outputs"]])
 
     def __init__(self, path: str | Path, provider: str = "cpu", threads: int | None = None,
@@ -70,8 +86,8 @@ class TFLiteSession(Session):
             raise RuntimeLoadError(f"threads must be >= 1, got {threads}")
         mod, self._runtime, self._version = import_interpreter()
         path = Path(path)
-        if not path.is_file():
-            raise RuntimeLoadError(f"model {str(path)!r} does not exist")
+        info = inspect_tflite(path)  # names and types from the flatbuffer: the same rule as read_specs
+        check_io_types(info, path)
         resolver = (mod.OpResolverType.AUTO if xnnpack
                     else mod.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
         try:
@@ -84,8 +100,8 @@ class TFLiteSession(Session):
         # LiteRT runs on 1 thread unless told otherwise; report what it really uses
         self.path, self.provider, self.threads, self.xnnpack = path, provider, threads or 1, xnnpack
         # a fused LSTM keeps h/c in variable tensors that survive invoke(); zero them per run
-        self._reset = reset_variables and inspect_tflite(path)["variable_tensors"] > 0
-        in_named, out_named = self._named_io()
+        self._reset = reset_variables and info["variable_tensors"] > 0
+        in_named, out_named = self._named_io(info)
         self.inputs = [_spec(n, d) for n, d in in_named]
         self.outputs = [_spec(n, d) for n, d in out_named]
         self._in_index = {n: d["index"] for n, d in in_named}
@@ -93,20 +109,12 @@ class TFLiteSession(Session):
         self._shapes = {n: tuple(int(s) for s in d["shape"]) for n, d in in_named}
         self._static = {n: all(int(s) >= 0 for s in d.get("shape_signature", d["shape"])) for n, d in in_named}
 
-    def _named_io(self) -> tuple[list[tuple[str, dict]], list[tuple[str, dict]]]:
-        """(name, tensor details) for inputs and outputs in the graph's (call) order, named by the
-        signature when the main graph has one (signature defs list names alphabetically)."""
+    def _named_io(self, info: dict) -> tuple[list[tuple[str, dict]], list[tuple[str, dict]]]:
+        """(name, tensor details) for inputs and outputs in the graph's (call) order, named as
+        inspect_tflite names them (tflite_inspect.io_names: the signature's names, else plain tensor names)."""
+        names = {d["index"]: d["name"] for d in (*info["inputs"], *info["outputs"])}
         ins, outs = self._it.get_input_details(), self._it.get_output_details()
-        for key in self._it.get_signature_list():
-            runner = self._it.get_signature_runner(key)
-            in_names = {d["index"]: n for n, d in runner.get_input_details().items()}
-            out_names = {d["index"]: n for n, d in runner.get_output_details().items()}
-            if set(in_names) == {d["index"] for d in ins} and set(out_names) == {d["index"] for d in outs}:
-                return ([(in_names[d["index"]], d) for d in ins], [(out_names[d["index"]], d) for d in outs])
-
-        def plain(d: dict) -> str:
-            return d["name"].removeprefix("serving_default_").split(":")[0]
-        return [(plain(d), d) for d in ins], [(plain(d), d) for d in outs]
+        return [(names[d["index"]], d) for d in ins], [(names[d["index"]], d) for d in outs]
 
     def _resize(self, feeds: Mapping[str, np.ndarray]) -> None:
         changed = False

@@ -32,8 +32,8 @@ def _tensor_info(schema, sub, index: int, dtype_names: dict[int, str], name: str
     t = sub.Tensors(index)
     shape = [int(d) for d in t.ShapeAsNumpy()] if t.ShapeLength() else []
     sig = [int(d) for d in t.ShapeSignatureAsNumpy()] if t.ShapeSignatureLength() else shape
-    return {"name": name or t.Name().decode(), "shape": shape, "shape_signature": sig,
-            "dtype": dtype_names.get(t.Type(), str(t.Type())).lower(), "index": index}
+    return {"name": name or t.Name().decode(errors="replace"), "shape": shape, "shape_signature": sig,
+            "dtype": dtype_names.get(t.Type(), f"unknown type {t.Type()}").lower(), "index": index}
 
 
 def _signature_io(model, sub_index: int) -> tuple[dict[int, str], dict[int, str]] | None:
@@ -45,6 +45,23 @@ def _signature_io(model, sub_index: int) -> tuple[dict[int, str], dict[int, str]
             outs = {sd.Outputs(j).TensorIndex(): sd.Outputs(j).Name().decode() for j in range(sd.OutputsLength())}
             return ins, outs
     return None
+
+
+def plain_name(tensor_name: str) -> str:
+    """'serving_default_x:0' -> 'x': a tensor name without the TF signature prefix and output index."""
+    return tensor_name.removeprefix("serving_default_").rsplit(":", 1)[0] or tensor_name
+
+
+def io_names(in_idx: list[int], out_idx: list[int], raw: dict[int, str],
+             signature: tuple[dict[int, str], dict[int, str]] | None) -> dict[int, str]:
+    """The one naming rule for a .tflite's inputs and outputs, used by every path that feeds or reads it:
+    the signature's names when its signature covers every input and output of the main graph, else
+    the tensor names made plain ('serving_default_x:0' -> 'x') unless that makes two names equal."""
+    if signature is not None and set(signature[0]) == set(in_idx) and set(signature[1]) == set(out_idx):
+        return {**signature[0], **signature[1]}
+    every = [*in_idx, *out_idx]
+    plain = {i: plain_name(raw[i]) for i in every}
+    return plain if len(set(plain.values())) == len(set(every)) else {i: raw[i] for i in every}
 
 
 def _input_layout(shape: list[int], consumers: list[tuple[str, list[int] | None]]) -> str | None:
@@ -121,9 +138,10 @@ def _main_io(schema, model, main, codes, dtype_names, np):
     """Inputs and outputs of subgraph 0 in graph (call) order, named by its signature if any, and input layouts."""
     in_idx = [int(i) for i in main.InputsAsNumpy()] if main.InputsLength() else []
     out_idx = [int(i) for i in main.OutputsAsNumpy()] if main.OutputsLength() else []
-    in_names, out_names = _signature_io(model, 0) or ({}, {})
-    inputs = [_tensor_info(schema, main, i, dtype_names, in_names.get(i)) for i in in_idx]
-    outputs = [_tensor_info(schema, main, i, dtype_names, out_names.get(i)) for i in out_idx]
+    raw = {i: main.Tensors(i).Name().decode(errors="replace") for i in (*in_idx, *out_idx)}
+    names = io_names(in_idx, out_idx, raw, _signature_io(model, 0))
+    inputs = [_tensor_info(schema, main, i, dtype_names, names[i]) for i in in_idx]
+    outputs = [_tensor_info(schema, main, i, dtype_names, names[i]) for i in out_idx]
     consumers: dict[int, list[tuple[str, list[int] | None]]] = {i: [] for i in in_idx}
     for k in range(main.OperatorsLength()):
         op = main.Operators(k)
