@@ -183,8 +183,7 @@ def cmd_run(args) -> int:
 
     import numpy as np
 
-    from edgeai.errors import OutputError
-    from edgeai.fsutil import atomic_write_bytes, reporting_disk_errors
+    from edgeai.fsutil import check_output_file, reporting_disk_errors, write_output
     from edgeai.runtime.subproc import load_guarded
     from edgeai.specs import load_npz
 
@@ -193,6 +192,7 @@ def cmd_run(args) -> int:
     if not getattr(args, "input_data", None):
         raise InputSpecError("edgeai run needs the inputs to run on: --input-data FILE.npz")
     path, name = split_artifact(args.artifact, getattr(args, "artifact_name", None))
+    out = check_output_file(args.output)  # a bad -o fails before the model runs
     feeds = load_npz(args.input_data, "input file")
     feeds.pop("labels", None)
     # LiteRT can abort on a bad model: it runs in a child process, so that is an error message
@@ -202,11 +202,8 @@ def cmd_run(args) -> int:
     outputs = session.run(feeds)
     buf = io.BytesIO()
     np.savez(buf, **outputs)
-    out = Path(args.output)
-    if out.is_dir():
-        raise OutputError(f"output {str(out)!r} is a folder; give a file name such as out.npz")
     with reporting_disk_errors(out):
-        atomic_write_bytes(out, buf.getvalue())
+        write_output(out, buf.getvalue())
     for name, arr in outputs.items():
         print(f"{name}: shape {tuple(arr.shape)} {arr.dtype}")
     print(f"wrote {out}")

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from edgeai.errors import ExportError
+from edgeai.fsutil import sha256_file
 from edgeai.manifest import ArtifactEntry, Manifest
 from edgeai.optimize.cache import Cache
 from edgeai.optimize.candidates import Unit
@@ -51,7 +52,8 @@ class FakeLab:
                 folder = Path(dests[c.id])
                 size = self.size.get(c.id, 1_000_000)
                 (folder / "model.onnx").write_bytes(b"x" * 16)
-                entry = ArtifactEntry(c.scheme, "model.onnx", c.format, c.precision, "0" * 64, size, [], [])
+                sha = sha256_file(folder / "model.onnx")
+                entry = ArtifactEntry(c.scheme, "model.onnx", c.format, c.precision, sha, size, [], [])
                 Manifest(source={"inputs": []}, artifacts=[entry], versions={}, created="now").write(folder)
                 out[c.id] = Built(c.id, str(folder), size, "top1", self.metric.get(c.id, 98.0),
                                   reference_sha256="ab" * 32 if c.scheme == "fp32" and not c.steps else None)

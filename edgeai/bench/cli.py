@@ -8,7 +8,7 @@ from edgeai.argtypes import THREADS_HELP, cap_threads, count, is_count, positive
 from edgeai.bench.results import PRECISIONS, PROVIDERS, RUNTIMES
 from edgeai.bench.stats import DEFAULT_MAX_SECONDS, DEFAULT_MIN_RUNS, DEFAULT_MIN_SECONDS
 from edgeai.errors import InputSpecError, OutputError
-from edgeai.fsutil import ensure_writable_dir, reporting_disk_errors
+from edgeai.fsutil import check_output_file, ensure_writable_dir, reporting_disk_errors, write_output
 from edgeai.manifest import NO_VERIFY_HELP
 
 DESCRIPTION = f"""\
@@ -134,8 +134,9 @@ def run(args: argparse.Namespace) -> int:
                              "specs; add --runtime torch (exported artifacts carry their own input specs)")
     if args.json:
         json_path = Path(args.json)
-        if json_path.is_dir():
+        if json_path.is_dir() and not json_path.is_symlink():
             raise OutputError(f"--json {args.json!r} is a folder; name a file, e.g. {json_path / 'bench.json'}")
+        check_output_file(json_path)
         ensure_writable_dir(json_path.parent)  # fail before spending minutes benchmarking
     n_threads = args.threads if device is not None else cap_threads(args.threads)  # a device has its own cores
     report = bench(args.targets, runtime=args.runtime, threads=n_threads, warmup=args.warmup,
@@ -146,6 +147,6 @@ def run(args: argparse.Namespace) -> int:
     print_report(report)
     if args.json:
         with reporting_disk_errors(args.json):
-            report.write_json(args.json)
+            write_output(args.json, report.to_json().encode())
         print(f"wrote {args.json}")
     return 1 if report.failed else 0

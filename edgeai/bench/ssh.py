@@ -24,6 +24,7 @@ from edgeai.bench.devices import DeviceError, SshDevice
 from edgeai.bench.results import SCHEMA as BENCH_SCHEMA
 from edgeai.bench.results import BenchConfig, BenchReport
 from edgeai.bench.targets import Target
+from edgeai.errors import RuntimeLoadError
 from edgeai.fsutil import sha256_file
 from edgeai.manifest import MANIFEST_NAME
 from edgeai.manifest import SCHEMA as MANIFEST_SCHEMA
@@ -111,6 +112,10 @@ def target_files(target: Target) -> list[tuple[str, Path]]:
         folder = Path(target.path)
         entry = Manifest.read(folder).get(target.artifact)
         names = [entry.file, *entry.extra_files, MANIFEST_NAME]
+        for name in names:  # checked whatever --no-verify-digest says: a link would upload what it points to
+            if (folder / name).is_symlink():
+                raise RuntimeLoadError(f"{str(folder / name)!r} is a symbolic link; edgeai uploads only the "
+                                       "regular files of an export folder, never what a link points to")
         return [(Path(n).name, folder / n) for n in names]
     raise DeviceError(f"{target.label!r} is a PyTorch model spec; a device runs exported artifacts: "
                       "export it first (edgeai export) and bench the export folder")

@@ -47,7 +47,7 @@ def run(args) -> int:
     from edgeai.data import load_feeds, split_labels
     from edgeai.evaluate import evaluate, run_batched
     from edgeai.console import print_wide
-    from edgeai.fsutil import atomic_write_text
+    from edgeai.fsutil import check_output_file, write_output
     from edgeai.manifest import Manifest
     from edgeai.metrics import load_metric
     from edgeai.runtime.subproc import load_guarded
@@ -56,6 +56,8 @@ def run(args) -> int:
     from edgeai.vocabulary import split_artifact
     if not args.eval_data:
         raise DataError("edgeai eval needs the data to score on: --eval-data FILE.npz|module:function")
+    if args.json:
+        check_output_file(args.json)  # a bad --json fails before anything runs
     metric = load_metric(args.metric)
     target, picked = split_artifact(args.artifact)
     path = Path(target)
@@ -88,7 +90,7 @@ def run(args) -> int:
         table.add_row(r["artifact"], r["metric"], format(r["value"], spec), format(r["drop"], "+" + spec), str(r["n"]))
     print_wide(table, Console())
     if args.json:
-        atomic_write_text(args.json, json.dumps({"schema": "edgeai.eval/1", "results": results}, indent=2) + "\n")
+        write_output(args.json, (json.dumps({"schema": "edgeai.eval/1", "results": results}, indent=2) + "\n").encode())
     return 0
 
 

@@ -174,6 +174,60 @@ def external_files(model_path: Path) -> list[str]:
     return names
 
 
+def copy_model(src: Path, dst: Path) -> list[str]:
+    """Copy the ONNX model `src` to `dst`; the names of the files written beside `dst` (its external data).
+
+    A model without external data is copied byte for byte. External data, whatever `src` calls it
+    ('./w.bin', 'data/w.bin', 'manifest.json', several files), is gathered into one file
+    `<dst.name>.data` beside `dst`, and `dst` names it: an export folder only ever holds plain
+    names it chose. Data that lies outside `src`'s folder is refused (ExportError).
+    """
+    import shutil
+
+    import onnx
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    model = onnx.load(str(src), load_external_data=False)
+    tensors = [t for t in _get_all_tensors(model) if uses_external_data(t)]
+    if not tensors:
+        shutil.copyfile(src, dst)
+        return []
+    data_name = f"{dst.name}.data"
+    with open(dst.parent / data_name, "xb") as out:
+        for tensor in tensors:
+            info = {e.key: e.value for e in tensor.external_data}
+            data = _read_external(src, info)
+            offset = out.tell()
+            out.write(data)
+            del tensor.external_data[:]
+            for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(len(data)))):
+                entry = tensor.external_data.add()
+                entry.key, entry.value = key, value
+    onnx.save(model, str(dst))  # only the references were loaded: the data stays where it was written
+    return [data_name]
+
+
+def _read_external(src: Path, info: dict[str, str]) -> bytes:
+    """The bytes of one external tensor of `src` (location, offset, length), from inside src's folder."""
+    location = info.get("location", "")
+    folder = src.parent.resolve()
+    path = (src.parent / location).resolve()
+    if not location or Path(location).is_absolute() or path.parent != folder and folder not in path.parents:
+        raise ExportError(f"{str(src)!r} keeps weights in {location!r}, outside its folder; edgeai reads "
+                          "external data only from the model's own folder")
+    try:
+        with open(path, "rb") as f:
+            f.seek(int(info.get("offset") or 0))
+            length = info.get("length")
+            data = f.read(int(length)) if length else f.read()
+    except (OSError, ValueError) as e:
+        raise ExportError(f"cannot read the external data {location!r} of {str(src)!r}: "
+                          f"{getattr(e, 'strerror', None) or e}") from None
+    if length and len(data) != int(length):
+        raise ExportError(f"the external data {location!r} of {str(src)!r} is shorter than the model says")
+    return data
+
+
 def op_histogram(model_path: Path) -> dict[str, int]:
     import onnx
     model = onnx.load(str(model_path), load_external_data=False)

@@ -61,20 +61,25 @@ def optimize(model: str | None = None, out_dir: str | Path | None = None, *, con
 
 
 def run(config: OptimizeConfig, out_dir: Path, progress: Callable[[dict], None] | None = None) -> OptimizeResult:
-    from edgeai.fsutil import ensure_writable_dir
+    from edgeai.fsutil import ensure_writable_dir, real_dirs
     from edgeai.optimize.cache import Cache
     from edgeai.optimize.lab import PipelineLab
     from edgeai.optimize.report import write_all
+    from edgeai.outdir import check_replaceable
     from edgeai.optimize.search import Search
 
     config.validate()
     ensure_writable_dir(out_dir)
-    cache = Cache(config.cache_dir or out_dir / ".cache", read=not config.no_cache)
-    lab = PipelineLab(config, cache.root / "work")
+    for name in ("best", "baseline"):  # one edgeai did not write stops the run before it starts
+        check_replaceable(out_dir / name)
+    cache = Cache(config.cache_dir or real_dirs(out_dir, ".cache"), read=not config.no_cache)
+    lab = PipelineLab(config, cache.work_dir())
     try:
         result = Search(config, lab, cache, progress).run()
-    finally:
-        lab.close()
+    except BaseException:
+        lab.close(abort=True)  # stop the builds now and remove their folders
+        raise
+    lab.close()
     c = result.chosen.candidate
     env = {"cpu": lab.cpu(), "versions": lab.identity()["versions"],
            "device": lab.device_env()}   # None: timed on this machine; else the device's fingerprint

@@ -6,6 +6,8 @@ import hashlib
 import json
 import logging
 import multiprocessing
+import os
+import shutil
 import sys
 import tempfile
 import time
@@ -19,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from edgeai.errors import ConfigError, MissingDependencyError
-from edgeai.optimize.builder import build_unit, target_options, unit_recipe
+from edgeai.fsutil import hold_lock, remove_unlocked
+from edgeai.optimize.builder import build_unit, target_options, unit_recipe, worker_init
 from edgeai.optimize.candidates import Unit, step_name
 from edgeai.optimize.config import OptimizeConfig
 from edgeai.optimize.search import Built
@@ -58,6 +61,8 @@ class PipelineLab:
         self._identity = {**self._inspect(), "target": self.target}
         self._pool: ProcessPoolExecutor | None = None
         self._ray = None
+        self._units: dict[str, int] = {}   # unit folders made and not removed yet -> the lock held on each
+        remove_unlocked(work_dir.glob("unit-*"))  # left by an optimize that was killed (SIGKILL, power loss)
 
     # ------------------------------------------------------------------ what the keys are made of
     def _inspect(self) -> dict:
@@ -135,20 +140,37 @@ class PipelineLab:
             jobs.append({"recipe": unit_recipe(self.plain, u.format, u.steps, quantize, self.target),
                          "ids": {names[c.scheme]: c.id for c in u.candidates if c.id in dests},
                          "dests": {c.id: str(dests[c.id]) for c in u.candidates if c.id in dests},
-                         "work": str(self.work_dir),
+                         "work": str(self._unit_dir()),
                          "reference": not u.steps and u.format == self.config.formats[0]})
         results: dict[str, Built] = {}
         for job, out in zip(jobs, self._run_jobs(jobs)):
+            self._remove_unit(job["work"])  # the worker removed it, unless it died
             for cid, fields_ in out.items():
                 results[cid] = Built(**fields_)
         return results
+
+    def _unit_dir(self) -> Path:
+        """A fresh folder for one unit's build (the worker removes it; so does close, if the worker died).
+        It is locked while this Lab lives, so another optimize sharing the cache never takes it for stale;
+        made under another name and renamed once locked, so it is never seen unlocked."""
+        new = Path(tempfile.mkdtemp(prefix=".new-unit-", dir=self.work_dir))
+        lock = hold_lock(new)
+        folder = new.with_name(new.name.removeprefix(".new-"))
+        new.rename(folder)
+        self._units[str(folder)] = lock
+        return folder
+
+    def _remove_unit(self, folder: str) -> None:
+        shutil.rmtree(folder, ignore_errors=True)
+        if folder in self._units:
+            os.close(self._units.pop(folder))
 
     def _run_jobs(self, jobs: list[dict]) -> list[dict]:
         if self.config.ray:
             return self._run_ray(jobs)
         if self._pool is None:
             # spawn: a fresh interpreter per worker (torch and fork do not mix); reused across units
-            self._pool = ProcessPoolExecutor(max_workers=self.config.workers,
+            self._pool = ProcessPoolExecutor(max_workers=self.config.workers, initializer=worker_init,
                                              mp_context=multiprocessing.get_context("spawn"))
         with _main_left_alone():  # workers start here, in submit
             futures = [self._pool.submit(build_unit, job) for job in jobs]
@@ -165,16 +187,22 @@ class PipelineLab:
         """A unit whose worker died, once more in a process of its own: a second death is the candidate's
         (a runtime that crashes on it, kept in the cache); a first one may be the machine's (memory),
         so it is never cached (`transient`) unless it happens again."""
-        pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        for dest in job["dests"].values():  # what the dead worker half wrote goes; the retry starts clean
+            shutil.rmtree(dest, ignore_errors=True)
+            Path(dest).mkdir(parents=True, exist_ok=True)
+        retry = {**job, "work": str(self._unit_dir())}
+        pool = ProcessPoolExecutor(max_workers=1, initializer=worker_init,
+                                   mp_context=multiprocessing.get_context("spawn"))
         try:
             with _main_left_alone():
-                future = pool.submit(build_unit, job)
+                future = pool.submit(build_unit, retry)
             return future.result()
         except BrokenProcessPool:
             return {cid: {"id": cid, "error": "the build process died twice (a runtime crashed on this variant)"}
                     for cid in job["ids"].values()}
         finally:
             pool.shutdown(cancel_futures=True)
+            self._remove_unit(retry["work"])
 
     def _run_ray(self, jobs: list[dict]) -> list[dict]:
         try:
@@ -205,10 +233,18 @@ class PipelineLab:
                 out.append({cid: {"id": cid, "error": error, "transient": True} for cid in job["ids"].values()})
         return out
 
-    def close(self) -> None:
+    def close(self, abort: bool = False) -> None:
+        """Shut the build workers down (`abort`: interrupt the builds running now, e.g. on SIGTERM or an
+        error) and remove every unit folder this Lab made, whatever became of its worker."""
         if self._pool is not None:
+            if abort:  # a worker unwinds its build (staging removed) and exits; see builder.worker_init
+                for proc in list((getattr(self._pool, "_processes", None) or {}).values()):
+                    with contextlib.suppress(OSError, ValueError):
+                        proc.terminate()
             self._pool.shutdown(cancel_futures=True)
             self._pool = None
+        for folder in list(self._units):
+            self._remove_unit(folder)
         if self._ray is not None and self.config.ray == "local":
             import ray
             ray.shutdown()

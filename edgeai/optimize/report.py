@@ -88,11 +88,15 @@ def _replace_folder(dest: Path, src: Path, files: list[str], manifest) -> None:
     """Build `dest` beside itself, then swap it in by rename: a reader never sees half a folder."""
     import tempfile
 
+    from edgeai.outdir import check_replaceable
+
+    check_replaceable(dest)
     stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}-new-", dir=dest.parent))
     old = dest.parent / f".{dest.name}-old-{stage.name}"
     try:
         for f in files:
             shutil.copyfile(src / f, stage / f)
+        manifest.artifacts[0].verify_files(stage)  # what is published is what was built, timed and scored
         manifest.write(stage)          # the manifest last, as every export folder
         if dest.exists():
             dest.rename(old)
