@@ -11,7 +11,6 @@ its p50 in the same round; "FP32" means nothing beat the baseline by the rules.
 """
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import logging
 import time
@@ -93,7 +92,7 @@ CAND_COLUMNS = [("model", "model", ""), ("id", "candidate", ""), ("status", "sta
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = C.parser(__doc__)
     ap.add_argument("--only", nargs="*", help="model names (default: the real-shaped models that exist, "
                                               "else the digits zoo)")
     ap.add_argument("--zoo", action="store_true", help="also run the digits zoo models")
@@ -104,6 +103,7 @@ def main() -> None:
                                          "budget re-uses its builds and timings)")
     ap.add_argument("--name", default="optimize", help="results/NAME.json and .md (default optimize)")
     args = ap.parse_args()
+    C.check_only(ap, args.only, [*REAL, *zoo_models()])
     logging.basicConfig(level=logging.WARNING)
     available = {k: v for k, v in REAL.items() if _loads(v[0]["model"])}
     models = {**available, **(zoo_models() if args.zoo or not available else {})}
@@ -120,7 +120,8 @@ def main() -> None:
                      + C.markdown_table(cands, CAND_COLUMNS))
             C.write_results(args.name, rows, table, C.environment(),
                             {"budget_minutes": args.budget_minutes, "rounds": args.rounds,
-                             "min_seconds": args.min_seconds, "threads": 1, "batch": 1, "candidates": cands})
+                             "min_seconds": args.min_seconds, "threads": 1, "batch": 1, "candidates": cands},
+                            write_results=args.write_results)
 
 
 if __name__ == "__main__":

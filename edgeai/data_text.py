@@ -66,8 +66,8 @@ def load_tokenizer(spec: str):
     try:
         from transformers import AutoTokenizer
     except ImportError:
-        from edgeai.hf import INSTALL
-        raise MissingDependencyError(f"--tokenizer hf:... needs transformers; run: {INSTALL}") from None
+        from edgeai.extras import install_command
+        raise MissingDependencyError(f"--tokenizer hf:... needs transformers; run: {install_command('hf')}") from None
     if not spec.startswith("hf:"):
         raise DataError(f"--tokenizer {spec!r}: write hf:FOLDER (a saved tokenizer) or hf:ORG/NAME")
     folder, name, _ = resolve_folder(spec)

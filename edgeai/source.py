@@ -177,6 +177,14 @@ def _load_file(path: Path, arch: str | None, trust_pickle: bool):
         raise ModelLoadError(not_a_model_message(path, kind))
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=not trust_pickle)
+    except ModuleNotFoundError as e:  # a trusted pickle stores its classes by module and name
+        raise ModelLoadError(f"{str(path)!r} holds a pickled model whose code is in module {e.name!r}, which "
+                             "cannot be imported here; run from the folder that holds it (or add it to "
+                             "PYTHONPATH), or save the state_dict and pass --arch") from None
+    except AttributeError as e:  # the module imports but no longer has the class (or it was in a script)
+        raise ModelLoadError(f"{str(path)!r} holds a pickled model whose class cannot be found: "
+                             f"{_first_line(e)}; a pickle stores classes by name: save the state_dict and "
+                             "pass --arch file.py:factory") from None
     except Exception as e:  # torch.load raises many types for files that are not its own
         if not trust_pickle and "weights_only" in str(e) and "Unsupported" in str(e):
             raise ModelLoadError(f"{str(path)!r} needs full unpickling, which can run arbitrary code; "

@@ -33,14 +33,19 @@ QUANTIZED_TOLERANCE = Tolerance(atol=float("inf"), rtol=0.0, min_cosine=0.9)
 
 
 def feed_sets(source: ModelSource, frozen: set[str] = frozenset()) -> list[tuple[dict[str, int], dict[str, np.ndarray]]]:
-    """The example feeds, then one set per dynamic dim resized to another size (values tiled)."""
+    """The example feeds, then one set per dynamic dim resized to another size (values tiled).
+
+    The other size stays within the model's own limit for that dim (`max_dims` in the source's
+    provenance, e.g. a Transformer's position table): larger when it fits, else smaller.
+    """
     examples = source.example_inputs
     sizes = dim_sizes(source.input_specs, examples)
+    limits = dict(source.provenance.get("max_dims") or {})
     sets = [(sizes, dict(examples))]
     for dim, size in sizes.items():
-        if dim in frozen:
+        new = second_size(size, limits.get(dim))
+        if dim in frozen or new is None:
             continue
-        new = size + SECOND_SHAPE_DELTA
         feeds = {}
         for spec in source.input_specs:
             arr = examples[spec.name]
@@ -50,6 +55,15 @@ def feed_sets(source: ModelSource, frozen: set[str] = frozenset()) -> list[tuple
             feeds[spec.name] = arr
         sets.append(({**sizes, dim: new}, feeds))
     return sets
+
+
+def second_size(size: int, limit: int | None) -> int | None:
+    """The size a dynamic dim is checked at besides `size`: size + delta, or size - delta when that
+    would pass `limit`; None when no other size >= 2 fits (exporters specialise size-1 dims)."""
+    if limit is None or size + SECOND_SHAPE_DELTA <= limit:
+        return size + SECOND_SHAPE_DELTA
+    smaller = max(2, min(size, limit) - SECOND_SHAPE_DELTA)
+    return smaller if smaller != size else None
 
 
 def torch_runner(module) -> Runner:

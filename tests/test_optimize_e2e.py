@@ -87,10 +87,10 @@ def test_optimize_lstm_end_to_end_best_folder_runs_and_evaluates(cli, tmp_path):
     x = np.load(ref.test_data)["rows"][:3]
     np.savez(tmp_path / "x.npz", rows=x)
     assert runtime.load(out / "best").run({"rows": x})[runtime.load(out / "best").outputs[0].name].shape == (3, 10)
-    code, stdout, err = cli("eval", out / "best", "--data", ref.test_data)
+    code, stdout, err = cli("eval", out / "best", "--eval-data", ref.test_data)
     assert code == 0, err
     assert f"{rows[chosen]['value']:.2f}" in stdout
-    code, _, err = cli("run", out / "best", "--input", tmp_path / "x.npz", "-o", tmp_path / "y.npz")
+    code, _, err = cli("run", out / "best", "--input-data", tmp_path / "x.npz", "-o", tmp_path / "y.npz")
     assert code == 0, err
     recipe = (out / "recipe.yaml").read_text()
     assert "edgeai export recipe.yaml" in recipe and "model: edgeai.zoo:digits_lstm" in recipe
@@ -135,7 +135,7 @@ def test_optimize_custom_pitch_metric_in_cents(tmp_path, pitch_data):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--formats", "onnx,coreml"], "unknown format(s) ['coreml']"),
+    (["--format", "onnx,coreml"], "unknown format(s) ['coreml']"),
     (["--max-drop", "-1"], "--max-drop must be >= 0"),
     (["--objective", "p50", "--budget-minutes", "0"], "--budget-minutes must be > 0"),
 ])
@@ -255,9 +255,9 @@ def test_optimize_a_hugging_face_folder_end_to_end(cli, tmp_path, hf_offline):
     assert logits[session.outputs[0].name].shape == (2, 3)
     assert "task: text-classification" in (out / "recipe.yaml").read_text()
     # best/ alone has nothing to compare with; the FP32 baseline/ is the reference optimize recorded
-    code, _, err = cli("eval", out / "best", "--data", tmp_path / "eval.npz")
+    code, _, err = cli("eval", out / "best", "--eval-data", tmp_path / "eval.npz")
     assert code == 2 and "comparing it with itself" in err
-    code, stdout, err = cli("eval", out / "best", "--data", tmp_path / "eval.npz", "--reference", out / "baseline",
+    code, stdout, err = cli("eval", out / "best", "--eval-data", tmp_path / "eval.npz", "--reference", out / "baseline",
                             "--json", tmp_path / "e.json")
     assert code == 0, err
     assert "they match the FP32 reference outputs edgeai optimize recorded" in " ".join(stdout.split())

@@ -252,11 +252,11 @@ def _command(kind: str, mlp: Path, tmp_path: Path, target: Path, request) -> lis
     x = tmp_path / "x.npz"
     np.savez(x, x=np.ones((2, 16), np.float32))
     if kind == "run -o":
-        return ["run", mlp / "m.onnx", "--input", x, "-o", target]
+        return ["run", mlp / "m.onnx", "--input-data", x, "-o", target]
     if kind == "bench --json":
         return ["bench", mlp / "m.onnx", "--runs", "3", "--warmup", "1", "--no-isolate", "--json", target]
     if kind == "eval --json":
-        return ["eval", mlp / "m.onnx", "--data", x, "--reference", mlp / "m.onnx", "--json", target]
+        return ["eval", mlp / "m.onnx", "--eval-data", x, "--reference", mlp / "m.onnx", "--json", target]
     tok = request.getfixturevalue("tokenizer_dir")
     (tmp_path / "s.txt").write_text("the cat sat\n")
     return ["data", "text", tmp_path / "s.txt", "--tokenizer", f"hf:{tok}", "-o", target]
@@ -374,7 +374,7 @@ def test_external_data_names_are_normalized_on_export_and_run_reads_the_folder(c
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.onnx", "model.onnx.data"]
     x = np.random.default_rng(0).standard_normal((3, 64)).astype(np.float32)
     np.savez(tmp_path / "x.npz", x=x)
-    code, _, err = cli("run", out, "--input", tmp_path / "x.npz", "-o", tmp_path / "y.npz")
+    code, _, err = cli("run", out, "--input-data", tmp_path / "x.npz", "-o", tmp_path / "y.npz")
     assert code == 0, err
     expected = ort.InferenceSession(str(src)).run(None, {"x": x})[0]
     np.testing.assert_allclose(np.load(tmp_path / "y.npz")["y"], expected, rtol=1e-6)

@@ -92,7 +92,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                      help="print NEW/BASE p50 ratios per target; exit 1 when one is slower by more than "
                           "--threshold")
     cmp.add_argument("--threshold", default="5%", metavar="PCT",
-                     help="allowed p50 slowdown for --compare, e.g. 5%% or 0.05 (default: 5%%)")
+                     help="allowed p50 slowdown for --compare, e.g. 5%% or 0.05 (default: 5%%); a slowdown "
+                          "within either run's own p90/p50 spread is not a regression")
     torch_opts = p.add_argument_group("model specs (--runtime torch), passed to edgeai.source.load_model")
     torch_opts.add_argument("--input", action="append", default=[], metavar="NAME:DIM,...[:DTYPE]",
                             help="an input of the model, e.g. image:batch,1,32,32 (repeatable, call order)")

@@ -99,9 +99,11 @@ def print_report(report: BenchReport, console: "Console | None" = None) -> None:
         console.print(f"inputs ({', '.join(rows)}): {text}", highlight=False, markup=False)
     for note, rows in notes.items():
         console.print(f"note ({', '.join(rows)}): {note}", highlight=False, markup=False)
+    failures: dict[tuple, list[str]] = {}  # one line per distinct error, naming every target it hit
     for i, r in enumerate(report.results, 1):
         if not r.ok:
-            console.print(f"#{i} {r.target} failed: {r.error}", style="red", highlight=False, markup=False)
-            if r.stderr_tail:
-                console.print(f"   last stderr line: {r.stderr_tail.splitlines()[-1]}",
-                              highlight=False, markup=False)
+            failures.setdefault((r.error, r.stderr_tail), []).append(f"#{i} {r.target}")
+    for (error, stderr_tail), rows in failures.items():
+        console.print(f"{', '.join(rows)} failed: {error}", style="red", highlight=False, markup=False)
+        if stderr_tail:
+            console.print(f"   last stderr line: {stderr_tail.splitlines()[-1]}", highlight=False, markup=False)

@@ -51,7 +51,7 @@ except ImportError as e:
     out["edgeai_error"] = str(e)
 print(json.dumps(out))
 """
-_SAFE_REMOTE_PATH = re.compile(r"^[A-Za-z0-9_./~+-]+$")
+SAFE_REMOTE_PATH = re.compile(r"^[A-Za-z0-9_./~+-]+$")
 
 
 def remote_command(argv: Sequence[str]) -> str:
@@ -127,7 +127,7 @@ def probe(device: SshDevice, shas: Sequence[str]) -> dict:
     info = json.loads(out.strip().splitlines()[-1])
     if "edgeai_error" in info:
         raise DeviceError(f"{device.name}: {device.python} cannot import edgeai's device agent "
-                          f"({info['edgeai_error']}); install it there: pip install edgeai")
+                          f"({info['edgeai_error']}); install it there: edgeai device setup {device.name}")
     return info
 
 
@@ -144,7 +144,7 @@ def check_schemas(device: SshDevice, info: dict, has_manifests: bool) -> None:
 
 def upload(device: SshDevice, files: dict[str, Path], incoming: str) -> None:
     """scp each file to INCOMING/SHA256 on the device (the agent checks each hash before using it)."""
-    if not _SAFE_REMOTE_PATH.match(incoming):  # the device chose it; refuse anything a shell could read
+    if not SAFE_REMOTE_PATH.match(incoming):  # the device chose it; refuse anything a shell could read
         raise DeviceError(f"{device.name}: unexpected cache path {incoming!r}; set EDGEAI_DEVICE_CACHE there "
                           "to a plain path")
     for sha, local in files.items():

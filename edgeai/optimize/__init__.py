@@ -96,7 +96,8 @@ class _CallableModule(types.ModuleType):
     """`edgeai.optimize` is this package and the function: `edgeai.optimize(model, out_dir, ...)`."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> OptimizeResult:
-        return optimize(*args, **kwargs)
+        from edgeai.api import optimize as api_optimize  # module objects and keyword checks, as edgeai.export
+        return api_optimize(*args, **kwargs)
 
 
 sys.modules[__name__].__class__ = _CallableModule

@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from edgeai.errors import EdgeAIError, Terminated
+from edgeai.errors import EdgeAIError, MissingDependencyError, Terminated
 from edgeai.fsutil import check_real_dir, copy_new_file
 
 log = logging.getLogger(__name__)
@@ -98,6 +98,9 @@ def build_unit(job: Mapping[str, Any]) -> dict[str, dict]:
     _building = True
     try:
         return _build(job)
+    except (MissingDependencyError, OSError, MemoryError) as e:  # this machine's, not the candidate's
+        error = str(e) if isinstance(e, EdgeAIError) else f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+        return {cid: {"id": cid, "error": error, "transient": True} for cid in ids.values()}
     except EdgeAIError as e:
         error = str(e)
     except Exception as e:  # a bug or a limitation of a step on this model: report it, go on

@@ -6,6 +6,7 @@ import logging
 
 from edgeai import argtypes
 from edgeai.optimize.config import OBJECTIVES
+from edgeai.vocabulary import add_deprecated_alias
 
 DESCRIPTION = """\
 Find the fastest variant of MODEL for this machine (or the --device) within an accuracy budget, by measuring.
@@ -18,13 +19,13 @@ every round; ties go to the smaller file. Exit 0 whichever is chosen, 2 on bad i
 
 EPILOG = """\
 writes OUTDIR/best/ (an export folder with the chosen artifact), baseline/ (the FP32 export it was
-compared with: edgeai eval OUTDIR/best --data E.npz --reference OUTDIR/baseline), report.md, report.json
+compared with: edgeai eval OUTDIR/best --eval-data E.npz --reference OUTDIR/baseline), report.md, report.json
 (schema edgeai.optimize/1), pareto.png and recipe.yaml (reproduces the choice with edgeai export).
 examples:
   edgeai optimize edgeai.zoo:digits_cnn --input image:batch,1,32,32 --eval-data test.npz \\
       --calibration calib.npz --max-drop 1.0 -o out/opt
   edgeai optimize model.py:make --example-inputs x.npz --eval-data e.npz --metric metric.py:pitch_error \\
-      --max-drop 2 --train-data t.npz --formats onnx,tflite --budget-minutes 20 -o out/opt
+      --max-drop 2 --train-data t.npz --format onnx,tflite --budget-minutes 20 -o out/opt
   edgeai optimize model.py:make --input x:batch,64 --eval-data e.npz --max-drop 1 -o out/opt \\
       --device ssh://pi@raspberrypi.local --device-python /home/pi/edgeai/bin/python"""
 
@@ -60,8 +61,9 @@ def add_parser(sub) -> None:
                    help="accuracy budget in the metric's units (top-1 points, cosine, or your metric)")
     p.add_argument("--calibration", metavar="C.npz", help="calibration inputs (static INT8 needs them)")
     p.add_argument("--train-data", metavar="T.npz", help="training data: pruned candidates are distilled on it")
-    p.add_argument("--formats", "--format", dest="formats", type=_csv, default=("onnx",), metavar="onnx,tflite",
+    p.add_argument("--format", dest="formats", type=_csv, default=("onnx",), metavar="onnx[,tflite]",
                    help="formats to try; the first one's FP32 is the baseline (default onnx)")
+    add_deprecated_alias(p, "--formats", "--format", "formats", type=_csv)
     p.add_argument("--objective", choices=OBJECTIVES, default="p50",
                    help="p50 or p90 latency, or size (the smallest file not slower than FP32); default p50")
     p.add_argument("--budget-minutes", type=argtypes.finite_float, default=30.0,
@@ -97,6 +99,8 @@ def add_parser(sub) -> None:
 def cmd_optimize(args) -> int:
     from pathlib import Path
 
+    from edgeai.extras import require
+    require("torch", "edgeai optimize")  # a device install (no 'export' extra): say which extra to add
     from edgeai.optimize import OptimizeConfig, run
 
     threads = args.threads if args.device else argtypes.cap_threads(args.threads)  # a device has its own cores

@@ -55,7 +55,7 @@ class OptimizeConfig:
         if bad or not self.formats:
             raise ConfigError(f"unknown format(s) {bad or '(none)'}; known: {', '.join(FORMATS)}")
         if len(set(self.formats)) != len(self.formats):
-            raise ConfigError(f"--formats lists a format twice: {','.join(self.formats)}")
+            raise ConfigError(f"--format lists a format twice: {','.join(self.formats)}")
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"unknown objective {self.objective!r}; known: {', '.join(OBJECTIVES)}")
         for name in ("threads", "rounds", "workers"):

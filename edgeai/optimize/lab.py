@@ -8,8 +8,10 @@ import logging
 import multiprocessing
 import os
 import shutil
+import sys
 import tempfile
 import time
+import types
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, replace
@@ -26,6 +28,20 @@ from edgeai.optimize.config import OptimizeConfig
 from edgeai.optimize.search import Built
 
 log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _main_left_alone():
+    """Spawned workers that do not run the user's script again. spawn re-imports the parent's __main__
+    in every worker, so a plain script that calls edgeai.optimize() without `if __name__ ==
+    "__main__":` would start optimize again in each one (and the worker dies). Workers need nothing from
+    __main__ (jobs are plain data), so while they start, __main__ is a module with no file to import."""
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
 
 
 class PipelineLab:
@@ -104,7 +120,7 @@ class PipelineLab:
             env = {"edgeai_error": "it printed no fingerprint"}
         if "edgeai_error" in env:
             raise DeviceError(f"{self.device.name}: {self.device.python} cannot import edgeai's device agent "
-                              f"({env['edgeai_error']}); install it there: pip install edgeai")
+                              f"({env['edgeai_error']}); install it there: edgeai device setup {self.device.name}")
         return {**env, "device": self.device.name}
 
     def clock(self) -> float:
@@ -156,23 +172,44 @@ class PipelineLab:
             # spawn: a fresh interpreter per worker (torch and fork do not mix); reused across units
             self._pool = ProcessPoolExecutor(max_workers=self.config.workers, initializer=worker_init,
                                              mp_context=multiprocessing.get_context("spawn"))
-        futures = [self._pool.submit(build_unit, job) for job in jobs]
+        with _main_left_alone():  # workers start here, in submit
+            futures = [self._pool.submit(build_unit, job) for job in jobs]
         out = []
         for job, fut in zip(jobs, futures):
             try:
                 out.append(fut.result())
             except BrokenProcessPool:
                 self._pool = None   # a runtime killed the worker: the next unit gets a fresh pool
-                out.append({cid: {"id": cid, "error": "the build process died (a runtime crashed on this "
-                                                      "variant)"} for cid in job["ids"].values()})
+                out.append(self._rebuild_alone(job))
         return out
+
+    def _rebuild_alone(self, job: dict) -> dict:
+        """A unit whose worker died, once more in a process of its own: a second death is the candidate's
+        (a runtime that crashes on it, kept in the cache); a first one may be the machine's (memory),
+        so it is never cached (`transient`) unless it happens again."""
+        for dest in job["dests"].values():  # what the dead worker half wrote goes; the retry starts clean
+            shutil.rmtree(dest, ignore_errors=True)
+            Path(dest).mkdir(parents=True, exist_ok=True)
+        retry = {**job, "work": str(self._unit_dir())}
+        pool = ProcessPoolExecutor(max_workers=1, initializer=worker_init,
+                                   mp_context=multiprocessing.get_context("spawn"))
+        try:
+            with _main_left_alone():
+                future = pool.submit(build_unit, retry)
+            return future.result()
+        except BrokenProcessPool:
+            return {cid: {"id": cid, "error": "the build process died twice (a runtime crashed on this variant)"}
+                    for cid in job["ids"].values()}
+        finally:
+            pool.shutdown(cancel_futures=True)
+            self._remove_unit(retry["work"])
 
     def _run_ray(self, jobs: list[dict]) -> list[dict]:
         try:
             import ray
         except ImportError:
-            raise MissingDependencyError("--ray needs the ray package: pip install -c constraints.txt "
-                                         "'edgeai[ray]'") from None
+            from edgeai.extras import install_command
+            raise MissingDependencyError(f"--ray needs the ray package: {install_command('ray')}") from None
         if self._ray is None:
             root = str(Path(__file__).resolve().parent.parent.parent)
             env = {"env_vars": {"PYTHONPATH": root, "OMP_NUM_THREADS": "1"}}
@@ -193,7 +230,7 @@ class PipelineLab:
                 out.append(ray.get(ref))
             except Exception as e:  # the task's process died, or Ray failed it
                 error = f"the Ray task failed: {type(e).__name__}: {' '.join(str(e).split())[:200]}"
-                out.append({cid: {"id": cid, "error": error} for cid in job["ids"].values()})
+                out.append({cid: {"id": cid, "error": error, "transient": True} for cid in job["ids"].values()})
         return out
 
     def close(self, abort: bool = False) -> None:

@@ -34,6 +34,7 @@ class Built:
     notes: list[str] = field(default_factory=list)
     error: str | None = None
     reference_sha256: str | None = None  # the baseline's outputs on the evaluation data
+    transient: bool = False              # the failure was this machine's (a missing package, disk, memory): not cached
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -242,7 +243,8 @@ class Search:
                 if c.id not in dests:
                     continue
                 built = results.get(c.id) or Built(c.id, error="the build returned no result")
-                self.cache.put_built(self.key(c), built.to_dict())
+                if not built.transient:  # a rerun after fixing the machine builds it again
+                    self.cache.put_built(self.key(c), built.to_dict())
                 self._built(c, built, cached=False)
 
     def _built(self, c: Candidate, built: Built, cached: bool) -> None:
