@@ -142,7 +142,7 @@ def _print_summary(result) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from edgeai.console import print_wide
+    from edgeai.console import fmt_ms, print_table
 
     table = Table(title=f"edgeai optimize: {result.out_dir}", title_justify="left")
     for col in ("candidate", "status", "size MB", "p50 ms", "speedup", "metric", "drop", "reason"):
@@ -150,10 +150,10 @@ def _print_summary(result) -> None:
     styles = {"chosen": "bold green", "rejected": "red", "failed": "red", "skipped": "dim"}
     for c in result.report["candidates"]:
         table.add_row(c["id"], c["status"], _fmt(c["size_bytes"] and c["size_bytes"] / 1e6, ".3f"),
-                      _fmt(c["p50_ms"], ".3f"), _fmt(c["speedup"], ".2f"), _fmt(c["value"], ".4g"),
+                      fmt_ms(c["p50_ms"]), _fmt(c["speedup"], ".2f"), _fmt(c["value"], ".4g"),
                       _fmt(c["drop"], "+.4g"), c["reason"], style=styles.get(c["status"]))
     console = Console()
-    print_wide(table, console)
+    print_table(table, console, drop=("drop", "size MB", "metric"), fold=("reason", "candidate"))
     for note in result.report["notes"]:
         console.print(f"note: {note}", style="yellow", markup=False, highlight=False)
     console.print(f"chosen: {result.why}", markup=False, highlight=False)
