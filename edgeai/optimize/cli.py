@@ -157,7 +157,7 @@ def _print_summary(result) -> None:
     for note in result.report["notes"]:
         console.print(f"note: {note}", style="yellow", markup=False, highlight=False)
     console.print(f"chosen: {result.why}", markup=False, highlight=False)
-    console.print(f"wrote {result.best_dir}/, baseline/, report.md, report.json, pareto.png, recipe.yaml in "
+    console.print(f"wrote {result.best_dir}/, baseline/, report.md, report.html, report.json, pareto.png, recipe.yaml in "
                   f"{result.out_dir}",
                   markup=False, highlight=False)
 
