@@ -140,7 +140,7 @@ def cmd_export(args) -> int:
         summary = replace(summary, threads=args.threads)
     recipe = replace(recipe, export=export_opts, tolerance=tol, data=data, summary=summary, **opts)
     with quiet_third_party(enabled=not args.debug):  # absl/oneDNN/XNNPACK lines, torchao and pytree warnings
-        outcome = export(recipe=recipe, out_dir=args.output, progress=_progress)
+        outcome = export(recipe=recipe, out_dir=args.output)  # progress: timed log lines on stderr
     print_export_summary(outcome.manifest, outcome.out_dir)
     return 0
 
@@ -224,10 +224,6 @@ def _print_provenance(manifest) -> None:
                  f"created: {manifest.created}; schema {manifest.schema}", f"made with: {versions}"):
         if line:
             console.print(line, markup=False, highlight=False)
-
-
-def _progress(message: str) -> None:
-    log.info("%s", message)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -65,3 +65,20 @@ def test_a_pipe_gets_the_natural_width(exported, cli, monkeypatch):
     monkeypatch.delenv("COLUMNS")
     code, out, _ = cli("info", exported)
     assert code == 0 and "max abs err" in out and "hidden to fit" not in out
+
+
+def test_export_logs_say_how_long_it_has_been_running(tmp_path, cli):
+    code, _, err = cli("export", factory("cnn"), "--input", "image:batch,3,16,16", "-o", tmp_path / "o")
+    assert code == 0
+    assert "[0:0" in err and "loading " in err and "wrote " in err  # "[0:03] loading ..."
+
+
+def test_optimize_progress_without_a_terminal_prints_plain_lines(capsys):
+    from edgeai.optimize.cli import _ProgressDisplay
+    with _ProgressDisplay(quiet=False) as display:
+        for done, message in ((0, "building onnx/fp32"), (1, "timing round 1"), (1, "timing round 1")):
+            display.update({"done": done, "total": 4, "message": message, "seconds_left": 90.0,
+                            "best": "onnx/int8-static", "best_speedup": 1.9})
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["optimize 0/4 | best onnx/int8-static 1.90x | 1.5 min left | building onnx/fp32",
+                   "optimize 1/4 | best onnx/int8-static 1.90x | 1.5 min left | timing round 1"]
