@@ -155,7 +155,7 @@ def cmd_export(args) -> int:
     summary = replace(summary, threads=argtypes.cap_threads(summary.threads))
     recipe = replace(recipe, export=export_opts, tolerance=tol, data=data, summary=summary, **opts)
     with quiet_third_party(enabled=not args.debug):  # absl/oneDNN/XNNPACK lines, torchao and pytree warnings
-        outcome = export(recipe=recipe, out_dir=args.output, progress=_progress)
+        outcome = export(recipe=recipe, out_dir=args.output)  # progress: timed log lines on stderr
     print_export_summary(outcome.manifest, outcome.out_dir)
     return 0
 
@@ -229,12 +229,24 @@ def cmd_info(args) -> int:
     if not args.no_verify_digest:
         for entry in manifest.artifacts:
             entry.verify_files(folder)
-    print_export_summary(manifest, folder)
+    _print_provenance(manifest)
+    print_export_summary(manifest, folder, title="edgeai info")
     return 0
 
 
-def _progress(message: str) -> None:
-    log.info("%s", message)
+def _print_provenance(manifest) -> None:
+    """What the folder was made from, when and with what: the lines above `info`'s table."""
+    from rich.console import Console
+    console, src = Console(), manifest.source
+    inputs = ", ".join(f"{i['name']} ({', '.join(str(d) for d in i['shape'])}) {i['dtype']}"
+                       for i in src.get("inputs", ()))
+    recipe = f" (recipe {src['recipe']})" if src.get("recipe") else ""
+    versions = ", ".join(f"{k} {v}" for k, v in manifest.versions.items() if v)
+    for line in (f"source: {src.get('origin', '?')} [{src.get('kind', '?')}]{recipe}",
+                 f"inputs: {inputs}" if inputs else "",
+                 f"created: {manifest.created}; schema {manifest.schema}", f"made with: {versions}"):
+        if line:
+            console.print(line, markup=False, highlight=False)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -254,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_common(parser: argparse.ArgumentParser, default) -> None:
     parser.add_argument("--debug", action="store_true", default=default, help="show tracebacks and debug logs")
     parser.add_argument("-q", "--quiet", action="store_true", default=default, help="only print results and errors")
+    parser.add_argument("--wide", action="store_true", default=default,
+                        help="print tables with every column even past the terminal's width (by default "
+                             "the least important columns are hidden to fit, and the table says which)")
 
 
 def _extra_commands():
@@ -298,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     _setup_logging(args.debug, args.quiet)
+    from edgeai.console import set_wide
+    set_wide(args.wide)
     with _sigterm_unwinds():
         try:
             argtypes.check_utf8_args(vars(args))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -84,7 +85,17 @@ def export(model: str | None = None, out_dir: str | Path | None = None, *,
     out = out_dir or recipe.output
     if not out:
         raise RecipeError("no output folder: pass -o OUTDIR (or 'output:' in the recipe)")
-    return run(recipe, Path(out), progress or (lambda msg: log.info("%s", msg)))
+    return run(recipe, Path(out), progress or _timed_log())
+
+
+def _timed_log():
+    """Progress lines with the time since the export started: `[1:05] model step distill`."""
+    start = time.monotonic()
+
+    def progress(message: str) -> None:
+        minutes, seconds = divmod(int(time.monotonic() - start), 60)
+        log.info("[%d:%02d] %s", minutes, seconds, message)
+    return progress
 
 
 def run(recipe: Recipe, out_dir: Path, progress: Progress) -> ExportOutcome:
@@ -164,12 +175,12 @@ def _model_steps(source: ModelSource, recipe: Recipe, data: RunData,
                       teacher=source.module, input_specs=source.input_specs, extra={"metric": recipe.metric})
     records = []
     module = source.module
-    for item in recipe.steps:
+    for index, item in enumerate(recipe.steps, 1):
         (name, opts), = item.items()
         step = get_model_step(name)
         config = make_config(step.config_cls, opts, f"step {name!r}")
         config, search = _latency_target(name, config, module, source, ctx, recipe, progress)
-        progress(f"model step {name}")
+        progress(f"model step {index}/{len(recipe.steps)}: {name}")
         module, report = step.fn(module, source.torch_inputs(), config, ctx)
         if search:
             report.details["latency_search"] = search

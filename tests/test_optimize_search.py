@@ -394,8 +394,8 @@ def test_a_second_run_replaces_best_whole(tmp_path):
         write_all(out, result, {"objective": objective, "max_drop": 1.0, "budget_minutes": 30.0, "rounds": 3,
                                 "threads": 1}, env, {**recipe, "quantize": [expected]})
         assert [a.name for a in Manifest.read(out / "best").artifacts] == [expected]
-    assert sorted(p.name for p in out.iterdir()) == ["baseline", "best", "pareto.png", "recipe.yaml", "report.json",
-                                                     "report.md"]
+    assert sorted(p.name for p in out.iterdir()) == ["baseline", "best", "pareto.png", "recipe.yaml", "report.html",
+                                                     "report.json", "report.md"]
     assert [a.name for a in Manifest.read(out / "baseline").artifacts] == ["fp32"]   # what best/ was compared with
 
 

@@ -125,7 +125,7 @@ def run_compare(base_path: str, new_path: str, threshold_text: str) -> int:
     from rich.table import Table
 
     from edgeai.bench.report import ms
-    from edgeai.console import print_wide
+    from edgeai.console import print_table
 
     threshold = parse_threshold(threshold_text)
     base, new = load_report(base_path), load_report(new_path)
@@ -142,7 +142,7 @@ def run_compare(base_path: str, new_path: str, threshold_text: str) -> int:
         table.add_row(r.target, ms(r.base_p50_ms), ms(r.new_p50_ms),
                       "-" if r.ratio is None else f"{r.ratio:.3f}", verdict)
     console = Console()
-    print_wide(table, console)
+    print_table(table, console, fold=("target", "verdict"))
     for diff in environment_differences(base, new):
         console.print(f"note: the reports differ in {diff}", highlight=False, markup=False)
     regressions = [r for r in rows if r.regression]

@@ -12,10 +12,10 @@ if TYPE_CHECKING:
 MB = 1e6  # sizes and memory are shown in MB = 10^6 bytes
 
 
-def ms(x: float | None) -> str:
-    if x is None:
-        return "-"
-    return f"{x:.3f}" if x < 10 else f"{x:.2f}" if x < 100 else f"{x:.1f}"
+from edgeai.console import fmt_ms as ms  # noqa: E402  (one latency format for every table)
+
+# columns given up first when the table is wider than the terminal (--wide shows them all)
+BENCH_DROP = ("mean±std ms", "p99 ms", "first ms", "n", "load ms", "size MB", "peak RSS MB", "runtime")
 
 
 def megabytes(n: int | None) -> str:
@@ -82,10 +82,10 @@ def _caption(report: BenchReport) -> str:
 def print_report(report: BenchReport, console: "Console | None" = None) -> None:
     from rich.console import Console
 
-    from edgeai.console import print_wide
+    from edgeai.console import print_table
     console = console or Console()
     console.print(environment_line(report), highlight=False)
-    print_wide(table(report), console)
+    print_table(table(report), console, drop=BENCH_DROP, fold=("target",))
     notes: dict[str, list[str]] = {}
     for i, r in enumerate(report.results, 1):
         for note in r.notes:

@@ -46,7 +46,7 @@ def run(args) -> int:
 
     from edgeai.data import load_feeds, split_labels
     from edgeai.evaluate import evaluate, run_batched
-    from edgeai.console import print_wide
+    from edgeai.console import print_table
     from edgeai.fsutil import check_output_file, write_output
     from edgeai.manifest import Manifest
     from edgeai.metrics import load_metric
@@ -88,7 +88,7 @@ def run(args) -> int:
         r["drop"] = base - r["value"]
         spec = ".5f" if r["metric"] == "cosine" else ".2f" if r["metric"] == "top1" else ".5g"
         table.add_row(r["artifact"], r["metric"], format(r["value"], spec), format(r["drop"], "+" + spec), str(r["n"]))
-    print_wide(table, Console())
+    print_table(table, Console(), fold=("artifact",))
     if args.json:
         write_output(args.json, (json.dumps({"schema": "edgeai.eval/1", "results": results}, indent=2) + "\n").encode())
     return 0

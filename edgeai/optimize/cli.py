@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 from edgeai import argtypes
 from edgeai.optimize.config import OBJECTIVES
@@ -124,14 +125,25 @@ def cmd_optimize(args) -> int:
 
 
 class _ProgressDisplay:
-    """candidates done/total, the current best and the time left, on one rich progress line."""
+    """candidates done/total, the current best and the time left.
+
+    On a terminal: one rich progress line on stderr, with log lines printed above it (same stream, so
+    they never collide). Elsewhere (CI, a pipe): a plain line whenever a candidate finishes or the step
+    changes, and at least every PLAIN_EVERY_S seconds, so a log shows progress as it happens."""
+
+    PLAIN_EVERY_S = 30.0
 
     def __init__(self, quiet: bool):
+        from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        self.console = Console(stderr=True)
+        self.quiet, self.live = quiet, self.console.is_terminal
         self.progress = Progress(TextColumn("[bold]optimize"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.description}"), TimeElapsedColumn(), disable=quiet,
-                                 transient=False)
+                                 TextColumn("{task.description}"), TimeElapsedColumn(), console=self.console,
+                                 disable=quiet or not self.live, transient=False)
         self.task = self.progress.add_task("starting", total=None)
+        self._last: tuple = ()
+        self._last_at = 0.0
 
     def __enter__(self):
         self.progress.start()
@@ -142,17 +154,24 @@ class _ProgressDisplay:
         return False
 
     def update(self, event: dict) -> None:
+        import time
         best = f"best {event['best']} {event['best_speedup']:.2f}x" if event.get("best_speedup") else "best FP32"
         left = f"{event['seconds_left'] / 60:.1f} min left"
-        self.progress.update(self.task, total=event["total"], completed=event["done"],
-                             description=f"{best} | {left} | {event['message'][:60]}")
+        description = f"{best} | {left} | {event['message'][:60]}"
+        if self.live:
+            self.progress.update(self.task, total=event["total"], completed=event["done"], description=description)
+            return
+        key, now = (event["done"], event["message"]), time.monotonic()
+        if not self.quiet and (key != self._last or now - self._last_at >= self.PLAIN_EVERY_S):
+            self._last, self._last_at = key, now
+            print(f"optimize {event['done']}/{event['total'] or '?'} | {description}", file=sys.stderr, flush=True)
 
 
 def _print_summary(result) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from edgeai.console import print_wide
+    from edgeai.console import fmt_ms, print_table
 
     table = Table(title=f"edgeai optimize: {result.out_dir}", title_justify="left")
     for col in ("candidate", "status", "size MB", "p50 ms", "speedup", "metric", "drop", "reason"):
@@ -160,14 +179,14 @@ def _print_summary(result) -> None:
     styles = {"chosen": "bold green", "rejected": "red", "failed": "red", "skipped": "dim"}
     for c in result.report["candidates"]:
         table.add_row(c["id"], c["status"], _fmt(c["size_bytes"] and c["size_bytes"] / 1e6, ".3f"),
-                      _fmt(c["p50_ms"], ".3f"), _fmt(c["speedup"], ".2f"), _fmt(c["value"], ".4g"),
+                      fmt_ms(c["p50_ms"]), _fmt(c["speedup"], ".2f"), _fmt(c["value"], ".4g"),
                       _fmt(c["drop"], "+.4g"), c["reason"], style=styles.get(c["status"]))
     console = Console()
-    print_wide(table, console)
+    print_table(table, console, drop=("drop", "size MB", "metric"), fold=("reason", "candidate"))
     for note in result.report["notes"]:
         console.print(f"note: {note}", style="yellow", markup=False, highlight=False)
     console.print(f"chosen: {result.why}", markup=False, highlight=False)
-    console.print(f"wrote {result.best_dir}/, baseline/, report.md, report.json, pareto.png, recipe.yaml in "
+    console.print(f"wrote {result.best_dir}/, baseline/, report.md, report.html, report.json, pareto.png, recipe.yaml in "
                   f"{result.out_dir}",
                   markup=False, highlight=False)
 
