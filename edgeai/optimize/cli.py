@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 from edgeai.optimize.config import OBJECTIVES
+from edgeai.optimize.stop import EXIT_CODES, Stopped
 
 DESCRIPTION = """\
 Find the fastest variant of MODEL for this machine (or the --device) within an accuracy budget, by measuring.
@@ -13,7 +15,9 @@ ratios (distilled when --train-data is given) and prune -> quantize combinations
 winners first. Every candidate is exported and verified by the export pipeline, scored on
 --eval-data in its own runtime and timed against FP32 in interleaved rounds (each in a fresh
 process). A candidate replaces FP32 only if its median speedup is >= 1.03x AND it is faster in
-every round; ties go to the smaller file. Exit 0 whichever is chosen, 2 on bad input."""
+every round; ties go to the smaller file. --budget-minutes bounds the whole command: at the budget,
+or on SIGINT/SIGTERM, it times what it built and writes the report from the best so far.
+Exit 0 whichever is chosen (the budget included), 2 on bad input, 130/143 after SIGINT/SIGTERM."""
 
 EPILOG = """\
 writes OUTDIR/best/ (an export folder with the chosen artifact), baseline/ (the FP32 export it was
@@ -59,11 +63,13 @@ def add_parser(sub) -> None:
                    help="accuracy budget in the metric's units (top-1 points, cosine, or your metric)")
     p.add_argument("--calibration", metavar="C.npz", help="calibration inputs (static INT8 needs them)")
     p.add_argument("--train-data", metavar="T.npz", help="training data: pruned candidates are distilled on it")
-    p.add_argument("--formats", "--format", dest="formats", type=_csv, default=("onnx",), metavar="onnx,tflite",
-                   help="formats to try; the first one's FP32 is the baseline (default onnx)")
+    p.add_argument("--formats", "--format", dest="formats", type=_csv, default=(), metavar="onnx,tflite",
+                   help="formats to try; the first one's FP32 is the baseline (default: onnx, and tflite "
+                        "when the tflite extra is installed)")
     p.add_argument("--objective", choices=OBJECTIVES, default="p50",
                    help="p50 or p90 latency, or size (the smallest file not slower than FP32); default p50")
-    p.add_argument("--budget-minutes", type=float, default=30.0, help="stop with the best so far (default 30)")
+    p.add_argument("--budget-minutes", type=float, default=30.0,
+                   help="the whole command's time, report included: stops with the best so far (default 30)")
     p.add_argument("--threads", type=int, default=1, help="threads when timing (default 1)")
     p.add_argument("--max-size-mb", type=float, default=None, help="reject candidates larger than this")
     p.add_argument("--max-rss-mb", type=float, default=None, help="reject candidates whose peak RSS exceeds this")
@@ -107,10 +113,14 @@ def cmd_optimize(args) -> int:
     config.validate()
     if not args.debug:  # the progress line says what is being timed; per-target bench lines would bury it
         logging.getLogger("edgeai.bench").setLevel(logging.WARNING)
-    with _ProgressDisplay(quiet=args.quiet) as display:
-        result = run(config, Path(args.output), display.update)
+    try:
+        with _ProgressDisplay(quiet=args.quiet) as display:
+            result = run(config, Path(args.output), display.update)
+    except Stopped as e:   # before the FP32 baseline was built: there is nothing to report
+        print(f"edgeai optimize: {e} before the FP32 baseline was built; nothing was written", file=sys.stderr)
+        return EXIT_CODES[e.name]
     _print_summary(result)
-    return 0
+    return EXIT_CODES.get(result.stopped or "", 0)   # 130/143 after a signal, once everything is written
 
 
 class _ProgressDisplay:
