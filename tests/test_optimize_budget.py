@@ -199,8 +199,8 @@ def _write_model(folder: Path) -> list[str]:
         "                         nn.ReLU(), nn.AdaptiveAvgPool1d(8), nn.Flatten(), nn.Linear(512, 16)).eval()\n")
     rng = np.random.default_rng(0)
     for name, n in (("train", 2048), ("eval", 64), ("calib", 32)):
-        np.savez(folder / f"{name}.npz", **{"0": rng.normal(size=(n, 1, 256)).astype(np.float32)})
-    return [str(folder / "net.py") + ":make", "--input", "x:batch,1,256", "--eval-data", str(folder / "eval.npz"),
+        np.savez(folder / f"{name}.npz", **{"input": rng.normal(size=(n, 1, 256)).astype(np.float32)})
+    return [str(folder / "net.py") + ":make", "--input", "input:batch,1,256", "--eval-data", str(folder / "eval.npz"),
             "--calibration", str(folder / "calib.npz"), "--train-data", str(folder / "train.npz"),
             "--max-drop", "0.02", "--formats", "onnx", "--rounds", "2", "--min-seconds", "0.2",
             "--distill-epochs", "1000", "-q"]
@@ -208,7 +208,8 @@ def _write_model(folder: Path) -> list[str]:
 
 def _optimize(args: list[str], cwd: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    return subprocess.Popen([sys.executable, "-m", "edgeai", "optimize", *args], cwd=cwd, env=env,
+    return subprocess.Popen([sys.executable, "-c", "import sys; from edgeai.cli import main; sys.exit(main())",
+                             "optimize", *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -235,7 +236,8 @@ def test_sigterm_during_a_build_writes_the_report_and_exits_143(tmp_path):
     proc = _optimize([*_write_model(tmp_path), "--budget-minutes", "20", "-o", str(tmp_path / "out")], tmp_path)
     work, timings = tmp_path / "out" / ".cache" / "work", tmp_path / "out" / ".cache" / "timings"
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not (timings.is_dir() and list(work.glob("job-*"))):
+    while (time.monotonic() < deadline and proc.poll() is None
+           and not (timings.is_dir() and list(work.glob("job-*")))):
         time.sleep(0.5)   # the base unit is timed, and a pruned build is in flight
     assert proc.poll() is None, proc.communicate()[1]
     children = psutil.Process(proc.pid).children(recursive=True)

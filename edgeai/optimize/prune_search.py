@@ -64,24 +64,26 @@ def prune_branch(search: Search) -> None:
 
 
 def _plain(search: Search, arms: list) -> None:
-    """Each format: ascending ratios until one fails or loses too much accuracy."""
-    ratios = sorted(search.config.ratios)
+    """Each format: ascending ratios (--workers at a time) until one fails or loses too much accuracy."""
+    ratios, step = sorted(search.config.ratios), max(1, search.config.workers)
     per_format = {fmt: prune_units(fmt, tuple(ratios), None, schemes) for fmt, schemes, _ in arms}
     search._plan([u for units in per_format.values() for u in units], [])
     for fmt, units in per_format.items():
         last = None
-        for i, unit in enumerate(units):
+        for i in range(0, len(units), step):
+            batch = units[i:i + step]
             estimate = last if last is not None else SLACK * search.costs(fmt).overhead_s
             t0 = search.lab.clock()
-            if not search.build_if_it_fits(unit, estimate):
-                for rest in [u for us in per_format.values() for u in us]:
-                    search._skip(rest.candidates, search.rows[unit.candidates[0].id].reason)
+            if not search.build_if_it_fits(batch, estimate):
+                why = search.rows[batch[0].candidates[0].id].reason
+                search._skip([c for us in per_format.values() for u in us for c in u.candidates], why)
                 return
             last = search.lab.clock() - t0
-            row = search.rows[unit.candidates[0].id]
-            if _fails(search, row):
-                search._skip([c for u in units[i + 1:] for c in u.candidates],
-                             f"a smaller pruning ({row.id}) already failed: {row.reason}")
+            failed = next((search.rows[u.candidates[0].id] for u in batch
+                           if _fails(search, search.rows[u.candidates[0].id])), None)
+            if failed is not None:
+                search._skip([c for u in units[i + step:] for c in u.candidates],
+                             f"a smaller pruning ({failed.id}) already failed: {failed.reason}")
                 break
 
 
@@ -117,12 +119,15 @@ def _halving(search: Search, arms: list) -> None:
         return
     screens = prune_units(fmt0, tuple(ratios), {**cfg.distill, "max_minutes": minutes}, schemes0)
     search._plan(screens, [])
-    for unit in screens:
-        if not search.build_if_it_fits(unit, SLACK * (60 * minutes + costs.overhead_s), 60 * minutes):
-            search._skip([c for u in screens for c in u.candidates], search.rows[unit.candidates[0].id].reason)
+    step = max(1, cfg.workers)
+    for i in range(0, len(screens), step):
+        batch = screens[i:i + step]
+        if not search.build_if_it_fits(batch, SLACK * (60 * minutes + costs.overhead_s), 60 * minutes):
+            search._skip([c for u in screens for c in u.candidates], search.rows[batch[0].candidates[0].id].reason)
             info["why"] = "the budget ended during the screens"
             return
-        _measured_overhead(search, unit)
+        if len(batch) == 1:
+            _measured_overhead(search, batch[0])
     screened = [s for s in (_screened(search, u, best0) for u in screens) if s is not None]
     info["screened"] = [s.__dict__ for s in screened]
     arms_final = _arms(promising(screened, cfg.max_drop), arms, best0)

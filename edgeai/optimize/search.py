@@ -145,7 +145,8 @@ class Search:
                 self._check_accuracy_and_size(row)
         try:
             for unit in units[1:]:
-                self.build_if_it_fits(unit, self._unpruned_estimate(unit))
+                if not self.build_if_it_fits(unit, self._unpruned_estimate(unit)):
+                    break
             self._time_pending()
             prune_branch(self)
         except Stopped as e:
@@ -187,18 +188,20 @@ class Search:
                     f"the report, {left / 60:.1f} min were left")
         return None
 
-    def build_if_it_fits(self, unit: Unit, estimate_s: float, distill_s: float = 0.0) -> bool:
-        """Build `unit` (then time it) when it fits the budget, else mark it skipped and note the budget.
-        The build gets the time left: `distill_s` of it estimated to be distillation."""
-        missing = [c for c in unit.candidates if self.cache.get_built(self.key(c)) is None]
-        why = self.fits(estimate_s, len(unit.candidates)) if missing else None
+    def build_if_it_fits(self, units: Unit | list[Unit], estimate_s: float, distill_s: float = 0.0) -> bool:
+        """Build `units` together (up to --workers at once), then time them, when that fits the budget,
+        else mark them skipped and stop at the budget. The build gets the time left: `distill_s` of
+        the `estimate_s` estimated to be distillation."""
+        units = [units] if isinstance(units, Unit) else list(units)
+        candidates = [c for u in units for c in u.candidates]
+        missing = [c for c in candidates if self.cache.get_built(self.key(c)) is None]
+        why = self.fits(estimate_s, len(candidates)) if missing else None
         if why:
-            self._skip(unit.candidates, why)
+            self._skip(candidates, why)
             self._stop("budget")
             return False
         after = max(estimate_s / SLACK - distill_s, 0.0)   # what follows the distillation in the build
-        self._build([unit], deadline=self.deadline - self.costs().reserve_s(len(unit.candidates)),
-                    after_distill_s=after)
+        self._build(units, deadline=self.deadline - self.costs().reserve_s(len(candidates)), after_distill_s=after)
         self._time_pending()
         return True
 
