@@ -31,11 +31,13 @@ def test_a_unit_gets_only_the_distillation_that_fits_with_its_build_and_timing()
     assert fit_minutes(60.0, costs, candidates=2) is None      # not even the shortest distillation
 
 
-def test_screens_share_a_third_of_the_time_left():
+def test_screens_share_30_percent_of_the_distillation_time_left():
     costs = Costs(overhead_s=20.0, timing_s=6.0)
-    # (1800 - 10) x 0.3 / 3 ratios = 179 s each: 179 / 1.15 - 20 - 18 = 117.7 s -> 1 min
-    assert screen_minutes(1800.0, 3, costs, candidates=2) == 1
-    assert screen_minutes(100.0, 3, costs, candidates=2) is None
+    # 3 screens' builds and timings take 3 x 1.15 x (20 + 18) = 131 s; 30% of the 1659 s left, over 3
+    # screens and the 1.15 slack: 2.4 min -> 2 min each
+    assert screen_minutes(1800.0, 3, costs, candidates=2) == 2
+    assert screen_minutes(300.0, 3, costs, candidates=2) == 0.25    # little time: the shortest screen
+    assert screen_minutes(150.0, 3, costs, candidates=2) is None     # not even that
 
 
 def test_promising_screens_are_unconverged_near_the_budget_fastest_first():
@@ -88,21 +90,23 @@ class DistillLab(FakeLab):
 
 
 def test_successive_halving_screens_every_ratio_then_distills_the_two_most_promising(tmp_path):
-    metric = {"onnx/fp32": 98.0, "onnx/prune0.85+distill1m/fp32": 95.5, "onnx/prune0.85+distill1m/int8-static": 95.5,
-              "onnx/prune0.7+distill1m/fp32": 97.2, "onnx/prune0.7+distill1m/int8-static": 97.2,
+    metric = {"onnx/fp32": 98.0, "onnx/prune0.85+distill2m/fp32": 95.5, "onnx/prune0.85+distill2m/int8-static": 95.5,
+              "onnx/prune0.7+distill2m/fp32": 97.2, "onnx/prune0.7+distill2m/int8-static": 97.2,
               "onnx/prune0.85+distill8m/fp32": 97.5, "onnx/prune0.85+distill8m/int8-static": 97.4}
     latency = {"onnx/fp32": 10.0, "onnx/int8-static": 5.0, "onnx/int8-dynamic": 11.0,
-               "onnx/prune0.7+distill1m/fp32": 4.0, "onnx/prune0.7+distill1m/int8-static": 2.5,
-               "onnx/prune0.5+distill1m/int8-static": 3.3,
+               "onnx/prune0.7+distill2m/fp32": 4.0, "onnx/prune0.7+distill2m/int8-static": 2.5,
+               "onnx/prune0.5+distill2m/int8-static": 3.3,
                "onnx/prune0.85+distill8m/fp32": 2.2, "onnx/prune0.85+distill8m/int8-static": 1.1,
                "onnx/prune0.7+distill8m/int8-static": 2.4}
     lab = DistillLab(latency=latency, metric=metric, build_s=20.0)
     result = search(lab, tmp_path, prune_ratios=(0.5, 0.7, 0.85), train_data="t.npz")
     built = [(u.steps[0]["prune"]["ratio"], u.steps[1]["distill"]["max_minutes"]) for u in lab.built_units if u.steps]
     # screens: most expected speedup first; then the two most promising (0.85 within 3x the budget) longer
-    assert built == [(0.85, 1), (0.7, 1), (0.5, 1), (0.85, 8), (0.7, 8)]
+    assert built == [(0.85, 2), (0.7, 2), (0.5, 2), (0.85, 8), (0.7, 8)]
+    # the screens measured 60 s per epoch: the 8 min runs ask for the epochs that fit (90% of 8 min)
+    assert [u.steps[1]["distill"].get("epochs") for u in lab.built_units if u.steps] == [None, None, None, 7, 7]
     assert result.chosen.id == "onnx/prune0.85+distill8m/int8-static"
-    assert result.pruning["screen_minutes"] == 1
+    assert result.pruning["screen_minutes"] == 2
     assert [(f["ratio"], f["minutes"]) for f in result.pruning["final"]] == [(0.85, 8), (0.7, 8)]
     assert any("successive halving" in n for n in result.notes)
     assert lab.now <= 30 * 60 and result.stopped is None

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 # distillation minutes are chosen on this grid (0.25 * 2**k), rounded down: the same budget and machine
 # give the same fidelities, so a re-run finds its builds in the cache
 GRID_MIN = 0.25
-SCREEN_SHARE = 0.3       # of the time left when pruning starts, spent screening every ratio
+SCREEN_SHARE = 0.3       # of the distillation time left when pruning starts, spent screening every ratio
 PROMISE = 3.0            # a screened ratio within PROMISE x --max-drop may recover with a longer distillation
 SLACK = 1.15             # estimates are multiplied by this before asking whether work fits
 
@@ -51,10 +51,15 @@ def fit_minutes(seconds: float, costs: Costs, candidates: int) -> float | None:
 
 
 def screen_minutes(seconds_left: float, arms: int, costs: Costs, candidates: int) -> float | None:
-    """Rung 0: the distillation minutes each of `arms` screens gets (SCREEN_SHARE of the time left
-    in all, split evenly), or None when not even the shortest screen fits."""
-    share = max(seconds_left - costs.report_s, 0) * SCREEN_SHARE / max(arms, 1)
-    return fit_minutes(share, costs, candidates)
+    """Rung 0: the distillation minutes each of `arms` screens gets: SCREEN_SHARE of what the time left
+    holds for distillation once every screen's build and timing are paid, split evenly, at least the
+    shortest on the grid; None when not even that fits."""
+    arms = max(arms, 1)
+    fixed = arms * SLACK * (costs.overhead_s + costs.timing_s * (candidates + 1))
+    free = seconds_left - costs.report_s - fixed          # what all distillations together could take
+    if free < arms * SLACK * 60 * GRID_MIN:
+        return None
+    return max(grid_floor(SCREEN_SHARE * free / arms / SLACK / 60) or GRID_MIN, GRID_MIN)
 
 
 @dataclass(frozen=True)

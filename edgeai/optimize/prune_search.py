@@ -139,11 +139,20 @@ def _halving(search: Search, arms: list) -> None:
         search._stop("budget")
     schemes = {fmt: s for fmt, s, _ in arms}
     for arm, m in plan:
-        unit = Unit(arm.format, prune_steps(arm.ratio, {**cfg.distill, "max_minutes": m}), schemes[arm.format])
+        unit = Unit(arm.format, prune_steps(arm.ratio, _final_distill(cfg.distill, arm, m)), schemes[arm.format])
         search._plan([unit], [])
         c = search.costs(arm.format, pruned=True)
         if not search.build_if_it_fits(unit, SLACK * (60 * m + c.overhead_s), 60 * m):
             return
+
+
+def _final_distill(options: dict, arm: Screened, minutes: float) -> dict:
+    """The last rung's distill options: `minutes` as its limit, and as many epochs as the measured seconds
+    per epoch fit in them (at most the ones asked for), so its learning-rate schedule ends within them."""
+    out = {**options, "max_minutes": minutes}
+    if arm.seconds_per_epoch and arm.epochs:
+        out["epochs"] = max(1, min(int(arm.epochs), int(0.9 * 60 * minutes / arm.seconds_per_epoch)))
+    return out
 
 
 def _measured_overhead(search: Search, unit: Unit) -> None:
