@@ -74,7 +74,7 @@ def add_parser(sub) -> None:
     p.add_argument("--max-size-mb", type=float, default=None, help="reject candidates larger than this")
     p.add_argument("--max-rss-mb", type=float, default=None, help="reject candidates whose peak RSS exceeds this")
     p.add_argument("--prune-ratios", type=_ratios, default=None, metavar="R,R",
-                   help="fractions of MACs to remove (default 0.5,0.75 with --train-data, else 0.25,0.5; "
+                   help="fractions of MACs to remove (default 0.5,0.7,0.85 with --train-data, else 0.25,0.5; "
                         "'' turns pruning off)")
     p.add_argument("--distill-epochs", type=int, default=None,
                    help="most epochs of distillation per pruned candidate (default: the distill step's)")

@@ -138,8 +138,7 @@ def markdown(report: dict) -> str:
     lines += _formats_md(report)
     if report.get("pruning", {}).get("method"):
         p = report["pruning"]
-        lines += ["", f"Pruning: {p['method']}. Screens: {p['screen_minutes'] or 0:g} min of distillation each in "
-                      f"{p['screen_format']}; {p.get('why', '')}."]
+        lines += ["", f"Pruning search: {p['method']}."]
     if report["notes"]:
         lines += ["", *[f"- {n}" for n in report["notes"]]]
     cpu, device = report["env"].get("cpu", {}), report["env"].get("device")
