@@ -254,3 +254,42 @@ def test_sigterm_during_a_build_writes_the_report_and_exits_143(tmp_path):
     assert not list(work.glob("job-*"))                                  # no staging left behind
     time.sleep(1)
     assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_a_distillation_in_flight_is_cut_to_end_before_the_deadline():
+    from edgeai.optimize.builder import cap_distillation
+
+    recipe = {"model": "m.py:f", "steps": [{"prune": {"ratio": 0.5}}, {"distill": {"epochs": 30, "max_minutes": 8}}]}
+    # 5 min to the deadline, 60 s of export and scoring after the distillation: 4 min for it
+    capped, cap = cap_distillation(recipe, deadline=1000.0 + 300, after_s=60.0, now=1000.0)
+    assert cap == 4 and capped["steps"][1] == {"distill": {"epochs": 30, "max_minutes": 4}}
+    assert capped["steps"][0] == {"prune": {"ratio": 0.5}} and recipe["steps"][1]["distill"]["max_minutes"] == 8
+    roomy, cap = cap_distillation(recipe, deadline=1000.0 + 3600, after_s=60.0, now=1000.0)
+    assert cap is None and roomy["steps"] == recipe["steps"]      # 8 min fit: left as planned
+    assert cap_distillation(recipe, None, 60.0, 1000.0) == (recipe, None)
+
+
+def test_a_build_past_its_deadline_is_killed_and_leaves_no_staging(tmp_path):
+    import psutil
+
+    from edgeai.optimize.candidates import Unit
+    from edgeai.optimize.lab import PipelineLab
+
+    args = _write_model(tmp_path)
+    cfg = OptimizeConfig(model=args[0], inputs=("input:batch,1,256",), eval_data=str(tmp_path / "eval.npz"),
+                         max_drop=0.02, formats=("onnx",))
+    lab = PipelineLab(cfg, tmp_path / "work")
+    try:
+        dest = tmp_path / "cand"
+        dest.mkdir()
+        # a spawned worker needs seconds to import torch: a 1 s deadline passes while it builds
+        out = lab.build([Unit("onnx", (), ())], {"onnx/fp32": dest}, deadline=lab.clock() + 1.0)
+        assert out["onnx/fp32"].interrupted and "stopped at the budget" in out["onnx/fp32"].error
+        assert lab._pool is None and not list((tmp_path / "work").glob("job-*"))
+        time.sleep(1)
+        alive = [c.cmdline() for c in psutil.Process().children(recursive=True)   # multiprocessing's own
+                 if c.is_running() and c.status() != psutil.STATUS_ZOMBIE           # resource tracker stays
+                 and "resource_tracker" not in " ".join(c.cmdline())]
+        assert not alive, alive
+    finally:
+        lab.close()

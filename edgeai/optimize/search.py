@@ -15,7 +15,7 @@ from typing import Callable, Protocol
 
 from edgeai.errors import ExportError
 from edgeai.optimize.cache import Cache, digest
-from edgeai.optimize.choice import choose, gate, rank
+from edgeai.optimize.choice import choose, rank
 from edgeai.optimize.candidates import Candidate, Skip, Unit, base_plan
 from edgeai.optimize.config import OptimizeConfig
 from edgeai.optimize.planner import SLACK, Costs
