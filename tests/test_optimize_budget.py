@@ -293,3 +293,22 @@ def test_a_build_past_its_deadline_is_killed_and_leaves_no_staging(tmp_path):
         assert not alive, alive
     finally:
         lab.close()
+
+
+def test_the_first_format_is_timed_before_another_format_is_built(tmp_path):
+    class OrderLab(FakeLab):
+        events: list = []
+
+        def build(self, units, dests, deadline=None, after_distill_s=0.0):
+            self.events += [f"build {u.format}" for u in units]
+            return super().build(units, dests, deadline, after_distill_s)
+
+        def time(self, folders):
+            self.events.append("time " + ",".join(sorted({cid.split("/")[0] for cid in folders})))
+            return super().time(folders)
+
+    lab = OrderLab(latency={"onnx/int8-static": 5.0}, metric={})
+    lab.events = []
+    search(lab, tmp_path, formats=("onnx", "tflite"))
+    # a slow second format (TFLite's quantizer) must not leave the search without a timed best so far
+    assert lab.events[:3] == ["build onnx", "time onnx", "build tflite"]

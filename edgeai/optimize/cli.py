@@ -164,6 +164,11 @@ def _print_summary(result) -> None:
                       _fmt(c["drop"], "+.4g"), c["reason"], style=styles.get(c["status"]))
     console = Console()
     print_wide(table, console)
+    formats = result.report.get("formats") or []
+    if len(formats) > 1:
+        console.print("formats against " + formats[0]["baseline"] + ": " + "; ".join(
+            f"{f['format']} best {f['best'] or '-'} {_fmt(f['best_speedup'], '.2f')}x" for f in formats),
+            markup=False, highlight=False)
     for note in result.report["notes"]:
         console.print(f"note: {note}", style="yellow", markup=False, highlight=False)
     console.print(f"chosen: {result.why}", markup=False, highlight=False)

@@ -144,6 +144,7 @@ class Search:
             if row.status == "ok":
                 self._check_accuracy_and_size(row)
         try:
+            self._time_pending()       # a best so far before anything else is built
             for unit in units[1:]:
                 if not self.build_if_it_fits(unit, self._unpruned_estimate(unit)):
                     break
