@@ -312,3 +312,31 @@ def test_the_first_format_is_timed_before_another_format_is_built(tmp_path):
     search(lab, tmp_path, formats=("onnx", "tflite"))
     # a slow second format (TFLite's quantizer) must not leave the search without a timed best so far
     assert lab.events[:3] == ["build onnx", "time onnx", "build tflite"]
+
+
+def test_when_not_every_screen_fits_the_most_promising_ones_are_screened(tmp_path):
+    lab = DistillLab(latency={"onnx/fp32": 10.0, "onnx/int8-static": 5.0, "onnx/int8-dynamic": 11.0}, metric={},
+                     build_s=20.0)
+    # 150 s are left after the base unit: two 0.25 min screens (with their builds and timing) fit, not three
+    result = search(lab, tmp_path, prune_ratios=(0.5, 0.7, 0.85), train_data="t.npz", budget_minutes=188 / 60)
+    rows = by_id(result)
+    assert [u.steps[0]["prune"]["ratio"] for u in lab.built_units if u.steps] == [0.85, 0.7]
+    assert rows["onnx/prune0.5+distill/fp32"].reason.startswith("not screened: 2 of 3 screens fit")
+    assert result.pruning["screen_minutes"] == 0.25 and lab.now <= 188
+
+
+def test_screens_run_in_the_format_whose_builds_are_cheapest(tmp_path):
+    class SlowTfliteLab(DistillLab):
+        def build(self, units, dests, deadline=None, after_distill_s=0.0):
+            out = super().build(units, dests, deadline, after_distill_s)
+            self.now += sum(100.0 for u in units if u.format == "tflite")   # its quantizer is slow
+            return out
+
+    lab = SlowTfliteLab(latency={"onnx/fp32": 10.0, "onnx/int8-static": 5.0, "tflite/fp32": 4.0}, metric={},
+                        build_s=20.0)
+    result = search(lab, tmp_path, formats=("onnx", "tflite"), prune_ratios=(0.5, 0.7), train_data="t.npz")
+    screens = [u for u in lab.built_units if u.steps and u.steps[1]["distill"]["max_minutes"]
+               == result.pruning["screen_minutes"]]
+    assert result.pruning["screen_format"] == "onnx" and {u.format for u in screens} == {"onnx"}
+    # the longer distillations go where the speedup is expected: TFLite ran FP32 2.5x faster unpruned
+    assert result.pruning["final"] and result.pruning["final"][0]["format"] == "tflite"

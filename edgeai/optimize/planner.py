@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Mapping
 
 # distillation minutes are chosen on this grid (0.25 * 2**k), rounded down: the same budget and machine
 # give the same fidelities, so a re-run finds its builds in the cache
@@ -94,19 +95,20 @@ def final_minutes(arm: Screened, seconds: float, costs: Costs, candidates: int) 
     return minutes
 
 
-def plan_final(arms: list[Screened], seconds_left: float, costs: Costs, candidates: int,
+def plan_final(arms: list[Screened], seconds_left: float, costs: Costs | Mapping[str, Costs], candidates: int,
                screened_minutes: float) -> tuple[list[tuple[Screened, float]], str]:
     """Successive halving's last rung: (arm, minutes) for the one or two most promising arms, and why.
+    `costs`: one for every format, or each format's.
 
     Two arms when each still gets at least twice its screen's distillation, else the best one,
     else none (the screens stand)."""
     if not arms:
         return [], "no screened ratio is worth a longer distillation"
+    cost = (lambda a: costs[a.format]) if isinstance(costs, Mapping) else (lambda a: costs)
     for k in (2, 1):
         if len(arms) < k:
             continue
-        share = (seconds_left - costs.report_s) / k
-        plan = [(a, final_minutes(a, share, costs, candidates)) for a in arms[:k]]
+        plan = [(a, final_minutes(a, (seconds_left - cost(a).report_s) / k, cost(a), candidates)) for a in arms[:k]]
         if all(m is not None and m >= 2 * screened_minutes for _, m in plan):
             names = ", ".join(f"{a.format} prune{a.ratio:g} ({m:g} min)" for a, m in plan)
             return plan, f"distilled longer: {names}"

@@ -3,8 +3,9 @@
 Without training data a pruned model is not distilled: ratios go up in each format until one loses
 too much accuracy (more pruning would only lose more). With training data the budget is spent in
 two rungs (edgeai/optimize/planner.py does the arithmetic on measured costs):
-1. screen: every ratio, most expected speedup first, pruned and distilled for a short fixed time
-   in the fastest format, quantized with the schemes that won unpruned, scored and timed;
+1. screen: every ratio (the most expected speedup first, as many as fit), pruned and distilled for
+   a short fixed time in the format whose builds are cheapest, quantized with the schemes that won
+   unpruned there, scored and timed;
 2. the one or two most promising (format, ratio) arms by expected speedup (screens within a few
    times the accuracy budget whose distillation was cut by its time) are distilled again with the
    rest of the budget, in any format within FORMAT_CLOSE of the fastest.
@@ -95,25 +96,28 @@ def _fails(search: Search, row: Row) -> bool:
 
 
 def _halving(search: Search, arms: list) -> None:
-    """Rung 0 screens every ratio in the fastest format; rung 1 distills the best one or two longer."""
+    """Rung 0 screens the ratios; rung 1 distills the best one or two (format, ratio) arms longer."""
     cfg = search.config
-    fmt0, schemes0, best0 = arms[0]
+    # a screen measures accuracy, which carries over between formats: screens run where builds are cheapest
+    fmt0, schemes0, best0 = min(arms, key=lambda a: search.costs(a[0], pruned=True).overhead_s)
     n = 1 + len(schemes0)
     costs = search.costs(fmt0, pruned=True)
     # screens cost the same: the most expected speedup per minute is the most expected speedup
-    ratios = sorted(cfg.ratios, key=lambda r: -expected_speedup(best0, None, r))
-    minutes = screen_minutes(search.seconds_left(), len(ratios), costs, n)
+    ordered = sorted(cfg.ratios, key=lambda r: -expected_speedup(best0, None, r))
+    ratios, minutes = _screens_that_fit(search.seconds_left(), ordered, costs, n)
     if minutes is not None and cfg.distill.get("max_minutes"):
         minutes = min(minutes, float(cfg.distill["max_minutes"]))
     info = {"method": "successive halving in two rungs: every ratio screened with a short distillation, "
                       "then the one or two most promising distilled with the rest of the budget",
             "screen_format": fmt0, "screen_minutes": minutes, "screened": [], "final": []}
     search.pruning = info
+    left_out = prune_units(fmt0, tuple(r for r in ordered if r not in ratios), dict(cfg.distill), schemes0)
+    search._plan(left_out, [])
+    search._skip([c for u in left_out for c in u.candidates],
+                 f"not screened: {len(ratios)} of {len(ordered)} screens fit in the "
+                 f"{search.seconds_left() / 60:.1f} min left" if ratios else
+                 f"no time for even a {0.25:g} min screen ({search.seconds_left() / 60:.1f} min left)")
     if minutes is None:
-        units = prune_units(fmt0, tuple(ratios), dict(cfg.distill), schemes0)
-        search._plan(units, [])
-        search._skip([c for u in units for c in u.candidates],
-                     f"no time for even a {0.25:g} min screen ({search.seconds_left() / 60:.1f} min left)")
         info["why"] = "nothing was screened: the budget was spent"
         search._stop("budget")
         return
@@ -131,7 +135,8 @@ def _halving(search: Search, arms: list) -> None:
     screened = [s for s in (_screened(search, u, best0) for u in screens) if s is not None]
     info["screened"] = [s.__dict__ for s in screened]
     arms_final = _arms(promising(screened, cfg.max_drop), arms, best0)
-    plan, why = plan_final(arms_final, search.seconds_left(), search.costs(fmt0, pruned=True), n, minutes)
+    plan, why = plan_final(arms_final, search.seconds_left(),
+                           {fmt: search.costs(fmt, pruned=True) for fmt, _, _ in arms}, n, minutes)
     info["why"], info["final"] = why, [{"format": a.format, "ratio": a.ratio, "minutes": m} for a, m in plan]
     search.notes.append(f"pruning: screened {', '.join(f'{r:g}' for r in ratios)} in {fmt0} with {minutes:g} min "
                         f"of distillation each (successive halving); {why}")
@@ -144,6 +149,15 @@ def _halving(search: Search, arms: list) -> None:
         c = search.costs(arm.format, pruned=True)
         if not search.build_if_it_fits(unit, SLACK * (60 * m + c.overhead_s), 60 * m):
             return
+
+
+def _screens_that_fit(seconds_left: float, ordered: list[float], costs, candidates: int) -> tuple[list[float], float | None]:
+    """The most ratios (first ones of `ordered`) whose screens fit in the time left, and their minutes."""
+    for k in range(len(ordered), 0, -1):
+        minutes = screen_minutes(seconds_left, k, costs, candidates)
+        if minutes is not None:
+            return ordered[:k], minutes
+    return [], None
 
 
 def _final_distill(options: dict, arm: Screened, minutes: float) -> dict:
