@@ -174,8 +174,8 @@ class Search:
         return Costs(overhead_s=overhead, timing_s=timing)
 
     def _unpruned_estimate(self, unit: Unit) -> float:
-        c = self.costs(unit.format)
-        return SLACK * c.overhead_s + c.timing_s * len(unit.candidates)
+        """Its build, like the format's (else the slowest) unpruned build measured; fits() adds its timing."""
+        return SLACK * self.costs(unit.format).overhead_s
 
     def fits(self, estimate_s: float, candidates: int) -> str | None:
         """None when work estimated at `estimate_s` can be built, timed and reported before the budget,
