@@ -40,12 +40,14 @@ def test_screens_share_30_percent_of_the_distillation_time_left():
     assert screen_minutes(150.0, 3, costs, candidates=2) is None     # not even that
 
 
-def test_promising_screens_are_unconverged_near_the_budget_fastest_first():
+def test_promising_screens_are_unconverged_near_the_budget_fastest_first_else_the_closest():
     arms = [Screened("onnx", 0.5, 0.3, 3.0, converged=False), Screened("onnx", 0.85, 2.5, 13.0, converged=False),
             Screened("onnx", 0.7, 0.8, 4.0, converged=True),     # ended on its epochs: more time will not help
             Screened("onnx", 0.95, 9.0, 40.0, converged=False)]  # 9x the budget away
     assert [a.ratio for a in promising(arms, max_drop=1.0)] == [0.85, 0.5]
-    assert [a.ratio for a in promising(arms, max_drop=0.0)] == []
+    # none within 3x a zero budget: the one closest to it is still worth a longer distillation
+    assert [a.ratio for a in promising(arms, max_drop=0.0)] == [0.5]
+    assert promising([Screened("onnx", 0.7, 0.8, 4.0, converged=True)], max_drop=0.0) == []
 
 
 def test_final_rung_takes_two_arms_when_both_get_twice_the_screen_else_one_else_none():
@@ -321,8 +323,18 @@ def test_when_not_every_screen_fits_the_most_promising_ones_are_screened(tmp_pat
     result = search(lab, tmp_path, prune_ratios=(0.5, 0.7, 0.85), train_data="t.npz", budget_minutes=188 / 60)
     rows = by_id(result)
     assert [u.steps[0]["prune"]["ratio"] for u in lab.built_units if u.steps] == [0.85, 0.7]
-    assert rows["onnx/prune0.5+distill/fp32"].reason.startswith("not screened: 2 of 3 screens fit")
-    assert result.pruning["screen_minutes"] == 0.25 and lab.now <= 188
+    assert rows["onnx/prune0.5+distill0.25m/fp32"].reason == "not screened: 2 screen(s) of 0.25 min fit in the budget"
+    assert result.pruning["screen_minutes"] == 0.25 and lab.now <= 188 and result.stopped == "budget"
+
+
+def test_a_screen_that_fails_at_once_gives_its_turn_to_the_next_ratio(tmp_path):
+    failed = {"onnx/prune0.85+distill0.25m/fp32", "onnx/prune0.85+distill0.25m/int8-static"}
+    lab = DistillLab(latency={"onnx/fp32": 10.0, "onnx/int8-static": 5.0, "onnx/int8-dynamic": 11.0}, metric={},
+                     build_s=20.0, fail=failed)
+    result = search(lab, tmp_path, prune_ratios=(0.5, 0.7, 0.85), train_data="t.npz", budget_minutes=3.5)
+    assert [u.steps[0]["prune"]["ratio"] for u in lab.built_units if u.steps][:3] == [0.85, 0.7, 0.5]
+    assert by_id(result)["onnx/prune0.85+distill0.25m/fp32"].status == "failed"
+    assert [s["ratio"] for s in result.pruning["screened"]] == [0.7, 0.5] and lab.now <= 210
 
 
 def test_screens_run_in_the_format_whose_builds_are_cheapest(tmp_path):

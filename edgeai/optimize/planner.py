@@ -77,10 +77,14 @@ class Screened:
 
 
 def promising(arms: list[Screened], max_drop: float) -> list[Screened]:
-    """Arms worth a longer distillation, most expected speedup first: not yet converged, and within
-    PROMISE x --max-drop (or exactly within it when the budget is 0)."""
+    """Arms worth a longer distillation: not yet converged, and within PROMISE x --max-drop (exactly
+    within it when the budget is 0), most expected speedup first; when none is that close, the one
+    closest to the budget (a short screen is far from where a longer distillation ends)."""
     limit = max_drop * PROMISE if max_drop > 0 else 1e-12
-    keep = [a for a in arms if not a.converged and a.drop is not None and a.drop <= limit]
+    open_ = [a for a in arms if not a.converged and a.drop is not None]
+    keep = [a for a in open_ if a.drop <= limit]
+    if not keep:
+        return [min(open_, key=lambda a: (a.drop, -a.speedup))] if open_ else []
     return sorted(keep, key=lambda a: (-a.speedup, a.ratio))
 
 

@@ -111,34 +111,39 @@ def _halving(search: Search, arms: list) -> None:
                       "then the one or two most promising distilled with the rest of the budget",
             "screen_format": fmt0, "screen_minutes": minutes, "screened": [], "final": []}
     search.pruning = info
-    left_out = prune_units(fmt0, tuple(r for r in ordered if r not in ratios), dict(cfg.distill), schemes0)
-    search._plan(left_out, [])
-    search._skip([c for u in left_out for c in u.candidates],
-                 f"not screened: {len(ratios)} of {len(ordered)} screens fit in the "
-                 f"{search.seconds_left() / 60:.1f} min left" if ratios else
-                 f"no time for even a {0.25:g} min screen ({search.seconds_left() / 60:.1f} min left)")
     if minutes is None:
+        units = prune_units(fmt0, tuple(ordered), dict(cfg.distill), schemes0)
+        search._plan(units, [])
+        search._skip([c for u in units for c in u.candidates],
+                     f"no time for even a {0.25:g} min screen ({search.seconds_left() / 60:.1f} min left)")
         info["why"] = "nothing was screened: the budget was spent"
         search._stop("budget")
         return
-    screens = prune_units(fmt0, tuple(ratios), {**cfg.distill, "max_minutes": minutes}, schemes0)
-    search._plan(screens, [])
-    step = max(1, cfg.workers)
-    for i in range(0, len(screens), step):
-        batch = screens[i:i + step]
-        if not search.build_if_it_fits(batch, SLACK * (60 * minutes + costs.overhead_s), 60 * minutes):
-            search._skip([c for u in screens for c in u.candidates], search.rows[batch[0].candidates[0].id].reason)
+    # as many screens as the minutes were planned for; one that fails at once (a ratio the model
+    # cannot reach) gives its turn to the next ratio
+    screens, wanted = [], len(ratios)
+    for r in ordered:
+        unit = prune_units(fmt0, (r,), {**cfg.distill, "max_minutes": minutes}, schemes0)[0]
+        search._plan([unit], [])
+        if sum(1 for u in screens if not search.rows[u.candidates[0].id].status == "failed") >= wanted:
+            search._skip(unit.candidates, f"not screened: {wanted} screen(s) of {minutes:g} min fit in the budget")
+            search._stop("budget")
+            continue
+        if not search.build_if_it_fits(unit, SLACK * (60 * minutes + costs.overhead_s), 60 * minutes):
             info["why"] = "the budget ended during the screens"
-            return
-        if len(batch) == 1:
-            _measured_overhead(search, batch[0])
+            continue
+        _measured_overhead(search, unit)
+        screens.append(unit)
+    if "why" in info:
+        return
     screened = [s for s in (_screened(search, u, best0) for u in screens) if s is not None]
     info["screened"] = [s.__dict__ for s in screened]
     arms_final = _arms(promising(screened, cfg.max_drop), arms, best0)
     plan, why = plan_final(arms_final, search.seconds_left(),
                            {fmt: search.costs(fmt, pruned=True) for fmt, _, _ in arms}, n, minutes)
     info["why"], info["final"] = why, [{"format": a.format, "ratio": a.ratio, "minutes": m} for a, m in plan]
-    search.notes.append(f"pruning: screened {', '.join(f'{r:g}' for r in ratios)} in {fmt0} with {minutes:g} min "
+    done = ", ".join(f"{u.steps[0]['prune']['ratio']:g}" for u in screens)
+    search.notes.append(f"pruning: screened {done} in {fmt0} with {minutes:g} min "
                         f"of distillation each (successive halving); {why}")
     if arms_final and not plan:   # worth distilling longer, but the budget is spent
         search._stop("budget")
