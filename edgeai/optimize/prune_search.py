@@ -7,8 +7,8 @@ two rungs (edgeai/optimize/planner.py does the arithmetic on measured costs):
    a short fixed time in the format whose builds are cheapest, quantized with the schemes that won
    unpruned there, scored and timed;
 2. the one or two most promising (format, ratio) arms by expected speedup (screens within a few
-   times the accuracy budget whose distillation was cut by its time) are distilled again with the
-   rest of the budget, in any format within FORMAT_CLOSE of the fastest.
+   times the accuracy budget whose distillation was cut by its time, else the closest one) are
+   distilled again with the rest of the budget, in any format within FORMAT_CLOSE of the fastest.
 """
 from __future__ import annotations
 
