@@ -7,7 +7,7 @@ import pytest
 from edgeai.manifest import Manifest
 
 ZOO_LSTM = "edgeai.zoo:digits_lstm"
-FAST = ["--rounds", "2", "--min-seconds", "0.2", "--prune-ratios", ""]
+FAST = ["--rounds", "2", "--min-seconds", "0.2", "--prune-ratios", "", "--formats", "onnx"]
 
 BINS = 32
 CENTS = np.linspace(0.0, 3100.0, BINS)   # bin centres in cents
@@ -103,7 +103,7 @@ def test_optimize_rerun_reuses_the_cache(tmp_path):
 
     ref = REFERENCE_MODELS["lstm"]
     opts = dict(inputs=list(ref.inputs), eval_data=ref.test_data, max_drop=1.0, rounds=1, min_seconds=0.1,
-                prune_ratios=(), cache_dir=str(tmp_path / "shared-cache"))
+                prune_ratios=(), formats=("onnx",), cache_dir=str(tmp_path / "shared-cache"))
     first = edgeai.optimize(ZOO_LSTM, tmp_path / "a", **opts)
     events = []
     second = edgeai.optimize(ZOO_LSTM, tmp_path / "b", progress=events.append, **opts)
@@ -119,7 +119,7 @@ def test_optimize_custom_pitch_metric_in_cents(tmp_path, pitch_data):
     result = edgeai.optimize(f"{__file__}:pitch_cnn", tmp_path / "opt", inputs=["audio:batch,256"],
                              eval_data=str(pitch_data / "eval.npz"), calibration=str(pitch_data / "calib.npz"),
                              metric=f"{__file__}:pitch_score", max_drop=10.0, rounds=1, min_seconds=0.1,
-                             prune_ratios=())
+                             prune_ratios=(), formats=("onnx",))
     report = result.report
     rows = {c["id"]: c for c in report["candidates"]}
     base = report["baseline"]
@@ -172,7 +172,7 @@ def test_parallel_builds_then_serialized_timing(tmp_path, parallel):
     events = []
     result = edgeai.optimize(ZOO_LSTM, tmp_path / "opt", inputs=list(ref.inputs), eval_data=ref.test_data,
                              max_drop=1.0, rounds=1, min_seconds=0.1, prune_ratios=(0.25, 0.5),
-                             progress=events.append, **parallel)
+                             formats=("onnx",), progress=events.append, **parallel)
     rows = {c["id"]: c for c in result.report["candidates"]}
     building = [e["message"] for e in events if e["message"].startswith("building")]
     # both pruned units are built together (the pool or the Ray cluster), then timed one by one
@@ -194,7 +194,8 @@ def test_optimize_zoo_image_models_choose_by_the_rule(tmp_path, key):
 
     ref = REFERENCE_MODELS[key]
     result = edgeai.optimize(ref.factory, tmp_path / "opt", inputs=list(ref.inputs), eval_data=ref.test_data,
-                             calibration=ref.calib_data, max_drop=1.0, rounds=2, min_seconds=0.2, prune_ratios=())
+                             calibration=ref.calib_data, max_drop=1.0, rounds=2, min_seconds=0.2, prune_ratios=(),
+                             formats=("onnx",))
     report = result.report
     rows = {c["id"]: c for c in report["candidates"]}
     assert report["baseline"]["value"] == pytest.approx(100 * ref.accuracy, abs=0.01)   # top-1 in points

@@ -112,13 +112,44 @@ def build_unit(job: Mapping[str, Any]) -> dict[str, dict]:
     return {cid: {"id": cid, "error": error} for cid in ids.values()}
 
 
+def cap_distillation(recipe: Mapping[str, Any], deadline: float | None, after_s: float,
+                     now: float) -> tuple[dict, float | None]:
+    """`recipe` with each distill step's max_minutes cut so that it ends `after_s` seconds before
+    `deadline` (time.time() seconds), and the cap in minutes when it cut one (else None)."""
+    if deadline is None:
+        return dict(recipe), None
+    left = max((deadline - now - after_s) / 60, 0.01)
+    steps, cap = [], None
+    for step in recipe["steps"]:
+        opts = step.get("distill") if isinstance(step, Mapping) else None
+        if isinstance(opts, Mapping) and (opts.get("max_minutes") is None or opts["max_minutes"] > left):
+            step, cap = {"distill": {**opts, "max_minutes": round(left, 3)}}, round(left, 3)
+        steps.append(step)
+    return {**recipe, "steps": steps}, cap
+
+
+def distill_summary(entry) -> dict | None:
+    """What the distill step of `entry` measured: epochs asked and run, seconds, whether max_minutes ended it."""
+    step = next((s for s in entry.steps if s.get("type") == "model.distill"), None)
+    if step is None:
+        return None
+    d, config = step.get("details", {}), step.get("config", {})
+    return {"epochs": config.get("epochs"), "epochs_run": d.get("epochs_run"), "seconds": d.get("seconds"),
+            "samples_trained": d.get("samples_trained"), "train_samples": d.get("train_samples"),
+            "max_minutes": config.get("max_minutes"),
+            "out_of_time": any(str(n).startswith("stopped at max_minutes") for n in step.get("notes", []))}
+
+
 def _build(job: Mapping[str, Any]) -> dict[str, dict]:
+    import time
+
     from edgeai.pipeline import export
 
     ids, dests = job["ids"], job["dests"]
     unit = Path(job["work"])
     unit.mkdir(parents=True, exist_ok=True)   # made by the Lab here; on a Ray node, made now
-    out = export(recipe=_to_recipe(job["recipe"]), out_dir=unit / "export")
+    recipe, cap = cap_distillation(job["recipe"], job.get("deadline"), job.get("after_distill_s", 0.0), time.time())
+    out = export(recipe=_to_recipe(recipe), out_dir=unit / "export")
     failed = {f["name"]: f["error"] for f in out.manifest.failed}
     results = {}
     for name, cid in ids.items():
@@ -129,7 +160,9 @@ def _build(job: Mapping[str, Any]) -> dict[str, dict]:
         folder = _write_candidate(out.out_dir, out.manifest, entry, Path(dests[cid]))
         metric, value = _score(entry)
         result = {"id": cid, "folder": str(folder), "size_bytes": entry.size_bytes, "metric": metric,
-                  "value": value, "notes": list(entry.notes)}
+                  "value": value, "notes": list(entry.notes), "distill": distill_summary(entry)}
+        if cap is not None:   # built with less distillation than its key says: reported, not cached
+            result["capped_minutes"] = cap
         if job.get("reference") and name == "fp32":
             result["reference_sha256"] = outputs_digest(_run_eval(folder, entry, job))
         results[cid] = result

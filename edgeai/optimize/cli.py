@@ -7,6 +7,7 @@ import sys
 
 from edgeai import argtypes
 from edgeai.optimize.config import OBJECTIVES
+from edgeai.optimize.stop import EXIT_CODES, Stopped
 from edgeai.vocabulary import add_deprecated_alias
 
 DESCRIPTION = """\
@@ -16,7 +17,9 @@ ratios (distilled when --train-data is given) and prune -> quantize combinations
 winners first. Every candidate is exported and verified by the export pipeline, scored on
 --eval-data in its own runtime and timed against FP32 in interleaved rounds (each in a fresh
 process). A candidate replaces FP32 only if its median speedup is >= 1.03x AND it is faster in
-every round; ties go to the smaller file. Exit 0 whichever is chosen, 2 on bad input."""
+every round; ties go to the smaller file. --budget-minutes bounds the whole command: at the budget,
+or on SIGINT/SIGTERM, it times what it built and writes the report from the best so far.
+Exit 0 whichever is chosen (the budget included), 2 on bad input, 130/143 after SIGINT/SIGTERM."""
 
 EPILOG = """\
 writes OUTDIR/best/ (an export folder with the chosen artifact), baseline/ (the FP32 export it was
@@ -62,20 +65,21 @@ def add_parser(sub) -> None:
                    help="accuracy budget in the metric's units (top-1 points, cosine, or your metric)")
     p.add_argument("--calibration", metavar="C.npz", help="calibration inputs (static INT8 needs them)")
     p.add_argument("--train-data", metavar="T.npz", help="training data: pruned candidates are distilled on it")
-    p.add_argument("--format", dest="formats", type=_csv, default=("onnx",), metavar="onnx[,tflite]",
-                   help="formats to try; the first one's FP32 is the baseline (default onnx)")
+    p.add_argument("--format", dest="formats", type=_csv, default=(), metavar="onnx[,tflite]",
+                   help="formats to try; the first one's FP32 is the baseline (default: onnx, and tflite "
+                        "when the tflite extra is installed)")
     add_deprecated_alias(p, "--formats", "--format", "formats", type=_csv)
     p.add_argument("--objective", choices=OBJECTIVES, default="p50",
                    help="p50 or p90 latency, or size (the smallest file not slower than FP32); default p50")
     p.add_argument("--budget-minutes", type=argtypes.finite_float, default=30.0,
-                   help="stop with the best so far (default 30)")
+                   help="the whole command's time, report included: stops with the best so far (default 30)")
     p.add_argument("--threads", type=argtypes.threads, default=1, metavar="N",
                    help=f"threads when timing (default 1; {argtypes.THREADS_HELP})")
     p.add_argument("--max-size-mb", type=argtypes.finite_float, default=None, help="reject candidates larger than this")
     p.add_argument("--max-rss-mb", type=argtypes.finite_float, default=None,
                    help="reject candidates whose peak RSS exceeds this")
     p.add_argument("--prune-ratios", type=_ratios, default=None, metavar="R,R",
-                   help="fractions of MACs to remove (default 0.5,0.75 with --train-data, else 0.25,0.5; "
+                   help="fractions of MACs to remove (default 0.5,0.7,0.85 with --train-data, else 0.25,0.5; "
                         "'' turns pruning off)")
     p.add_argument("--distill-epochs", type=argtypes.positive_int, default=None,
                    help="most epochs of distillation per pruned candidate (default: the distill step's)")
@@ -116,12 +120,20 @@ def cmd_optimize(args) -> int:
         no_cache=args.no_cache, distill={"epochs": args.distill_epochs} if args.distill_epochs else {},
         task=args.task, device=args.device, ssh_config=args.ssh_config, device_python=args.device_python)
     config.validate()
+    bench_log = logging.getLogger("edgeai.bench")
+    level = bench_log.level
     if not args.debug:  # the progress line says what is being timed; per-target bench lines would bury it
-        logging.getLogger("edgeai.bench").setLevel(logging.WARNING)
-    with _ProgressDisplay(quiet=args.quiet) as display:
-        result = run(config, Path(args.output), display.update)
+        bench_log.setLevel(logging.WARNING)
+    try:
+        with _ProgressDisplay(quiet=args.quiet) as display:
+            result = run(config, Path(args.output), display.update)
+    except Stopped as e:   # before the FP32 baseline was built: there is nothing to report
+        print(f"edgeai optimize: {e} before the FP32 baseline was built; nothing was written", file=sys.stderr)
+        return EXIT_CODES[e.name]
+    finally:
+        bench_log.setLevel(level)  # in-process callers (the API, tests) get their bench log lines back
     _print_summary(result)
-    return 0
+    return EXIT_CODES.get(result.stopped or "", 0)   # 130/143 after a signal, once everything is written
 
 
 class _ProgressDisplay:
@@ -183,6 +195,11 @@ def _print_summary(result) -> None:
                       _fmt(c["drop"], "+.4g"), c["reason"], style=styles.get(c["status"]))
     console = Console()
     print_table(table, console, drop=("drop", "size MB", "metric"), fold=("reason", "candidate"))
+    formats = result.report.get("formats") or []
+    if len(formats) > 1:
+        console.print("formats against " + formats[0]["baseline"] + ": " + "; ".join(
+            f"{f['format']} best {f['best'] or '-'} {_fmt(f['best_speedup'], '.2f')}x" for f in formats),
+            markup=False, highlight=False)
     for note in result.report["notes"]:
         console.print(f"note: {note}", style="yellow", markup=False, highlight=False)
     console.print(f"chosen: {result.why}", markup=False, highlight=False)

@@ -13,6 +13,7 @@ import tempfile
 import time
 import types
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -132,8 +133,12 @@ class PipelineLab:
         return _absolute_paths(unit_recipe(self.plain, fmt, steps, quantize, self.target))
 
     # ------------------------------------------------------------------ building
-    def build(self, units: list[Unit], dests: dict[str, Path]) -> dict[str, Built]:
+    def build(self, units: list[Unit], dests: dict[str, Path], deadline: float | None = None,
+              after_distill_s: float = 0.0) -> dict[str, Built]:
+        """Build `units`; with `deadline` (a clock() time) a distillation is cut to end `after_distill_s`
+        before it, and a build still running at it is killed (its candidates come back `interrupted`)."""
         jobs = []
+        wall = None if deadline is None else time.time() + (deadline - self.clock())
         for u in units:
             names = {c.scheme: ("fp32" if c.scheme == "fp32" else step_name(u.format, c.scheme)) for c in u.candidates}
             quantize = tuple(names[s] for s in u.schemes)
@@ -141,12 +146,16 @@ class PipelineLab:
                          "ids": {names[c.scheme]: c.id for c in u.candidates if c.id in dests},
                          "dests": {c.id: str(dests[c.id]) for c in u.candidates if c.id in dests},
                          "work": str(self._unit_dir()),
+                         "deadline": wall, "after_distill_s": after_distill_s,
                          "reference": not u.steps and u.format == self.config.formats[0]})
         results: dict[str, Built] = {}
-        for job, out in zip(jobs, self._run_jobs(jobs)):
-            self._remove_unit(job["work"])  # the worker removed it, unless it died
-            for cid, fields_ in out.items():
-                results[cid] = Built(**fields_)
+        try:
+            for job, out in zip(jobs, self._run_jobs(jobs, deadline)):
+                for cid, fields_ in out.items():
+                    results[cid] = Built(**fields_)
+        finally:
+            for job in jobs:  # the worker removed its unit folder, unless it died or was killed
+                self._remove_unit(job["work"])
         return results
 
     def _unit_dir(self) -> Path:
@@ -165,9 +174,9 @@ class PipelineLab:
         if folder in self._units:
             os.close(self._units.pop(folder))
 
-    def _run_jobs(self, jobs: list[dict]) -> list[dict]:
+    def _run_jobs(self, jobs: list[dict], deadline: float | None) -> list[dict]:
         if self.config.ray:
-            return self._run_ray(jobs)
+            return self._run_ray(jobs, deadline)
         if self._pool is None:
             # spawn: a fresh interpreter per worker (torch and fork do not mix); reused across units
             self._pool = ProcessPoolExecutor(max_workers=self.config.workers, initializer=worker_init,
@@ -175,12 +184,20 @@ class PipelineLab:
         with _main_left_alone():  # workers start here, in submit
             futures = [self._pool.submit(build_unit, job) for job in jobs]
         out = []
-        for job, fut in zip(jobs, futures):
-            try:
-                out.append(fut.result())
-            except BrokenProcessPool:
-                self._pool = None   # a runtime killed the worker: the next unit gets a fresh pool
-                out.append(self._rebuild_alone(job))
+        try:
+            for job, fut in zip(jobs, futures):
+                timeout = None if deadline is None else max(deadline - self.clock(), 0.0)
+                try:
+                    out.append(fut.result(timeout=timeout))
+                except FutureTimeout:
+                    self._kill_pool()
+                    out.append(_stopped(job, "stopped at the budget while it was being built"))
+                except BrokenProcessPool:
+                    self._pool = None   # a runtime killed the worker: the next unit gets a fresh pool
+                    out.append(self._rebuild_alone(job))
+        except BaseException:   # Stopped (a signal) or an error here: no build outlives the search
+            self._kill_pool()
+            raise
         return out
 
     def _rebuild_alone(self, job: dict) -> dict:
@@ -204,7 +221,19 @@ class PipelineLab:
             pool.shutdown(cancel_futures=True)
             self._remove_unit(retry["work"])
 
-    def _run_ray(self, jobs: list[dict]) -> list[dict]:
+    def _kill_pool(self) -> None:
+        """End the build processes now (a build past the deadline, or a signal); the next build starts a pool."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        processes = list((getattr(pool, "_processes", None) or {}).values())
+        for p in processes:
+            p.kill()
+        for p in processes:
+            p.join(timeout=10)
+        pool.shutdown(wait=False, cancel_futures=True)
+
+    def _run_ray(self, jobs: list[dict], deadline: float | None) -> list[dict]:
         try:
             import ray
         except ImportError:
@@ -227,8 +256,16 @@ class PipelineLab:
         out = []
         for job, ref in zip(jobs, refs):
             try:
-                out.append(ray.get(ref))
-            except Exception as e:  # the task's process died, or Ray failed it
+                out.append(ray.get(ref, timeout=None if deadline is None else max(deadline - self.clock(), 0.0)))
+            except ray.exceptions.GetTimeoutError:
+                ray.cancel(ref, force=True)
+                out.append(_stopped(job, "stopped at the budget while it was being built"))
+            except BaseException as e:
+                if not isinstance(e, Exception):   # Stopped (a signal): no task outlives the search
+                    for r in refs:
+                        ray.cancel(r, force=True)
+                    raise
+                # the task's process died, or Ray failed it
                 error = f"the Ray task failed: {type(e).__name__}: {' '.join(str(e).split())[:200]}"
                 out.append({cid: {"id": cid, "error": error, "transient": True} for cid in job["ids"].values()})
         return out
@@ -273,6 +310,10 @@ class PipelineLab:
                 o["p90"].append(res.timing.p90_ms)
                 o["peak_rss_bytes"] = max(o["peak_rss_bytes"] or 0, res.peak_rss_bytes or 0) or None
         return out
+
+
+def _stopped(job: dict, why: str) -> dict:
+    return {cid: {"id": cid, "error": why, "interrupted": True} for cid in job["ids"].values()}
 
 
 def _absolute_paths(recipe: dict) -> dict:

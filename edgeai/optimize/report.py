@@ -41,8 +41,18 @@ def report_dict(result: SearchResult, config: dict, env: dict) -> dict:
             "why": result.why, "objective": config["objective"], "max_drop": config["max_drop"],
             "rule": f"chosen over FP32 only at >= {MIN_SPEEDUP}x median speedup and faster in every round",
             "budget_minutes": config["budget_minutes"], "elapsed_s": result.elapsed_s,
-            "budget_reached": result.budget_reached, "notes": result.notes, "env": env, "config": config,
+            "budget_reached": result.budget_reached, "stopped": _stopped(result), "notes": result.notes,
+            "formats": result.formats, "pruning": result.pruning, "env": env, "config": config,
             "candidates": [candidate_dict(r) for r in result.rows]}
+
+
+def _stopped(result: SearchResult) -> dict | None:
+    """Why the search stopped before its plan was done (None: it was not)."""
+    if result.stopped is None:
+        return None
+    why = ("the budget: no further build could finish within it" if result.stopped == "budget"
+           else f"{result.stopped} received")
+    return {"by": result.stopped, "why": why, "after_s": round(result.elapsed_s, 1)}
 
 
 def write_all(out_dir: Path, result: SearchResult, config: dict, env: dict, recipe: dict) -> dict:
@@ -136,8 +146,12 @@ def _fmt(v: Any, spec: str) -> str:
 
 def markdown(report: dict) -> str:
     base = report["baseline"]
-    lines = [f"# edgeai optimize: {report['chosen']}", "",
-             f"**Chosen:** {report['why']}", "",
+    lines = [f"# edgeai optimize: {report['chosen']}", ""]
+    if report.get("stopped"):
+        st = report["stopped"]
+        lines += [f"**Stopped early** after {st['after_s'] / 60:.1f} min ({st['why']}): the choice is the best of "
+                  "what was built and timed by then.", ""]
+    lines += [f"**Chosen:** {report['why']}", "",
              f"Objective {report['objective']}, accuracy budget {report['max_drop']:g} "
              f"({base['metric']}), {report['rule']}. Baseline {base['id']}: p50 {_fmt(base['p50_ms'], '.3f')} ms, "
              f"{base['metric']} {_fmt(base['value'], '.4g')}. Search took {report['elapsed_s'] / 60:.1f} of "
@@ -149,6 +163,10 @@ def markdown(report: dict) -> str:
         lines.append(f"| {c['id']} | {c['status']} | {_fmt(size, '.3f')} | {_fmt(c['p50_ms'], '.3f')} | "
                      f"{_fmt(c['p90_ms'], '.3f')} | {_fmt(c['speedup'], '.2f')} | {_fmt(c['value'], '.4g')} | "
                      f"{_fmt(c['drop'], '+.4g')} | {c['reason'].replace('|', '/')} |")
+    lines += _formats_md(report)
+    if report.get("pruning", {}).get("method"):
+        p = report["pruning"]
+        lines += ["", f"Pruning search: {p['method']}."]
     if report["notes"]:
         lines += ["", *[f"- {n}" for n in report["notes"]]]
     cpu, device = report["env"].get("cpu", {}), report["env"].get("device")
@@ -157,6 +175,20 @@ def markdown(report: dict) -> str:
                   f"{' '.join(cpu.get('flags', []))}); timing: {report['config']['rounds']} interleaved rounds, "
                   f"each candidate in a fresh process, {report['config']['threads']} thread(s), batch 1.", ""]
     return "\n".join(lines)
+
+
+def _formats_md(report: dict) -> list[str]:
+    """Each format's FP32, best unpruned and best candidate, all against the same baseline."""
+    rows = report.get("formats") or []
+    if len(rows) < 2:
+        return []
+    base = report["baseline"]["id"]
+    out = ["", f"Formats against the same baseline ({base}):", "",
+           "| format | FP32 speedup | best unpruned | speedup | best | speedup |", "|---|---|---|---|---|---|"]
+    for f in rows:
+        out.append(f"| {f['format']} | {_fmt(f['fp32_speedup'], '.2f')} | {f['best_unpruned'] or '-'} | "
+                   f"{_fmt(f['best_unpruned_speedup'], '.2f')} | {f['best'] or '-'} | {_fmt(f['best_speedup'], '.2f')} |")
+    return out
 
 
 def recipe_yaml(recipe: dict, chosen: Row) -> str:
