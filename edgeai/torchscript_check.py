@@ -16,6 +16,7 @@ import zipfile
 from pathlib import Path
 
 from edgeai.errors import ModelLoadError
+from edgeai.modelfile import TRUST_HINT
 from edgeai.opcheck import op_refusal
 
 # names the TorchScript compiler resolves to pure builtins (no fork, rpc_*, wait, awaitable)
@@ -28,7 +29,6 @@ _PICKLE_GLOBALS = re.compile(r"torch\._utils (_rebuild_tensor|_rebuild_tensor_v2
                              r"_rebuild_sparse_tensor)|torch\.jit\._pickle (build_\w+|restore_type_tag)|"
                              r"collections OrderedDict|(builtins|__builtin__) set|torch (\w+Storage|device)")
 _CUSTOM_CLASS = re.compile(r"\btorch\.classes\b")
-TRUST = "if you trust the file, pass --trust-pickle (Python: trust_pickle=True)"
 
 
 def check_torchscript(path: Path) -> None:
@@ -48,7 +48,7 @@ def check_torchscript(path: Path) -> None:
 
 
 def _refuse(path: Path, why: str) -> None:
-    raise ModelLoadError(f"{str(path)!r} {why}; {TRUST}")
+    raise ModelLoadError(f"{str(path)!r} {why}; {TRUST_HINT}")
 
 
 def _text(path: Path, rel: str, data: bytes) -> str:
