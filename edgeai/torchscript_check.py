@@ -9,12 +9,14 @@ the same way), or a pure builtin; and the pickles only name tensor rebuilders an
 from __future__ import annotations
 
 import ast
-import pickletools
+import io
+import pickle
 import re
 import zipfile
 from pathlib import Path
 
 from edgeai.errors import ModelLoadError
+from edgeai.modelfile import TRUST_HINT
 from edgeai.opcheck import op_refusal
 
 # names the TorchScript compiler resolves to pure builtins (no fork, rpc_*, wait, awaitable)
@@ -27,7 +29,6 @@ _PICKLE_GLOBALS = re.compile(r"torch\._utils (_rebuild_tensor|_rebuild_tensor_v2
                              r"_rebuild_sparse_tensor)|torch\.jit\._pickle (build_\w+|restore_type_tag)|"
                              r"collections OrderedDict|(builtins|__builtin__) set|torch (\w+Storage|device)")
 _CUSTOM_CLASS = re.compile(r"\btorch\.classes\b")
-TRUST = "if you trust the file, pass --trust-pickle (Python: trust_pickle=True)"
 
 
 def check_torchscript(path: Path) -> None:
@@ -47,7 +48,7 @@ def check_torchscript(path: Path) -> None:
 
 
 def _refuse(path: Path, why: str) -> None:
-    raise ModelLoadError(f"{str(path)!r} {why}; {TRUST}")
+    raise ModelLoadError(f"{str(path)!r} {why}; {TRUST_HINT}")
 
 
 def _text(path: Path, rel: str, data: bytes) -> str:
@@ -82,20 +83,19 @@ class _Archive:
 
     def check(self, rel: str, tree: ast.Module) -> None:
         for scope, nodes in _scopes(tree):
-            bound = {t.id for node in nodes if isinstance(node, ast.Assign) and self._defined(_dotted(node.value))
-                     for t in node.targets if isinstance(t, ast.Name)}
-            inner = {id(n.func) for n in nodes if isinstance(n, ast.Call)}
-            inner |= {id(n.value) for n in nodes if isinstance(n, ast.Attribute)}
+            by_type: dict[type, list] = {}
             for node in nodes:
-                if isinstance(node, ast.Call):
-                    why = self._call_refusal(node.func, bound)
-                elif isinstance(node, ast.Attribute) and id(node) not in inner \
-                        and _dotted(node).startswith(("torch.", "ops.")):
-                    why = self._op_refusal(_dotted(node))  # an operator taken as a value
-                elif isinstance(node, (ast.Import, ast.ImportFrom, ast.Lambda)):
-                    why = "Python syntax TorchScript never writes"
-                else:
-                    continue
+                by_type.setdefault(type(node), []).append(node)
+            calls, attrs = by_type.get(ast.Call, []), by_type.get(ast.Attribute, [])
+            bound = {t.id for node in by_type.get(ast.Assign, []) if self._defined(_dotted(node.value))
+                     for t in node.targets if isinstance(t, ast.Name)}
+            inner = {id(n.func) for n in calls} | {id(n.value) for n in attrs}
+            checks = [(n, self._call_refusal(n.func, bound)) for n in calls]
+            checks += [(n, self._op_refusal(_dotted(n))) for n in attrs  # an operator taken as a value
+                       if id(n) not in inner and _dotted(n).startswith(("torch.", "ops."))]
+            checks += [(n, "Python syntax TorchScript never writes")
+                       for kind in (ast.Import, ast.ImportFrom, ast.Lambda) for n in by_type.get(kind, [])]
+            for node, why in checks:
                 if why:
                     _refuse(self.path, f"{why} ({rel} line {node.lineno}, in {scope})")
 
@@ -159,15 +159,57 @@ def _dotted(node: ast.expr) -> str:
 
 
 def _check_pickle(path: Path, rel: str, data: bytes, classes: set[str]) -> None:
+    """Every global the pickle names (GLOBAL, STACK_GLOBAL, INST, OBJ, EXT*: each goes through find_class)
+    must be a tensor rebuilder or a class of the archive. The pickle is walked by the C unpickler with
+    find_class returning an inert placeholder, so nothing it names is ever imported or called."""
+    unpickler = _NamesOnly(io.BytesIO(data))
     try:
-        for op, arg, _ in pickletools.genops(data):
-            if op.name == "GLOBAL":
-                module, _, name = str(arg).partition(" ")
-                if not (_PICKLE_GLOBALS.fullmatch(str(arg)) or (module.startswith("__torch__")
-                                                                and f"{module}.{name}" in classes)):
-                    _refuse(path, f"unpickles {module}.{name} ({rel}), which is neither a tensor nor a class of "
-                                  "the archive")
-            elif op.name in ("STACK_GLOBAL", "INST", "OBJ", "EXT1", "EXT2", "EXT4"):
-                _refuse(path, f"has a pickle opcode TorchScript never writes ({op.name} in {rel})")
-    except ValueError as e:  # pickletools: truncated or unknown opcodes
-        _refuse(path, f"has a damaged pickle ({rel}: {e})")
+        unpickler.load()
+    except _Refused as e:
+        module, name = e.args
+        if not (module.startswith("__torch__") and f"{module}.{name}" in classes):
+            _refuse(path, f"unpickles {module}.{name} ({rel}), which is neither a tensor nor a class of the archive")
+    except Exception as e:  # truncated, unknown opcodes, ...
+        _refuse(path, f"has a damaged pickle ({rel}: {type(e).__name__})")
+    for module, name in unpickler.archive_classes:
+        if f"{module}.{name}" not in classes:
+            _refuse(path, f"unpickles {module}.{name} ({rel}), which is neither a tensor nor a class of the archive")
+
+
+class _Refused(Exception):
+    pass
+
+
+class _Inert:
+    """What every global of a checked pickle becomes: calling, building or filling it does nothing."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        pass
+
+    def __setitem__(self, key, value):
+        pass
+
+    def append(self, value):
+        pass
+
+    def extend(self, values):
+        pass
+
+
+class _NamesOnly(pickle.Unpickler):
+    def __init__(self, file):
+        super().__init__(file)
+        self.archive_classes: list[tuple[str, str]] = []
+
+    def find_class(self, module, name):
+        if module.startswith("__torch__"):
+            self.archive_classes.append((module, name))
+        elif not _PICKLE_GLOBALS.fullmatch(f"{module} {name}"):
+            raise _Refused(module, name)
+        return _Inert
+
+    def persistent_load(self, pid):
+        return None  # a storage record of the archive: its bytes are data

@@ -242,7 +242,7 @@ def sample_sets(source: ModelSource, samples: Mapping[str, np.ndarray] | None) -
     return sets
 
 
-MAX_SAMPLE_BATCHES = 16   # batches of eval samples an FP32 artifact is also verified on
+MAX_SAMPLE_BATCHES = 8    # batches of eval samples an FP32 artifact is also verified on
 
 
 def verify(source: ModelSource, artifact: ArtifactHandle, tolerance: Tolerance = FP32_TOLERANCE,

@@ -19,7 +19,9 @@ def test_reference_model_end_to_end(cli, tmp_path, key):
     assert code == 0, err
     entry = Manifest.read(out).get()
     assert entry.parity["passed"] and entry.parity["max_abs"] < 1e-4
-    assert len(entry.parity["checks"]) == 1 + len({d for s in entry.inputs for d in s["shape"] if isinstance(d, str)})
+    shapes = [c for c in entry.parity["checks"] if "samples" not in c["dims"]]
+    assert len(shapes) == 1 + len({d for s in entry.inputs for d in s["shape"] if isinstance(d, str)})
+    assert [c["dims"]["samples"] for c in entry.parity["checks"][len(shapes):]] == [f"{i}-{i + 1}" for i in range(0, 16, 2)]
     # top-1 of the artifact in onnxruntime equals the accuracy recorded at training time
     assert entry.metrics["top1"] == pytest.approx(100 * ref.accuracy, abs=0.3)
     assert "top1" in stdout
