@@ -1,6 +1,11 @@
-"""Shared by the benchmark scripts: model lists, random data, Markdown/JSON output with the machine named."""
+"""Shared by the benchmark scripts: model lists, random data, Markdown/JSON output with the machine named.
+
+A run writes to benchmarks/results/runs/NAME-TIMESTAMP.json (and .md), never over the committed
+results/NAME.json, unless the script is given --write-results.
+"""
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import tempfile
@@ -67,14 +72,40 @@ def markdown_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str
     return "\n".join(lines)
 
 
-def write_results(name: str, rows: list[dict], table: str, env: dict, extra: dict | None = None) -> None:
-    RESULTS.mkdir(exist_ok=True)
+def parser(doc: str) -> argparse.ArgumentParser:
+    """The scripts' argument parser: --help describes the run, --write-results replaces the committed tables."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--write-results", action="store_true",
+                    help="write over the committed benchmarks/results/NAME.json and .md (default: a new file "
+                         "under benchmarks/results/runs/)")
+    return ap
+
+
+def check_only(ap: argparse.ArgumentParser, only: list[str] | None, known) -> None:
+    """Refuse --only names the script does not know (a typo would otherwise produce an empty table)."""
+    unknown = [n for n in only or () if n not in known]
+    if unknown:
+        ap.error(f"--only: unknown model(s) {', '.join(unknown)}; known: {', '.join(known)}")
+
+
+def result_path(name: str, write_results: bool, suffix: str = ".json") -> Path:
+    """results/NAME.json with --write-results, else a new runs/NAME-TIMESTAMP.json."""
+    if write_results:
+        return RESULTS / f"{name}{suffix}"
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    return RESULTS / "runs" / f"{name}-{stamp}{suffix}"
+
+
+def write_results(name: str, rows: list[dict], table: str, env: dict, extra: dict | None = None, *,
+                  write_results: bool) -> None:
+    path = result_path(name, write_results)
+    path.parent.mkdir(parents=True, exist_ok=True)
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     payload = {"schema": f"edgeai.benchmarks.{name}/1", "created": created, "env": env, "rows": rows,
                **(extra or {})}
-    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
-    (RESULTS / f"{name}.md").write_text(f"Machine: {machine_line(env)}\n\nCreated {created}.\n\n{table}\n")
-    print(f"\nMachine: {machine_line(env)}\n\n{table}\n\nwrote {RESULTS / (name + '.json')} and .md")
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    path.with_suffix(".md").write_text(f"Machine: {machine_line(env)}\n\nCreated {created}.\n\n{table}\n")
+    print(f"\nMachine: {machine_line(env)}\n\n{table}\n\nwrote {path} and .md")
 
 
 def workdir():
@@ -101,15 +132,19 @@ def timed(targets: list[str], threads: int, min_seconds: float, rounds: int = 3)
 
 def models_main(name: str, doc: str, run, columns, extra_models=()) -> None:
     """The command line shared by the per-model benchmarks: pick models, run, write the table."""
-    import argparse
     import logging
 
-    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", nargs="*", help="model names to run (default: all)")
+    ap = parser(doc)
+    ap.add_argument("--only", nargs="*", help="model names to run (default: all; a wrong one lists them)")
     ap.add_argument("--min-seconds", type=float, default=2.0, help="timed seconds per variant (default 2)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--results", default=name, help=f"results file stem under benchmarks/results (default {name})")
     args = ap.parse_args()
+    if args.only:  # the names need the edge models' module, which imports torch: not for --help
+        from edge_models import EDGE_MODELS
+        from edgeai.zoo import REFERENCE_MODELS
+        known = [f"digits-{m}" for m in REFERENCE_MODELS] + list(EDGE_MODELS) + [m[0] for m in extra_models]
+        check_only(ap, args.only, known)
     logging.basicConfig(level=logging.WARNING)
     with workdir() as tmp:
         folder = Path(tmp)
@@ -118,4 +153,5 @@ def models_main(name: str, doc: str, run, columns, extra_models=()) -> None:
             models = [m for m in models if m[0] in args.only]
         rows = run(models, args.min_seconds, args.threads, folder)
     write_results(args.results, rows, markdown_table(rows, columns), environment(),
-                  {"threads": args.threads, "batch": 1, "min_seconds": args.min_seconds})
+                  {"threads": args.threads, "batch": 1, "min_seconds": args.min_seconds},
+                  write_results=args.write_results)

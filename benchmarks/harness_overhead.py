@@ -3,11 +3,11 @@
 Run from the repository root:  python benchmarks/harness_overhead.py  (about 40 s on 2 cores).
 Everything is measured in one process, the three methods interleaved repetition by repetition
 (order rotated) so that machine noise hits all of them alike; the isolated path's timed runs
-happen in its worker process. Writes benchmarks/results/harness_overhead.json.
+happen in its worker process. Writes benchmarks/results/runs/harness_overhead-TIMESTAMP.json
+(benchmarks/results/harness_overhead.json with --write-results).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -20,13 +20,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a source checkout
 
+import _common as C  # noqa: E402
 from edgeai import runtime  # noqa: E402
 from edgeai.bench import bench, time_session  # noqa: E402
 from edgeai.bench.env import environment  # noqa: E402
 from edgeai.bench.stats import TimingStats  # noqa: E402
 
 TARGET_PCT = 2.0
-RESULT = Path(__file__).resolve().parent / "results" / "harness_overhead.json"
 
 
 def build_conv_net(path: Path, channels: int, size: int, layers: int) -> dict:
@@ -90,12 +90,14 @@ def bare_loop(run, names, feeds, warmup: int, runs: int) -> TimingStats:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = C.parser(__doc__)
     ap.add_argument("--reps", type=int, default=20, help="interleaved repetitions (default 20)")
     ap.add_argument("--runs", type=int, default=200, help="timed runs per method per repetition")
     ap.add_argument("--warmup", type=int, default=20)
-    ap.add_argument("--json", type=Path, default=RESULT)
+    ap.add_argument("--json", type=Path, default=None,
+                    help="where to write the report (default: see --write-results)")
     args = ap.parse_args()
+    args.json = args.json or C.result_path("harness_overhead", args.write_results)
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "convnet.onnx"

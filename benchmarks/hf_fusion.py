@@ -16,6 +16,7 @@ from pathlib import Path
 import _common as C
 
 SEQ = 128
+MODELS = ("bert-mini", "distilbert-4l", "vit-tiny-4l")
 COLUMNS = [("model", "model", ""), ("exporter", "export path", ""), ("variant", "variant", ""),
            ("size_mb", "size MB", ".2f"), ("p50_ms", "p50 ms", ".3f"), ("speedup", "speedup vs FP32", ".2f"),
            ("max_abs_err", "max abs err", ".2e"), ("fused", "fused ops", "")]
@@ -73,19 +74,20 @@ def run(names: list[str], min_seconds: float, threads: int, folder: Path) -> lis
 
 
 def main() -> None:
-    import argparse
     import logging
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", nargs="*", default=["bert-mini", "distilbert-4l", "vit-tiny-4l"])
+    ap = C.parser(__doc__)
+    ap.add_argument("--only", nargs="*", default=list(MODELS), help=f"models (default all): {', '.join(MODELS)}")
     ap.add_argument("--min-seconds", type=float, default=1.0)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
+    C.check_only(ap, args.only, MODELS)
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with C.workdir() as tmp:
         rows = run(args.only, args.min_seconds, args.threads, Path(tmp))
     C.write_results("hf_fusion", rows, C.markdown_table(rows, COLUMNS), C.environment(),
-                    {"threads": args.threads, "batch": 1, "seq": SEQ, "min_seconds": args.min_seconds})
+                    {"threads": args.threads, "batch": 1, "seq": SEQ, "min_seconds": args.min_seconds},
+                    write_results=args.write_results)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ int8-dynamic` (no --input flags). On 16 right-padded sentences of 64 tokens (len
 the cosine of each real token's last_hidden_state to transformers', and of the mean-pooled sentence
 embeddings, for FP32 and int8-dynamic.
 
-    python benchmarks/hf_parity.py
+    python benchmarks/hf_parity.py [--write-results]
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ def cosine(a, b):
 
 
 def main() -> None:
+    args = C.parser(__doc__).parse_args()
     import torch
     import transformers as t
 
@@ -65,7 +66,8 @@ def main() -> None:
                ("sentence_cos_min", "min cosine per sentence (mean-pooled)", ".6f"),
                ("max_abs_err", "max abs err (real tokens)", ".2e")]
     C.write_results("hf_parity", rows, C.markdown_table(rows, columns), C.environment(),
-                    {"batch": BATCH, "seq": SEQ, "model": "BertModel hidden 256, 4 layers, random weights"})
+                    {"batch": BATCH, "seq": SEQ, "model": "BertModel hidden 256, 4 layers, random weights"},
+                    write_results=args.write_results)
 
 
 if __name__ == "__main__":

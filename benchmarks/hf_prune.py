@@ -100,9 +100,8 @@ def run(ratio: float, epochs: int, min_seconds: float, threads: int, folder: Pat
 
 
 def main() -> None:
-    import argparse
     import logging
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = C.parser(__doc__)
     ap.add_argument("--ratio", type=float, default=0.5)
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--min-seconds", type=float, default=1.0)
@@ -113,7 +112,8 @@ def main() -> None:
     with C.workdir() as tmp:
         rows = run(args.ratio, args.epochs, args.min_seconds, args.threads, Path(tmp))
     C.write_results("hf_prune", rows, C.markdown_table(rows, COLUMNS), C.environment(),
-                    {"threads": args.threads, "batch": 1, "seq": SEQ, "ratio": args.ratio, "epochs": args.epochs})
+                    {"threads": args.threads, "batch": 1, "seq": SEQ, "ratio": args.ratio, "epochs": args.epochs},
+                    write_results=args.write_results)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ speedup / MAC-reduction ratio (1.0: speed tracks the MACs removed). Written to p
 """
 from __future__ import annotations
 
-import argparse
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -116,7 +115,7 @@ def run_real(names, min_seconds: float, folder: Path, batchnorm: str | None = No
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = C.parser(__doc__)
     ap.add_argument("--only", nargs="*", choices=["digits-cnn", "digits-lstm", "digits-vit", *REAL])
     ap.add_argument("--real", action="store_true", help="the real-shaped recipes instead of the digits sweep")
     ap.add_argument("--batchnorm", choices=["freeze", "train"], help="--real: override distill's BatchNorm mode")
@@ -130,14 +129,15 @@ def main() -> None:
         with C.workdir() as tmp:
             rows = run_real(args.only or REAL, args.min_seconds, Path(tmp), args.batchnorm)
         C.write_results("pruning_real" + (f"_bn_{args.batchnorm}" if args.batchnorm else ""), rows, C.markdown_table(rows, REAL_COLUMNS), C.environment(),
-                        {"threads": 1, "batch": 1, "min_seconds": args.min_seconds, "rounds": 3})
+                        {"threads": 1, "batch": 1, "min_seconds": args.min_seconds, "rounds": 3},
+                        write_results=args.write_results)
         return
     models = [m.removeprefix("digits-") for m in (args.only or ["digits-cnn", "digits-lstm", "digits-vit"])]
     with C.workdir() as tmp:
         rows = run(models, args.ratios, args.epochs, args.round_to, args.min_seconds, Path(tmp))
     C.write_results("pruning", rows, C.markdown_table(rows, COLUMNS), C.environment(),
                     {"ratios": args.ratios, "epochs": args.epochs, "round_to": args.round_to, "threads": 1,
-                     "batch": 1, "min_seconds": args.min_seconds})
+                     "batch": 1, "min_seconds": args.min_seconds}, write_results=args.write_results)
 
 
 if __name__ == "__main__":

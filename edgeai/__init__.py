@@ -9,7 +9,7 @@ import importlib
 __version__ = "0.1.0"
 
 _LAZY = {
-    "export": "edgeai.pipeline",
+    "export": "edgeai.api",          # a model spec or an nn.Module; the pipeline does the work
     "evaluate": "edgeai.evaluate",
     "bench": "edgeai.bench",
     "load_model": "edgeai.source",

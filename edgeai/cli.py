@@ -22,10 +22,11 @@ EPILOG = """examples:
   edgeai export recipes/digits_cnn.yaml -o out/cnn
   edgeai export model.py:make_model --input image:batch,3,224,224 -o out/m
   edgeai export weights.pt --arch model.py:Net --example-inputs inputs.npz -o out/m
-  edgeai run out/cnn --input inputs.npz -o outputs.npz
+  edgeai run out/cnn@fp32 --input-data inputs.npz -o outputs.npz
   edgeai bench out/cnn --threads 1
-  edgeai eval out/cnn --data edgeai/zoo/data/digits_test_image.npz
+  edgeai eval out/cnn --eval-data edgeai/zoo/data/digits_test_image.npz
   edgeai optimize edgeai.zoo:digits_cnn --input image:batch,1,32,32 --eval-data test.npz --max-drop 1 -o out/opt
+  edgeai device setup ssh://pi@raspberrypi.local      install this edgeai (+ LiteRT) on a board, in a venv
 """
 
 
@@ -57,6 +58,9 @@ def _add_export(sub) -> None:
     p.add_argument("--exporter", choices=("auto", "dynamo", "torchscript"), default=None,
                    help="ONNX export path: auto tries torch.export first, then TorchScript (default auto)")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18)")
+    p.add_argument("--allow-trace-branches", action="store_true",
+                   help="keep a TorchScript trace whose Python control flow read input values (it follows the "
+                        "example inputs' branch; --eval-data verifies it on real samples)")
     p.add_argument("--channels-last-io", action="store_true",
                    help="TFLite: take image inputs as NHWC (a camera frame needs no transpose)")
     p.add_argument("--fuse-lstm", action="store_true",
@@ -68,6 +72,9 @@ def _add_export(sub) -> None:
     p.add_argument("--quantize", action="append", default=None, metavar="SCHEME[,SCHEME]",
                    help="also write quantized variants, each verified and measured: fp16, int8-dynamic, "
                         "int8-static (calibrated full integer; int8-full is an alias), the same names for ONNX and TFLite")
+    p.add_argument("--quantize-option", action="append", default=None, metavar="SCHEME.KEY=VALUE",
+                   help="an option of a --quantize scheme, typed as the scheme's config field (repeatable), e.g. "
+                        "int8-dynamic.op_types=MatMul,Gemm,Conv or int8-static.per_channel=false")
     p.add_argument("--calibration", metavar="DATA",
                    help="calibration inputs for static INT8: FILE.npz keyed by input name, a folder of "
                         "NAME.npy files, or module:function")
@@ -117,6 +124,8 @@ def cmd_export(args) -> int:
         export_opts["exporter"] = args.exporter
     if args.opset:
         export_opts["opset"] = args.opset
+    if args.allow_trace_branches:
+        export_opts["allow_trace_branches"] = True
     if args.channels_last_io:
         export_opts["channels_last_io"] = True
     if args.fuse_lstm:
@@ -130,6 +139,10 @@ def cmd_export(args) -> int:
         data = replace(data, calibration=args.calibration)
     if args.quantize:
         opts["quantize"] = tuple({name.strip(): {}} for arg in args.quantize for name in arg.split(",") if name.strip())
+    if args.quantize_option:
+        from edgeai.vocabulary import with_scheme_options
+        opts["quantize"] = with_scheme_options(opts.get("quantize", recipe.quantize), args.quantize_option,
+                                               opts.get("format", recipe.format))
     if args.max_drop is not None:
         opts["max_drop"] = args.max_drop
     if args.metric:
@@ -143,19 +156,23 @@ def cmd_export(args) -> int:
         summary = replace(summary, threads=argtypes.cap_threads(summary.threads))
     recipe = replace(recipe, export=export_opts, tolerance=tol, data=data, summary=summary, **opts)
     with quiet_third_party(enabled=not args.debug):  # absl/oneDNN/XNNPACK lines, torchao and pytree warnings
-        outcome = export(recipe=recipe, out_dir=args.output, progress=_progress)
+        outcome = export(recipe=recipe, out_dir=args.output)  # progress: timed log lines on stderr
     print_export_summary(outcome.manifest, outcome.out_dir)
     return 0
 
 
 def _add_run(sub) -> None:
+    from edgeai.bench.results import PROVIDERS
+    from edgeai.vocabulary import add_deprecated_alias
     p = sub.add_parser("run", help="run an artifact on inputs from an .npz and save the outputs",
-                       description="Run ARTIFACT (a .onnx/.tflite file or an export folder) in its runtime.")
-    p.add_argument("artifact")
-    p.add_argument("--input", required=True, metavar="FILE.npz", help="inputs keyed by input name")
+                       description="Run ARTIFACT (a .onnx/.tflite file, an export folder's first artifact, or "
+                                   "FOLDER@ARTIFACT) in its runtime.")
+    p.add_argument("artifact", metavar="ARTIFACT|FOLDER[@ARTIFACT]")
+    p.add_argument("--input-data", metavar="FILE.npz", help="the inputs to run on, keyed by input name")
+    add_deprecated_alias(p, "--input", "--input-data", "input_data")
     p.add_argument("-o", "--output", required=True, metavar="OUT.npz", help="where to write the outputs")
-    p.add_argument("--artifact-name", default=None, help="which artifact of an export folder (default: first)")
-    p.add_argument("--provider", default="cpu", choices=("cpu", "cuda"), help="execution provider (default cpu)")
+    add_deprecated_alias(p, "--artifact-name", "FOLDER@ARTIFACT", "artifact_name")
+    p.add_argument("--provider", default="cpu", choices=PROVIDERS, help="execution provider (default cpu)")
     p.add_argument("--threads", type=argtypes.threads, default=None, metavar="N",
                    help=f"intra-op threads (default: runtime's choice; {argtypes.THREADS_HELP})")
     p.add_argument("--no-verify-digest", action="store_true", help=NO_VERIFY_HELP)
@@ -167,25 +184,27 @@ def cmd_run(args) -> int:
 
     import numpy as np
 
-    from edgeai.errors import OutputError
-    from edgeai.fsutil import atomic_write_bytes, reporting_disk_errors
+    from edgeai.fsutil import check_output_file, reporting_disk_errors, write_output
     from edgeai.runtime.subproc import load_guarded
     from edgeai.specs import load_npz
 
-    feeds = load_npz(args.input, "input file")
+    from edgeai.errors import InputSpecError
+    from edgeai.vocabulary import split_artifact
+    if not getattr(args, "input_data", None):
+        raise InputSpecError("edgeai run needs the inputs to run on: --input-data FILE.npz")
+    path, name = split_artifact(args.artifact, getattr(args, "artifact_name", None))
+    out = check_output_file(args.output)  # a bad -o fails before the model runs
+    feeds = load_npz(args.input_data, "input file")
     feeds.pop("labels", None)
     # LiteRT can abort on a bad model: it runs in a child process, so that is an error message
     threads = argtypes.cap_threads(args.threads)
-    session = load_guarded(args.artifact, artifact=args.artifact_name, provider=args.provider, threads=threads,
+    session = load_guarded(path, artifact=name, provider=args.provider, threads=threads,
                            verify_digest=not args.no_verify_digest)
     outputs = session.run(feeds)
     buf = io.BytesIO()
     np.savez(buf, **outputs)
-    out = Path(args.output)
-    if out.is_dir():
-        raise OutputError(f"output {str(out)!r} is a folder; give a file name such as out.npz")
     with reporting_disk_errors(out):
-        atomic_write_bytes(out, buf.getvalue())
+        write_output(out, buf.getvalue())
     for name, arr in outputs.items():
         print(f"{name}: shape {tuple(arr.shape)} {arr.dtype}")
     print(f"wrote {out}")
@@ -211,12 +230,24 @@ def cmd_info(args) -> int:
     if not args.no_verify_digest:
         for entry in manifest.artifacts:
             entry.verify_files(folder)
-    print_export_summary(manifest, folder)
+    _print_provenance(manifest)
+    print_export_summary(manifest, folder, title="edgeai info")
     return 0
 
 
-def _progress(message: str) -> None:
-    log.info("%s", message)
+def _print_provenance(manifest) -> None:
+    """What the folder was made from, when and with what: the lines above `info`'s table."""
+    from rich.console import Console
+    console, src = Console(), manifest.source
+    inputs = ", ".join(f"{i['name']} ({', '.join(str(d) for d in i['shape'])}) {i['dtype']}"
+                       for i in src.get("inputs", ()))
+    recipe = f" (recipe {src['recipe']})" if src.get("recipe") else ""
+    versions = ", ".join(f"{k} {v}" for k, v in manifest.versions.items() if v)
+    for line in (f"source: {src.get('origin', '?')} [{src.get('kind', '?')}]{recipe}",
+                 f"inputs: {inputs}" if inputs else "",
+                 f"created: {manifest.created}; schema {manifest.schema}", f"made with: {versions}"):
+        if line:
+            console.print(line, markup=False, highlight=False)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -236,15 +267,19 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_common(parser: argparse.ArgumentParser, default) -> None:
     parser.add_argument("--debug", action="store_true", default=default, help="show tracebacks and debug logs")
     parser.add_argument("-q", "--quiet", action="store_true", default=default, help="only print results and errors")
+    parser.add_argument("--wide", action="store_true", default=default,
+                        help="print tables with every column even past the terminal's width (by default "
+                             "the least important columns are hidden to fit, and the table says which)")
 
 
 def _extra_commands():
     """Subcommands that live beside the code they drive (bench, eval)."""
     from edgeai.bench.cli import add_parser as add_bench
+    from edgeai.bench.setup import add_parser as add_device
     from edgeai.data_text import add_parser as add_data
     from edgeai.evaluate.cli import add_parser as add_eval
     from edgeai.optimize.cli import add_parser as add_optimize
-    return [add_bench, add_eval, add_optimize, add_data]
+    return [add_bench, add_eval, add_optimize, add_data, add_device]
 
 
 def _setup_logging(debug: bool, quiet: bool) -> None:
@@ -279,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     _setup_logging(args.debug, args.quiet)
+    from edgeai.console import set_wide
+    set_wide(args.wide)
     with _sigterm_unwinds():
         try:
             argtypes.check_utf8_args(vars(args))

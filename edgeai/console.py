@@ -1,4 +1,4 @@
-"""Terminal output for people: tables at their natural width, and third-party chatter kept off stderr."""
+"""Terminal output for people: tables that fit the terminal (or all columns with --wide), and third-party chatter kept off stderr."""
 from __future__ import annotations
 
 import contextlib
@@ -20,14 +20,76 @@ NOISY_LOGGERS = ("torchao", "torch.utils._pytree", "absl", "tensorflow", "jax")
 QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "GLOG_minloglevel": "3"}
 
 
+_wide = False  # --wide: every table at its natural width, whatever the terminal's
+
+
+def set_wide(wide: bool) -> None:
+    global _wide
+    _wide = bool(wide)
+
+
+def fmt_ms(x: float | None) -> str:
+    """A latency in ms with 3 significant digits below 1 ms (0.00812, 0.143), else 2-3 decimals."""
+    if x is None:
+        return "-"
+    return f"{x:.3g}" if x < 1 else f"{x:.3f}" if x < 10 else f"{x:.2f}" if x < 100 else f"{x:.1f}"
+
+
+def _natural_width(console: Any, renderable: Any) -> int:
+    from rich.measure import Measurement
+    return Measurement.get(console, console.options.update_width(10_000), renderable).maximum
+
+
+def _fits_terminal(console: Any) -> bool:
+    """Fit to the console's width on a terminal (or when COLUMNS says how wide the pane is); a file or
+    pipe gets the natural width, since nothing wraps there."""
+    return console.is_terminal or bool(os.environ.get("COLUMNS"))
+
+
+def print_table(table: Any, console: Any = None, drop: tuple[str, ...] = (), fold: tuple[str, ...] = ()) -> None:
+    """Print a rich Table within the terminal's width, never wrapped into garbage.
+
+    Too wide: the columns named in `drop` (headers, newlines as spaces) are removed in that order until
+    it fits, then the `fold` columns fold their text; a line under the table names what was hidden.
+    `--wide` (set_wide), or output that is not a terminal, prints every column at its natural width.
+    """
+    from rich.console import Console
+    console = console or Console()
+    width = console.width
+    hidden: list[str] = []
+    if not _wide and _fits_terminal(console):
+        names = {" ".join(str(c.header).split()): c for c in table.columns}
+        for header in drop:
+            if _natural_width(console, table) <= width:
+                break
+            if header in names:
+                table.columns.remove(names[header])
+                for index, column in enumerate(table.columns):  # rich pads edge columns by their index
+                    column._index = index
+                hidden.append(header)
+        if _natural_width(console, table) > width:
+            folding = [c for c in table.columns if " ".join(str(c.header).split()) in fold]
+            for column in folding:  # what the table needs with these folded to ~12 characters
+                column.overflow, column.no_wrap = "fold", False
+                column.max_width = max(12, column.min_width or 0)
+            needed = _natural_width(console, table)
+            for column in folding:
+                column.max_width = None
+            if needed <= width:
+                table.width = width  # else numbers would be cut: print it whole, past the width
+    print_wide(table, console)
+    if hidden:
+        console.print(f"(hidden to fit {width} columns: {', '.join(hidden)}; --wide shows every column)",
+                      style="dim", markup=False, highlight=False)
+
+
 def print_wide(renderable: Any, console: Any = None) -> None:
     """Print `renderable` (a rich Table) at its natural width, even past the console's width."""
     from rich.console import Console
-    from rich.measure import Measurement
     console = console or Console()
-    needed = Measurement.get(console, console.options.update_width(10_000), renderable).maximum
+    needed = _natural_width(console, renderable)
     width = console.width
-    console.width = max(width, needed)
+    console.width = max(width, needed) if getattr(renderable, "width", None) is None else width
     try:
         console.print(renderable)
     finally:

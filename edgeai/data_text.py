@@ -66,8 +66,8 @@ def load_tokenizer(spec: str):
     try:
         from transformers import AutoTokenizer
     except ImportError:
-        from edgeai.hf import INSTALL
-        raise MissingDependencyError(f"--tokenizer hf:... needs transformers; run: {INSTALL}") from None
+        from edgeai.extras import install_command
+        raise MissingDependencyError(f"--tokenizer hf:... needs transformers; run: {install_command('hf')}") from None
     if not spec.startswith("hf:"):
         raise DataError(f"--tokenizer {spec!r}: write hf:FOLDER (a saved tokenizer) or hf:ORG/NAME")
     folder, name, _ = resolve_folder(spec)
@@ -134,18 +134,15 @@ def add_parser(sub) -> None:
 
 
 def cmd_text(args) -> int:
-    from edgeai.errors import OutputError
-    from edgeai.fsutil import atomic_write_bytes, reporting_disk_errors
+    from edgeai.fsutil import check_output_file, reporting_disk_errors, write_output
     if args.max_length is not None and args.max_length < 2:
         raise DataError(f"--max-length must be >= 2 (room for the special tokens), got {args.max_length}")
-    out = Path(args.output)
-    if out.is_dir():
-        raise OutputError(f"output {str(out)!r} is a folder; give a file name such as data.npz")
+    out = check_output_file(args.output)
     feeds = tokenize_file(args.file, args.tokenizer, args.max_length)
     buf = io.BytesIO()
     np.savez(buf, **feeds)
     with reporting_disk_errors(out):
-        atomic_write_bytes(out, buf.getvalue())
+        write_output(out, buf.getvalue())
     for name, arr in feeds.items():
         print(f"{name}: shape {tuple(arr.shape)} {arr.dtype}")
     print(f"wrote {out}")

@@ -1,4 +1,5 @@
-"""Atomic file writes and hashing: an interrupted write never leaves a half-written file (stdlib only)."""
+"""Atomic file writes and hashing: an interrupted write never leaves a half-written file, and no write
+follows a link or replaces a device (stdlib only)."""
 from __future__ import annotations
 
 import contextlib
@@ -6,9 +7,10 @@ import errno
 import hashlib
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from edgeai.errors import OutputError
 
@@ -22,9 +24,14 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, fsync, then rename over `path`."""
+    """Write to a temp file in the same folder, fsync, then rename over `path`.
+
+    Only an absent path or a regular file is replaced: a link, folder, device or FIFO there is
+    refused (OutputError), so a rename never swaps out something that is not a file edgeai writes.
+    """
     path = Path(path)
     ensure_writable_dir(path.parent)
+    _check_replaceable(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a published file gets the usual mode
@@ -33,10 +40,108 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise disk_error(path, e) or OutputError(f"cannot write {str(path)!r}: {e.strerror or e}") from None
         raise
+
+
+def write_output(path: str | Path, data: bytes) -> None:
+    """Write a file the user named (run -o, bench --json, eval --json, data text -o).
+
+    A regular file (or nothing) is replaced atomically; a character device or FIFO (`-o /dev/null`)
+    is opened and written, never replaced; a link, folder, block device or socket is refused.
+    """
+    path = Path(path)
+    st = _lstat(path)
+    if st is None or stat.S_ISREG(st.st_mode):
+        atomic_write_bytes(path, data)
+        return
+    check_output_file(path)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_NOCTTY)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+    except OSError as e:
+        raise disk_error(path, e) or OutputError(f"cannot write {str(path)!r}: {e.strerror or e}") from None
+
+
+def check_output_file(path: str | Path) -> Path:
+    """Raise OutputError unless `path` can take a file the user named: absent, a regular file, a
+    character device or a FIFO (see write_output); checked before any work so a bad -o fails at once."""
+    path = Path(path)
+    st = _lstat(path)
+    if st is not None and not (stat.S_ISREG(st.st_mode) or stat.S_ISCHR(st.st_mode) or stat.S_ISFIFO(st.st_mode)):
+        hint = "give a file name such as out.npz" if stat.S_ISDIR(st.st_mode) else "name a regular file"
+        raise OutputError(f"output {str(path)!r} is {_kind(st)}; edgeai writes only regular files, devices "
+                          f"and FIFOs there, never through a link: {hint}")
+    return path
+
+
+def _check_replaceable(path: Path) -> None:
+    st = _lstat(path)
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        raise OutputError(f"refusing to replace {str(path)!r}: it is {_kind(st)}, not a file edgeai writes; "
+                          "remove it or choose another output")
+
+
+def _lstat(path: Path) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise OutputError(f"cannot inspect {str(path)!r}: {e.strerror or e}") from None
+
+
+def _kind(st: os.stat_result) -> str:
+    mode = st.st_mode
+    for test, name in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a folder"), (stat.S_ISREG, "a file"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def real_dirs(base: str | Path, *parts: str) -> Path:
+    """`base/parts...`, each part made if missing. A part that is a link (or anything but a folder) is
+    refused with OutputError naming it: nothing below `base` is ever reached through a link. `base`
+    itself is the folder the user named and may be one."""
+    path = Path(base)
+    for part in parts:
+        path = path / part
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            check_real_dir(path)
+        except OSError as e:
+            raise OutputError(f"cannot create folder {str(path)!r}: {e.strerror or e}") from None
+    return path
+
+
+def check_real_dir(path: str | Path) -> Path:
+    """`path` if it is a folder and not a link, else OutputError naming it."""
+    st = _lstat(Path(path))
+    if st is None or not stat.S_ISDIR(st.st_mode):
+        what = "missing" if st is None else _kind(st)
+        raise OutputError(f"refusing {str(path)!r}: it is {what}, not a folder edgeai made (a link is never "
+                          "followed here); remove it and run again")
+    return Path(path)
+
+
+def copy_new_file(src: str | Path, dst: str | Path) -> None:
+    """Copy `src` to `dst`, which must not exist yet: created with O_EXCL | O_NOFOLLOW, so a link or file
+    planted at `dst` is refused (OutputError), never written through."""
+    try:
+        fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
+    except OSError as e:
+        raise OutputError(f"refusing to write {str(dst)!r}: {e.strerror or e} (something was put there while "
+                          "edgeai was writing)") from None
+    with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
+        shutil.copyfileobj(inp, out, 1 << 20)
 
 
 def _umask() -> int:
@@ -94,6 +199,17 @@ def check_output_target(path: str | Path) -> Path:
 @contextlib.contextmanager
 def _locked(folder: Path) -> Iterator[None]:
     """Hold an exclusive flock on `folder` (the lock goes with the descriptor); OutputError if taken."""
+    fd = hold_lock(folder, busy=f"another edgeai export is writing to {str(folder)!r}; wait for it to finish "
+                                "or choose another folder with -o")
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
+def hold_lock(folder: Path, busy: str | None = None) -> int:
+    """Take an exclusive flock on `folder`, held until the returned descriptor is closed (or the process
+    dies); OutputError (`busy`) if another process holds it."""
     import fcntl  # POSIX only: exports run on the workstation, the runtime may run anywhere
 
     try:
@@ -101,14 +217,26 @@ def _locked(folder: Path) -> Iterator[None]:
     except OSError as e:
         raise OutputError(f"cannot open output folder {str(folder)!r}: {e.strerror or e}") from None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise OutputError(f"another edgeai export is writing to {str(folder)!r}; wait for it to finish "
-                              "or choose another folder with -o") from None
-        yield
-    finally:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
         os.close(fd)
+        raise OutputError(busy or f"{str(folder)!r} is in use by another edgeai process") from None
+    return fd
+
+
+def remove_unlocked(folders: Iterable[Path]) -> None:
+    """Remove each folder (not a link) that no live process holds a hold_lock on: left by a killed one."""
+    for folder in folders:
+        if folder.is_symlink() or not folder.is_dir():
+            continue
+        try:
+            fd = hold_lock(folder)
+        except OutputError:
+            continue
+        try:
+            shutil.rmtree(folder, ignore_errors=True)
+        finally:
+            os.close(fd)
 
 
 @contextlib.contextmanager
@@ -168,7 +296,16 @@ def _remove_created(created: list[Path]) -> None:
 
 
 def publish(staged: Path, final_dir: Path, names: list[str]) -> None:
-    """Move staged files into `final_dir` by rename (atomic per file); pass the manifest last."""
+    """Move staged files into `final_dir` by rename (atomic per file); pass the manifest last.
+
+    Every name is checked first (each once, each a regular file in `staged`), so a bad list fails
+    before the folder is touched.
+    """
+    for name in names:
+        st = _lstat(staged / name)
+        if names.count(name) != 1 or st is None or not stat.S_ISREG(st.st_mode):
+            what = "names it twice" if names.count(name) != 1 else "did not stage it as a file"
+            raise OutputError(f"cannot publish {name!r} into {str(final_dir)!r}: the export {what}")
     for name in names:
         os.replace(staged / name, Path(final_dir) / name)
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import numpy as np
 
 from edgeai.errors import InputSpecError, MissingDependencyError, ModelLoadError
+from edgeai.extras import install_command
 from edgeai.specs import TensorSpec
 
 if TYPE_CHECKING:  # source.py imports this module lazily
@@ -19,7 +20,6 @@ if TYPE_CHECKING:  # source.py imports this module lazily
 log = logging.getLogger(__name__)
 
 PREFIX = "hf:"
-INSTALL = 'pip install -c constraints.txt "edgeai[hf]"'
 # Optimum's dynamic axes that stay dynamic, under edgeai's dim names; every other axis Optimum marks
 # dynamic (image height/width, channels, mel bins) is fixed at the config's size: the model's
 # position embeddings or feature extractor only accept that size
@@ -75,7 +75,7 @@ def _from_cache(repo: str, revision: str | None) -> tuple[Path, str]:
         from huggingface_hub import constants, snapshot_download
         from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
     except ImportError:
-        raise MissingDependencyError(f"hf: models need the Hugging Face extra; run: {INSTALL}") from None
+        raise MissingDependencyError(f"hf: models need the Hugging Face extra; run: {install_command('hf')}") from None
     offline = bool(constants.HF_HUB_OFFLINE)
     try:
         path = Path(snapshot_download(repo, revision=revision, local_files_only=offline,
@@ -151,7 +151,7 @@ def load_hf(spec: str, *, task: str | None = None, trust_pickle: bool = False,
     module = _wrap(model, onnx_config, list(axes), outputs)
     provenance = {"loader": "hf", "model_id": ref.model_id, "revision": ref.revision, "task": task,
                   "model_type": config.model_type, "architecture": type(model).__name__, "weights": ref.weights,
-                  "outputs": outputs, **optimum.versions}
+                  "outputs": outputs, **optimum.versions, **_max_dims(model, specs)}
     source = ModelSource("hf", spec, module, feeds, specs, provenance=provenance)
     _check_forward(source)
     return source
@@ -161,6 +161,21 @@ def _spec(name: str, arr: np.ndarray, axes: Mapping[int, str]) -> TensorSpec:
     shape = tuple(DIM_NAMES[axes[i]] if axes.get(i) in DIM_NAMES else int(s) for i, s in enumerate(arr.shape))
     sizes = {d: int(s) for d, s in zip(shape, arr.shape) if isinstance(d, str)}
     return TensorSpec(name, shape, str(arr.dtype), sizes)
+
+
+def _max_dims(model, specs: list[TensorSpec]) -> dict:
+    """{"max_dims": {"seq": N}} when the model has a position table: N positions (less the
+    padding offset RoBERTa-style tables start after); verification stays within it."""
+    import torch
+    if not any("seq" in s.dynamic_dims for s in specs):
+        return {}
+    limits = []
+    for module in model.modules():
+        table = getattr(module, "position_embeddings", None)
+        if isinstance(table, torch.nn.Embedding):
+            offset = table.padding_idx + 1 if table.padding_idx is not None else 0
+            limits.append(table.num_embeddings - offset)
+    return {"max_dims": {"seq": min(limits)}} if limits else {}
 
 
 def _user_examples(data, specs: list[TensorSpec]) -> tuple[dict[str, np.ndarray], list[TensorSpec]]:
@@ -191,7 +206,7 @@ def _optimum() -> _Optimum:
         import optimum.exporters.onnx.model_configs  # noqa: F401  (registers the ONNX export configs)
         from optimum.exporters.tasks import TasksManager
     except ImportError:
-        raise MissingDependencyError(f"hf: models need Optimum and transformers; run: {INSTALL}") from None
+        raise MissingDependencyError(f"hf: models need Optimum and transformers; run: {install_command('hf')}") from None
     versions = {p: version(p) for p in ("transformers", "optimum", "optimum-onnx")}
     return _Optimum(TasksManager, versions)
 

@@ -10,6 +10,15 @@ from typing import Callable
 from edgeai.errors import EdgeAIError
 
 
+def _working_folder_on_path() -> None:
+    """Let `package.module:name` name a package in the working folder, as `python -m` does, without a
+    PYTHONPATH=. the user would have to know about. Appended, not prepended: a file in the working
+    folder never shadows an installed package (a local yaml.py stays out of the way of PyYAML)."""
+    cwd = str(Path.cwd())
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.append(cwd)
+
+
 def import_callable(spec: str, what: str, error: type[EdgeAIError]) -> Callable:
     """The callable `name` of `file.py:name` or `package.module:name`; `error` for every failure."""
     target, _, name = spec.rpartition(":")
@@ -30,6 +39,7 @@ def import_callable(spec: str, what: str, error: type[EdgeAIError]) -> Callable:
                     del sys.modules[mod_name]
                     raise
         else:
+            _working_folder_on_path()
             module = importlib.import_module(target)
     except EdgeAIError:
         raise

@@ -9,6 +9,7 @@ import zipfile
 from pathlib import Path
 
 from edgeai.errors import ModelLoadError
+from edgeai.opcheck import HIGHER_ORDER_OPS, op_refusal
 
 TRUST_HINT = "if you trust the file, pass --trust-pickle (Python: trust_pickle=True)"
 
@@ -19,12 +20,13 @@ _PT2_AOTI = "data/aotinductor/"
 _PT2_PAYLOAD_CONFIGS = ("data/weights/", "data/constants/")
 _PT2_RAW_PREFIXES = ("weight_", "tensor_")   # raw tensor bytes; custom_obj_/opaque_obj_ are pickles
 
-# graph targets torch resolves to callables: ATen/custom operators, arithmetic from operator and math, torch.sym_*
+# graph targets torch resolves to callables: operators (torch.ops.NS.NAME.OVERLOAD, checked against the
+# schema allowlist), higher-order operators, arithmetic from operator and math, torch.sym_*
 _NAME = r"(?!__)\w+"  # no dunder attributes
 _OPERATORS = ("getitem add sub mul truediv floordiv mod pow neg pos abs invert and_ or_ xor not_ "
               "eq ne lt le gt ge lshift rshift").split()  # not call, attrgetter, methodcaller, ...
-_SAFE_TARGET = re.compile(rf"torch\.ops\.{_NAME}\.{_NAME}(\.{_NAME})?|_operator\.({'|'.join(_OPERATORS)})|"
-                          rf"math\.{_NAME}|torch\._?sym_[a-z]\w*")
+_OP_TARGET = re.compile(rf"torch\.ops\.(?P<ns>{_NAME})\.(?P<name>{_NAME})(\.(?P<overload>{_NAME}))?")
+_PY_TARGET = re.compile(rf"_operator\.({'|'.join(_OPERATORS)})|math\.{_NAME}|torch\._?sym_[a-z]\w*")
 # names a symbolic shape expression may use: shape symbols (s0, u1) and the sympy functions torch prints
 _SYMBOL = re.compile(r"[a-z]{1,3}\d+")
 _SYMPY_NAMES = frozenset(
@@ -121,13 +123,53 @@ def _check_graph(path: Path, rel: str, program: dict) -> None:
         if not isinstance(guard, str) or not _safe_expr(guard, guard=True):
             _refuse(path, f"carries guard code torch would execute ({str(guard)[:80]!r})")
     for key, value in _walk(program):
-        if key == "target" and isinstance(value, str) and not _SAFE_TARGET.fullmatch(value):
-            _refuse(path, f"calls {value[:80]!r} ({rel}), which is not a PyTorch operator")
+        if key == "target" and isinstance(value, str):
+            _check_target(path, rel, value)
         if key == "expr_str" and isinstance(value, str) and not _safe_expr(value):
             _refuse(path, f"carries a shape expression torch would evaluate as Python ({value[:80]!r})")
     for symbol in program.get("range_constraints") or {}:
         if not _safe_expr(str(symbol)):
             _refuse(path, f"carries a shape expression torch would evaluate as Python ({str(symbol)[:80]!r})")
+
+
+def check_graph_module(path: Path, graph_module) -> None:
+    """The same operator check on a loaded ExportedProgram's graphs (subgraphs of cond/map included)."""
+    import torch
+    for module in graph_module.modules():
+        graph = getattr(module, "graph", None)
+        for node in (graph.nodes if isinstance(graph, torch.fx.Graph) else ()):
+            if node.op in ("call_module", "call_method"):
+                _refuse(path, f"has a graph node that calls {node.op} {node.target!r}, which exported programs never hold")
+            if node.op == "call_function":
+                _check_target(path, "the loaded graph", _target_name(node.target))
+
+
+def _target_name(target) -> str:
+    """The serialized name of an fx call_function target ("torch.ops.aten.add.Tensor", "_operator.add")."""
+    import torch
+    if isinstance(target, torch._ops.OpOverload):
+        return f"torch.ops.{target.namespace}.{target._opname}.{target._overloadname}"
+    if isinstance(target, torch._ops.HigherOrderOperator):
+        return f"torch.ops.higher_order.{target.name()}"
+    return f"{getattr(target, '__module__', '')}.{getattr(target, '__qualname__', '')}"
+
+
+def _check_target(path: Path, rel: str, target: str) -> None:
+    op = _OP_TARGET.fullmatch(target)
+    if op and op["ns"] == "higher_order" and not op["overload"]:
+        if op["name"] not in HIGHER_ORDER_OPS:
+            _refuse_op(path, rel, target, f"a higher-order operator outside {', '.join(sorted(HIGHER_ORDER_OPS))}")
+    elif op and op["overload"]:
+        overload = "" if op["overload"] == "default" else op["overload"]
+        why = op_refusal(f"{op['ns']}::{op['name']}", overload)
+        if why:
+            _refuse_op(path, rel, f"{op['ns']}::{op['name']}.{op['overload']}", why)
+    elif not _PY_TARGET.fullmatch(target):
+        _refuse(path, f"calls {target[:80]!r} ({rel}), which is not a PyTorch operator")
+
+
+def _refuse_op(path: Path, rel: str, op: str, why: str) -> None:
+    raise ModelLoadError(f"{str(path)!r} calls {op} ({rel}), {why}; {TRUST_HINT}")
 
 
 def _check_weights_only(path: Path, rel: str, data: bytes) -> None:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-import shutil
+import time
 from dataclasses import dataclass, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -14,7 +14,7 @@ from edgeai.exporters import Exporter, ExportResult, get_exporter
 from edgeai.fsutil import check_output_target, locked_staging, publish, sha256_file
 from edgeai.manifest import MANIFEST_NAME, ArtifactEntry, Manifest
 from edgeai.measure import RunData, bench_all, count_stage_macs, evaluate_all
-from edgeai.outdir import check_input_kept, input_files, removable_old_files
+from edgeai.outdir import check_input_kept, check_overwrites, input_files, removable_old_files
 from edgeai.recipe import Recipe, RecipeError, load_recipe, make_config, validate
 from edgeai.source import ModelSource, load_model
 from edgeai.steps import VariantNotKept
@@ -85,27 +85,40 @@ def export(model: str | None = None, out_dir: str | Path | None = None, *,
     out = out_dir or recipe.output
     if not out:
         raise RecipeError("no output folder: pass -o OUTDIR (or 'output:' in the recipe)")
-    return run(recipe, Path(out), progress or (lambda msg: log.info("%s", msg)))
+    return run(recipe, Path(out), progress or _timed_log())
+
+
+def _timed_log():
+    """Progress lines with the time since the export started: `[1:05] model step distill`."""
+    start = time.monotonic()
+
+    def progress(message: str) -> None:
+        minutes, seconds = divmod(int(time.monotonic() - start), 60)
+        log.info("[%d:%02d] %s", minutes, seconds, message)
+    return progress
 
 
 def run(recipe: Recipe, out_dir: Path, progress: Progress) -> ExportOutcome:
     validate(recipe)  # every checkable mistake fails here, before the model is loaded
-    check_output_target(out_dir)  # no folder is created until there is something to write
-    progress(f"loading {recipe.model}")
-    source = load_model(recipe.model, inputs=recipe.inputs, example_inputs=recipe.example_inputs,
-                        arch=recipe.arch, trust_pickle=recipe.trust_pickle,
-                        dynamic_batch=recipe.dynamic_batch, task=recipe.task)
-    data = RunData(recipe.data, source.input_specs)
-    source = _realistic_examples(source, recipe, data)
-    exporter = get_exporter(recipe.format)
-    config = make_config(exporter.config_cls, recipe.export, f"{recipe.format} export")
-    if exporter.fixed_shapes(config) and source.example_dims.get("batch", 1) != 1:
-        source = source.with_dims(batch=1)  # a fixed-shape model is deployed at batch 1
-    protected = input_files(recipe.model, source.onnx_path)
-    check_input_kept(out_dir, _planned_names(recipe, exporter.suffix), protected)
-    original = source
-    source, steps = _model_steps(source, recipe, data, progress)
+    check_output_target(out_dir)
+    # the folder is locked before the model loads: of two exports into it, the first started wins
     with locked_staging(out_dir) as stage:
+        progress(f"loading {recipe.model}")
+        source = load_model(recipe.model, inputs=recipe.inputs, example_inputs=recipe.example_inputs,
+                            arch=recipe.arch, trust_pickle=recipe.trust_pickle,
+                            dynamic_batch=recipe.dynamic_batch, task=recipe.task)
+        data = RunData(recipe.data, source.input_specs)
+        source = _realistic_examples(source, recipe, data)
+        exporter = get_exporter(recipe.format)
+        config = make_config(exporter.config_cls, recipe.export, f"{recipe.format} export")
+        if exporter.fixed_shapes(config) and source.example_dims.get("batch", 1) != 1:
+            source = source.with_dims(batch=1)  # a fixed-shape model is deployed at batch 1
+        protected = input_files(recipe.model, source.onnx_path)
+        planned = _planned_names(recipe, exporter.suffix) + [MANIFEST_NAME]
+        check_input_kept(out_dir, planned, protected)
+        check_overwrites(out_dir, planned, full=False)
+        original = source
+        source, steps = _model_steps(source, recipe, data, progress)
         ctx = RunContext(recipe, data, exporter, config, stage, progress)
         entries = []
         if steps:  # the model before pruning/distillation: the baseline every stage is compared with
@@ -125,6 +138,7 @@ def run(recipe: Recipe, out_dir: Path, progress: Progress) -> ExportOutcome:
         manifest.write(stage)
         files = [f for e in entries for f in e.files]
         check_input_kept(out_dir, files + [MANIFEST_NAME], protected)
+        check_overwrites(out_dir, files + [MANIFEST_NAME], full=True)
         stale = removable_old_files(out_dir, set(files), protected)
         publish(stage, out_dir, files + [MANIFEST_NAME])
         for name in stale:
@@ -161,12 +175,12 @@ def _model_steps(source: ModelSource, recipe: Recipe, data: RunData,
                       teacher=source.module, input_specs=source.input_specs, extra={"metric": recipe.metric})
     records = []
     module = source.module
-    for item in recipe.steps:
+    for index, item in enumerate(recipe.steps, 1):
         (name, opts), = item.items()
         step = get_model_step(name)
         config = make_config(step.config_cls, opts, f"step {name!r}")
         config, search = _latency_target(name, config, module, source, ctx, recipe, progress)
-        progress(f"model step {name}")
+        progress(f"model step {index}/{len(recipe.steps)}: {name}")
         module, report = step.fn(module, source.torch_inputs(), config, ctx)
         if search:
             report.details["latency_search"] = search
@@ -277,6 +291,7 @@ def _export_verified(ctx: RunContext, source: ModelSource, steps: list[dict], na
     """Export with each attempt the exporter offers until one verifies; the FP32 entry `name`."""
     recipe, exporter, stage, progress = ctx.recipe, ctx.exporter, ctx.stage, ctx.progress
     tolerance = _tolerance(recipe)
+    samples = ctx.data.get("eval")  # loaded before the attempts: a data error is not an export failure
     failures = []
     if source.kind == "onnx":
         attempts = [None]
@@ -294,7 +309,8 @@ def _export_verified(ctx: RunContext, source: ModelSource, steps: list[dict], na
                 check_onnx_file(model_path)
             progress(f"verifying {model_path.name} against {'PyTorch' if source.module is not None else 'ONNX'}")
             handle = open_artifact(model_path, recipe.format, result.details)
-            parity = verify(source, handle, tolerance, allow_frozen=bool(result.details.get("static_shapes")))
+            parity = verify(source, handle, tolerance, allow_frozen=bool(result.details.get("static_shapes")),
+                            samples=samples)
             if not parity.passed:
                 raise VerificationError(f"exported model differs from the reference: {parity.failure()}")
         except MissingDependencyError:
@@ -328,17 +344,14 @@ def _entry(name: str, model_path: Path, fmt: str, precision: str, result: Export
 
 
 def _copy_onnx(src: Path, dst: Path) -> ExportResult:
-    """Re-manifest an existing ONNX file: copy it (and its external data) without touching it."""
-    from edgeai.exporters.onnx import external_files, op_histogram
+    """Re-manifest an existing ONNX file: copy it (its external data into one file named by the copy)."""
+    from edgeai.exporters.onnx import copy_model, op_histogram
     try:
-        extra = external_files(src)
+        extra = copy_model(src, dst)
+    except EdgeAIError:
+        raise
     except Exception as e:
         raise VerificationError(f"{str(src)!r} is not a readable ONNX model: {' '.join(str(e).split())[:200]}") from None
-    shutil.copyfile(src, dst)
-    for name in extra:
-        if not (src.parent / name).is_file():
-            raise VerificationError(f"{str(src)!r} refers to external data {name!r}, which is missing")
-        shutil.copyfile(src.parent / name, dst.parent / name)
     return ExportResult(exporter="existing ONNX file", files=[dst.name, *extra],
                         details={"op_histogram": op_histogram(dst)})
 

@@ -72,14 +72,18 @@ def _fmt(v, spec: str, none: str = "-") -> str:
     return none if v is None else format(v, spec)
 
 
-def print_export_summary(manifest: Manifest, out_dir: Path) -> None:
+# columns given up first when the table is wider than the terminal (--wide shows them all)
+EXPORT_DROP = ("max abs err", "MMACs", "format", "size MB", "drop")
+
+
+def print_export_summary(manifest: Manifest, out_dir: Path, title: str = "edgeai export") -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from edgeai.console import print_wide
+    from edgeai.console import fmt_ms, print_table
 
     rows = summary_rows(manifest)
-    table = Table(title=f"edgeai export: {out_dir}", title_justify="left")
+    table = Table(title=f"{title}: {out_dir}", title_justify="left")
     macs = any("macs_m" in r for r in rows)
     for col, justify in (("variant", "left"), ("format", "left"), *((("MMACs", "right"),) if macs else ()),
                          ("size MB", "right"), ("size ×", "right"),
@@ -91,10 +95,10 @@ def print_export_summary(manifest: Manifest, out_dir: Path) -> None:
         metric = f"{r['metric']} {r['metric_value']:{spec}}" if "metric" in r else "-"
         table.add_row(r["variant"], r["format"], *((_fmt(r.get("macs_m"), ".2f"),) if macs else ()),
                       f"{r['size_mb']:.3f}", f"{r['size_ratio']:.2f}",
-                      _fmt(r.get("p50_ms"), ".3f"), _fmt(r.get("speedup"), ".2f"), metric,
+                      fmt_ms(r.get("p50_ms")), _fmt(r.get("speedup"), ".2f"), metric,
                       _fmt(r.get("drop"), "+" + spec), _fmt(r["max_abs_err"], ".2e"), _fmt(r["cosine"], ".6f"))
     console = Console()
-    print_wide(table, console)
+    print_table(table, console, drop=EXPORT_DROP, fold=("variant",))
     for line in model_step_lines(manifest):
         console.print(line, markup=False, highlight=False)
     for a in manifest.artifacts:

@@ -158,15 +158,15 @@ def call_factory(spec: str):
 def _load_file(path: Path, arch: str | None, trust_pickle: bool):
     import torch
 
-    from edgeai.modelfile import TRUST_HINT, check_pt2, not_a_model_message, sniff
-    kind = sniff(path)
-    if kind == "pt2" or (path.suffix.lower() == ".pt2" and kind in ("zip", "unknown")):
-        if not trust_pickle:
-            check_pt2(path)  # torch.export.load unpickles some records with full pickle
+    from edgeai.modelfile import TRUST_HINT, check_graph_module, not_a_model_message
+    kind = check_model_file(path, trust_pickle)
+    if kind == "pt2":
         try:
             ep = torch.export.load(str(path))
         except Exception as e:
             raise ModelLoadError(f"{str(path)!r} is not a loadable ExportedProgram (.pt2): {_first_line(e)}") from None
+        if not trust_pickle:
+            check_graph_module(path, ep.graph_module)  # again on what torch built, before anything runs it
         return "exported_program", ep.module(), None
     if kind == "torchscript":
         try:
@@ -177,6 +177,14 @@ def _load_file(path: Path, arch: str | None, trust_pickle: bool):
         raise ModelLoadError(not_a_model_message(path, kind))
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=not trust_pickle)
+    except ModuleNotFoundError as e:  # a trusted pickle stores its classes by module and name
+        raise ModelLoadError(f"{str(path)!r} holds a pickled model whose code is in module {e.name!r}, which "
+                             "cannot be imported here; run from the folder that holds it (or add it to "
+                             "PYTHONPATH), or save the state_dict and pass --arch") from None
+    except AttributeError as e:  # the module imports but no longer has the class (or it was in a script)
+        raise ModelLoadError(f"{str(path)!r} holds a pickled model whose class cannot be found: "
+                             f"{_first_line(e)}; a pickle stores classes by name: save the state_dict and "
+                             "pass --arch file.py:factory") from None
     except Exception as e:  # torch.load raises many types for files that are not its own
         if not trust_pickle and "weights_only" in str(e) and "Unsupported" in str(e):
             raise ModelLoadError(f"{str(path)!r} needs full unpickling, which can run arbitrary code; "
@@ -199,6 +207,21 @@ def _load_file(path: Path, arch: str | None, trust_pickle: bool):
         detail = " ".join(str(e).split())[:300]
         raise ModelLoadError(f"weights in {str(path)!r} do not fit --arch {arch!r}: {detail}") from None
     return "state_dict", module, None
+
+
+def check_model_file(path: Path, trust_pickle: bool = False) -> str:
+    """What `path` holds (modelfile.sniff; "pt2" for any .pt2), after refusing a .pt2 or TorchScript file
+    whose loading or running could reach files or processes (unless `trust_pickle`). Loads nothing."""
+    from edgeai.modelfile import check_pt2, sniff
+    kind = sniff(path)
+    if kind == "pt2" or (path.suffix.lower() == ".pt2" and kind in ("zip", "unknown")):
+        kind = "pt2"
+        if not trust_pickle:
+            check_pt2(path)  # records torch would unpickle, guard code, operators outside the allowlist
+    elif kind == "torchscript" and not trust_pickle:
+        from edgeai.torchscript_check import check_torchscript
+        check_torchscript(path)  # torch.jit.load runs the archive's __setstate__ methods
+    return kind
 
 
 def _find_state_dict(obj) -> dict | None:

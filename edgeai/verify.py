@@ -33,14 +33,19 @@ QUANTIZED_TOLERANCE = Tolerance(atol=float("inf"), rtol=0.0, min_cosine=0.9)
 
 
 def feed_sets(source: ModelSource, frozen: set[str] = frozenset()) -> list[tuple[dict[str, int], dict[str, np.ndarray]]]:
-    """The example feeds, then one set per dynamic dim resized to another size (values tiled)."""
+    """The example feeds, then one set per dynamic dim resized to another size (values tiled).
+
+    The other size stays within the model's own limit for that dim (`max_dims` in the source's
+    provenance, e.g. a Transformer's position table): larger when it fits, else smaller.
+    """
     examples = source.example_inputs
     sizes = dim_sizes(source.input_specs, examples)
+    limits = dict(source.provenance.get("max_dims") or {})
     sets = [(sizes, dict(examples))]
     for dim, size in sizes.items():
-        if dim in frozen:
+        new = second_size(size, limits.get(dim))
+        if dim in frozen or new is None:
             continue
-        new = size + SECOND_SHAPE_DELTA
         feeds = {}
         for spec in source.input_specs:
             arr = examples[spec.name]
@@ -50,6 +55,15 @@ def feed_sets(source: ModelSource, frozen: set[str] = frozenset()) -> list[tuple
             feeds[spec.name] = arr
         sets.append(({**sizes, dim: new}, feeds))
     return sets
+
+
+def second_size(size: int, limit: int | None) -> int | None:
+    """The size a dynamic dim is checked at besides `size`: size + delta, or size - delta when that
+    would pass `limit`; None when no other size >= 2 fits (exporters specialise size-1 dims)."""
+    if limit is None or size + SECOND_SHAPE_DELTA <= limit:
+        return size + SECOND_SHAPE_DELTA
+    smaller = max(2, min(size, limit) - SECOND_SHAPE_DELTA)
+    return smaller if smaller != size else None
 
 
 def torch_runner(module) -> Runner:
@@ -202,7 +216,7 @@ class Parity:
         for c in self.checks:
             for name, e in c["outputs"].items():
                 if not passes({name: e}, self.tolerance):
-                    dims = ", ".join(f"{k}={v}" for k, v in c["dims"].items()) or "example shape"
+                    dims = _dims_text(c["dims"]).replace("samples=", "eval samples ")  # "at eval samples 2-3, batch=2"
                     if e.get("non_finite"):
                         return f"output {name!r} at {dims}: the artifact outputs {e['non_finite']}, the reference none"
                     return (f"output {name!r} at {dims}: max abs error {e['max_abs']:.3g} "
@@ -212,9 +226,30 @@ class Parity:
         return "passed"
 
 
+def sample_sets(source: ModelSource, samples: Mapping[str, np.ndarray] | None) -> list[tuple[dict, dict]]:
+    """Up to MAX_SAMPLE_BATCHES batches of real samples, each the size of the example batch:
+    ({"samples": "2-3", dims...}, feeds). A branch on a batch's values is taken per batch, so small
+    batches of real data reach the branches the examples did not."""
+    if not samples or any(s.name not in samples for s in source.input_specs):
+        return []
+    feeds = {s.name: samples[s.name] for s in source.input_specs}
+    step = max(1, len(next(iter(source.example_inputs.values()))))
+    total = min(len(v) for v in feeds.values())
+    sets = []
+    for start in range(0, min(total, step * MAX_SAMPLE_BATCHES) - step + 1, step):
+        chunk = {k: v[start:start + step] for k, v in feeds.items()}
+        sets.append(({"samples": f"{start}-{start + step - 1}", **dim_sizes(source.input_specs, chunk)}, chunk))
+    return sets
+
+
+MAX_SAMPLE_BATCHES = 16   # batches of eval samples an FP32 artifact is also verified on
+
+
 def verify(source: ModelSource, artifact: ArtifactHandle, tolerance: Tolerance = FP32_TOLERANCE,
-           allow_frozen: bool = False, reference: tuple[Runner, str] | None = None) -> Parity:
-    """Compare the artifact with the reference on the example shape and every other dynamic size.
+           allow_frozen: bool = False, reference: tuple[Runner, str] | None = None,
+           samples: Mapping[str, np.ndarray] | None = None) -> Parity:
+    """Compare the artifact with the reference on the example shape, every other dynamic size and, when
+    `samples` (eval data) are given, on batches of them (sample_sets).
 
     A dynamic dim the artifact fixed fails verification (the exporter froze it) unless
     `allow_frozen` (formats with static shapes, e.g. TFLite), where it is recorded.
@@ -227,7 +262,7 @@ def verify(source: ModelSource, artifact: ArtifactHandle, tolerance: Tolerance =
             next((x.shape for x in source.input_specs if x.name == sp.name), ()), sp.shape) if d in frozen}
         raise VerificationError(f"the exporter froze dynamic dim(s) {fixed} (name -> fixed size): the artifact "
                                 "would reject any other size")
-    sets = feed_sets(source, set(frozen) if allow_frozen else set())
+    sets = feed_sets(source, set(frozen) if allow_frozen else set()) + sample_sets(source, samples)
     groups = [sets] if artifact.isolated else [[s] for s in sets]  # one child process for all sets
     results = [out for group in groups for out in _run_group(artifact, group)]
     names = [o.name for o in artifact.outputs]
@@ -245,7 +280,8 @@ def _finite_reference(outputs: list[np.ndarray], names: list[str], ref_name: str
     for name, out in zip(names, outputs):
         bad = non_finite(out)
         if bad:
-            where = "on the example inputs" if example else f"on the example inputs resized to {_dims_text(dims)}"
+            where = ("on the example inputs" if example else f"on eval samples {dims['samples']}" if "samples" in dims
+                     else f"on the example inputs resized to {_dims_text(dims)}")
             model = "the model" if ref_name == "pytorch" else f"the model ({ref_name})"
             raise VerificationError(f"{model} outputs {bad} {where} (output {name!r}); check its weights "
                                     "and the example inputs")

@@ -79,18 +79,18 @@ def test_run_command_writes_outputs_and_rejects_bad_feeds(cli, tmp_path):
     assert code == 0, err
     x = np.random.default_rng(0).standard_normal((4, 3, 16, 16)).astype(np.float32)
     np.savez(tmp_path / "in.npz", image=x)
-    code, out, err = cli("run", tmp_path / "m", "--input", tmp_path / "in.npz", "-o", tmp_path / "out.npz")
+    code, out, err = cli("run", tmp_path / "m", "--input-data", tmp_path / "in.npz", "-o", tmp_path / "out.npz")
     assert code == 0, err
     with np.load(tmp_path / "out.npz") as z:
         assert z["output"].shape == (4, 5)
     np.savez(tmp_path / "bad.npz", image=x[:, :2])
-    code, _, err = cli("run", tmp_path / "m", "--input", tmp_path / "bad.npz", "-o", tmp_path / "o2.npz")
+    code, _, err = cli("run", tmp_path / "m", "--input-data", tmp_path / "bad.npz", "-o", tmp_path / "o2.npz")
     _one_line_error(code, err, "has shape 4x2x16x16", "model wants batchx3x16x16")
     np.savez(tmp_path / "wrongname.npz", img=x)
-    code, _, err = cli("run", tmp_path / "m", "--input", tmp_path / "wrongname.npz", "-o", tmp_path / "o3.npz")
+    code, _, err = cli("run", tmp_path / "m", "--input-data", tmp_path / "wrongname.npz", "-o", tmp_path / "o3.npz")
     _one_line_error(code, err, "model wants ['image']")
     (tmp_path / "junk.npz").write_text("junk")
-    code, _, err = cli("run", tmp_path / "m", "--input", tmp_path / "junk.npz", "-o", tmp_path / "o4.npz")
+    code, _, err = cli("run", tmp_path / "m", "--input-data", tmp_path / "junk.npz", "-o", tmp_path / "o4.npz")
     _one_line_error(code, err, "not a readable .npz")
     assert not (tmp_path / "o2.npz").exists()
 
@@ -108,6 +108,6 @@ def test_unavailable_provider_is_a_clear_error(cli, tmp_path):
     code, _, _ = cli("export", factory("cnn"), "--input", "image:batch,3,16,16", "-o", tmp_path / "m", "--no-bench")
     assert code == 0
     np.savez(tmp_path / "in.npz", image=np.zeros((1, 3, 16, 16), np.float32))
-    code, _, err = cli("run", tmp_path / "m", "--input", tmp_path / "in.npz", "-o", tmp_path / "o.npz",
+    code, _, err = cli("run", tmp_path / "m", "--input-data", tmp_path / "in.npz", "-o", tmp_path / "o.npz",
                        "--provider", "cuda")
     _one_line_error(code, err, "provider 'cuda' is not available", "onnxruntime-gpu")

@@ -73,8 +73,8 @@ def test_plain_install_has_no_torch_and_runs_run_and_bench_on_an_onnx_folder(ven
                                                        make_mlp(tmp_path / "b.onnx", 64, seed=1)))
     x = np.random.default_rng(0).standard_normal((3, 16)).astype(np.float32)
     np.savez(tmp_path / "in.npz", x=x)
-    proc = run_edgeai(venv_python, "run", str(folder), "--input", str(tmp_path / "in.npz"),
-                      "-o", str(tmp_path / "out.npz"), "--artifact-name", "wide", cwd=tmp_path)
+    proc = run_edgeai(venv_python, "run", f"{folder}@wide", "--input-data", str(tmp_path / "in.npz"),
+                      "-o", str(tmp_path / "out.npz"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     expected = ort.InferenceSession(str(folder / "wide.onnx")).run(None, {"x": x})[0]
     with np.load(tmp_path / "out.npz") as out:
@@ -90,7 +90,7 @@ def test_plain_install_has_no_torch_and_runs_run_and_bench_on_an_onnx_folder(ven
 
     proc = run_edgeai(venv_python, "info", str(folder), cwd=tmp_path)
     assert proc.returncode == 0 and "wide" in proc.stdout, proc.stderr
-    proc = run_edgeai(venv_python, "eval", str(folder), "--data", str(tmp_path / "in.npz"),
+    proc = run_edgeai(venv_python, "eval", str(folder), "--eval-data", str(tmp_path / "in.npz"),
                       "--json", str(tmp_path / "eval.json"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     evals = json.loads((tmp_path / "eval.json").read_text())["results"]
@@ -102,11 +102,12 @@ def test_export_in_a_device_install_names_the_extra_in_one_line(venv_python, tmp
     proc = run_edgeai(venv_python, "export", str(model), "-o", str(tmp_path / "out"), cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1, proc.stderr
-    assert "'export' extra" in proc.stderr and 'pip install "edgeai[export]"' in proc.stderr
+    wheel = next(venv_python.parent.parent.parent.glob("wheel/edgeai-*.whl"))  # devicekit built it there
+    assert "'export' extra" in proc.stderr and f'pip install "{wheel}[export]"' in proc.stderr
     assert not (tmp_path / "out").exists()
 
     proc = run_edgeai(venv_python, "bench", "--runtime", "torch", "edgeai.zoo:digits_cnn", cwd=tmp_path)
-    assert proc.returncode == 2 and "edgeai[export]" in proc.stderr and proc.stderr.count("\n") == 1
+    assert proc.returncode == 2 and f"{wheel}[export]" in proc.stderr and proc.stderr.count("\n") == 1
 
 
 # ---- ssh devices -------------------------------------------------------------------------------

@@ -187,7 +187,7 @@ def test_zero_length_feed_to_run_is_one_line_not_a_runtime_abort(cli, tmp_path, 
                        "--no-bench")
     assert code == 0, err
     np.savez(tmp_path / "empty.npz", rows=np.zeros(shape, np.float32))
-    proc = _cli_process("run", tmp_path / "m", "--input", tmp_path / "empty.npz", "-o", tmp_path / "o.npz")
+    proc = _cli_process("run", tmp_path / "m", "--input-data", tmp_path / "empty.npz", "-o", tmp_path / "o.npz")
     _, err = proc.communicate(timeout=120)
     _one_line_error(proc.returncode, err, f"input 'rows' has shape {'x'.join(map(str, shape))}: a dimension of size 0")
     assert not (tmp_path / "o.npz").exists()
@@ -203,7 +203,7 @@ def test_onnxruntime_failing_on_a_value_is_one_line(tmp_path):
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8),
               tmp_path / "lookup.onnx")
     np.savez(tmp_path / "in.npz", table=np.arange(4, dtype=np.float32), index=np.array([9]))
-    proc = _cli_process("run", tmp_path / "lookup.onnx", "--input", tmp_path / "in.npz", "-o", tmp_path / "o.npz")
+    proc = _cli_process("run", tmp_path / "lookup.onnx", "--input-data", tmp_path / "in.npz", "-o", tmp_path / "o.npz")
     _, err = proc.communicate(timeout=120)
     _one_line_error(proc.returncode, err, "onnxruntime failed to run 'lookup.onnx' on these inputs", "out of")
     assert len(err.strip().splitlines()) == 1, err  # and no red onnxruntime log line
@@ -219,14 +219,14 @@ def exported(tmp_path_factory):
 
 def test_run_with_a_text_array_is_one_line(cli, exported, tmp_path):
     np.savez(tmp_path / "text.npz", image=np.full((1, 3, 16, 16), "a"))
-    code, _, err = cli("run", exported, "--input", tmp_path / "text.npz", "-o", tmp_path / "o.npz")
+    code, _, err = cli("run", exported, "--input-data", tmp_path / "text.npz", "-o", tmp_path / "o.npz")
     _one_line_error(code, err, "input 'image' holds <U1 values (text), the model wants float32")
 
 
 def test_eval_batch_size_zero_is_refused_by_the_parser(cli, exported, tmp_path):
     np.savez(tmp_path / "d.npz", image=np.zeros((4, 3, 16, 16), np.float32), labels=np.zeros(4, np.int64))
     with pytest.raises(SystemExit) as info:
-        cli("eval", exported, "--data", tmp_path / "d.npz", "--batch-size", "0")
+        cli("eval", exported, "--eval-data", tmp_path / "d.npz", "--batch-size", "0")
     assert info.value.code == 2
 
 

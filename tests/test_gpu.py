@@ -182,9 +182,17 @@ def fake_torch(events: list) -> types.ModuleType:
             self.array, self.device = array, device
 
         def to(self, device):
+            if device in DTYPES:  # a cast on the tensor's own device, no copy between devices
+                return Tensor(self.array.astype(DTYPES[device]), self.device)
             if device != self.device:
                 events.append(("h2d",) if device == "cuda" else ("d2h",))
             return Tensor(self.array, device)
+
+        def is_floating_point(self):
+            return self.array.dtype.kind == "f"
+
+        def float(self):
+            return Tensor(self.array.astype(np.float32), self.device)
 
         def detach(self):
             return self
@@ -196,6 +204,8 @@ def fake_torch(events: list) -> types.ModuleType:
             assert self.device == "cpu", "numpy() of a GPU tensor"
             return self.array
 
+    DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": np.float32}
+    torch.float32, torch.float16, torch.bfloat16 = "float32", "float16", "bfloat16"
     torch.from_numpy = lambda a: Tensor(a)
     torch.device = lambda name: name
     torch.inference_mode = contextlib.nullcontext
@@ -208,7 +218,7 @@ def fake_torch(events: list) -> types.ModuleType:
         def eval(self):
             return self
 
-        def to(self, device):
+        def to(self, device, dtype=None):
             return self
 
         def parameters(self):

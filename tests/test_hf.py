@@ -251,7 +251,7 @@ def test_classifier_task_is_inferred_exported_quantized_and_run_like_transformer
     np.savez(tmp_path / "feeds.npz", **feeds)
     want = _transformers_logits(folder, feeds)
     for artifact, tol in (("fp32", 1e-4), ("int8-dynamic", 0.05 * np.abs(want).max() + 1e-3)):
-        code, out, _ = cli("run", tmp_path / "out", "--artifact-name", artifact, "--input", tmp_path / "feeds.npz",
+        code, out, _ = cli("run", f"{tmp_path / 'out'}@{artifact}", "--input-data", tmp_path / "feeds.npz",
                            "-o", tmp_path / f"{artifact}.npz")
         assert code == 0 and "logits" in out
         got = np.load(tmp_path / f"{artifact}.npz")["logits"]

@@ -99,9 +99,9 @@ def test_text_data_calibrates_evaluates_and_runs_an_hf_classifier(tokenizer_dir,
         logits = BertForSequenceClassification.from_pretrained(folder).eval()(
             **{k: torch.from_numpy(v) for k, v in data.items()}).logits.numpy()
     want = 100.0 * float((logits.argmax(1) == labels).mean())
-    code, out, _ = cli("eval", tmp_path / "out", "--data", tmp_path / "d.npz", "--json", tmp_path / "e.json")
+    code, out, _ = cli("eval", tmp_path / "out", "--eval-data", tmp_path / "d.npz", "--json", tmp_path / "e.json")
     results = json.loads((tmp_path / "e.json").read_text())["results"]
     assert code == 0 and results[0]["metric"] == "top1" and results[0]["value"] == pytest.approx(want)
     assert results[0]["n"] == 48 and abs(results[1]["value"] - want) <= 100.0 * 3 / 48
-    code, out, _ = cli("run", tmp_path / "out", "--input", tmp_path / "d.npz", "-o", tmp_path / "o.npz")
+    code, out, _ = cli("run", tmp_path / "out", "--input-data", tmp_path / "d.npz", "-o", tmp_path / "o.npz")
     assert code == 0 and np.abs(np.load(tmp_path / "o.npz")["logits"] - logits).max() < 1e-4

@@ -91,7 +91,7 @@ def test_eval_cli_and_export_score_with_the_user_metric(cli, tmp_path, metric_fi
     assert abs(q.metrics["neg_mae"] - fp32.metrics["neg_mae"]) < 0.05
     assert "neg_mae" in out
 
-    code, out, err = cli("eval", tmp_path / "o", "--data", tmp_path / "eval.npz",
+    code, out, err = cli("eval", tmp_path / "o", "--eval-data", tmp_path / "eval.npz",
                          "--metric", f"{metric_file}:neg_mae", "--json", tmp_path / "e.json")
     assert code == 0, err
     results = json.loads((tmp_path / "e.json").read_text())["results"]
@@ -100,5 +100,5 @@ def test_eval_cli_and_export_score_with_the_user_metric(cli, tmp_path, metric_fi
 
 
 def test_bad_metric_on_the_command_line_is_one_line_exit_2(cli, tmp_path):
-    code, out, err = cli("eval", tmp_path, "--data", tmp_path / "x.npz", "--metric", "nowhere.py:f")
+    code, out, err = cli("eval", tmp_path, "--eval-data", tmp_path / "x.npz", "--metric", "nowhere.py:f")
     assert code == 2 and "does not exist" in err and len(err.strip().splitlines()) == 1

@@ -7,7 +7,7 @@ import pytest
 from edgeai.manifest import Manifest
 
 ZOO_LSTM = "edgeai.zoo:digits_lstm"
-FAST = ["--rounds", "2", "--min-seconds", "0.2", "--prune-ratios", ""]
+FAST = ["--rounds", "2", "--min-seconds", "0.2", "--prune-ratios", "", "--formats", "onnx"]
 
 BINS = 32
 CENTS = np.linspace(0.0, 3100.0, BINS)   # bin centres in cents
@@ -87,10 +87,10 @@ def test_optimize_lstm_end_to_end_best_folder_runs_and_evaluates(cli, tmp_path):
     x = np.load(ref.test_data)["rows"][:3]
     np.savez(tmp_path / "x.npz", rows=x)
     assert runtime.load(out / "best").run({"rows": x})[runtime.load(out / "best").outputs[0].name].shape == (3, 10)
-    code, stdout, err = cli("eval", out / "best", "--data", ref.test_data)
+    code, stdout, err = cli("eval", out / "best", "--eval-data", ref.test_data)
     assert code == 0, err
     assert f"{rows[chosen]['value']:.2f}" in stdout
-    code, _, err = cli("run", out / "best", "--input", tmp_path / "x.npz", "-o", tmp_path / "y.npz")
+    code, _, err = cli("run", out / "best", "--input-data", tmp_path / "x.npz", "-o", tmp_path / "y.npz")
     assert code == 0, err
     recipe = (out / "recipe.yaml").read_text()
     assert "edgeai export recipe.yaml" in recipe and "model: edgeai.zoo:digits_lstm" in recipe
@@ -103,7 +103,7 @@ def test_optimize_rerun_reuses_the_cache(tmp_path):
 
     ref = REFERENCE_MODELS["lstm"]
     opts = dict(inputs=list(ref.inputs), eval_data=ref.test_data, max_drop=1.0, rounds=1, min_seconds=0.1,
-                prune_ratios=(), cache_dir=str(tmp_path / "shared-cache"))
+                prune_ratios=(), formats=("onnx",), cache_dir=str(tmp_path / "shared-cache"))
     first = edgeai.optimize(ZOO_LSTM, tmp_path / "a", **opts)
     events = []
     second = edgeai.optimize(ZOO_LSTM, tmp_path / "b", progress=events.append, **opts)
@@ -119,7 +119,7 @@ def test_optimize_custom_pitch_metric_in_cents(tmp_path, pitch_data):
     result = edgeai.optimize(f"{__file__}:pitch_cnn", tmp_path / "opt", inputs=["audio:batch,256"],
                              eval_data=str(pitch_data / "eval.npz"), calibration=str(pitch_data / "calib.npz"),
                              metric=f"{__file__}:pitch_score", max_drop=10.0, rounds=1, min_seconds=0.1,
-                             prune_ratios=())
+                             prune_ratios=(), formats=("onnx",))
     report = result.report
     rows = {c["id"]: c for c in report["candidates"]}
     base = report["baseline"]
@@ -135,7 +135,7 @@ def test_optimize_custom_pitch_metric_in_cents(tmp_path, pitch_data):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--formats", "onnx,coreml"], "unknown format(s) ['coreml']"),
+    (["--format", "onnx,coreml"], "unknown format(s) ['coreml']"),
     (["--max-drop", "-1"], "--max-drop must be >= 0"),
     (["--objective", "p50", "--budget-minutes", "0"], "--budget-minutes must be > 0"),
 ])
@@ -172,7 +172,7 @@ def test_parallel_builds_then_serialized_timing(tmp_path, parallel):
     events = []
     result = edgeai.optimize(ZOO_LSTM, tmp_path / "opt", inputs=list(ref.inputs), eval_data=ref.test_data,
                              max_drop=1.0, rounds=1, min_seconds=0.1, prune_ratios=(0.25, 0.5),
-                             progress=events.append, **parallel)
+                             formats=("onnx",), progress=events.append, **parallel)
     rows = {c["id"]: c for c in result.report["candidates"]}
     building = [e["message"] for e in events if e["message"].startswith("building")]
     # both pruned units are built together (the pool or the Ray cluster), then timed one by one
@@ -194,7 +194,8 @@ def test_optimize_zoo_image_models_choose_by_the_rule(tmp_path, key):
 
     ref = REFERENCE_MODELS[key]
     result = edgeai.optimize(ref.factory, tmp_path / "opt", inputs=list(ref.inputs), eval_data=ref.test_data,
-                             calibration=ref.calib_data, max_drop=1.0, rounds=2, min_seconds=0.2, prune_ratios=())
+                             calibration=ref.calib_data, max_drop=1.0, rounds=2, min_seconds=0.2, prune_ratios=(),
+                             formats=("onnx",))
     report = result.report
     rows = {c["id"]: c for c in report["candidates"]}
     assert report["baseline"]["value"] == pytest.approx(100 * ref.accuracy, abs=0.01)   # top-1 in points
@@ -255,9 +256,9 @@ def test_optimize_a_hugging_face_folder_end_to_end(cli, tmp_path, hf_offline):
     assert logits[session.outputs[0].name].shape == (2, 3)
     assert "task: text-classification" in (out / "recipe.yaml").read_text()
     # best/ alone has nothing to compare with; the FP32 baseline/ is the reference optimize recorded
-    code, _, err = cli("eval", out / "best", "--data", tmp_path / "eval.npz")
+    code, _, err = cli("eval", out / "best", "--eval-data", tmp_path / "eval.npz")
     assert code == 2 and "comparing it with itself" in err
-    code, stdout, err = cli("eval", out / "best", "--data", tmp_path / "eval.npz", "--reference", out / "baseline",
+    code, stdout, err = cli("eval", out / "best", "--eval-data", tmp_path / "eval.npz", "--reference", out / "baseline",
                             "--json", tmp_path / "e.json")
     assert code == 0, err
     assert "they match the FP32 reference outputs edgeai optimize recorded" in " ".join(stdout.split())

@@ -42,7 +42,7 @@ def single(folder, tmp_path, name: str, source: dict | None = None):
 def test_eval_says_it_compares_with_the_first_artifact_or_the_labels(cli, folder, tmp_path):
     x = np.random.default_rng(0).standard_normal((40, 16)).astype(np.float32)
     np.savez(tmp_path / "d.npz", x=x)
-    code, out, err = cli("eval", folder, "--data", tmp_path / "d.npz", "--json", tmp_path / "e.json")
+    code, out, err = cli("eval", folder, "--eval-data", tmp_path / "d.npz", "--json", tmp_path / "e.json")
     assert code == 0, err
     assert "compared with: the first artifact, fp32 (cosine of the first output)" in out
     results = json.loads((tmp_path / "e.json").read_text())["results"]
@@ -52,21 +52,21 @@ def test_eval_says_it_compares_with_the_first_artifact_or_the_labels(cli, folder
 
     labels = np.argmax(ort_outputs(folder / "fp32.onnx", x), 1)
     np.savez(tmp_path / "l.npz", x=x, labels=labels)
-    code, out, err = cli("eval", folder, "--data", tmp_path / "l.npz", "--artifact-name", "fp32")
+    code, out, err = cli("eval", f"{folder}@fp32", "--eval-data", tmp_path / "l.npz")
     assert code == 0 and "compared with: the data's 'labels' (top-1 accuracy in points)" in out, err
     assert "100.00" in out
-    code, out, err = cli("eval", folder, "--data", tmp_path / "l.npz", "--reference", folder / "wide.onnx")
+    code, out, err = cli("eval", folder, "--eval-data", tmp_path / "l.npz", "--reference", folder / "wide.onnx")
     assert code == 0 and "(top-1 accuracy in points); --reference is not used" in out, err
 
 
 def test_a_lone_artifact_without_labels_is_refused_not_compared_with_itself(cli, folder, tmp_path):
     x = np.random.default_rng(1).standard_normal((8, 16)).astype(np.float32)
     np.savez(tmp_path / "d.npz", x=x)
-    code, out, err = cli("eval", single(folder, tmp_path, "wide"), "--data", tmp_path / "d.npz")
+    code, out, err = cli("eval", single(folder, tmp_path, "wide"), "--eval-data", tmp_path / "d.npz")
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert "holds one fp32 artifact (wide)" in err and "comparing it with itself would say nothing" in err
     assert "--metric FILE.py:FUNC" in err and "--reference FP32_MODEL" in err
-    code, _, err = cli("eval", folder, "--artifact-name", "wide", "--data", tmp_path / "d.npz")
+    code, _, err = cli("eval", f"{folder}@wide", "--eval-data", tmp_path / "d.npz")
     assert code == 2 and "comparing it with itself" in err
 
 
@@ -80,10 +80,10 @@ def test_reference_flag_and_the_digest_optimize_recorded(cli, folder, tmp_path):
     recorded = {"optimize": {"chosen": "onnx/wide", "reference": {
         "artifact": "onnx/fp32", "outputs_sha256": outputs_digest({"y": ort_outputs(folder / "fp32.onnx", x)})}}}
     best = single(folder, tmp_path, "wide", source=recorded)
-    code, _, err = cli("eval", best, "--data", tmp_path / "d.npz")
+    code, _, err = cli("eval", best, "--eval-data", tmp_path / "d.npz")
     assert code == 2 and "edgeai optimize compared it with onnx/fp32" in err, err
 
-    code, out, err = cli("eval", best, "--data", tmp_path / "d.npz", "--reference", folder / "fp32.onnx",
+    code, out, err = cli("eval", best, "--eval-data", tmp_path / "d.npz", "--reference", folder / "fp32.onnx",
                          "--json", tmp_path / "e.json")
     assert code == 0, err
     assert f"the outputs of --reference {folder / 'fp32.onnx'}" in out
@@ -93,5 +93,5 @@ def test_reference_flag_and_the_digest_optimize_recorded(cli, folder, tmp_path):
                                   abs=1e-6)
     assert value < 0.9   # two different random networks: the reference is not the artifact itself
 
-    code, out, err = cli("eval", best, "--data", tmp_path / "other.npz", "--reference", folder / "fp32.onnx")
+    code, out, err = cli("eval", best, "--eval-data", tmp_path / "other.npz", "--reference", folder / "fp32.onnx")
     assert code == 0 and "they differ from the FP32 reference outputs" in " ".join(out.split()), err

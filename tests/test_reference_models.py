@@ -28,7 +28,7 @@ def test_reference_model_end_to_end(cli, tmp_path, key):
         name = next(k for k in z.files if k != "labels")
         x, labels = z[name][:16], z["labels"][:16]
     np.savez(tmp_path / "in.npz", **{name: x})
-    code, _, err = cli("run", out, "--input", tmp_path / "in.npz", "-o", tmp_path / "pred.npz")
+    code, _, err = cli("run", out, "--input-data", tmp_path / "in.npz", "-o", tmp_path / "pred.npz")
     assert code == 0, err
     with np.load(tmp_path / "pred.npz") as z:
         assert (z["output"].argmax(-1) == labels).mean() >= 0.85
@@ -38,7 +38,7 @@ def test_reference_model_end_to_end(cli, tmp_path, key):
     result = json.loads((tmp_path / "bench.json").read_text())["results"][0]
     assert result["status"] == "ok" and result["timing"]["n"] == 20 and result["timing"]["p50_ms"] > 0
 
-    code, stdout, err = cli("eval", out, "--data", ref.test_data, "--json", tmp_path / "eval.json")
+    code, stdout, err = cli("eval", out, "--eval-data", ref.test_data, "--json", tmp_path / "eval.json")
     assert code == 0, err
     ev = json.loads((tmp_path / "eval.json").read_text())["results"][0]
     assert ev["metric"] == "top1" and ev["value"] == pytest.approx(entry.metrics["top1"]) and ev["n"] == 359

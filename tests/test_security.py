@@ -293,8 +293,8 @@ def test_changed_artifact_is_refused_by_run_eval_info_bench_and_runtime_load(cli
     out = _copy_export(quantized_export, tmp_path / "out")
     _change_one_weight(out / "model.onnx")
     np.savez(tmp_path / "x.npz", image=np.random.rand(2, 3, 16, 16).astype(np.float32))
-    for args in (["run", out, "--input", tmp_path / "x.npz", "-o", tmp_path / "y.npz"],
-                 ["eval", out, "--data", tmp_path / "x.npz"],
+    for args in (["run", out, "--input-data", tmp_path / "x.npz", "-o", tmp_path / "y.npz"],
+                 ["eval", out, "--eval-data", tmp_path / "x.npz"],
                  ["info", out],
                  ["bench", out, "--runs", "3", "--warmup", "0", "--no-isolate"]):
         code, _, err = cli(*args)
@@ -304,7 +304,7 @@ def test_changed_artifact_is_refused_by_run_eval_info_bench_and_runtime_load(cli
     assert runtime.load(out, artifact="int8-dynamic").inputs[0].name == "image"  # its files are intact
     session = runtime.load(out, verify_digest=False)
     assert session.run({"image": np.zeros((1, 3, 16, 16), np.float32)})
-    code, _, err = cli("run", out, "--input", tmp_path / "x.npz", "-o", tmp_path / "y.npz", "--no-verify-digest")
+    code, _, err = cli("run", out, "--input-data", tmp_path / "x.npz", "-o", tmp_path / "y.npz", "--no-verify-digest")
     assert code == 0, err
     assert np.load(tmp_path / "y.npz")[session.outputs[0].name].shape[0] == 2
 

@@ -326,7 +326,7 @@ def test_cli_commands_survive_a_litert_crash(cnn, tmp_path, command):
         "        os.abort()\n")
     data = tmp_path / "d.npz"
     np.savez(data, x=np.zeros((1, 3, 32, 32), np.float32), labels=np.zeros(1, np.int64))
-    args = {"eval": ["--data", data], "run": ["--input", data, "-o", tmp_path / "o.npz"]}[command]
+    args = {"eval": ["--eval-data", data], "run": ["--input-data", data, "-o", tmp_path / "o.npz"]}[command]
     env = {**os.environ, "PYTHONPATH": f"{tmp_path / 'fake'}:{REPO}"}
     done = subprocess.run([sys.executable, "-m", "edgeai.cli", command, str(cnn[1]), *map(str, args)],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)

@@ -112,7 +112,7 @@ OPT = ["optimize", RAISES, "--input", "x:1,3", "--eval-data", "e.npz", "--max-dr
     ["export", RAISES, "--input", "x:1,3", "--atol", "nan", "-o", "o"],
     ["export", RAISES, "--input", "x:1,3", "--rtol", "inf", "-o", "o"],
     ["export", RAISES, "--input", "x:1,3", "--threads", "100000", "-o", "o"],
-    ["run", "m.onnx", "--input", "x.npz", "-o", "y.npz", "--threads", "100000"],
+    ["run", "m.onnx", "--input-data", "x.npz", "-o", "y.npz", "--threads", "100000"],
     ["bench", "m.onnx", "--threads", "100000"],
     ["data", "text", "f.txt", "--tokenizer", "hf:t", "--max-length", "0", "-o", "o.npz"],
 ])
@@ -136,7 +136,7 @@ def test_threads_above_the_cores_are_lowered_with_a_warning(cli, tmp_path, monke
     monkeypatch.setattr(argtypes, "available_cores", lambda: 2)
     model = _tiny_onnx(tmp_path / "m.onnx")
     np.savez(tmp_path / "x.npz", x=np.array([[-1, 0, 2]], np.float32))
-    code, out, err = cli("run", model, "--input", tmp_path / "x.npz", "-o", tmp_path / "y.npz", "--threads", "64")
+    code, out, err = cli("run", model, "--input-data", tmp_path / "x.npz", "-o", tmp_path / "y.npz", "--threads", "64")
     assert code == 0, err
     assert "--threads 64 is more than the 2 CPU core(s) here; using 2" in " ".join(err.split())
     np.testing.assert_array_equal(np.load(tmp_path / "y.npz")["y"], [[0, 0, 2]])
@@ -173,7 +173,7 @@ X4 = np.array([[3, 1, 0], [0, 2, 1], [0, 1, 5], [4, 0, 0]], np.float32)   # argm
 def test_labels_that_are_not_class_ids_are_refused_naming_the_metrics_that_fit(cli, tmp_path, labels, needle):
     model = _relu_onnx(tmp_path / "m.onnx")
     np.savez(tmp_path / "d.npz", x=X4, labels=labels)
-    code, out, err = cli("eval", model, "--data", tmp_path / "d.npz")
+    code, out, err = cli("eval", model, "--eval-data", tmp_path / "d.npz")
     _one_line_error(code, err, needle, "not class ids for top-1", "--metric FILE.py:FUNC", "cosine similarity")
     assert "top1" not in out
 
@@ -224,7 +224,7 @@ def _edit_json(path, edit):
 def test_malformed_manifest_is_one_line_naming_file_and_field(cli, tmp_path, export_folder, edit, needle, command):
     _edit_json(export_folder / "manifest.json", edit)
     np.savez(tmp_path / "x.npz", x=X4)
-    extra = {"info": [], "run": ["--input", tmp_path / "x.npz", "-o", tmp_path / "y.npz"],
+    extra = {"info": [], "run": ["--input-data", tmp_path / "x.npz", "-o", tmp_path / "y.npz"],
              "bench": ["--runs", "2", "--warmup", "0", "--no-isolate"]}[command]
     code, _, err = cli(command, export_folder, *extra)
     _one_line_error(code, err, f"'{export_folder / 'manifest.json'}' is not a valid edgeai manifest", needle)
@@ -348,8 +348,8 @@ def test_tflite_input_of_a_type_no_array_holds_is_one_line_naming_the_tensor(cli
     model = _tflite(tmp_path / "m.tflite", in_type=code_)
     np.savez(tmp_path / "x.npz", x=X4[:1])
     shown = f"UNKNOWN TYPE {type_name}" if isinstance(type_name, int) else type_name
-    for command, extra in (("run", ["--input", tmp_path / "x.npz", "-o", tmp_path / "y.npz"]),
-                           ("eval", ["--data", tmp_path / "x.npz", "--reference", model])):
+    for command, extra in (("run", ["--input-data", tmp_path / "x.npz", "-o", tmp_path / "y.npz"]),
+                           ("eval", ["--eval-data", tmp_path / "x.npz", "--reference", model])):
         code, _, err = cli(command, model, *extra)
         _one_line_error(code, err, f"'{model}': input 'x' has type {shown}, which cannot be fed or read as an array")
 
@@ -371,10 +371,10 @@ def test_every_tflite_path_names_inputs_by_one_rule(cli, tmp_path, names, want):
     for s in sessions:
         np.testing.assert_array_equal(s.run({want[0]: x})[want[1]], [[0, 2, 0.5]])
     np.savez(tmp_path / "x.npz", **{want[0]: x}, labels=np.array([1]))
-    code, _, err = cli("run", model, "--input", tmp_path / "x.npz", "-o", tmp_path / "y.npz")
+    code, _, err = cli("run", model, "--input-data", tmp_path / "x.npz", "-o", tmp_path / "y.npz")
     assert code == 0, err
     assert list(np.load(tmp_path / "y.npz")) == [want[1]]
-    code, out, err = cli("eval", model, "--data", tmp_path / "x.npz")
+    code, out, err = cli("eval", model, "--eval-data", tmp_path / "x.npz")
     assert code == 0, err
     assert "100.00" in out
 
@@ -403,8 +403,8 @@ def test_npz_member_that_is_a_raw_pickle_is_refused_without_unpickling(cli, tmp_
     with zipfile.ZipFile(tmp_path / "x.npz", "w") as z:
         z.writestr("x.npy", pickle.dumps(Payload()))
     model = _relu_onnx(tmp_path / "m.onnx")
-    for command, extra in (("run", ["--input", tmp_path / "x.npz", "-o", tmp_path / "y.npz"]),
-                           ("eval", ["--data", tmp_path / "x.npz"])):
+    for command, extra in (("run", ["--input-data", tmp_path / "x.npz", "-o", tmp_path / "y.npz"]),
+                           ("eval", ["--eval-data", tmp_path / "x.npz"])):
         code, _, err = cli(command, model, *extra)
         _one_line_error(code, err, f"'{tmp_path / 'x.npz'}' is not a readable .npz file: member 'x' is not a NumPy "
                                    ".npy array (a raw pickle", "never unpickles")
@@ -413,7 +413,7 @@ def test_npz_member_that_is_a_raw_pickle_is_refused_without_unpickling(cli, tmp_
 
 def test_npz_object_array_is_named_as_pickled_objects(cli, tmp_path):
     np.savez(tmp_path / "x.npz", x=np.array([{"a": 1}], dtype=object))
-    code, _, err = cli("run", _relu_onnx(tmp_path / "m.onnx"), "--input", tmp_path / "x.npz", "-o", tmp_path / "y.npz")
+    code, _, err = cli("run", _relu_onnx(tmp_path / "m.onnx"), "--input-data", tmp_path / "x.npz", "-o", tmp_path / "y.npz")
     _one_line_error(code, err, "is not a readable .npz file: it holds an object array (pickled Python objects)")
 
 
@@ -443,7 +443,7 @@ def test_full_disk_while_writing_an_output_is_one_line_and_keeps_the_old_file(cl
         (tmp_path / "s.txt").write_text("hello\n")
         args = ["data", "text", tmp_path / "s.txt", "--tokenizer", f"hf:{folder}", "-o", out]
     else:
-        args = {"run": ["run", model, "--input", tmp_path / "x.npz", "-o", out],
+        args = {"run": ["run", model, "--input-data", tmp_path / "x.npz", "-o", out],
                 "bench": ["bench", model, "--runs", "2", "--warmup", "0", "--no-isolate", "--json", out]}[command]
     request.getfixturevalue("full_disk")
     code, _, err = cli(*args)

@@ -5,10 +5,10 @@ import argparse
 from pathlib import Path
 
 from edgeai.argtypes import THREADS_HELP, cap_threads, count, is_count, positive_int, seconds, threads
-from edgeai.bench.results import PROVIDERS, RUNTIMES
+from edgeai.bench.results import PRECISIONS, PROVIDERS, RUNTIMES
 from edgeai.bench.stats import DEFAULT_MAX_SECONDS, DEFAULT_MIN_RUNS, DEFAULT_MIN_SECONDS
 from edgeai.errors import InputSpecError, OutputError
-from edgeai.fsutil import ensure_writable_dir, reporting_disk_errors
+from edgeai.fsutil import check_output_file, ensure_writable_dir, reporting_disk_errors, write_output
 from edgeai.manifest import NO_VERIFY_HELP
 
 DESCRIPTION = f"""\
@@ -92,10 +92,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                      help="print NEW/BASE p50 ratios per target; exit 1 when one is slower by more than "
                           "--threshold")
     cmp.add_argument("--threshold", default="5%", metavar="PCT",
-                     help="allowed p50 slowdown for --compare, e.g. 5%% or 0.05 (default: 5%%)")
+                     help="allowed p50 slowdown for --compare, e.g. 5%% or 0.05 (default: 5%%); a slowdown "
+                          "within either run's own p90/p50 spread is not a regression")
     torch_opts = p.add_argument_group("model specs (--runtime torch), passed to edgeai.source.load_model")
     torch_opts.add_argument("--input", action="append", default=[], metavar="NAME:DIM,...[:DTYPE]",
                             help="an input of the model, e.g. image:batch,1,32,32 (repeatable, call order)")
+    torch_opts.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                            help="cast the module's weights and float inputs to this dtype before timing "
+                                 "(fp16/bf16: the usual GPU precisions); default: fp32")
     torch_opts.add_argument("--example-inputs", metavar="NPZ", help="example inputs file (.npz)")
     torch_opts.add_argument("--arch", metavar="MODULE:FACTORY", help="builds the module a state_dict is loaded into")
     torch_opts.add_argument("--trust-pickle", action="store_true",
@@ -125,23 +129,24 @@ def run(args: argparse.Namespace) -> int:
     dims = parse_dims(args.dim)
     load_options = {k: v for k, v in (("example_inputs", args.example_inputs), ("arch", args.arch),
                                       ("trust_pickle", args.trust_pickle)) if v}
-    if (args.input or load_options) and args.runtime != "torch":
-        raise InputSpecError("--input, --example-inputs, --arch and --trust-pickle describe PyTorch model "
+    if (args.input or load_options or args.precision != "fp32") and args.runtime != "torch":
+        raise InputSpecError("--input, --example-inputs, --arch, --trust-pickle and --precision describe PyTorch model "
                              "specs; add --runtime torch (exported artifacts carry their own input specs)")
     if args.json:
         json_path = Path(args.json)
-        if json_path.is_dir():
+        if json_path.is_dir() and not json_path.is_symlink():
             raise OutputError(f"--json {args.json!r} is a folder; name a file, e.g. {json_path / 'bench.json'}")
+        check_output_file(json_path)
         ensure_writable_dir(json_path.parent)  # fail before spending minutes benchmarking
     n_threads = args.threads if device is not None else cap_threads(args.threads)  # a device has its own cores
     report = bench(args.targets, runtime=args.runtime, threads=n_threads, warmup=args.warmup,
                    runs=args.runs, min_seconds=args.min_seconds, batch=args.batch,
                    dims=dims, provider=args.provider, isolate=not args.no_isolate,
                    inputs=args.input, load_options=load_options, verify_digest=not args.no_verify_digest,
-                   device=device)
+                   device=device, precision=args.precision)
     print_report(report)
     if args.json:
         with reporting_disk_errors(args.json):
-            report.write_json(args.json)
+            write_output(args.json, report.to_json().encode())
         print(f"wrote {args.json}")
     return 1 if report.failed else 0

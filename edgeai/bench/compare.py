@@ -1,4 +1,9 @@
-"""`edgeai bench --compare BASE.json NEW.json [--threshold 5%]`: p50 ratios per target, failing on a regression."""
+"""`edgeai bench --compare BASE.json NEW.json [--threshold 5%]`: p50 ratios per target, failing on a regression.
+
+A target regressed when its p50 slowed by more than the threshold AND by more than either run's own
+spread (p90/p50): two runs of the same model on a busy machine differ by about that much, so a
+slowdown inside it is not evidence of a regression.
+"""
 from __future__ import annotations
 
 import math
@@ -77,8 +82,7 @@ def compare(base: BenchReport, new: BenchReport, threshold: float) -> list[Row]:
         if (b is not None and b.ok and b_p50 is None) or (n is not None and n.ok and n_p50 is None):
             rows.append(Row(name, b_p50, n_p50, None, False, "no p50 to compare (benchmark_model without median)"))
         elif b_p50 is not None and n_p50 is not None:
-            ratio = n_p50 / b_p50
-            rows.append(Row(name, b_p50, n_p50, ratio, ratio > 1 + threshold))
+            rows.append(_timed_row(name, b.timing, n.timing, threshold))
         elif n is None:
             rows.append(Row(name, b_p50, None, None, False, "only in the base report"))
         elif b is None:
@@ -88,6 +92,20 @@ def compare(base: BenchReport, new: BenchReport, threshold: float) -> list[Row]:
         else:
             rows.append(Row(name, None, n_p50, None, False, "failed in the base report"))
     return rows
+
+
+def spread(timing) -> float:
+    """p90/p50 of one run (1.0 when the report has no p90): how much its own runs vary."""
+    p90 = getattr(timing, "p90_ms", None)
+    return p90 / timing.p50_ms if p90 and timing.p50_ms else 1.0
+
+
+def _timed_row(name: str, b, n, threshold: float) -> Row:
+    ratio = n.p50_ms / b.p50_ms
+    noise = max(spread(b), spread(n))
+    if ratio > 1 + threshold and ratio <= noise:
+        return Row(name, b.p50_ms, n.p50_ms, ratio, False, f"within the runs' spread (p90/p50 {noise:.3f})")
+    return Row(name, b.p50_ms, n.p50_ms, ratio, ratio > max(1 + threshold, noise))
 
 
 def environment_differences(base: BenchReport, new: BenchReport) -> list[str]:
@@ -107,13 +125,14 @@ def run_compare(base_path: str, new_path: str, threshold_text: str) -> int:
     from rich.table import Table
 
     from edgeai.bench.report import ms
-    from edgeai.console import print_wide
+    from edgeai.console import print_table
 
     threshold = parse_threshold(threshold_text)
     base, new = load_report(base_path), load_report(new_path)
     rows = compare(base, new, threshold)
     table = Table(title=f"edgeai bench --compare: p50 of {new_path} / p50 of {base_path} "
-                        f"(> 1 is slower; regression past {threshold:.1%})", title_justify="left")
+                        f"(> 1 is slower; regression past {threshold:.1%} and past the runs' p90/p50)",
+                  title_justify="left")
     for col in ("target", "base p50 ms", "new p50 ms", "ratio", "verdict"):
         table.add_column(col, justify="left" if col in ("target", "verdict") else "right")
     for r in rows:
@@ -123,7 +142,7 @@ def run_compare(base_path: str, new_path: str, threshold_text: str) -> int:
         table.add_row(r.target, ms(r.base_p50_ms), ms(r.new_p50_ms),
                       "-" if r.ratio is None else f"{r.ratio:.3f}", verdict)
     console = Console()
-    print_wide(table, console)
+    print_table(table, console, fold=("target", "verdict"))
     for diff in environment_differences(base, new):
         console.print(f"note: the reports differ in {diff}", highlight=False, markup=False)
     regressions = [r for r in rows if r.regression]

@@ -12,10 +12,10 @@ if TYPE_CHECKING:
 MB = 1e6  # sizes and memory are shown in MB = 10^6 bytes
 
 
-def ms(x: float | None) -> str:
-    if x is None:
-        return "-"
-    return f"{x:.3f}" if x < 10 else f"{x:.2f}" if x < 100 else f"{x:.1f}"
+from edgeai.console import fmt_ms as ms  # noqa: E402  (one latency format for every table)
+
+# columns given up first when the table is wider than the terminal (--wide shows them all)
+BENCH_DROP = ("mean±std ms", "p99 ms", "first ms", "n", "load ms", "size MB", "peak RSS MB", "runtime")
 
 
 def megabytes(n: int | None) -> str:
@@ -82,10 +82,10 @@ def _caption(report: BenchReport) -> str:
 def print_report(report: BenchReport, console: "Console | None" = None) -> None:
     from rich.console import Console
 
-    from edgeai.console import print_wide
+    from edgeai.console import print_table
     console = console or Console()
     console.print(environment_line(report), highlight=False)
-    print_wide(table(report), console)
+    print_table(table(report), console, drop=BENCH_DROP, fold=("target",))
     notes: dict[str, list[str]] = {}
     for i, r in enumerate(report.results, 1):
         for note in r.notes:
@@ -99,9 +99,11 @@ def print_report(report: BenchReport, console: "Console | None" = None) -> None:
         console.print(f"inputs ({', '.join(rows)}): {text}", highlight=False, markup=False)
     for note, rows in notes.items():
         console.print(f"note ({', '.join(rows)}): {note}", highlight=False, markup=False)
+    failures: dict[tuple, list[str]] = {}  # one line per distinct error, naming every target it hit
     for i, r in enumerate(report.results, 1):
         if not r.ok:
-            console.print(f"#{i} {r.target} failed: {r.error}", style="red", highlight=False, markup=False)
-            if r.stderr_tail:
-                console.print(f"   last stderr line: {r.stderr_tail.splitlines()[-1]}",
-                              highlight=False, markup=False)
+            failures.setdefault((r.error, r.stderr_tail), []).append(f"#{i} {r.target}")
+    for (error, stderr_tail), rows in failures.items():
+        console.print(f"{', '.join(rows)} failed: {error}", style="red", highlight=False, markup=False)
+        if stderr_tail:
+            console.print(f"   last stderr line: {stderr_tail.splitlines()[-1]}", highlight=False, markup=False)

@@ -13,6 +13,7 @@ from edgeai.fsutil import atomic_write_text
 SCHEMA = "edgeai.bench/1"
 RUNTIMES = ("auto", "onnxruntime", "tflite", "torch")
 PROVIDERS = ("cpu", "cuda", "tensorrt")
+PRECISIONS = ("fp32", "fp16", "bf16")  # --runtime torch: the dtype weights and float inputs are cast to
 
 
 @dataclass(frozen=True)
@@ -32,12 +33,18 @@ class BenchConfig:
     load_options: Mapping[str, Any] = field(default_factory=dict)  # more edgeai.source.load_model kwargs
     seed: int = 0
     device: str = "local"                                  # "local", "ssh://HOST", "adb:SERIAL"
+    precision: str = "fp32"                                # torch runtime: fp32 | fp16 | bf16
 
     def __post_init__(self):
         if self.runtime not in RUNTIMES:
             raise InputSpecError(f"unknown runtime {self.runtime!r}; known: {', '.join(RUNTIMES)}")
         if self.provider not in PROVIDERS:
             raise InputSpecError(f"unknown provider {self.provider!r}; known: {', '.join(PROVIDERS)}")
+        if self.precision not in PRECISIONS:
+            raise InputSpecError(f"unknown precision {self.precision!r}; known: {', '.join(PRECISIONS)}")
+        if self.precision != "fp32" and self.runtime != "torch":
+            raise InputSpecError(f"precision {self.precision!r} applies to --runtime torch only; an exported "
+                                 "artifact has its own precision (export an fp16 variant instead)")
         for name in ("threads", "batch"):
             if getattr(self, name) < 1:
                 raise InputSpecError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -29,7 +29,8 @@ def bench(targets: Sequence[str | Path], *, runtime: str = "auto", threads: int 
           runs: int | None = None, min_seconds: float | None = None, batch: int = 1,
           dims: Mapping[str, int] | None = None, provider: str = "cpu", isolate: bool = True,
           inputs: Sequence[str] | None = None, load_options: Mapping[str, Any] | None = None,
-          verify_digest: bool = True, device: str | SshDevice | AdbDevice | None = None) -> BenchReport:
+          verify_digest: bool = True, device: str | SshDevice | AdbDevice | None = None,
+          precision: str = "fp32") -> BenchReport:
     """Time every target (see edgeai/bench/SCHEMA.md for what is measured and how).
 
     targets: .onnx/.tflite files, edgeai export folders (every artifact, manifest order) or
@@ -39,19 +40,23 @@ def bench(targets: Sequence[str | Path], *, runtime: str = "auto", threads: int 
     An export folder's files are checked against its manifest's sha256 first, unless `verify_digest`
     is False. device: None or "local" (this machine), "ssh://HOST" or an SshDevice / AdbDevice
     (edgeai.bench.devices): the artifacts are copied there and timed by the same protocol.
+    precision (runtime="torch" only): fp32, or fp16/bf16 to cast the module's weights and float inputs.
     """
     if isinstance(device, str):
         device = parse_device(device)
     config = BenchConfig(runtime=runtime, threads=threads, warmup=warmup, runs=runs,
                          min_seconds=min_seconds, batch=batch, dims=dict(dims or {}), provider=provider,
                          isolate=isolate, inputs=tuple(inputs or ()), load_options=dict(load_options or {}),
-                         device=device.name if device else LOCAL)
+                         device=device.name if device else LOCAL, precision=precision)
     return run_bench(targets, config, device, verify_digest=verify_digest)
 
 
 def run_bench(targets: Sequence[str | Path], config: BenchConfig, device: SshDevice | AdbDevice | None = None,
               *, verify_digest: bool = True) -> BenchReport:
     expanded = expand_targets(targets, config.runtime, verify_digest=verify_digest)
+    if config.runtime == "torch":  # model files are checked here, so a refusal is a one-line error (exit 2)
+        from edgeai.bench.torch_session import check_model_specs
+        check_model_specs([t.path for t in expanded], config)
     if isinstance(device, SshDevice):
         from edgeai.bench.ssh import bench_over_ssh
         return bench_over_ssh(expanded, config, device)
@@ -72,8 +77,8 @@ def measure_targets(expanded: Sequence[Target], config: BenchConfig) -> BenchRep
                   else measure_or_fail(target, config, isolated=False))
         if result.ok:
             log.info("%s: p50 %.3f ms over %d runs", target.label, result.timing.p50_ms, result.timing.n)
-        else:
-            log.warning("%s failed: %s", target.label, result.error)
+        else:  # the error is in the result: the report prints each distinct one once
+            log.info("%s failed", target.label)
         results.append(result)
     return BenchReport.build(env, config, results, created)
 

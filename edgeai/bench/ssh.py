@@ -24,6 +24,7 @@ from edgeai.bench.devices import DeviceError, SshDevice
 from edgeai.bench.results import SCHEMA as BENCH_SCHEMA
 from edgeai.bench.results import BenchConfig, BenchReport
 from edgeai.bench.targets import Target
+from edgeai.errors import RuntimeLoadError
 from edgeai.fsutil import sha256_file
 from edgeai.manifest import MANIFEST_NAME
 from edgeai.manifest import SCHEMA as MANIFEST_SCHEMA
@@ -50,7 +51,7 @@ except ImportError as e:
     out["edgeai_error"] = str(e)
 print(json.dumps(out))
 """
-_SAFE_REMOTE_PATH = re.compile(r"^[A-Za-z0-9_./~+-]+$")
+SAFE_REMOTE_PATH = re.compile(r"^[A-Za-z0-9_./~+-]+$")
 
 
 def remote_command(argv: Sequence[str]) -> str:
@@ -111,6 +112,10 @@ def target_files(target: Target) -> list[tuple[str, Path]]:
         folder = Path(target.path)
         entry = Manifest.read(folder).get(target.artifact)
         names = [entry.file, *entry.extra_files, MANIFEST_NAME]
+        for name in names:  # checked whatever --no-verify-digest says: a link would upload what it points to
+            if (folder / name).is_symlink():
+                raise RuntimeLoadError(f"{str(folder / name)!r} is a symbolic link; edgeai uploads only the "
+                                       "regular files of an export folder, never what a link points to")
         return [(Path(n).name, folder / n) for n in names]
     raise DeviceError(f"{target.label!r} is a PyTorch model spec; a device runs exported artifacts: "
                       "export it first (edgeai export) and bench the export folder")
@@ -122,7 +127,7 @@ def probe(device: SshDevice, shas: Sequence[str]) -> dict:
     info = json.loads(out.strip().splitlines()[-1])
     if "edgeai_error" in info:
         raise DeviceError(f"{device.name}: {device.python} cannot import edgeai's device agent "
-                          f"({info['edgeai_error']}); install it there: pip install edgeai")
+                          f"({info['edgeai_error']}); install it there: edgeai device setup {device.name}")
     return info
 
 
@@ -139,7 +144,7 @@ def check_schemas(device: SshDevice, info: dict, has_manifests: bool) -> None:
 
 def upload(device: SshDevice, files: dict[str, Path], incoming: str) -> None:
     """scp each file to INCOMING/SHA256 on the device (the agent checks each hash before using it)."""
-    if not _SAFE_REMOTE_PATH.match(incoming):  # the device chose it; refuse anything a shell could read
+    if not SAFE_REMOTE_PATH.match(incoming):  # the device chose it; refuse anything a shell could read
         raise DeviceError(f"{device.name}: unexpected cache path {incoming!r}; set EDGEAI_DEVICE_CACHE there "
                           "to a plain path")
     for sha, local in files.items():

@@ -5,26 +5,30 @@ import json
 from pathlib import Path
 
 from edgeai.argtypes import positive_int
+from edgeai.bench.results import PROVIDERS
 from edgeai.manifest import MANIFEST_NAME, NO_VERIFY_HELP
+from edgeai.vocabulary import add_deprecated_alias
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "eval", help="measure the task metric (top-1, or cosine to FP32) of artifacts in their runtime",
-        description="Evaluate ARTIFACT (a .onnx/.tflite file, or every artifact of an export folder) on DATA. "
+        description="Evaluate ARTIFACT (a .onnx/.tflite file, every artifact of an export folder, or FOLDER@ARTIFACT) on "
+                    "--eval-data. "
                     "With a 'labels' array the metric is top-1 accuracy in points; without, the mean cosine "
                     "similarity of each artifact's first output to the first artifact's (the FP32 reference). "
                     "--metric scores with your own FUNC(outputs, labels) instead; --reference compares with "
                     "another model's outputs (e.g. the FP32 export, OUTDIR/baseline of edgeai optimize). "
                     "It prints what each value is compared against. A single artifact without labels, "
                     "--metric or --reference is refused: comparing it with itself would say nothing.")
-    p.add_argument("artifact")
-    p.add_argument("--data", required=True, metavar="FILE.npz|module:function",
+    p.add_argument("artifact", metavar="ARTIFACT|FOLDER[@ARTIFACT]",
+                   help="a .onnx/.tflite file, an export folder (every artifact) or FOLDER@ARTIFACT (that one)")
+    p.add_argument("--eval-data", metavar="FILE.npz|module:function",
                    help="inputs keyed by input name, optionally 'labels'")
-    p.add_argument("--artifact-name", action="append", default=None,
-                   help="only these artifacts of an export folder (repeatable; default: all)")
+    add_deprecated_alias(p, "--data", "--eval-data", "eval_data")
+    add_deprecated_alias(p, "--artifact-name", "FOLDER@ARTIFACT", "artifact_name", append=True)
     p.add_argument("--batch-size", type=positive_int, default=64, help="samples per run (default 64)")
-    p.add_argument("--provider", default="cpu", choices=("cpu", "cuda"), help="execution provider (default cpu)")
+    p.add_argument("--provider", default="cpu", choices=PROVIDERS, help="execution provider (default cpu)")
     p.add_argument("--metric", metavar="FILE.py:FUNC|module:FUNC",
                    help="your task metric, FUNC(outputs: dict[name, array], labels) -> float, higher is better; "
                         "labels is the data's 'labels' array or None")
@@ -42,21 +46,29 @@ def run(args) -> int:
 
     from edgeai.data import load_feeds, split_labels
     from edgeai.evaluate import evaluate, run_batched
-    from edgeai.console import print_wide
-    from edgeai.fsutil import atomic_write_text
+    from edgeai.console import print_table
+    from edgeai.fsutil import check_output_file, write_output
     from edgeai.manifest import Manifest
     from edgeai.metrics import load_metric
     from edgeai.runtime.subproc import load_guarded
 
+    from edgeai.errors import DataError
+    from edgeai.vocabulary import split_artifact
+    if not args.eval_data:
+        raise DataError("edgeai eval needs the data to score on: --eval-data FILE.npz|module:function")
+    if args.json:
+        check_output_file(args.json)  # a bad --json fails before anything runs
     metric = load_metric(args.metric)
-    path = Path(args.artifact)
+    target, picked = split_artifact(args.artifact)
+    path = Path(target)
     manifest = Manifest.read(path) if path.is_dir() and (path / MANIFEST_NAME).is_file() else None
-    names = (args.artifact_name or [a.name for a in manifest.artifacts]) if manifest else [None]
+    chosen = [picked] if picked else getattr(args, "artifact_name", None)
+    names = (chosen or [a.name for a in manifest.artifacts]) if manifest else [None]
     results, reference, against = [], None, None
     for name in names:
         session = load_guarded(path, artifact=name, provider=args.provider,  # LiteRT: in a child process
                                verify_digest=not args.no_verify_digest)
-        feeds, labels = split_labels(load_feeds(args.data, session.inputs, what="evaluation data"))
+        feeds, labels = split_labels(load_feeds(args.eval_data, session.inputs, what="evaluation data"))
         if against is None:
             against = _compared_against(args, metric, labels, names, manifest, path)
         if labels is None and reference is None and metric is None:
@@ -76,9 +88,9 @@ def run(args) -> int:
         r["drop"] = base - r["value"]
         spec = ".5f" if r["metric"] == "cosine" else ".2f" if r["metric"] == "top1" else ".5g"
         table.add_row(r["artifact"], r["metric"], format(r["value"], spec), format(r["drop"], "+" + spec), str(r["n"]))
-    print_wide(table, Console())
+    print_table(table, Console(), fold=("artifact",))
     if args.json:
-        atomic_write_text(args.json, json.dumps({"schema": "edgeai.eval/1", "results": results}, indent=2) + "\n")
+        write_output(args.json, (json.dumps({"schema": "edgeai.eval/1", "results": results}, indent=2) + "\n").encode())
     return 0
 
 
@@ -96,7 +108,7 @@ def _compared_against(args, metric, labels, names: list, manifest, path: Path) -
         from edgeai.errors import DataError
         entry = manifest.get(names[0]) if manifest else None
         what = f"{path} holds one {entry.precision} artifact ({entry.name})" if entry else f"{path} is one artifact"
-        raise DataError(f"{what} and --data has no 'labels': comparing it with itself would say nothing; add "
+        raise DataError(f"{what} and --eval-data has no 'labels': comparing it with itself would say nothing; add "
                         f"labels to the data, pass --metric FILE.py:FUNC, or --reference FP32_MODEL"
                         f"{_reference_hint(manifest)}")
     return f"the first artifact, {names[0]} (cosine of the first output)"

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from edgeai.errors import ExportError, MissingDependencyError
 from edgeai.exporters import EXPORTERS, Exporter, ExportResult, flatten_outputs, interrupts_propagate, output_names
+from edgeai.extras import install_command
 
 if TYPE_CHECKING:
     import torch
@@ -20,7 +21,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = 'pip install -c constraints.txt "edgeai[tflite]"'
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ def _import_litert_torch():
     try:
         import litert_torch
     except ImportError:
-        raise MissingDependencyError(f"TFLite export needs litert-torch; run: {INSTALL_HINT}") from None
+        raise MissingDependencyError(f"TFLite export needs litert-torch; run: {install_command('tflite')}") from None
     return litert_torch
 
 

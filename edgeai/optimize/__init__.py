@@ -27,6 +27,7 @@ class OptimizeResult:
     chosen: str              # candidate id, e.g. "onnx/int8-static"
     why: str
     report: dict             # what report.json holds
+    stopped: str | None = None   # None, "budget", "SIGINT" or "SIGTERM": the search stopped early
 
     @property
     def best_dir(self) -> Path:
@@ -61,26 +62,39 @@ def optimize(model: str | None = None, out_dir: str | Path | None = None, *, con
 
 
 def run(config: OptimizeConfig, out_dir: Path, progress: Callable[[dict], None] | None = None) -> OptimizeResult:
-    from edgeai.fsutil import ensure_writable_dir
+    """The search and its outputs. `config.budget_minutes` counts from here; SIGINT/SIGTERM stop the
+    search with the best so far (raised as `Stopped` only before the FP32 baseline exists)."""
+    import time
+
+    from edgeai.fsutil import ensure_writable_dir, real_dirs
     from edgeai.optimize.cache import Cache
     from edgeai.optimize.lab import PipelineLab
     from edgeai.optimize.report import write_all
+    from edgeai.outdir import check_replaceable
     from edgeai.optimize.search import Search
+    from edgeai.optimize.stop import signals_stop
 
+    started = time.monotonic()   # the lab's clock
     config.validate()
     ensure_writable_dir(out_dir)
-    cache = Cache(config.cache_dir or out_dir / ".cache", read=not config.no_cache)
-    lab = PipelineLab(config, cache.root / "work")
-    try:
-        result = Search(config, lab, cache, progress).run()
-    finally:
+    for name in ("best", "baseline"):  # one edgeai did not write stops the run before it starts
+        check_replaceable(out_dir / name)
+    cache = Cache(config.cache_dir or real_dirs(out_dir, ".cache"), read=not config.no_cache)
+    with signals_stop() as signals:
+        lab = PipelineLab(config, cache.work_dir())
+        try:
+            result = Search(config, lab, cache, progress, started=started).run()
+            signals.record_only()
+        except BaseException:
+            lab.close(abort=True)  # stop the builds now and remove their folders
+            raise
         lab.close()
-    c = result.chosen.candidate
-    env = {"cpu": lab.cpu(), "versions": lab.identity()["versions"],
-           "device": lab.device_env()}   # None: timed on this machine; else the device's fingerprint
-    report = write_all(out_dir, result, _plain(config), env, lab.recipe(c.format, c.steps, c.scheme))
+        c = result.chosen.candidate
+        env = {"cpu": lab.cpu(), "versions": lab.identity()["versions"],
+               "device": lab.device_env()}   # None: timed on this machine; else the device's fingerprint
+        report = write_all(out_dir, result, _plain(config), env, lab.recipe(c.format, c.steps, c.scheme))
     log.info("chose %s: %s", result.chosen.id, result.why)
-    return OptimizeResult(out_dir, result.chosen.id, result.why, report)
+    return OptimizeResult(out_dir, result.chosen.id, result.why, report, result.stopped or signals.received)
 
 
 def _plain(config: OptimizeConfig) -> dict:
@@ -91,7 +105,8 @@ class _CallableModule(types.ModuleType):
     """`edgeai.optimize` is this package and the function: `edgeai.optimize(model, out_dir, ...)`."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> OptimizeResult:
-        return optimize(*args, **kwargs)
+        from edgeai.api import optimize as api_optimize  # module objects and keyword checks, as edgeai.export
+        return api_optimize(*args, **kwargs)
 
 
 sys.modules[__name__].__class__ = _CallableModule

@@ -3,15 +3,17 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import shutil
-import tempfile
+import signal
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
-from edgeai.errors import EdgeAIError
+from edgeai.errors import EdgeAIError, MissingDependencyError, Terminated
+from edgeai.fsutil import check_real_dir, copy_new_file
 
 log = logging.getLogger(__name__)
 
@@ -68,41 +70,102 @@ def _to_recipe(data: Mapping[str, Any]):
     return replace(recipe_from_dict(data), summary=SummaryConfig(bench=False))
 
 
+_building = False   # in a build worker: a unit is being built now (see worker_init)
+_stopping = False   # ... and a signal is unwinding it
+
+
+def worker_init() -> None:
+    """Signals in a build worker: SIGTERM/SIGINT during a build unwind it (its export's staging and its unit
+    folder are removed; a second signal does not cut that short); between builds the worker just exits,
+    quietly (no traceback, nothing left for multiprocessing's resource tracker to warn about)."""
+    def stop(signum, frame):
+        global _stopping
+        if not _building:
+            os._exit(128 + signum)
+        if not _stopping:
+            _stopping = True
+            raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop)
+
+
 def build_unit(job: Mapping[str, Any]) -> dict[str, dict]:
-    """{candidate id: Built fields}; every failure becomes an `error` (the unit never raises)."""
+    """{candidate id: Built fields}; every failure becomes an `error` (the unit never raises but for an interrupt).
+    The unit is built in job["work"], a folder of its own that is removed when the build ends."""
+    global _building
     ids: dict[str, str] = job["ids"]          # artifact name in the export -> candidate id
+    _building = True
     try:
         return _build(job)
+    except (MissingDependencyError, OSError, MemoryError) as e:  # this machine's, not the candidate's
+        error = str(e) if isinstance(e, EdgeAIError) else f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+        return {cid: {"id": cid, "error": error, "transient": True} for cid in ids.values()}
     except EdgeAIError as e:
         error = str(e)
     except Exception as e:  # a bug or a limitation of a step on this model: report it, go on
         log.debug("build failed", exc_info=True)
         error = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+    finally:
+        _building = False
+        shutil.rmtree(job["work"], ignore_errors=True)
     return {cid: {"id": cid, "error": error} for cid in ids.values()}
 
 
+def cap_distillation(recipe: Mapping[str, Any], deadline: float | None, after_s: float,
+                     now: float) -> tuple[dict, float | None]:
+    """`recipe` with each distill step's max_minutes cut so that it ends `after_s` seconds before
+    `deadline` (time.time() seconds), and the cap in minutes when it cut one (else None)."""
+    if deadline is None:
+        return dict(recipe), None
+    left = max((deadline - now - after_s) / 60, 0.01)
+    steps, cap = [], None
+    for step in recipe["steps"]:
+        opts = step.get("distill") if isinstance(step, Mapping) else None
+        if isinstance(opts, Mapping) and (opts.get("max_minutes") is None or opts["max_minutes"] > left):
+            step, cap = {"distill": {**opts, "max_minutes": round(left, 3)}}, round(left, 3)
+        steps.append(step)
+    return {**recipe, "steps": steps}, cap
+
+
+def distill_summary(entry) -> dict | None:
+    """What the distill step of `entry` measured: epochs asked and run, seconds, whether max_minutes ended it."""
+    step = next((s for s in entry.steps if s.get("type") == "model.distill"), None)
+    if step is None:
+        return None
+    d, config = step.get("details", {}), step.get("config", {})
+    return {"epochs": config.get("epochs"), "epochs_run": d.get("epochs_run"), "seconds": d.get("seconds"),
+            "samples_trained": d.get("samples_trained"), "train_samples": d.get("train_samples"),
+            "max_minutes": config.get("max_minutes"),
+            "out_of_time": any(str(n).startswith("stopped at max_minutes") for n in step.get("notes", []))}
+
+
 def _build(job: Mapping[str, Any]) -> dict[str, dict]:
+    import time
+
     from edgeai.pipeline import export
 
     ids, dests = job["ids"], job["dests"]
-    work = Path(job["work"])
-    work.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="unit-", dir=work) as tmp:
-        out = export(recipe=_to_recipe(job["recipe"]), out_dir=Path(tmp) / "export")
-        failed = {f["name"]: f["error"] for f in out.manifest.failed}
-        results = {}
-        for name, cid in ids.items():
-            entry = next((a for a in out.manifest.artifacts if a.name == name), None)
-            if entry is None:
-                results[cid] = {"id": cid, "error": failed.get(name, f"the export produced no {name} artifact")}
-                continue
-            folder = _write_candidate(out.out_dir, out.manifest, entry, Path(dests[cid]))
-            metric, value = _score(entry)
-            result = {"id": cid, "folder": str(folder), "size_bytes": entry.size_bytes, "metric": metric,
-                      "value": value, "notes": list(entry.notes)}
-            if job.get("reference") and name == "fp32":
-                result["reference_sha256"] = outputs_digest(_run_eval(folder, entry, job))
-            results[cid] = result
+    unit = Path(job["work"])
+    unit.mkdir(parents=True, exist_ok=True)   # made by the Lab here; on a Ray node, made now
+    recipe, cap = cap_distillation(job["recipe"], job.get("deadline"), job.get("after_distill_s", 0.0), time.time())
+    out = export(recipe=_to_recipe(recipe), out_dir=unit / "export")
+    failed = {f["name"]: f["error"] for f in out.manifest.failed}
+    results = {}
+    for name, cid in ids.items():
+        entry = next((a for a in out.manifest.artifacts if a.name == name), None)
+        if entry is None:
+            results[cid] = {"id": cid, "error": failed.get(name, f"the export produced no {name} artifact")}
+            continue
+        folder = _write_candidate(out.out_dir, out.manifest, entry, Path(dests[cid]))
+        metric, value = _score(entry)
+        result = {"id": cid, "folder": str(folder), "size_bytes": entry.size_bytes, "metric": metric,
+                  "value": value, "notes": list(entry.notes), "distill": distill_summary(entry)}
+        if cap is not None:   # built with less distillation than its key says: reported, not cached
+            result["capped_minutes"] = cap
+        if job.get("reference") and name == "fp32":
+            result["reference_sha256"] = outputs_digest(_run_eval(folder, entry, job))
+        results[cid] = result
     return results
 
 
@@ -110,9 +173,9 @@ def _write_candidate(src: Path, manifest, entry, dest: Path) -> Path:
     """`dest` becomes a normal export folder holding only `entry` (manifest written last)."""
     from edgeai.manifest import Manifest
 
-    dest.mkdir(parents=True, exist_ok=True)
+    check_real_dir(dest)  # the cache made it empty; nothing in it is written through a link
     for f in [entry.file, *entry.extra_files]:
-        shutil.copyfile(src / f, dest / f)
+        copy_new_file(src / f, dest / f)
     Manifest(source=manifest.source, artifacts=[entry], versions=manifest.versions,
              created=manifest.created).write(dest)
     return dest

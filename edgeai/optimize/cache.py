@@ -1,16 +1,26 @@
-"""The optimize cache: built candidates and their paired timings, keyed by (model digest, steps, config, versions)."""
+"""The optimize cache: built candidates and their paired timings, keyed by (model digest, steps, config, versions).
+
+Nothing in the cache is trusted: it is never reached through a link (every folder below the
+cache root is checked, every file opened without following links, a planted link is refused
+with an error naming it), and a cached candidate is used only while its files still have the
+sha256 its manifest recorded (else it is rebuilt).
+"""
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
+import os
 import shutil
+import stat
 from pathlib import Path
 from typing import Any, Mapping
 
 from edgeai import typed
-from edgeai.errors import EdgeAIError
-from edgeai.fsutil import atomic_write_text, ensure_writable_dir
+from edgeai.errors import EdgeAIError, OutputError
+from edgeai.fsutil import atomic_write_text, check_real_dir, ensure_writable_dir, real_dirs
+from edgeai.manifest import MANIFEST_NAME
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +34,8 @@ def digest(*parts: Any) -> str:
 
 
 class Cache:
-    """Folders under `root`: candidates/KEY/ (an export folder + result.json) and timings/KEY.json.
+    """Folders under `root`: candidates/KEY/ (an export folder + result.json), timings/KEY.json and work/
+    (where builds run). `root` is the folder the user named (or OUTDIR/.cache, made by real_dirs).
 
     `read=False` (--no-cache) ignores what is stored and overwrites it; writes are always atomic.
     """
@@ -36,45 +47,93 @@ class Cache:
     def candidate_dir(self, key: str) -> Path:
         return self.root / "candidates" / key
 
+    def work_dir(self) -> Path:
+        """The folder builds run in (each unit in a folder of its own, removed when it ends)."""
+        return real_dirs(self.root, "work")
+
     def get_built(self, key: str) -> dict | None:
-        """The stored result of candidate `key` (with its folder present), or None."""
+        """The stored result of candidate `key` (with its folder present and intact), or None."""
         if not self.read:
             return None
         folder = self.candidate_dir(key)
-        try:
-            result = json.loads((folder / RESULT_NAME).read_text())
-        except (OSError, ValueError):
+        if not os.path.lexists(folder):
+            return None
+        check_real_dir(real_dirs(self.root, "candidates") / key)
+        result = _read_json(folder / RESULT_NAME)
+        if result is None:
             return None
         if result.get("folder"):
-            if not (folder / "manifest.json").is_file():
-                return None  # a failed build has no folder; a built one must still be whole
+            problem = _damage(folder)
+            if problem:
+                log.warning("rebuilding %s: the cached candidate %s", result.get("id", key), problem)
+                return None
             result["folder"] = str(folder)  # stored relative: a cache folder can be moved or shared
         return result
 
     def put_built(self, key: str, result: Mapping) -> None:
-        folder = self.candidate_dir(key)
+        folder = real_dirs(self.root, "candidates", key)
         result = dict(result)
         if result.get("folder"):
             assert Path(result["folder"]).resolve() == folder.resolve(), "a candidate is built in its cache folder"
             result["folder"] = "."
-        atomic_write_text(ensure_writable_dir(folder) / RESULT_NAME, json.dumps(result, indent=2))
+        atomic_write_text(folder / RESULT_NAME, json.dumps(result, indent=2))
 
     def clear_candidate(self, key: str) -> Path:
-        """An empty folder for candidate `key` (a forced rebuild starts clean)."""
+        """An empty folder for candidate `key` (a forced rebuild starts clean); a link there is refused."""
         folder = self.candidate_dir(key)
-        shutil.rmtree(folder, ignore_errors=True)
-        return ensure_writable_dir(folder)
+        real_dirs(self.root, "candidates")
+        if os.path.lexists(folder):
+            shutil.rmtree(check_real_dir(folder))  # rmtree never follows the links inside
+        return real_dirs(self.root, "candidates", key)
 
     def get_timing(self, key: str) -> dict | None:
-        if not self.read:
+        if not self.read or not os.path.lexists(self.root / "timings"):
             return None
-        try:
-            return json.loads((self.root / "timings" / f"{key}.json").read_text())
-        except (OSError, ValueError):
-            return None
+        return _read_json(real_dirs(self.root, "timings") / f"{key}.json")
 
     def put_timing(self, key: str, timing: Mapping) -> None:
-        atomic_write_text(ensure_writable_dir(self.root / "timings") / f"{key}.json", json.dumps(dict(timing)))
+        atomic_write_text(real_dirs(self.root, "timings") / f"{key}.json", json.dumps(dict(timing)))
+
+
+def _read_json(path: Path) -> dict | None:
+    """The JSON object in `path`, None when it is missing or unreadable; a link there is refused."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise OutputError(f"refusing {str(path)!r}: it is a symbolic link, not a file edgeai made (a link is "
+                              "never followed in the cache); remove it and run again") from None
+        return None
+    try:
+        with os.fdopen(fd, "rb") as f:
+            data = json.loads(f.read())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _damage(folder: Path) -> str | None:
+    """What is wrong with a cached export folder (a file missing, a link, a sha256 that changed), or None."""
+    from edgeai.manifest import Manifest
+
+    names = [MANIFEST_NAME]
+    try:
+        if not stat.S_ISREG(os.lstat(folder / MANIFEST_NAME).st_mode):
+            return f"has a {MANIFEST_NAME} that is not a regular file"
+        manifest = Manifest.read(folder)
+        names += [n for entry in manifest.artifacts for n in entry.files]
+        for name in names:
+            if not stat.S_ISREG(os.lstat(folder / name).st_mode):
+                return f"has {name}, which is not a regular file"
+        for entry in manifest.artifacts:
+            entry.verify_files(folder)
+    except FileNotFoundError as e:
+        return f"lacks {Path(e.filename).name}"
+    except (OSError, EdgeAIError) as e:
+        return f"is damaged or was changed after it was built ({e})"
+    return None
 
 
 class CacheError(EdgeAIError):

@@ -52,12 +52,17 @@ class Skip:
 
 
 def step_label(steps: tuple[Mapping, ...]) -> str:
-    """({"prune": {"ratio": 0.5}}, {"distill": {}}) -> "prune0.5+distill"."""
+    """({"prune": {"ratio": 0.5}}, {"distill": {"max_minutes": 2}}) -> "prune0.5+distill2m"."""
     parts = []
     for step in steps:
         (name, opts), = step.items()
-        ratio = opts.get("ratio") if isinstance(opts, Mapping) else None
-        parts.append(f"{name}{ratio:g}" if ratio is not None else name)
+        opts = opts if isinstance(opts, Mapping) else {}
+        if opts.get("ratio") is not None:
+            parts.append(f"{name}{opts['ratio']:g}")
+        elif name == "distill" and opts.get("max_minutes") is not None:   # the fidelity of a distillation
+            parts.append(f"{name}{opts['max_minutes']:g}m")
+        else:
+            parts.append(name)
     return "+".join(parts)
 
 
@@ -112,5 +117,5 @@ def prune_steps(ratio: float, distill: Mapping | None) -> tuple[Mapping, ...]:
 
 
 def prune_units(fmt: str, ratios: tuple[float, ...], distill: Mapping | None, schemes: tuple[str, ...]) -> list[Unit]:
-    """Pruned units in ascending ratio (cheapest accuracy loss first); each quantized by `schemes`."""
-    return [Unit(fmt, prune_steps(r, distill), schemes) for r in sorted(ratios)]
+    """Pruned units in the order of `ratios`; each quantized by `schemes`."""
+    return [Unit(fmt, prune_steps(r, distill), schemes) for r in ratios]

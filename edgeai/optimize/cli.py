@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 from edgeai import argtypes
 from edgeai.optimize.config import OBJECTIVES
+from edgeai.optimize.stop import EXIT_CODES, Stopped
+from edgeai.vocabulary import add_deprecated_alias
 
 DESCRIPTION = """\
 Find the fastest variant of MODEL for this machine (or the --device) within an accuracy budget, by measuring.
@@ -14,17 +17,19 @@ ratios (distilled when --train-data is given) and prune -> quantize combinations
 winners first. Every candidate is exported and verified by the export pipeline, scored on
 --eval-data in its own runtime and timed against FP32 in interleaved rounds (each in a fresh
 process). A candidate replaces FP32 only if its median speedup is >= 1.03x AND it is faster in
-every round; ties go to the smaller file. Exit 0 whichever is chosen, 2 on bad input."""
+every round; ties go to the smaller file. --budget-minutes bounds the whole command: at the budget,
+or on SIGINT/SIGTERM, it times what it built and writes the report from the best so far.
+Exit 0 whichever is chosen (the budget included), 2 on bad input, 130/143 after SIGINT/SIGTERM."""
 
 EPILOG = """\
 writes OUTDIR/best/ (an export folder with the chosen artifact), baseline/ (the FP32 export it was
-compared with: edgeai eval OUTDIR/best --data E.npz --reference OUTDIR/baseline), report.md, report.json
+compared with: edgeai eval OUTDIR/best --eval-data E.npz --reference OUTDIR/baseline), report.md, report.json
 (schema edgeai.optimize/1), pareto.png and recipe.yaml (reproduces the choice with edgeai export).
 examples:
   edgeai optimize edgeai.zoo:digits_cnn --input image:batch,1,32,32 --eval-data test.npz \\
       --calibration calib.npz --max-drop 1.0 -o out/opt
   edgeai optimize model.py:make --example-inputs x.npz --eval-data e.npz --metric metric.py:pitch_error \\
-      --max-drop 2 --train-data t.npz --formats onnx,tflite --budget-minutes 20 -o out/opt
+      --max-drop 2 --train-data t.npz --format onnx,tflite --budget-minutes 20 -o out/opt
   edgeai optimize model.py:make --input x:batch,64 --eval-data e.npz --max-drop 1 -o out/opt \\
       --device ssh://pi@raspberrypi.local --device-python /home/pi/edgeai/bin/python"""
 
@@ -60,19 +65,21 @@ def add_parser(sub) -> None:
                    help="accuracy budget in the metric's units (top-1 points, cosine, or your metric)")
     p.add_argument("--calibration", metavar="C.npz", help="calibration inputs (static INT8 needs them)")
     p.add_argument("--train-data", metavar="T.npz", help="training data: pruned candidates are distilled on it")
-    p.add_argument("--formats", "--format", dest="formats", type=_csv, default=("onnx",), metavar="onnx,tflite",
-                   help="formats to try; the first one's FP32 is the baseline (default onnx)")
+    p.add_argument("--format", dest="formats", type=_csv, default=(), metavar="onnx[,tflite]",
+                   help="formats to try; the first one's FP32 is the baseline (default: onnx, and tflite "
+                        "when the tflite extra is installed)")
+    add_deprecated_alias(p, "--formats", "--format", "formats", type=_csv)
     p.add_argument("--objective", choices=OBJECTIVES, default="p50",
                    help="p50 or p90 latency, or size (the smallest file not slower than FP32); default p50")
     p.add_argument("--budget-minutes", type=argtypes.finite_float, default=30.0,
-                   help="stop with the best so far (default 30)")
+                   help="the whole command's time, report included: stops with the best so far (default 30)")
     p.add_argument("--threads", type=argtypes.threads, default=1, metavar="N",
                    help=f"threads when timing (default 1; {argtypes.THREADS_HELP})")
     p.add_argument("--max-size-mb", type=argtypes.finite_float, default=None, help="reject candidates larger than this")
     p.add_argument("--max-rss-mb", type=argtypes.finite_float, default=None,
                    help="reject candidates whose peak RSS exceeds this")
     p.add_argument("--prune-ratios", type=_ratios, default=None, metavar="R,R",
-                   help="fractions of MACs to remove (default 0.5,0.75 with --train-data, else 0.25,0.5; "
+                   help="fractions of MACs to remove (default 0.5,0.7,0.85 with --train-data, else 0.25,0.5; "
                         "'' turns pruning off)")
     p.add_argument("--distill-epochs", type=argtypes.positive_int, default=None,
                    help="most epochs of distillation per pruned candidate (default: the distill step's)")
@@ -97,6 +104,8 @@ def add_parser(sub) -> None:
 def cmd_optimize(args) -> int:
     from pathlib import Path
 
+    from edgeai.extras import require
+    require("torch", "edgeai optimize")  # a device install (no 'export' extra): say which extra to add
     from edgeai.optimize import OptimizeConfig, run
 
     threads = args.threads if args.device else argtypes.cap_threads(args.threads)  # a device has its own cores
@@ -111,23 +120,42 @@ def cmd_optimize(args) -> int:
         no_cache=args.no_cache, distill={"epochs": args.distill_epochs} if args.distill_epochs else {},
         task=args.task, device=args.device, ssh_config=args.ssh_config, device_python=args.device_python)
     config.validate()
+    bench_log = logging.getLogger("edgeai.bench")
+    level = bench_log.level
     if not args.debug:  # the progress line says what is being timed; per-target bench lines would bury it
-        logging.getLogger("edgeai.bench").setLevel(logging.WARNING)
-    with _ProgressDisplay(quiet=args.quiet) as display:
-        result = run(config, Path(args.output), display.update)
+        bench_log.setLevel(logging.WARNING)
+    try:
+        with _ProgressDisplay(quiet=args.quiet) as display:
+            result = run(config, Path(args.output), display.update)
+    except Stopped as e:   # before the FP32 baseline was built: there is nothing to report
+        print(f"edgeai optimize: {e} before the FP32 baseline was built; nothing was written", file=sys.stderr)
+        return EXIT_CODES[e.name]
+    finally:
+        bench_log.setLevel(level)  # in-process callers (the API, tests) get their bench log lines back
     _print_summary(result)
-    return 0
+    return EXIT_CODES.get(result.stopped or "", 0)   # 130/143 after a signal, once everything is written
 
 
 class _ProgressDisplay:
-    """candidates done/total, the current best and the time left, on one rich progress line."""
+    """candidates done/total, the current best and the time left.
+
+    On a terminal: one rich progress line on stderr, with log lines printed above it (same stream, so
+    they never collide). Elsewhere (CI, a pipe): a plain line whenever a candidate finishes or the step
+    changes, and at least every PLAIN_EVERY_S seconds, so a log shows progress as it happens."""
+
+    PLAIN_EVERY_S = 30.0
 
     def __init__(self, quiet: bool):
+        from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        self.console = Console(stderr=True)
+        self.quiet, self.live = quiet, self.console.is_terminal
         self.progress = Progress(TextColumn("[bold]optimize"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.description}"), TimeElapsedColumn(), disable=quiet,
-                                 transient=False)
+                                 TextColumn("{task.description}"), TimeElapsedColumn(), console=self.console,
+                                 disable=quiet or not self.live, transient=False)
         self.task = self.progress.add_task("starting", total=None)
+        self._last: tuple = ()
+        self._last_at = 0.0
 
     def __enter__(self):
         self.progress.start()
@@ -138,17 +166,24 @@ class _ProgressDisplay:
         return False
 
     def update(self, event: dict) -> None:
+        import time
         best = f"best {event['best']} {event['best_speedup']:.2f}x" if event.get("best_speedup") else "best FP32"
         left = f"{event['seconds_left'] / 60:.1f} min left"
-        self.progress.update(self.task, total=event["total"], completed=event["done"],
-                             description=f"{best} | {left} | {event['message'][:60]}")
+        description = f"{best} | {left} | {event['message'][:60]}"
+        if self.live:
+            self.progress.update(self.task, total=event["total"], completed=event["done"], description=description)
+            return
+        key, now = (event["done"], event["message"]), time.monotonic()
+        if not self.quiet and (key != self._last or now - self._last_at >= self.PLAIN_EVERY_S):
+            self._last, self._last_at = key, now
+            print(f"optimize {event['done']}/{event['total'] or '?'} | {description}", file=sys.stderr, flush=True)
 
 
 def _print_summary(result) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from edgeai.console import print_wide
+    from edgeai.console import fmt_ms, print_table
 
     table = Table(title=f"edgeai optimize: {result.out_dir}", title_justify="left")
     for col in ("candidate", "status", "size MB", "p50 ms", "speedup", "metric", "drop", "reason"):
@@ -156,14 +191,19 @@ def _print_summary(result) -> None:
     styles = {"chosen": "bold green", "rejected": "red", "failed": "red", "skipped": "dim"}
     for c in result.report["candidates"]:
         table.add_row(c["id"], c["status"], _fmt(c["size_bytes"] and c["size_bytes"] / 1e6, ".3f"),
-                      _fmt(c["p50_ms"], ".3f"), _fmt(c["speedup"], ".2f"), _fmt(c["value"], ".4g"),
+                      fmt_ms(c["p50_ms"]), _fmt(c["speedup"], ".2f"), _fmt(c["value"], ".4g"),
                       _fmt(c["drop"], "+.4g"), c["reason"], style=styles.get(c["status"]))
     console = Console()
-    print_wide(table, console)
+    print_table(table, console, drop=("drop", "size MB", "metric"), fold=("reason", "candidate"))
+    formats = result.report.get("formats") or []
+    if len(formats) > 1:
+        console.print("formats against " + formats[0]["baseline"] + ": " + "; ".join(
+            f"{f['format']} best {f['best'] or '-'} {_fmt(f['best_speedup'], '.2f')}x" for f in formats),
+            markup=False, highlight=False)
     for note in result.report["notes"]:
         console.print(f"note: {note}", style="yellow", markup=False, highlight=False)
     console.print(f"chosen: {result.why}", markup=False, highlight=False)
-    console.print(f"wrote {result.best_dir}/, baseline/, report.md, report.json, pareto.png, recipe.yaml in "
+    console.print(f"wrote {result.best_dir}/, baseline/, report.md, report.html, report.json, pareto.png, recipe.yaml in "
                   f"{result.out_dir}",
                   markup=False, highlight=False)
 

@@ -9,8 +9,17 @@ from edgeai.errors import ConfigError
 
 OBJECTIVES = ("p50", "p90", "size")
 FORMATS = ("onnx", "tflite")
-DEFAULT_RATIOS_DISTILL = (0.5, 0.75)   # with --train-data: distillation brings accuracy back
+DEFAULT_RATIOS_DISTILL = (0.5, 0.7, 0.85)   # with --train-data: screened, the best distilled longer
 DEFAULT_RATIOS_PLAIN = (0.25, 0.5)     # pruning alone loses accuracy fast
+
+
+def installed_formats(model: str = "") -> tuple[str, ...]:
+    """ONNX, and TFLite when its extra is installed (litert-torch to export, ai-edge-litert to run) and
+    the model is a PyTorch one (an .onnx file is searched in ONNX only). Checked without importing."""
+    import importlib.util
+
+    tflite = all(importlib.util.find_spec(m) is not None for m in ("litert_torch", "ai_edge_litert"))
+    return ("onnx", "tflite") if tflite and not model.endswith(".onnx") else ("onnx",)
 
 
 @dataclass(frozen=True)
@@ -26,7 +35,7 @@ class OptimizeConfig:
     metric: str | None = None              # FILE.py:FUNC or module:FUNC, FUNC(outputs, labels) -> float
     calibration: str | None = None
     train_data: str | None = None
-    formats: tuple[str, ...] = ("onnx",)
+    formats: tuple[str, ...] = ()          # (): every format whose extra is installed (installed_formats)
     export: Mapping[str, Any] = field(default_factory=dict)    # exporter options, as in a recipe
     objective: str = "p50"
     budget_minutes: float = 30.0
@@ -46,6 +55,10 @@ class OptimizeConfig:
     ssh_config: str | None = None          # read before ~/.ssh/config, as for `edgeai bench`
     device_python: str | None = None       # the device's Python that has edgeai installed
 
+    def __post_init__(self) -> None:
+        if not self.formats:
+            object.__setattr__(self, "formats", installed_formats(self.model))
+
     def validate(self) -> None:
         if not self.eval_data:
             raise ConfigError("optimize needs evaluation data to score every candidate: pass --eval-data E.npz")
@@ -55,7 +68,7 @@ class OptimizeConfig:
         if bad or not self.formats:
             raise ConfigError(f"unknown format(s) {bad or '(none)'}; known: {', '.join(FORMATS)}")
         if len(set(self.formats)) != len(self.formats):
-            raise ConfigError(f"--formats lists a format twice: {','.join(self.formats)}")
+            raise ConfigError(f"--format lists a format twice: {','.join(self.formats)}")
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"unknown objective {self.objective!r}; known: {', '.join(OBJECTIVES)}")
         for name in ("threads", "rounds", "workers"):

@@ -1,13 +1,19 @@
 """The real Lab: builds candidates with the export pipeline in worker processes (or Ray), times them with `bench`."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import multiprocessing
+import os
+import shutil
+import sys
 import tempfile
 import time
+import types
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -16,12 +22,27 @@ from typing import Any
 import numpy as np
 
 from edgeai.errors import ConfigError, MissingDependencyError
-from edgeai.optimize.builder import build_unit, target_options, unit_recipe
+from edgeai.fsutil import hold_lock, remove_unlocked
+from edgeai.optimize.builder import build_unit, target_options, unit_recipe, worker_init
 from edgeai.optimize.candidates import Unit, step_name
 from edgeai.optimize.config import OptimizeConfig
 from edgeai.optimize.search import Built
 
 log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _main_left_alone():
+    """Spawned workers that do not run the user's script again. spawn re-imports the parent's __main__
+    in every worker, so a plain script that calls edgeai.optimize() without `if __name__ ==
+    "__main__":` would start optimize again in each one (and the worker dies). Workers need nothing from
+    __main__ (jobs are plain data), so while they start, __main__ is a module with no file to import."""
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
 
 
 class PipelineLab:
@@ -41,6 +62,8 @@ class PipelineLab:
         self._identity = {**self._inspect(), "target": self.target}
         self._pool: ProcessPoolExecutor | None = None
         self._ray = None
+        self._units: dict[str, int] = {}   # unit folders made and not removed yet -> the lock held on each
+        remove_unlocked(work_dir.glob("unit-*"))  # left by an optimize that was killed (SIGKILL, power loss)
 
     # ------------------------------------------------------------------ what the keys are made of
     def _inspect(self) -> dict:
@@ -98,7 +121,7 @@ class PipelineLab:
             env = {"edgeai_error": "it printed no fingerprint"}
         if "edgeai_error" in env:
             raise DeviceError(f"{self.device.name}: {self.device.python} cannot import edgeai's device agent "
-                              f"({env['edgeai_error']}); install it there: pip install edgeai")
+                              f"({env['edgeai_error']}); install it there: edgeai device setup {self.device.name}")
         return {**env, "device": self.device.name}
 
     def clock(self) -> float:
@@ -110,46 +133,112 @@ class PipelineLab:
         return _absolute_paths(unit_recipe(self.plain, fmt, steps, quantize, self.target))
 
     # ------------------------------------------------------------------ building
-    def build(self, units: list[Unit], dests: dict[str, Path]) -> dict[str, Built]:
+    def build(self, units: list[Unit], dests: dict[str, Path], deadline: float | None = None,
+              after_distill_s: float = 0.0) -> dict[str, Built]:
+        """Build `units`; with `deadline` (a clock() time) a distillation is cut to end `after_distill_s`
+        before it, and a build still running at it is killed (its candidates come back `interrupted`)."""
         jobs = []
+        wall = None if deadline is None else time.time() + (deadline - self.clock())
         for u in units:
             names = {c.scheme: ("fp32" if c.scheme == "fp32" else step_name(u.format, c.scheme)) for c in u.candidates}
             quantize = tuple(names[s] for s in u.schemes)
             jobs.append({"recipe": unit_recipe(self.plain, u.format, u.steps, quantize, self.target),
                          "ids": {names[c.scheme]: c.id for c in u.candidates if c.id in dests},
                          "dests": {c.id: str(dests[c.id]) for c in u.candidates if c.id in dests},
-                         "work": str(self.work_dir),
+                         "work": str(self._unit_dir()),
+                         "deadline": wall, "after_distill_s": after_distill_s,
                          "reference": not u.steps and u.format == self.config.formats[0]})
         results: dict[str, Built] = {}
-        for job, out in zip(jobs, self._run_jobs(jobs)):
-            for cid, fields_ in out.items():
-                results[cid] = Built(**fields_)
+        try:
+            for job, out in zip(jobs, self._run_jobs(jobs, deadline)):
+                for cid, fields_ in out.items():
+                    results[cid] = Built(**fields_)
+        finally:
+            for job in jobs:  # the worker removed its unit folder, unless it died or was killed
+                self._remove_unit(job["work"])
         return results
 
-    def _run_jobs(self, jobs: list[dict]) -> list[dict]:
+    def _unit_dir(self) -> Path:
+        """A fresh folder for one unit's build (the worker removes it; so does close, if the worker died).
+        It is locked while this Lab lives, so another optimize sharing the cache never takes it for stale;
+        made under another name and renamed once locked, so it is never seen unlocked."""
+        new = Path(tempfile.mkdtemp(prefix=".new-unit-", dir=self.work_dir))
+        lock = hold_lock(new)
+        folder = new.with_name(new.name.removeprefix(".new-"))
+        new.rename(folder)
+        self._units[str(folder)] = lock
+        return folder
+
+    def _remove_unit(self, folder: str) -> None:
+        shutil.rmtree(folder, ignore_errors=True)
+        if folder in self._units:
+            os.close(self._units.pop(folder))
+
+    def _run_jobs(self, jobs: list[dict], deadline: float | None) -> list[dict]:
         if self.config.ray:
-            return self._run_ray(jobs)
+            return self._run_ray(jobs, deadline)
         if self._pool is None:
             # spawn: a fresh interpreter per worker (torch and fork do not mix); reused across units
-            self._pool = ProcessPoolExecutor(max_workers=self.config.workers,
+            self._pool = ProcessPoolExecutor(max_workers=self.config.workers, initializer=worker_init,
                                              mp_context=multiprocessing.get_context("spawn"))
-        futures = [self._pool.submit(build_unit, job) for job in jobs]
+        with _main_left_alone():  # workers start here, in submit
+            futures = [self._pool.submit(build_unit, job) for job in jobs]
         out = []
-        for job, fut in zip(jobs, futures):
-            try:
-                out.append(fut.result())
-            except BrokenProcessPool:
-                self._pool = None   # a runtime killed the worker: the next unit gets a fresh pool
-                out.append({cid: {"id": cid, "error": "the build process died (a runtime crashed on this "
-                                                      "variant)"} for cid in job["ids"].values()})
+        try:
+            for job, fut in zip(jobs, futures):
+                timeout = None if deadline is None else max(deadline - self.clock(), 0.0)
+                try:
+                    out.append(fut.result(timeout=timeout))
+                except FutureTimeout:
+                    self._kill_pool()
+                    out.append(_stopped(job, "stopped at the budget while it was being built"))
+                except BrokenProcessPool:
+                    self._pool = None   # a runtime killed the worker: the next unit gets a fresh pool
+                    out.append(self._rebuild_alone(job))
+        except BaseException:   # Stopped (a signal) or an error here: no build outlives the search
+            self._kill_pool()
+            raise
         return out
 
-    def _run_ray(self, jobs: list[dict]) -> list[dict]:
+    def _rebuild_alone(self, job: dict) -> dict:
+        """A unit whose worker died, once more in a process of its own: a second death is the candidate's
+        (a runtime that crashes on it, kept in the cache); a first one may be the machine's (memory),
+        so it is never cached (`transient`) unless it happens again."""
+        for dest in job["dests"].values():  # what the dead worker half wrote goes; the retry starts clean
+            shutil.rmtree(dest, ignore_errors=True)
+            Path(dest).mkdir(parents=True, exist_ok=True)
+        retry = {**job, "work": str(self._unit_dir())}
+        pool = ProcessPoolExecutor(max_workers=1, initializer=worker_init,
+                                   mp_context=multiprocessing.get_context("spawn"))
+        try:
+            with _main_left_alone():
+                future = pool.submit(build_unit, retry)
+            return future.result()
+        except BrokenProcessPool:
+            return {cid: {"id": cid, "error": "the build process died twice (a runtime crashed on this variant)"}
+                    for cid in job["ids"].values()}
+        finally:
+            pool.shutdown(cancel_futures=True)
+            self._remove_unit(retry["work"])
+
+    def _kill_pool(self) -> None:
+        """End the build processes now (a build past the deadline, or a signal); the next build starts a pool."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        processes = list((getattr(pool, "_processes", None) or {}).values())
+        for p in processes:
+            p.kill()
+        for p in processes:
+            p.join(timeout=10)
+        pool.shutdown(wait=False, cancel_futures=True)
+
+    def _run_ray(self, jobs: list[dict], deadline: float | None) -> list[dict]:
         try:
             import ray
         except ImportError:
-            raise MissingDependencyError("--ray needs the ray package: pip install -c constraints.txt "
-                                         "'edgeai[ray]'") from None
+            from edgeai.extras import install_command
+            raise MissingDependencyError(f"--ray needs the ray package: {install_command('ray')}") from None
         if self._ray is None:
             root = str(Path(__file__).resolve().parent.parent.parent)
             env = {"env_vars": {"PYTHONPATH": root, "OMP_NUM_THREADS": "1"}}
@@ -167,16 +256,32 @@ class PipelineLab:
         out = []
         for job, ref in zip(jobs, refs):
             try:
-                out.append(ray.get(ref))
-            except Exception as e:  # the task's process died, or Ray failed it
+                out.append(ray.get(ref, timeout=None if deadline is None else max(deadline - self.clock(), 0.0)))
+            except ray.exceptions.GetTimeoutError:
+                ray.cancel(ref, force=True)
+                out.append(_stopped(job, "stopped at the budget while it was being built"))
+            except BaseException as e:
+                if not isinstance(e, Exception):   # Stopped (a signal): no task outlives the search
+                    for r in refs:
+                        ray.cancel(r, force=True)
+                    raise
+                # the task's process died, or Ray failed it
                 error = f"the Ray task failed: {type(e).__name__}: {' '.join(str(e).split())[:200]}"
-                out.append({cid: {"id": cid, "error": error} for cid in job["ids"].values()})
+                out.append({cid: {"id": cid, "error": error, "transient": True} for cid in job["ids"].values()})
         return out
 
-    def close(self) -> None:
+    def close(self, abort: bool = False) -> None:
+        """Shut the build workers down (`abort`: interrupt the builds running now, e.g. on SIGTERM or an
+        error) and remove every unit folder this Lab made, whatever became of its worker."""
         if self._pool is not None:
+            if abort:  # a worker unwinds its build (staging removed) and exits; see builder.worker_init
+                for proc in list((getattr(self._pool, "_processes", None) or {}).values()):
+                    with contextlib.suppress(OSError, ValueError):
+                        proc.terminate()
             self._pool.shutdown(cancel_futures=True)
             self._pool = None
+        for folder in list(self._units):
+            self._remove_unit(folder)
         if self._ray is not None and self.config.ray == "local":
             import ray
             ray.shutdown()
@@ -205,6 +310,10 @@ class PipelineLab:
                 o["p90"].append(res.timing.p90_ms)
                 o["peak_rss_bytes"] = max(o["peak_rss_bytes"] or 0, res.peak_rss_bytes or 0) or None
         return out
+
+
+def _stopped(job: dict, why: str) -> dict:
+    return {cid: {"id": cid, "error": why, "interrupted": True} for cid in job["ids"].values()}
 
 
 def _absolute_paths(recipe: dict) -> dict:

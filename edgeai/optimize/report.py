@@ -1,14 +1,17 @@
-"""What `edgeai optimize` writes: best/ and baseline/ (export folders), report.json/.md, pareto.png, recipe.yaml."""
+"""What `edgeai optimize` writes: best/ and baseline/ (export folders), report.json/.md/.html, pareto.png, recipe.yaml."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from statistics import median
 from typing import Any
 
-from edgeai.fsutil import atomic_write_text
+from edgeai.fsutil import atomic_write_bytes, atomic_write_text
 from edgeai.optimize.choice import MIN_SPEEDUP
+from edgeai.optimize.plots import pareto_png
+from edgeai.optimize.report_html import report_html
 from edgeai.optimize.search import Row, SearchResult
 
 SCHEMA = "edgeai.optimize/1"
@@ -38,8 +41,18 @@ def report_dict(result: SearchResult, config: dict, env: dict) -> dict:
             "why": result.why, "objective": config["objective"], "max_drop": config["max_drop"],
             "rule": f"chosen over FP32 only at >= {MIN_SPEEDUP}x median speedup and faster in every round",
             "budget_minutes": config["budget_minutes"], "elapsed_s": result.elapsed_s,
-            "budget_reached": result.budget_reached, "notes": result.notes, "env": env, "config": config,
+            "budget_reached": result.budget_reached, "stopped": _stopped(result), "notes": result.notes,
+            "formats": result.formats, "pruning": result.pruning, "env": env, "config": config,
             "candidates": [candidate_dict(r) for r in result.rows]}
+
+
+def _stopped(result: SearchResult) -> dict | None:
+    """Why the search stopped before its plan was done (None: it was not)."""
+    if result.stopped is None:
+        return None
+    why = ("the budget: no further build could finish within it" if result.stopped == "budget"
+           else f"{result.stopped} received")
+    return {"by": result.stopped, "why": why, "after_s": round(result.elapsed_s, 1)}
 
 
 def write_all(out_dir: Path, result: SearchResult, config: dict, env: dict, recipe: dict) -> dict:
@@ -49,9 +62,30 @@ def write_all(out_dir: Path, result: SearchResult, config: dict, env: dict, reci
     write_baseline(out_dir / "baseline", result)
     atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
     atomic_write_text(out_dir / "report.md", markdown(report))
-    atomic_write_text(out_dir / "recipe.yaml", recipe_yaml(recipe, result.chosen))
-    write_pareto(out_dir / "pareto.png", report)
+    atomic_write_text(out_dir / "recipe.yaml", recipe_yaml(relative_paths(recipe, out_dir), result.chosen))
+    png = pareto_png(report)
+    atomic_write_bytes(out_dir / "pareto.png", png)
+    atomic_write_text(out_dir / "report.html", report_html(report, png))
     return report
+
+
+def relative_paths(recipe: dict, out_dir: Path) -> dict:
+    """The recipe's file paths relative to OUTDIR, where recipe.yaml lies (a recipe's relative paths are read
+    relative to its own folder): the folder can move with its inputs, or be rerun from another checkout."""
+    def rel(value):
+        if not isinstance(value, str) or not value:
+            return value
+        prefix = "hf:" if value.startswith("hf:") else ""
+        body = value[len(prefix):]
+        target, sep, func = body.rpartition(":")
+        file, suffix = (target, f":{func}") if sep and target.endswith(".py") else (body, "")
+        if not Path(file).is_absolute() or not Path(file).exists():
+            return value
+        return prefix + os.path.relpath(file, Path(out_dir).resolve()) + suffix
+    out = {k: rel(v) if k in ("model", "arch", "example_inputs", "metric") else v for k, v in recipe.items()}
+    if isinstance(recipe.get("data"), dict):
+        out["data"] = {k: rel(v) for k, v in recipe["data"].items()}
+    return out
 
 
 def write_best(best: Path, result: SearchResult, threads: int) -> None:
@@ -88,11 +122,15 @@ def _replace_folder(dest: Path, src: Path, files: list[str], manifest) -> None:
     """Build `dest` beside itself, then swap it in by rename: a reader never sees half a folder."""
     import tempfile
 
+    from edgeai.outdir import check_replaceable
+
+    check_replaceable(dest)
     stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}-new-", dir=dest.parent))
     old = dest.parent / f".{dest.name}-old-{stage.name}"
     try:
         for f in files:
             shutil.copyfile(src / f, stage / f)
+        manifest.artifacts[0].verify_files(stage)  # what is published is what was built, timed and scored
         manifest.write(stage)          # the manifest last, as every export folder
         if dest.exists():
             dest.rename(old)
@@ -108,8 +146,12 @@ def _fmt(v: Any, spec: str) -> str:
 
 def markdown(report: dict) -> str:
     base = report["baseline"]
-    lines = [f"# edgeai optimize: {report['chosen']}", "",
-             f"**Chosen:** {report['why']}", "",
+    lines = [f"# edgeai optimize: {report['chosen']}", ""]
+    if report.get("stopped"):
+        st = report["stopped"]
+        lines += [f"**Stopped early** after {st['after_s'] / 60:.1f} min ({st['why']}): the choice is the best of "
+                  "what was built and timed by then.", ""]
+    lines += [f"**Chosen:** {report['why']}", "",
              f"Objective {report['objective']}, accuracy budget {report['max_drop']:g} "
              f"({base['metric']}), {report['rule']}. Baseline {base['id']}: p50 {_fmt(base['p50_ms'], '.3f')} ms, "
              f"{base['metric']} {_fmt(base['value'], '.4g')}. Search took {report['elapsed_s'] / 60:.1f} of "
@@ -121,6 +163,10 @@ def markdown(report: dict) -> str:
         lines.append(f"| {c['id']} | {c['status']} | {_fmt(size, '.3f')} | {_fmt(c['p50_ms'], '.3f')} | "
                      f"{_fmt(c['p90_ms'], '.3f')} | {_fmt(c['speedup'], '.2f')} | {_fmt(c['value'], '.4g')} | "
                      f"{_fmt(c['drop'], '+.4g')} | {c['reason'].replace('|', '/')} |")
+    lines += _formats_md(report)
+    if report.get("pruning", {}).get("method"):
+        p = report["pruning"]
+        lines += ["", f"Pruning search: {p['method']}."]
     if report["notes"]:
         lines += ["", *[f"- {n}" for n in report["notes"]]]
     cpu, device = report["env"].get("cpu", {}), report["env"].get("device")
@@ -129,6 +175,20 @@ def markdown(report: dict) -> str:
                   f"{' '.join(cpu.get('flags', []))}); timing: {report['config']['rounds']} interleaved rounds, "
                   f"each candidate in a fresh process, {report['config']['threads']} thread(s), batch 1.", ""]
     return "\n".join(lines)
+
+
+def _formats_md(report: dict) -> list[str]:
+    """Each format's FP32, best unpruned and best candidate, all against the same baseline."""
+    rows = report.get("formats") or []
+    if len(rows) < 2:
+        return []
+    base = report["baseline"]["id"]
+    out = ["", f"Formats against the same baseline ({base}):", "",
+           "| format | FP32 speedup | best unpruned | speedup | best | speedup |", "|---|---|---|---|---|---|"]
+    for f in rows:
+        out.append(f"| {f['format']} | {_fmt(f['fp32_speedup'], '.2f')} | {f['best_unpruned'] or '-'} | "
+                   f"{_fmt(f['best_unpruned_speedup'], '.2f')} | {f['best'] or '-'} | {_fmt(f['best_speedup'], '.2f')} |")
+    return out
 
 
 def recipe_yaml(recipe: dict, chosen: Row) -> str:
@@ -140,45 +200,3 @@ def recipe_yaml(recipe: dict, chosen: Row) -> str:
     head = (f"# Reproduces the choice of `edgeai optimize` ({chosen.id}):\n"
             f"#   edgeai export recipe.yaml   -> the artifact named '{artifact}' in {recipe['output']}/\n")
     return head + yaml.safe_dump(recipe, sort_keys=False)
-
-
-def write_pareto(path: Path, report: dict) -> None:
-    """Metric against p50 for every timed candidate; baseline and choice marked."""
-    import io
-
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from edgeai.fsutil import atomic_write_bytes
-
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    timed = [c for c in report["candidates"] if c["p50_ms"] is not None and c["value"] is not None]
-    colors = {"chosen": "tab:green", "ok": "tab:blue", "rejected": "tab:red", "failed": "tab:gray",
-              "skipped": "tab:gray"}
-    for status in colors:
-        pts = [c for c in timed if c["status"] == status]
-        if pts:
-            ax.scatter([c["p50_ms"] for c in pts], [c["value"] for c in pts], c=colors[status], label=status,
-                       s=36, zorder=3)
-    for c in timed:
-        ax.annotate(c["id"], (c["p50_ms"], c["value"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
-    base = report["baseline"]
-    if base["p50_ms"] is not None and base["value"] is not None:
-        ax.scatter([base["p50_ms"]], [base["value"]], marker="s", s=110, facecolors="none", edgecolors="black",
-                   label="FP32 baseline", zorder=4)
-        ax.axhline(base["value"] - report["max_drop"], color="tab:red", ls="--", lw=0.8, label="accuracy budget")
-    chosen = next((c for c in timed if c["status"] == "chosen"), None)
-    if chosen:
-        ax.scatter([chosen["p50_ms"]], [chosen["value"]], marker="*", s=260, c="gold", edgecolors="black",
-                   label=f"chosen: {chosen['id']}", zorder=5)
-    ax.set_xlabel("p50 latency (ms, batch 1; lower is better)")
-    ax.set_ylabel(f"{base['metric']} (higher is better)")
-    ax.set_title("edgeai optimize: metric vs latency")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())

@@ -7,6 +7,7 @@ what to build in which order, what to drop, what the cache already holds, and wh
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import median
@@ -14,9 +15,11 @@ from typing import Callable, Protocol
 
 from edgeai.errors import ExportError
 from edgeai.optimize.cache import RESULT_NAME, Cache, cached_entry, digest
-from edgeai.optimize.choice import choose, gate, rank
-from edgeai.optimize.candidates import Candidate, Skip, Unit, base_plan, prune_units
+from edgeai.optimize.choice import choose, rank
+from edgeai.optimize.candidates import Candidate, Skip, Unit, base_plan
 from edgeai.optimize.config import OptimizeConfig
+from edgeai.optimize.planner import SLACK, Costs
+from edgeai.optimize.stop import Stopped
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +37,10 @@ class Built:
     notes: list[str] = field(default_factory=list)
     error: str | None = None
     reference_sha256: str | None = None  # the baseline's outputs on the evaluation data
+    transient: bool = False              # the failure was this machine's (a missing package, disk, memory): not cached
+    distill: dict | None = None          # what its distill step measured (builder.distill_summary)
+    capped_minutes: float | None = None  # distillation cut to this by the budget while it ran (not cached)
+    interrupted: bool = False            # killed at the budget or by a signal: not a property of the candidate
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -61,7 +68,8 @@ class Lab(Protocol):
     def identity(self) -> dict: ...                 # model digest, data digests, versions: part of every key
     def cpu(self) -> dict: ...                      # edgeai.hw.cpu_info() of the timing target
     def clock(self) -> float: ...                   # seconds, monotonic
-    def build(self, units: list[Unit], dests: dict[str, Path]) -> dict[str, Built]: ...  # only ids in dests
+    def build(self, units: list[Unit], dests: dict[str, Path], deadline: float | None = None,
+              after_distill_s: float = 0.0) -> dict[str, Built]: ...   # only ids in dests; see PipelineLab
     def time(self, folders: dict[str, str]) -> dict[str, dict]: ...   # id -> {p50: [..], p90: [..], peak_rss_bytes, error}
 
 
@@ -91,25 +99,41 @@ class SearchResult:
     notes: list[str]
     elapsed_s: float
     budget_reached: bool
+    stopped: str | None = None           # None: the search ran its plan; "budget" | "SIGINT" | "SIGTERM"
+    pruning: dict = field(default_factory=dict)   # how pruned candidates were searched (prune_search)
+    formats: list[dict] = field(default_factory=list)   # each format's best against the same baseline
 
 
 class Search:
-    """One run of the search over `lab`, with `cache`; `run()` returns the SearchResult."""
+    """One run of the search over `lab`, with `cache`; `run()` returns the SearchResult.
+
+    The budget is a wall: `started + budget_minutes` (started: when the command began) bounds the
+    whole run, timing and report included. No build starts that its measured cost says cannot end
+    in time with its timing and the report after it; a build in flight is given the time left (its
+    distillation cut, the process killed at the last moment). At the budget or on SIGINT/SIGTERM
+    the search times what it built and returns the best so far with `stopped` saying why."""
 
     def __init__(self, config: OptimizeConfig, lab: Lab, cache: Cache,
-                 progress: Callable[[dict], None] | None = None):
+                 progress: Callable[[dict], None] | None = None, started: float | None = None):
         self.config, self.lab, self.cache = config, lab, cache
         self.progress = progress or (lambda event: None)
         self.rows: dict[str, Row] = {}
         self.notes: list[str] = []
         self.identity = lab.identity()
-        self.start = lab.clock()
+        self.start = lab.clock() if started is None else started
         self.deadline = self.start + config.budget_minutes * 60
         self.budget_reached = False
+        self.stopped: str | None = None
         self.baseline: Row | None = None
+        self.pruning: dict = {}
+        self.build_s: dict[str, float] = {}     # format -> measured seconds of its unpruned unit build
+        self.timing_s: float | None = None      # measured seconds to time one candidate (all rounds)
+        self.last_build_s: float | None = None  # the last lab.build call's seconds
 
     # ------------------------------------------------------------------ the plan
     def run(self) -> SearchResult:
+        from edgeai.optimize.prune_search import prune_branch
+
         cfg = self.config
         units, skips = base_plan(cfg.formats, cfg.objective, self.lab.cpu(), bool(cfg.calibration))
         self._plan(units, skips)
@@ -120,65 +144,78 @@ class Search:
         for row in self.rows.values():  # built beside the baseline, before there was one to compare with
             if row.status == "ok":
                 self._check_accuracy_and_size(row)
-        self._build(units[1:])
-        self._time_pending()
-        self._prune_branch()
+        try:
+            self._time_pending()       # a best so far before anything else is built
+            for unit in units[1:]:
+                if not self.build_if_it_fits(unit, self._unpruned_estimate(unit)):
+                    break
+            self._time_pending()
+            prune_branch(self)
+        except Stopped as e:
+            self._stop(e.name)
+        try:
+            self._time_pending()       # what was built is timed: the reserve kept time for it
+        except Stopped as e:
+            self._stop(e.name)
         return self._finish()
 
-    def _prune_branch(self) -> None:
+    # ------------------------------------------------------------------ the budget
+    def seconds_left(self) -> float:
+        return self.deadline - self.lab.clock()
+
+    def costs(self, fmt: str | None = None, pruned: bool = False) -> Costs:
+        """What was measured: a unit's build besides distillation (a pruned one's where one was measured,
+        else the format's unpruned build, else the slowest measured), timing one candidate (before any
+        timing: a guess from --rounds and --min-seconds)."""
         cfg = self.config
-        ratios = cfg.ratios
-        if not ratios:
-            return
-        if cfg.model.endswith(".onnx"):
-            self.notes.append("pruning skipped: it needs a PyTorch model, not an ONNX file")
-            return
-        fmt, schemes = self._prune_format()
-        units = prune_units(fmt, ratios, dict(cfg.distill) if cfg.train_data else None, schemes)
-        self._plan(units, [])
-        if not cfg.train_data:
-            self.notes.append("pruning without --train-data is not distilled (accuracy usually drops fast)")
-        others = [f for f in cfg.formats if f != fmt]
-        if others:
-            self.notes.append(f"pruning tried in {fmt} only (the format of the fastest unpruned candidate), "
-                              f"not in {', '.join(others)}")
-        step, last_build_s = max(1, cfg.workers), 0.0
-        for i in range(0, len(units), step):
-            batch = units[i:i + step]
-            left = self.deadline - self.lab.clock()
-            if self._over_budget() or last_build_s > left:
-                why = ("budget reached before it was built" if left <= 0 else
-                       f"would not finish within the budget: the last pruned build took {last_build_s / 60:.1f} min, "
-                       f"{left / 60:.1f} min were left")
-                self._note_budget()
-                self._skip([c for u in units[i:] for c in u.candidates], why)
-                return
-            t0 = self.lab.clock()
-            self._build(batch)
-            last_build_s = self.lab.clock() - t0
-            self._time_pending()
-            failed = next((u for u in batch if self._branch_fails(self.rows[u.candidates[0].id])), None)
-            if failed is not None:
-                rest = [c for u in units[i + step:] for c in u.candidates]
-                self._skip(rest, f"a smaller pruning ({self.rows[failed.candidates[0].id].id}) already "
-                                 f"failed: {self.rows[failed.candidates[0].id].reason}")
-                return
+        overhead = (self.build_s.get(f"{fmt}+prune") if pruned else None) or (self.build_s.get(fmt) if fmt else None)
+        if overhead is None:
+            overhead = max(self.build_s.values(), default=60.0)
+        timing = self.timing_s if self.timing_s is not None else cfg.rounds * (cfg.min_seconds + 2.0)
+        return Costs(overhead_s=overhead, timing_s=timing)
 
-    def _branch_fails(self, row: Row) -> bool:
-        """A pruned FP32 model that could not be built or lost too much accuracy: more pruning will not help.
-        (One over --max-size-mb does not stop the branch: more pruning makes it smaller.)"""
-        over = row.drop is not None and row.drop > self.config.max_drop + 1e-12
-        return row.status == "failed" or (row.status == "rejected" and over)
+    def _unpruned_estimate(self, unit: Unit) -> float:
+        """Its build, like the format's (else the slowest) unpruned build measured; fits() adds its timing."""
+        return SLACK * self.costs(unit.format).overhead_s
 
-    def _prune_format(self) -> tuple[str, tuple[str, ...]]:
-        """Prune where the unpruned search was fastest, and quantize with the schemes that beat FP32 there."""
-        stat = "p90" if self.config.objective == "p90" else "p50"
-        fast = [r for r in self.rows.values() if r.status == "ok" and r.timing and not r.candidate.steps
-                and gate(r.timing.speedups(stat))[0]]
-        fmt = max(fast, key=lambda r: median(r.timing.speedups(stat))).candidate.format if fast \
-            else self.config.formats[0]
-        schemes = tuple(r.candidate.scheme for r in fast if r.candidate.format == fmt and r.candidate.scheme != "fp32")
-        return fmt, schemes
+    def fits(self, estimate_s: float, candidates: int) -> str | None:
+        """None when work estimated at `estimate_s` can be built, timed and reported before the budget,
+        else why not."""
+        left = self.seconds_left()
+        if left <= 0:
+            return "budget reached before it was built"
+        need = estimate_s + self.costs().reserve_s(candidates)
+        if need > left:
+            return (f"would not finish within the budget: estimated {need / 60:.1f} min with its timing and "
+                    f"the report, {left / 60:.1f} min were left")
+        return None
+
+    def build_if_it_fits(self, units: Unit | list[Unit], estimate_s: float, distill_s: float = 0.0) -> bool:
+        """Build `units` together (up to --workers at once), then time them, when that fits the budget,
+        else mark them skipped and stop at the budget. The build gets the time left: `distill_s` of
+        the `estimate_s` estimated to be distillation."""
+        units = [units] if isinstance(units, Unit) else list(units)
+        candidates = [c for u in units for c in u.candidates]
+        missing = [c for c in candidates if self.cache.get_built(self.key(c)) is None]
+        why = self.fits(estimate_s, len(candidates)) if missing else None
+        if why:
+            self._skip(candidates, why)
+            self._stop("budget")
+            return False
+        after = max(estimate_s / SLACK - distill_s, 0.0)   # what follows the distillation in the build
+        self._build(units, deadline=self.deadline - self.costs().reserve_s(len(candidates)), after_distill_s=after)
+        self._time_pending()
+        return True
+
+    def _stop(self, why: str) -> None:
+        if self.stopped is None:
+            self.stopped = why
+            self.notes.append(
+                f"stopped early at the budget of {self.config.budget_minutes:g} min with the best so far "
+                "(what was built is timed; no build starts that cannot finish within it)" if why == "budget" else
+                f"stopped early by {why} after {(self.lab.clock() - self.start) / 60:.1f} min with the best so far "
+                "(what was built is timed)")
+        self.budget_reached = self.budget_reached or why == "budget"
 
     # ------------------------------------------------------------------ bookkeeping
     def _plan(self, units: list[Unit], skips: list[Skip]) -> None:
@@ -191,21 +228,10 @@ class Search:
 
     def _skip(self, candidates: list[Candidate], reason: str) -> None:
         for c in candidates:
-            row = self.rows[c.id]
+            row = self.rows.setdefault(c.id, Row(c))
             if row.status == "pending":
                 row.status, row.reason = "skipped", reason
         self._report("skipped")
-
-    def _over_budget(self) -> bool:
-        if self.lab.clock() >= self.deadline:
-            self._note_budget()
-        return self.budget_reached
-
-    def _note_budget(self) -> None:
-        if not self.budget_reached:
-            self.notes.append(f"stopped at the budget of {self.config.budget_minutes:g} min with the best so far "
-                              "(what was built is timed; no build starts after the budget)")
-        self.budget_reached = True
 
     def key(self, c: Candidate) -> str:
         return digest(self.identity, c.to_dict())
@@ -216,12 +242,12 @@ class Search:
                       self.lab.cpu(), cfg.device)
 
     # ------------------------------------------------------------------ building
-    def _build(self, units: list[Unit], force: bool = False) -> None:
+    def _build(self, units: list[Unit], force: bool = False, deadline: float | None = None,
+               after_distill_s: float = 0.0) -> None:
         todo, dests = [], {}
         for u in units:
-            if not force and self._over_budget():
-                self._skip(u.candidates, "budget reached before it was built")
-                continue
+            for c in u.candidates:
+                self.rows.setdefault(c.id, Row(c))
             missing = []
             for c in u.candidates:
                 stored = self.cache.get_built(self.key(c))
@@ -236,13 +262,29 @@ class Search:
         if not todo:
             return
         self._report(f"building {', '.join(cid for cid in dests)}")
-        results = self.lab.build(todo, dests)
+        t0 = self.lab.clock()
+        try:
+            results = self.lab.build(todo, dests, None if force else deadline, after_distill_s)
+        except BaseException:   # a signal: nothing half-built stays in the cache
+            for cid, folder in dests.items():
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
+        self.last_build_s = self.lab.clock() - t0
+        if len(todo) == 1 and not todo[0].steps:
+            self.build_s[todo[0].format] = self.last_build_s
         for u in todo:
             for c in u.candidates:
                 if c.id not in dests:
                     continue
                 built = results.get(c.id) or Built(c.id, error="the build returned no result")
-                self.cache.put_built(self.key(c), built.to_dict())
+                if built.interrupted:
+                    shutil.rmtree(dests[c.id], ignore_errors=True)
+                    self.rows[c.id].status, self.rows[c.id].reason = "skipped", built.error
+                    self._stop("budget")
+                    continue
+                # a rerun after fixing the machine builds it again; one cut short by the budget is not what its key says
+                if not built.transient and built.capped_minutes is None:
+                    self.cache.put_built(self.key(c), built.to_dict())
                 self._built(c, built, cached=False)
 
     def _built(self, c: Candidate, built: Built, cached: bool) -> None:
@@ -275,10 +317,7 @@ class Search:
 
     # ------------------------------------------------------------------ timing (always serialized)
     def _time_pending(self) -> None:
-        """Time every built, acceptable, untimed candidate with the baseline in the same rounds.
-
-        Timing is a small part of a candidate's cost (its build is the large one), so what was
-        built is timed even past the budget: the budget stops new builds."""
+        """Time every built, acceptable, untimed candidate with the baseline in the same rounds."""
         pending = [r for r in self.rows.values() if r.status == "ok" and r.timing is None]
         todo = []
         for r in pending:
@@ -293,7 +332,9 @@ class Search:
         folders = {r.id: r.built.folder for r in todo}
         folders.setdefault(self.baseline.id, self.baseline.built.folder)
         self._report(f"timing {len(folders)} candidates, {self.config.rounds} interleaved rounds")
+        t0 = self.lab.clock()
         samples = self.lab.time(folders)
+        self.timing_s = (self.lab.clock() - t0) / len(folders)
         base = samples[self.baseline.id]
         for r in todo:
             s = samples[r.id]
@@ -316,19 +357,26 @@ class Search:
         self._report(f"timed {row.id}")
 
     # ------------------------------------------------------------------ the choice
+    def best_unpruned(self) -> dict[str, float]:
+        """format -> the best median speedup among its timed, accepted, unpruned candidates (the baseline: 1)."""
+        out: dict[str, float] = {}
+        for r in self.rows.values():
+            if r.status in ("ok", "chosen") and r.speedup is not None and not r.candidate.steps:
+                out[r.candidate.format] = max(out.get(r.candidate.format, 0.0), r.speedup)
+        return out
+
     def _finish(self) -> SearchResult:
+        from edgeai.optimize.prune_search import format_table
+
         chosen, why = choose(list(self.rows.values()), self.baseline, self.config.objective)
-        over = self.lab.clock() - self.deadline
-        if over > 0:
-            self.notes.append(f"finished {over / 60:.1f} min past the {self.config.budget_minutes:g} min budget: "
-                              "a build started within it ran over, and what was built was timed")
         size, limit = self.baseline.built.size_bytes, self.config.max_size_mb
         if chosen is self.baseline and limit is not None and size and size > limit * 1e6:
             self.notes.append(f"FP32 is kept but is itself over --max-size-mb {limit:g} ({size / 1e6:.3f} MB): "
                               "no candidate within the limits passed the rules")
         self._report("done")
         return SearchResult(list(self.rows.values()), self.baseline, chosen, why, self.notes,
-                            self.lab.clock() - self.start, self.budget_reached)
+                            self.lab.clock() - self.start, self.budget_reached, self.stopped, self.pruning,
+                            format_table(self))
 
     def _report(self, message: str) -> None:
         rows = list(self.rows.values())

@@ -223,7 +223,8 @@ def _describe(report: StepReport, src: Path, quantized_from: Path, after: Path, 
                                              else "onnxruntime did not quantize it")
         else:
             why = _DYNAMIC_CANNOT.get(op) or (
-                "not in op_types (dynamic ConvInteger is slow on CPU; add 'Conv' to op_types, or use "
+                "not in op_types (dynamic ConvInteger is slow on CPU; add 'Conv' to op_types: --quantize-option "
+                "int8-dynamic.op_types=MatMul,Gemm,LSTM,GRU,Attention,Gather,Conv; or use "
                 "int8-static)" if op == "Conv" and op not in (op_types or ()) else
                 "not in op_types" if op_types and op not in op_types else "onnxruntime did not quantize it")
         report.notes.append(f"{op} node(s) {g.short_list(names)} left in FP32: {why}")

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any, ClassVar, Iterator
 
 from edgeai.errors import DataError, ExportError, MissingDependencyError
+from edgeai.extras import install_command
 from edgeai.steps import ARTIFACT_STEPS, ArtifactStep, StepContext, StepReport, config_to_dict
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = 'pip install -c constraints.txt "edgeai[tflite]"'
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ def _aeq():
         from ai_edge_quantizer import qtyping, quantizer, recipe
         from ai_edge_quantizer.algorithm_manager import AlgorithmName
     except ImportError:
-        raise MissingDependencyError(f"TFLite quantization needs ai-edge-quantizer; run: {INSTALL_HINT}") from None
+        raise MissingDependencyError(f"TFLite quantization needs ai-edge-quantizer; run: {install_command('tflite')}") from None
     return quantizer, recipe, qtyping, AlgorithmName
 
 

@@ -1,6 +1,9 @@
 """A CREPE-tiny-shaped pitch estimator trained on generated tones, its data and its pitch-error metric.
 
-    python -m edgeai.zoo.pitch [--epochs N] [--tones N] [--out DIR]   # retrain, write the weights
+    python -m edgeai.zoo.pitch [--epochs N] [--tones N] [--out DIR | --write-weights]   # retrain
+
+(writes DIR/weights/pitch_cnn.pt and metrics.json; DIR is a new ./zoo-retrained-TIMESTAMP unless
+--out, and the package's own folder, replacing the shipped weights, only with --write-weights)
 
 Model (`pitch_cnn`): input `audio` (batch, 1024) = 64 ms at 16 kHz, each frame normalised to zero
 mean and unit variance; output (batch, 360) sigmoid activations of 360 pitch bins, 20 cents apart,
@@ -218,13 +221,15 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from edgeai.fsutil import atomic_write_bytes, atomic_write_text
+    from edgeai.zoo.train import add_output_arguments, output_folder
 
     ap = argparse.ArgumentParser(prog="python -m edgeai.zoo.pitch", description=__doc__.split("\n")[0])
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--tones", type=int, default=8000)
-    ap.add_argument("--out", type=Path, default=WEIGHTS.parent.parent, help="folder holding weights/")
+    add_output_arguments(ap)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args.out = output_folder(ap, args)
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
     model, metrics = train(args.epochs, args.tones)

@@ -1,10 +1,12 @@
 """Retrain the zoo's reference models on digits and write their weights, metrics and data files.
 
-    python -m edgeai.zoo.train [--model all|cnn|lstm|vit] [--epochs N] [--out DIR]
+    python -m edgeai.zoo.train [--model all|cnn|lstm|vit] [--epochs N] [--out DIR | --write-weights]
 
 Deterministic on one machine: fixed seeds, torch.use_deterministic_algorithms(True), fixed threads.
 Writes (atomically) DIR/weights/digits_<model>.pt (fp32 state_dict), DIR/weights/metrics.json
-and DIR/data/digits_{test,calib}_{image,rows}.npz; DIR defaults to this package's folder.
+and DIR/data/digits_{test,calib}_{image,rows}.npz; DIR defaults to a new folder
+./zoo-retrained-TIMESTAMP, and is this package's folder (replacing the shipped weights) only
+with --write-weights.
 """
 from __future__ import annotations
 
@@ -192,6 +194,28 @@ def write_weights(out: Path, key: str, model: nn.Module) -> None:
     atomic_write_bytes(out / "weights" / weights_name(key), buf.getvalue())
 
 
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """--out DIR | --write-weights: a retrain never replaces the shipped weights unless asked to."""
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--out", type=Path, default=None,
+                       help="folder to write weights/ (and data/) into (default: a new ./zoo-retrained-TIMESTAMP)")
+    where.add_argument("--write-weights", action="store_true",
+                       help=f"write into the package ({ZOO_DIR}), replacing the shipped weights and metrics")
+
+
+def output_folder(parser: argparse.ArgumentParser, args) -> Path:
+    """The folder a retrain writes into: --out, the package with --write-weights, else a new folder."""
+    if args.write_weights:
+        return ZOO_DIR
+    if args.out is not None:
+        return args.out
+    out = Path.cwd() / time.strftime("zoo-retrained-%Y%m%d-%H%M%S")
+    if out.exists():
+        parser.error(f"{out} already exists; pass --out DIR")
+    log.info("writing to %s (the shipped weights stay; --write-weights replaces them)", out)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m edgeai.zoo.train", description=__doc__.split("\n")[0])
     parser.add_argument("--model", choices=["all", *CONFIGS], default="all")
@@ -200,10 +224,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=THREADS,
                         help=f"torch CPU threads (default {THREADS}; results can differ in the last "
                              "bits between thread counts, so metrics.json records it)")
-    parser.add_argument("--out", type=Path, default=ZOO_DIR,
-                        help="folder to write weights/ and data/ into (default: the package)")
+    add_output_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args.out = output_folder(parser, args)
 
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)

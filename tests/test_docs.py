@@ -1,0 +1,94 @@
+"""The docs site builds with --strict, and every shell snippet in it runs (or says why it cannot).
+
+A fenced ```bash block in docs/ or README.md is executed, page by page, in a fresh folder holding a
+copy of recipes/ (blocks of one page share that folder, in order, so a page can write model.py and
+use it below). An HTML comment on the line before a block marks it:
+`<!-- docs-test: skip (REASON) -->` for hardware, network or installs, `<!-- docs-test: slow (...) -->`
+for blocks that run only under `pytest -m slow`.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BLOCK = re.compile(r"(?:<!--\s*docs-test:\s*(skip|slow)\b(.*?)-->\s*\n)?```(bash|sh|shell|console)\n(.*?)```", re.S)
+
+
+def pages() -> list[Path]:
+    return [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+
+
+def blocks(page: Path) -> list[tuple[str, str, str]]:
+    """(mark, reason, code) of every shell block; mark is 'run', 'skip' or 'slow'."""
+    return [(m.group(1) or "run", (m.group(2) or "").strip(" ()"), m.group(4))
+            for m in BLOCK.finditer(page.read_text(encoding="utf-8"))]
+
+
+def _page_id(page: Path) -> str:
+    return str(page.relative_to(ROOT))
+
+
+def _run_page(page: Path, marks: set[str], tmp_path: Path) -> None:
+    code = [c for mark, _, c in blocks(page) if mark in marks]
+    if not code:
+        pytest.skip(f"{_page_id(page)} has no {'/'.join(sorted(marks))} shell blocks")
+    shutil.copytree(ROOT / "recipes", tmp_path / "recipes")
+    script = "set -euo pipefail\n" + "\n".join(code)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+           "COLUMNS": "100"}
+    proc = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True, env=env,
+                          timeout=900)
+    assert proc.returncode == 0, (f"{_page_id(page)}: a shell snippet failed (exit {proc.returncode})\n"
+                                  f"--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n{proc.stderr[-3000:]}")
+
+
+@pytest.mark.parametrize("page", pages(), ids=_page_id)
+def test_docs_shell_snippets_run(page, tmp_path):
+    _run_page(page, {"run"}, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("page", pages(), ids=_page_id)
+def test_docs_slow_shell_snippets_run(page, tmp_path):
+    _run_page(page, {"run", "slow"}, tmp_path)
+
+
+def test_every_skipped_snippet_says_why():
+    for page in pages():
+        for mark, reason, code in blocks(page):
+            assert mark != "skip" or reason, f"{_page_id(page)}: a skipped block gives no reason:\n{code[:200]}"
+
+
+def test_docs_site_builds_strict(tmp_path):
+    pytest.importorskip("mkdocs")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "NO_MKDOCS_2_WARNING": "1"}
+    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(tmp_path / "site")],
+                          cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    cli = (tmp_path / "site" / "reference" / "cli" / "index.html").read_text()
+    for command in ("edgeai export", "edgeai bench", "edgeai optimize", "edgeai eval", "--budget-minutes"):
+        assert command in cli, f"the generated CLI reference lacks {command!r}"
+    recipes = (tmp_path / "site" / "reference" / "recipes" / "index.html").read_text()
+    for key in ("trust_pickle", "max_drop", "int8-static", "distill"):
+        assert key in recipes, f"the generated recipe reference lacks {key!r}"
+
+
+def test_generated_cli_reference_lists_every_command_and_option():
+    from edgeai.cli import build_parser
+    from edgeai.docgen import cli_reference
+    parser = build_parser()
+    text = cli_reference(parser)
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    for name, command in sub.choices.items():
+        assert f"`edgeai {name}`" in text
+        for action in command._actions:
+            for flag in action.option_strings:
+                if action.help != "==SUPPRESS==":
+                    assert f"`{flag}`" in text, f"edgeai {name} {flag} missing from the CLI reference"
