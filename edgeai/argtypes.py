@@ -70,7 +70,7 @@ def available_cores() -> int:
 def cap_threads(n: int | None, flag: str = "--threads") -> int | None:
     """`n` lowered to the cores here, with a warning: more threads than cores only oversubscribe them."""
     cores = available_cores()
-    if n is not None and n > cores:
+    if isinstance(n, int) and n > cores:
         log.warning("%s %d is more than the %d CPU core(s) here; using %d", flag, n, cores, cores)
         return cores
     return n

@@ -152,7 +152,8 @@ def cmd_export(args) -> int:
         summary = replace(summary, bench=False)
     if args.threads is not None:
         summary = replace(summary, threads=args.threads)
-    summary = replace(summary, threads=argtypes.cap_threads(summary.threads))
+    if summary.bench:
+        summary = replace(summary, threads=argtypes.cap_threads(summary.threads))
     recipe = replace(recipe, export=export_opts, tolerance=tol, data=data, summary=summary, **opts)
     with quiet_third_party(enabled=not args.debug):  # absl/oneDNN/XNNPACK lines, torchao and pytree warnings
         outcome = export(recipe=recipe, out_dir=args.output)  # progress: timed log lines on stderr

@@ -233,7 +233,7 @@ def test_malformed_manifest_is_one_line_naming_file_and_field(cli, tmp_path, exp
 @pytest.mark.parametrize("content, needle", [
     ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
     (b'{"schema": "edgeai.manifest/2", "source": "\xff"}', "not UTF-8 text (byte 0xff at offset 43)"),
-])
+], ids=["100000-deep", "not-utf8"])
 def test_deep_or_undecodable_manifest_is_one_line(cli, export_folder, content, needle):
     path = export_folder / "manifest.json"
     path.write_bytes(content.encode() if isinstance(content, str) else content)

@@ -86,8 +86,8 @@ class TFLiteSession(Session):
             raise RuntimeLoadError(f"threads must be >= 1, got {threads}")
         mod, self._runtime, self._version = import_interpreter()
         path = Path(path)
-        info = inspect_tflite(path)  # names and types from the flatbuffer: the same rule as read_specs
-        check_io_types(info, path)
+        if not path.is_file():
+            raise RuntimeLoadError(f"model {str(path)!r} does not exist")
         resolver = (mod.OpResolverType.AUTO if xnnpack
                     else mod.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
         try:
@@ -97,6 +97,8 @@ class TFLiteSession(Session):
         except (ValueError, RuntimeError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise RuntimeLoadError(f"LiteRT cannot load {str(path)!r}: {first}") from None
+        info = inspect_tflite(path)  # names and types from the flatbuffer: the same rule as read_specs
+        check_io_types(info, path)
         # LiteRT runs on 1 thread unless told otherwise; report what it really uses
         self.path, self.provider, self.threads, self.xnnpack = path, provider, threads or 1, xnnpack
         # a fused LSTM keeps h/c in variable tensors that survive invoke(); zero them per run
