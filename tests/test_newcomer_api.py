@@ -158,8 +158,8 @@ def test_optimize_never_caches_a_failure_of_the_machine(tmp_path):
     from edgeai.optimize.search import Built
 
     class MachineTrouble(FakeLab):
-        def build(self, units, dests):
-            out = super().build(units, dests)
+        def build(self, units, dests, *args, **kwargs):
+            out = super().build(units, dests, *args, **kwargs)
             if self.broken:
                 out["onnx/int8-dynamic"] = Built("onnx/int8-dynamic", error="needs the 'tflite' extra", transient=True)
             return out

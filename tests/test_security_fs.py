@@ -153,7 +153,9 @@ def test_sigterm_to_optimize_leaves_no_staging_and_prints_one_line(mlp, tmp_path
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 128 + signal.SIGTERM, err
-    assert err.strip() == "edgeai: terminated (SIGTERM)"       # no resource_tracker warning, no traceback
+    # one line saying so (no resource_tracker warning, no traceback): the shell's, or optimize's own when the
+    # signal came before the FP32 baseline existed ("stopped by SIGTERM ...; nothing was written")
+    assert len(err.strip().splitlines()) == 1 and "SIGTERM" in err, err
     assert list((out / ".cache" / "work").iterdir()) == []
     assert not list(out.rglob(".edgeai-staging-*"))
 

@@ -162,6 +162,7 @@ class PipelineLab:
         """A fresh folder for one unit's build (the worker removes it; so does close, if the worker died).
         It is locked while this Lab lives, so another optimize sharing the cache never takes it for stale;
         made under another name and renamed once locked, so it is never seen unlocked."""
+        Path(self.work_dir).mkdir(parents=True, exist_ok=True)
         new = Path(tempfile.mkdtemp(prefix=".new-unit-", dir=self.work_dir))
         lock = hold_lock(new)
         folder = new.with_name(new.name.removeprefix(".new-"))
