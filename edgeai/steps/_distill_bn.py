@@ -21,7 +21,7 @@ from typing import Any, Callable
 log = logging.getLogger(__name__)
 
 MODES = ("auto", "train", "freeze")
-SCREEN_BATCHES = 24          # per mode; at most a third of the first epoch
+SCREEN_BATCHES = 24          # per mode: a third of the first epoch, at least 8 (3 misled on a small CNN)
 SCREEN_EVAL_SAMPLES = 512
 
 
@@ -43,7 +43,8 @@ def set_train(model: Any, batchnorm: str) -> None:
 
 
 def screen_batches(batches_per_epoch: int) -> int:
-    return max(1, min(SCREEN_BATCHES, batches_per_epoch // 3))
+    """Batches each mode trains in the screen; 0 when the epoch is too short to screen and hold some out."""
+    return max(0, min(SCREEN_BATCHES, max(8, batches_per_epoch // 3), batches_per_epoch - 1))
 
 
 @dataclass

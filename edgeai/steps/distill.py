@@ -338,6 +338,8 @@ def _choose_batchnorm(state: Any, make_opt: Any, step: Any, batches: list, bs: i
     if not bn.has_batchnorm(state["model"]):
         return "train", None, None
     k = bn.screen_batches(len(batches))
+    if k == 0:
+        return "train", None, "batchnorm: auto chose train: too few training batches to screen both modes"
     (eval_x, t_eval, n_eval), (train_x, t_train, order) = evals, trains
     if n_eval:
         m = min(n_eval, bn.SCREEN_EVAL_SAMPLES)
