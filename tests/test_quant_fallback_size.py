@@ -73,7 +73,7 @@ def test_fallback_keeps_the_small_matmul_not_the_embedding_table(competing, tmp_
                                          Int8DynamicConfig(preprocess=False, exclude_nodes=("embedding",)),
                                          StepContext(calibration=feeds), cosine, min_metric=0.0)[1]
     assert table_alone.tries[0].metric < 0.99                     # the table in float would not have done
-    assert any("4.1 KB of float weights" in n for n in report.notes)
+    assert any("kept 1 node(s) in FP32 (matmul) with 4.1 KB of float weights" in n for n in report.notes)
     assert not any("measured on only" in n for n in report.notes)
 
 

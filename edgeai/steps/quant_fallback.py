@@ -70,8 +70,8 @@ class FallbackReport:
                 if self.samples is not None and self.samples < MIN_BUDGET_SAMPLES else [])
         if not best.excluded and self.within:
             return warn
-        kept = (f"{len(best.excluded)} node(s) in FP32 ({g.short_list(list(best.excluded))}; "
-                f"{_size(best.float_bytes)} of float weights)")
+        kept = (f"{len(best.excluded)} node(s) in FP32 ({g.short_list(list(best.excluded))}) with "
+                f"{_size(best.float_bytes)} of float weights")
         if self.within:
             return [f"accuracy fallback: kept {kept} to stay within the budget ({budget}); "
                     f"metric {best.metric:.5g} after {len(self.tries)} tries"] + warn
@@ -228,8 +228,9 @@ def search_units(model, candidates: Sequence[str]) -> dict[str, list[str]]:
     return units if len(units) < len(candidates) else {n: [n] for n in candidates}
 
 
-# all-INT8 path -> (units, [(unit, sensitivity)] in the order to keep them in float, {unit or node: float bytes})
-Ranker = Callable[[Path], tuple[dict[str, list[str]], list[tuple[str, float | None]], dict[str, int]]]
+# all-INT8 path -> (units, [(unit, sensitivity)] in the order to keep them in float, {unit or node: float bytes});
+# the sizes may be left out (a 2-tuple)
+Ranker = Callable[[Path], tuple]
 
 
 def weight_bytes(model, nodes: Sequence[str]) -> dict[str, int]:
@@ -294,7 +295,8 @@ def fallback_until_within(quantize: Callable[[tuple[str, ...]], Path], evaluate:
 
     ok = attempt(())
     if not ok and max_evals > 1:
-        report.units, report.ranking, sizes = rank(Path(report.tries[0].path))
+        ranked = rank(Path(report.tries[0].path))     # a ranker without sizes: every unit costs the same
+        report.units, report.ranking, sizes = ranked[0], ranked[1], (ranked[2] if len(ranked) > 2 else {})
         report.unit_bytes = {u: sizes.get(u, 0) for u in report.units}
         order = [u for u, _ in report.ranking]
 
