@@ -72,7 +72,9 @@ def quantize_within_budget(key: str, step, src: Path, dst: Path, config: Any, ct
 
     Raises VariantNotKept when the best try is still over budget or when nothing was quantized.
     """
-    kwargs = dict(min_metric=budget.min_metric, budget=budget.text, samples=budget.samples)
+    from edgeai.data import num_samples
+    kwargs = dict(min_metric=budget.min_metric, budget=budget.text, samples=budget.samples,
+                  budget_samples=num_samples(budget.feeds))
     if hasattr(config, "exclude_nodes"):
         from edgeai.steps.quant_fallback import quantize_with_fallback
         report, fb = quantize_with_fallback(key, src, dst, config, ctx, budget.evaluate, budget.max_drop, **kwargs)

@@ -4,10 +4,11 @@ loss = alpha * KD(student, teacher) + (1 - alpha) * LABEL(student, labels)  (+ M
 KD is chosen from what the teacher's outputs are (see _distill_loss.py): KL with temperature for
 logits, binary cross-entropy for sigmoid probabilities, cosine for normalised embeddings, MSE for
 regression; `loss:` overrides it. Labels that do not fit the loss (e.g. f0 in Hz for a 360-bin
-head) are left to the eval metric. BatchNorm layers train as usual by default ("train"; measured:
-zoo CNN 70% pruned, 3 epochs: 98.3% top-1 vs 87.5% frozen); `batchnorm: freeze` keeps the running
-statistics re-estimated after pruning (pitch CNN: 6.18 vs 6.37 cents, a small gain).
-The teacher runs once over the data; its outputs are cached. The best student state by the eval
+head) are left to the eval metric. BatchNorm: "auto" (default) screens "train" (batch statistics)
+against "freeze" (the running statistics re-estimated after pruning) on the first batches and keeps
+the one with the lower held-out distillation loss (_distill_bn.py).
+The teacher runs once over the data (float16 disk cache with ctx.extra["teacher_cache"]); training
+uses every core and runs (k, 1) convolutions as Conv1d (_distill_data.py). The best student state by the eval
 metric is kept: the user metric (`metric:`, FUNC(outputs, labels) -> float, higher is better),
 else top-1 with class labels, else the label loss, else the distillation loss on eval data.
 A student whose metric does not recover to the teacher's is reported with the numbers.
@@ -20,20 +21,21 @@ import logging
 import math
 import sys
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-import numpy as np
-
 from edgeai.errors import ConfigError, DataError, UnknownNameError
 from edgeai.steps import MODEL_STEPS, ModelStep, StepContext, StepReport, config_to_dict
+from edgeai.steps import _distill_bn as bn
+from edgeai.steps import _distill_data as dd
 from edgeai.steps import _distill_loss as losses
+from edgeai.steps._distill_features import Features, adapt, adapters as make_adapters
 
 log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("cosine", "constant")
-BATCHNORM = ("train", "freeze")
 RECOVERED = 0.9          # fraction of the teacher-student metric gap that distillation should close
 
 
@@ -54,7 +56,7 @@ class DistillConfig:
     feature_layers: tuple[tuple[str, str], ...] = ()   # (student module, teacher module) pairs, MSE
     max_minutes: float | None = None
     loss: str = "auto"                  # "auto" (from the teacher's outputs) | "kl" | "bce" | "cosine" | "mse"
-    batchnorm: str = "train"            # "train": batch statistics, running ones updated | "freeze": running ones fixed
+    batchnorm: str = "auto"             # "auto": measured (see _distill_bn.py) | "train": batch statistics | "freeze": running ones
     metric: str | None = None           # "file.py:FUNC" | "module:FUNC", FUNC(outputs, labels) -> float, higher better
 
 
@@ -65,102 +67,13 @@ def _validate(config: DistillConfig) -> None:
         raise UnknownNameError(f"distill: no schedule named {config.schedule!r}; known: {', '.join(SCHEDULES)}")
     if config.loss not in losses.LOSSES:
         raise UnknownNameError(f"distill: no loss named {config.loss!r}; known: {', '.join(losses.LOSSES)}")
-    if config.batchnorm not in BATCHNORM:
-        raise UnknownNameError(f"distill: no batchnorm mode {config.batchnorm!r}; known: {', '.join(BATCHNORM)}")
+    if config.batchnorm not in bn.MODES:
+        raise UnknownNameError(f"distill: no batchnorm mode {config.batchnorm!r}; known: {', '.join(bn.MODES)}")
     for field, ok in (("epochs", config.epochs >= 1), ("batch_size", config.batch_size >= 1),
                       ("lr", config.lr > 0), ("temperature", config.temperature > 0),
                       ("alpha", 0.0 <= config.alpha <= 1.0), ("patience", config.patience >= 1)):
         if not ok:
             raise ConfigError(f"distill: {field}={getattr(config, field)} is out of range")
-
-
-def _split(data: Mapping[str, Any] | None, names: list[str], what: str) -> tuple[dict, np.ndarray | None, int]:
-    """(inputs, labels, N) from {input name: array (N, ...), optional "labels"}, with one-line errors."""
-    if data is None:
-        return {}, None, 0
-    missing = [n for n in names if n not in data]
-    if missing:
-        raise DataError(f"distill: {what} lacks input(s) {missing}; it has {sorted(data)}")
-    arrays = {n: np.asarray(data[n]) for n in names}
-    labels = None if data.get("labels") is None else np.asarray(data["labels"])
-    sizes = {n: a.shape[0] if a.ndim else 0 for n, a in arrays.items()}
-    if labels is not None:
-        sizes["labels"] = labels.shape[0] if labels.ndim else 0
-    if len(set(sizes.values())) != 1:
-        raise DataError(f"distill: {what} arrays have different lengths on axis 0: {sizes}")
-    n = next(iter(sizes.values()))
-    if n == 0:
-        raise DataError(f"distill: {what} is empty; give at least one sample per input")
-    for k, a in arrays.items():
-        if a.dtype.kind == "f" and not np.isfinite(a).all():
-            raise DataError(f"distill: {what} input {k!r} has NaN/Inf values; clean the data first")
-    return arrays, labels, n
-
-
-def _batch(arrays: dict, idx: Any, dtype: Any) -> dict:
-    import torch
-
-    out = {}
-    for k, a in arrays.items():
-        t = torch.from_numpy(np.ascontiguousarray(a[idx]))
-        out[k] = t.to(dtype) if t.is_floating_point() else t
-    return out
-
-
-def _first_tensor(out: Any) -> Any:
-    import torch
-
-    leaves = [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
-    if not leaves:
-        raise ConfigError("distill: the model returns no tensor")
-    return leaves[0]
-
-
-class _Features:
-    """Forward hooks that keep the latest output of named modules (channel dim: 1 for convs, else last)."""
-
-    def __init__(self, model: Any, names: list[str]):
-        import torch.nn as nn
-
-        self.values: dict[str, Any] = {}
-        self.channel_dim: dict[str, int] = {}
-        self.handles = []
-        known = dict(model.named_modules())
-        for n in names:
-            if n not in known:
-                import difflib
-
-                close = difflib.get_close_matches(n, list(known), n=3)
-                raise ConfigError(f"distill: feature layer {n!r} is not in the model"
-                                  + (f"; did you mean {', '.join(close)}?" if close else ""))
-            m = known[n]
-            conv_like = isinstance(m, (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm))
-            self.channel_dim[n] = 1 if conv_like else -1
-            self.handles.append(m.register_forward_hook(lambda mod, a, out, n=n: self.values.__setitem__(n, _first_tensor(out))))
-
-    def close(self) -> None:
-        for h in self.handles:
-            h.remove()
-
-
-def _teacher_pass(teacher: Any, arrays: dict, n: int, bs: int, dtype: Any, feats: _Features | None) -> tuple[Any, dict]:
-    """Teacher outputs (and feature maps) for all samples, computed once."""
-    import torch
-
-    outs, fmaps = [], {}
-    with torch.no_grad():
-        for s in range(0, n, bs):
-            out = _first_tensor(teacher(**_batch(arrays, slice(s, s + bs), dtype))).float()
-            outs.append(out)
-            for k, v in (feats.values.items() if feats else ()):
-                fmaps.setdefault(k, []).append(v.detach().float())
-    return torch.cat(outs), {k: torch.cat(v) for k, v in fmaps.items()}
-
-
-def _adapt(x: Any, adapter: Any, dim: int) -> Any:
-    if adapter is None:
-        return x
-    return adapter(x.movedim(dim, -1)).movedim(-1, dim)
 
 
 def _progress(total: int):
@@ -199,87 +112,133 @@ def _output_name(model: Any, arrays: dict, dtype: Any) -> str:
     from edgeai.exporters import output_names
 
     with torch.no_grad():
-        return output_names(model(**_batch(arrays, slice(0, 1), dtype)))[0][0]
+        return output_names(model(**dd.batch(arrays, slice(0, 1), dtype)))[0][0]
 
 
-def _outputs(model: Any, arrays: dict, n: int, bs: int, dtype: Any) -> Any:
-    import torch
-
-    model.eval()
-    with torch.no_grad():
-        return torch.cat([_first_tensor(model(**_batch(arrays, slice(s, s + bs), dtype))).float()
-                          for s in range(0, n, bs)])
-
-
-def _set_train(model: Any, batchnorm: str) -> None:
-    """Training mode; with batchnorm="freeze" the BatchNorm layers keep (and use) their running statistics."""
-    import torch
-
-    model.train()
-    if batchnorm == "freeze":
-        for m in model.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.eval()
+def _take(arrays: dict, idx: Any) -> dict:
+    return {k: a[idx] for k, a in arrays.items()}
 
 
 def distill(student: Any, example_inputs: Mapping[str, Any], config: DistillConfig,
             ctx: StepContext | None = None) -> tuple[Any, StepReport]:
     """Train a copy of `student` against ctx.teacher; returns (best student, report)."""
-    import torch
-
     _validate(config)
     ctx = ctx or StepContext()
     if ctx.teacher is None:
         raise DataError("distill: no teacher model; pass the original (unpruned) model as the teacher")
     if ctx.train_data is None:
         raise DataError("distill: no training data; give an .npz with one array per input (labels optional)")
-    names = list(example_inputs)
-    train_x, train_y, n = _split(ctx.train_data, names, "training data")
-    eval_x, eval_y, n_eval = _split(ctx.eval_data, names, "eval data")
+    model = copy.deepcopy(student)
+    with ExitStack() as stack:
+        cores = stack.enter_context(dd.all_cores())
+        convs = stack.enter_context(dd.conv_as_1d(model, ctx.teacher))
+        model, report = _distill(model, list(example_inputs), config, ctx)
+    report.details.update({"threads": cores, "conv_as_1d": convs})
+    report.notes.append(f"trained on {cores} thread(s) at {report.details['train_samples_per_s']:.0f} samples/s"
+                        + (f"; {convs} (k, 1) Conv2d layer(s) ran as Conv1d" if convs else ""))
+    return model, report
+
+
+def _distill(model: Any, names: list[str], config: DistillConfig, ctx: StepContext) -> tuple[Any, StepReport]:
+    import torch
+
+    start, cpu_start = time.monotonic(), time.process_time()
+    out_of_time = (lambda: config.max_minutes is not None and time.monotonic() - start > 60 * config.max_minutes)
+    train_x, train_y, n_given = dd.split(ctx.train_data, names, "training data")
+    eval_x, eval_y, n_eval = dd.split(ctx.eval_data, names, "eval data")
     metric = _user_metric(config, ctx)
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
-    model = copy.deepcopy(student)
     teacher, teacher_was_training = ctx.teacher, ctx.teacher.training
     teacher.eval()
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     bs = int(config.batch_size)
-    start, cpu_start = time.monotonic(), time.process_time()
 
     pairs = [tuple(p) for p in config.feature_layers]
-    s_feats = _Features(model, [s for s, _ in pairs]) if pairs else None
-    t_feats = _Features(teacher, [t for _, t in pairs]) if pairs else None
+    s_feats = Features(model, [s for s, _ in pairs]) if pairs else None
+    t_feats = Features(teacher, [t for _, t in pairs]) if pairs else None
+    t_start = time.monotonic()
     try:
-        t_train, t_train_f = _teacher_pass(teacher, train_x, n, bs, dtype, t_feats)
-        t_eval = _teacher_pass(teacher, eval_x, n_eval, bs, dtype, None)[0] if n_eval else None
+        if pairs:      # feature maps too: computed here, not cached on disk
+            t_train, t_train_f, n = dd.teacher_pass(teacher, train_x, n_given, bs, dtype, t_feats, out_of_time)
+            t_source = "computed"
+        else:
+            (t_train, n, t_source), t_train_f = dd.cached_teacher_pass(
+                teacher, train_x, n_given, bs, dtype, ctx.extra.get("teacher_cache"), out_of_time), {}
+        t_seconds = time.monotonic() - t_start
+        if n_eval:
+            t_eval, _, n_eval = dd.teacher_pass(teacher, eval_x, n_eval, bs, dtype, None, out_of_time)
+            eval_x, eval_y = _take(eval_x, slice(0, n_eval)), None if eval_y is None else eval_y[:n_eval]
+        else:
+            t_eval = None
         out_name = _output_name(teacher, train_x, dtype)
     finally:
         if t_feats:
             t_feats.close()
         teacher.train(teacher_was_training)
+    if n < n_given:
+        train_x, train_y = _take(train_x, slice(0, n)), None if train_y is None else train_y[:n]
     choice = losses.chosen(config.loss, t_train, train_y if train_y is not None else eval_y, out_name)
     shape = tuple(t_train.shape)
     losses.check_labels(choice, shape, train_y, metric is not None)
     losses.check_labels(choice, shape, eval_y, metric is not None)
-    adapters = _adapters(model, train_x, dtype, pairs, s_feats, t_feats, t_train_f)
-
-    params = list(model.parameters()) + list(adapters.parameters())
-    if config.optimizer == "sgd":
-        opt = torch.optim.SGD(params, lr=config.lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay)
-    else:
-        cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-        opt = cls(params, lr=config.lr, weight_decay=config.weight_decay)
+    state = torch.nn.ModuleDict({"model": model, "adapters": make_adapters(model, train_x, dtype, pairs, s_feats,
+                                                                          t_feats, t_train_f)})
     total_steps = math.ceil(n / bs) * config.epochs
-    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps) if config.schedule == "cosine"
-             else torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0))
+
+    def make_opt(st: Any) -> tuple[Any, Any]:
+        params = list(st.parameters())
+        if config.optimizer == "sgd":
+            o = torch.optim.SGD(params, lr=config.lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay)
+        else:
+            cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+            o = cls(params, lr=config.lr, weight_decay=config.weight_decay)
+        return o, (torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=total_steps) if config.schedule == "cosine"
+                   else torch.optim.lr_scheduler.LambdaLR(o, lambda _: 1.0))
+
     train_labels = torch.as_tensor(train_y) if losses.labels_fit(choice, shape, train_y) else None
     alpha = config.alpha if train_labels is not None else 1.0
-    scorer = losses.Scorer(metric, choice, t_eval, eval_y, out_name, config.temperature) if n_eval else None
-    out_of_time = (lambda: config.max_minutes is not None and time.monotonic() - start > 60 * config.max_minutes)
+    timing = {"seconds": 0.0, "samples": 0}
 
-    initial = scorer(_outputs(model, eval_x, n_eval, bs, dtype)) if scorer else math.inf
+    def step(st: Any, o: Any, sch: Any, idx: Any) -> tuple[float, int]:
+        """One optimizer step on samples `idx`: (loss x samples, samples)."""
+        t0 = time.perf_counter()
+        out = dd.first_tensor(st["model"](**dd.batch(train_x, idx.numpy(), dtype)))
+        loss = alpha * losses.kd_loss(choice, out, t_train[idx], config.temperature)
+        if train_labels is not None and alpha < 1.0:
+            loss = loss + (1 - alpha) * losses.label_loss(choice, out, train_labels[idx])
+        for i, (sn, tn) in enumerate(pairs):
+            sf = adapt(s_feats.values[sn], st["adapters"][str(i)] if str(i) in st["adapters"] else None,
+                       s_feats.channel_dim[sn])
+            loss = loss + torch.nn.functional.mse_loss(sf.float(), t_train_f[tn][idx])
+        o.zero_grad(set_to_none=True)
+        loss.backward()
+        o.step()
+        sch.step()
+        timing["seconds"] += time.perf_counter() - t0
+        timing["samples"] += len(idx)
+        return float(loss.detach()) * len(idx), len(idx)
+
+    opt, sched = make_opt(state)
+    scorer = losses.Scorer(metric, choice, t_eval, eval_y, out_name, config.temperature) if n_eval else None
+    initial = scorer(dd.outputs(model, eval_x, n_eval, bs, dtype)) if scorer else math.inf
+    best_state = copy.deepcopy(model.state_dict())        # the input student, until an epoch beats it
+    first_order = torch.randperm(n, generator=gen)
+    batches = [first_order[s:s + bs] for s in range(0, n, bs) if n == 1 or len(first_order[s:s + bs]) >= 2]
+    mode, screen, bn_note = config.batchnorm, None, None
+    if mode == "auto":
+        mode, screen, bn_note = _choose_batchnorm(state, make_opt, step, batches, bs, dtype, choice, config,
+                                                  (eval_x, t_eval, n_eval), (train_x, t_train, first_order),
+                                                  out_of_time)
+        if screen is not None:
+            trial, o, sch = screen.pop("winner")
+            state.load_state_dict(trial.state_dict())
+            opt.load_state_dict(o.state_dict())
+            sched.load_state_dict(sch.state_dict())
+            screen = screen["screen"]
+
     best_metric, metric_name = initial, scorer.name if scorer else "train_loss"
-    best_state, best_epoch, stale, epochs_run, history = copy.deepcopy(model.state_dict()), 0, 0, 0, []
+    best_epoch, stale, epochs_run, history = 0, 0, 0, []
     trained = 0                                   # samples the student was trained on, over all epochs
     checkpoint = ctx.extra.get("checkpoint")
     progress = _progress(config.epochs)
@@ -288,31 +247,22 @@ def distill(student: Any, example_inputs: Mapping[str, Any], config: DistillConf
         progress.start()
     try:
         for epoch in range(1, config.epochs + 1):
-            _set_train(model, config.batchnorm)
-            order = torch.randperm(n, generator=gen)
-            total, seen = 0.0, 0
-            for s in range(0, n, bs):
-                idx = order[s:s + bs]
-                if len(idx) < 2 and n > 1:      # a single-sample batch breaks BatchNorm in train mode
-                    continue
-                out = _first_tensor(model(**_batch(train_x, idx.numpy(), dtype)))
-                loss = alpha * losses.kd_loss(choice, out, t_train[idx], config.temperature)
-                if train_labels is not None and alpha < 1.0:
-                    loss = loss + (1 - alpha) * losses.label_loss(choice, out, train_labels[idx])
-                for i, (sn, tn) in enumerate(pairs):
-                    sf = _adapt(s_feats.values[sn], adapters[str(i)] if str(i) in adapters else None,
-                                s_feats.channel_dim[sn])
-                    loss = loss + torch.nn.functional.mse_loss(sf.float(), t_train_f[tn][idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                total, seen = total + float(loss.detach()) * len(idx), seen + len(idx)
+            total, seen, todo = 0.0, 0, batches if epoch == 1 else None
+            if epoch == 1 and screen is not None:     # the winner's screened batches are epoch 1's first
+                total, seen, todo = screen.loss_sum, screen.seen, batches[screen.batches[mode]:]
+                todo = [] if screen.cut_short else todo
+            if todo is None:
+                order = torch.randperm(n, generator=gen)
+                todo = [order[s:s + bs] for s in range(0, n, bs) if n == 1 or len(order[s:s + bs]) >= 2]
+            bn.set_train(model, mode)
+            for idx in todo:
+                batch_loss, batch_seen = step(state, opt, sched, idx)
+                total, seen = total + batch_loss, seen + batch_seen
                 if out_of_time():
                     break
             epochs_run, trained = epoch, trained + seen
             train_loss = total / max(seen, 1)
-            value = scorer(_outputs(model, eval_x, n_eval, bs, dtype)) if scorer else train_loss
+            value = scorer(dd.outputs(model, eval_x, n_eval, bs, dtype)) if scorer else train_loss
             history.append({"epoch": epoch, "train_loss": round(train_loss, 5), metric_name: round(value, 5)})
             if scorer.better(value, best_metric) if scorer else value < best_metric:
                 best_metric, best_epoch, stale = value, epoch, 0
@@ -342,8 +292,15 @@ def distill(student: Any, example_inputs: Mapping[str, Any], config: DistillConf
 
     teacher_metric = scorer(t_eval) if scorer and scorer.higher else None
     minutes, cpu_minutes = (time.monotonic() - start) / 60, (time.process_time() - cpu_start) / 60
+    train_rate = timing["samples"] / max(timing["seconds"], 1e-9)
     notes = [f"distillation loss: {choice.kind} ({choice.reason})",
-             f"{epochs_run} epoch(s) on {n} samples in {minutes:.1f} min ({cpu_minutes:.1f} CPU min)"]
+             f"{epochs_run} epoch(s) on {n} samples in {minutes:.1f} min ({cpu_minutes:.1f} CPU min)",
+             f"teacher outputs: {n} sample(s) " + ("read from the cache" if t_source == "cache" else
+                                                   f"at {n / max(t_seconds, 1e-9):.0f} samples/s")]
+    if bn_note:
+        notes.append(bn_note)
+    if n < n_given:
+        notes.append(f"max_minutes ended the teacher pass: trained on the first {n} of {n_given} samples")
     if train_y is not None and train_labels is None:
         notes.append(f"training labels do not fit the {choice.kind} loss: used by the metric only")
     if train_labels is None:
@@ -360,43 +317,51 @@ def distill(student: Any, example_inputs: Mapping[str, Any], config: DistillConf
                      f"{best_metric:.4g} after, teacher {teacher_metric:.4g} ({recovered:.0%} of the gap closed) "
                      f"with {n} training samples; give more training data, more epochs, or prune less")
         log.warning("distill: %s", notes[-1])
-    details = {"loss": choice.kind, "loss_reason": choice.reason, "batchnorm": config.batchnorm,
+    details = {"loss": choice.kind, "loss_reason": choice.reason, "batchnorm": mode,
+               "batchnorm_screen": screen.to_dict() if screen else None,
                "epochs_run": epochs_run, "best_epoch": best_epoch, "metric": metric_name,
                "initial_metric": None if math.isinf(initial) else initial,
                "best_metric": best_metric, "teacher_metric": teacher_metric, "recovered": recovered,
                "seconds": round(60 * minutes, 2), "cpu_minutes": round(cpu_minutes, 3),
+               "teacher_source": t_source, "teacher_seconds": round(t_seconds, 3),
+               "train_samples_per_s": round(train_rate, 1),
                "train_samples": n, "samples_trained": trained, "eval_samples": n_eval, "history": history}
-    log.info("distill: %d epochs, %s loss, best %s %.4f at epoch %d (teacher %s)", epochs_run, choice.kind,
-             metric_name, best_metric, best_epoch, teacher_metric)
+    log.info("distill: %d epochs, %s loss, batchnorm %s, best %s %.4f at epoch %d (teacher %s)", epochs_run,
+             choice.kind, mode, metric_name, best_metric, best_epoch, teacher_metric)
     return model, StepReport("distill", config_to_dict(config), notes, details)
 
 
+def _choose_batchnorm(state: Any, make_opt: Any, step: Any, batches: list, bs: int, dtype: Any, choice: Any,
+                      config: DistillConfig, evals: tuple, trains: tuple, out_of_time: Any
+                      ) -> tuple[str, dict | None, str | None]:
+    """batchnorm "auto": (mode, {"screen", "winner": (state, optimizer, scheduler)} or None, note or None)."""
+    if not bn.has_batchnorm(state["model"]):
+        return "train", None, None
+    k = bn.screen_batches(len(batches))
+    if k == 0:
+        return "train", None, "batchnorm: auto chose train: too few training batches to screen both modes"
+    (eval_x, t_eval, n_eval), (train_x, t_train, order) = evals, trains
+    if n_eval:
+        m = min(n_eval, bn.SCREEN_EVAL_SAMPLES)
+        held_x, held_t, where = _take(eval_x, slice(0, m)), t_eval[:m], f"{m} eval samples"
+    else:
+        rest = order[sum(len(b) for b in batches[:k]):][:bn.SCREEN_EVAL_SAMPLES]
+        if len(rest) == 0:
+            return "train", None, "batchnorm: auto chose train: too few training samples to screen both modes"
+        m = len(rest)
+        held_x, held_t = _take(train_x, rest.numpy()), t_train[rest]
+        where = f"{m} training samples the screen did not train on"
+
+    def held_out_loss(model: Any) -> float:
+        return float(losses.kd_loss(choice, dd.outputs(model, held_x, m, bs, dtype), held_t, config.temperature))
+
+    result, trial, opt, sched = bn.screen(state, make_opt, step, held_out_loss, batches[:k], where, out_of_time)
+    return result.chosen, {"screen": result, "winner": (trial, opt, sched)}, result.note()
 def _recovered(initial: float, best: float, teacher: float | None) -> float | None:
     """Fraction of the (teacher - initial) metric gap closed, or None when there is no gap to close."""
     if teacher is None or math.isinf(initial) or teacher - initial <= 1e-9 * max(abs(teacher), 1.0):
         return None
     return (best - initial) / (teacher - initial)
-
-
-def _adapters(model: Any, train_x: dict, dtype: Any, pairs: list, s_feats: Any, t_feats: Any, t_train_f: dict) -> Any:
-    """Linear maps from student to teacher feature widths, for feature pairs whose widths differ."""
-    import torch
-
-    adapters = torch.nn.ModuleDict()
-    if not pairs:
-        return adapters
-    with torch.no_grad():
-        model.eval()
-        model(**_batch(train_x, slice(0, 1), dtype))
-    for i, (s, t) in enumerate(pairs):
-        cs = s_feats.values[s].shape[s_feats.channel_dim[s]]
-        ct = t_train_f[t].shape[t_feats.channel_dim[t]]
-        if s_feats.values[s].shape[2:] != t_train_f[t].shape[2:] and s_feats.channel_dim[s] == 1:
-            raise ConfigError(f"distill: feature maps of '{s}' {tuple(s_feats.values[s].shape[1:])} and "
-                              f"'{t}' {tuple(t_train_f[t].shape[1:])} differ in size; pair layers of equal resolution")
-        if cs != ct:
-            adapters[str(i)] = torch.nn.Linear(cs, ct).to(dtype)
-    return adapters
 
 
 MODEL_STEPS.add("distill", ModelStep(DistillConfig, distill))

@@ -1,4 +1,11 @@
-"""Accuracy-aware INT8: rank nodes by quantization error, keep the worst in FP32 until the metric drop fits."""
+"""Accuracy-aware INT8: rank nodes by quantization error per byte, keep the best buys in FP32 until the metric fits.
+
+A node kept in float costs its weights' float bytes (3 more bytes per weight than INT8); what it buys
+is the error it adds when quantized (measured tensor by tensor, see node_sensitivity). Units are
+ranked by error removed per float byte, so a small sensitive MatMul is kept in float before a large
+embedding table whose error matters less per byte, and the within-budget try with the fewest float
+bytes is chosen.
+"""
 from __future__ import annotations
 
 import logging
@@ -21,12 +28,17 @@ _UNARY = frozenset({"Relu", "Clip", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid
                     "BatchNormalization", "Identity", "Gelu"})
 
 
+MIN_BUDGET_SAMPLES = 32     # a budget measured on fewer samples is noted as unreliable
+SIZE_FLOOR_BYTES = 4096     # a node without weights (an activation MatMul) counts as this many float bytes
+
+
 @dataclass(frozen=True)
 class FallbackTry:
     excluded: tuple[str, ...]   # nodes kept in FP32 in this try
     metric: float
     drop: float                 # baseline - metric (positive = worse)
     path: str
+    float_bytes: int = 0        # weight bytes the excluded nodes keep in float
 
 
 @dataclass
@@ -41,6 +53,8 @@ class FallbackReport:
     within: bool = False                                       # the chosen try meets the budget
     ranking: list[tuple[str, float | None]] = field(default_factory=list)  # (unit, sensitivity), worst first
     units: dict[str, list[str]] = field(default_factory=dict)  # unit -> its nodes (a layer, an LSTM, ...)
+    unit_bytes: dict[str, int] = field(default_factory=dict)   # unit -> float weight bytes it keeps when excluded
+    samples: int | None = None                                 # samples the budget's metric was measured on
 
     @property
     def chosen_try(self) -> FallbackTry:
@@ -49,15 +63,20 @@ class FallbackReport:
     def notes(self) -> list[str]:
         best = self.chosen_try
         budget = self.budget or f"metric >= {self.target:.4g}"
+        if self.samples is not None and f" {self.samples} " not in f" {budget} ":
+            budget += f", measured on {self.samples} sample(s)"
+        warn = ([f"the accuracy budget was measured on only {self.samples} sample(s) (< {MIN_BUDGET_SAMPLES}): "
+                 "its metric is noisy; give eval data (--eval-data) with more samples"]
+                if self.samples is not None and self.samples < MIN_BUDGET_SAMPLES else [])
         if not best.excluded and self.within:
-            return []
+            return warn
+        kept = (f"{len(best.excluded)} node(s) in FP32 ({g.short_list(list(best.excluded))}) with "
+                f"{_size(best.float_bytes)} of float weights")
         if self.within:
-            return [f"accuracy fallback: kept {len(best.excluded)} node(s) in FP32 "
-                    f"({g.short_list(list(best.excluded))}) to stay within the budget ({budget}); "
-                    f"metric {best.metric:.5g} after {len(self.tries)} tries"]
+            return [f"accuracy fallback: kept {kept} to stay within the budget ({budget}); "
+                    f"metric {best.metric:.5g} after {len(self.tries)} tries"] + warn
         return [f"accuracy fallback did NOT reach the budget ({budget}) after {len(self.tries)} tries; "
-                f"best metric {best.metric:.5g} with {len(best.excluded)} node(s) in FP32 "
-                f"({g.short_list(list(best.excluded))}); consider another scheme or FP16"]
+                f"best metric {best.metric:.5g} with {kept}; consider another scheme or FP16"] + warn
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -66,6 +85,10 @@ class FallbackReport:
             t["excluded"] = list(t["excluded"])
         d["ranking"] = [[n, None if s is None else round(s, 6)] for n, s in self.ranking]
         return d
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 1e6:.2f} MB" if nbytes >= 1e5 else f"{nbytes / 1e3:.1f} KB"
 
 
 def node_sensitivity(fp32_path: str | Path, quant_path: str | Path, feeds: Mapping[str, np.ndarray],
@@ -205,51 +228,76 @@ def search_units(model, candidates: Sequence[str]) -> dict[str, list[str]]:
     return units if len(units) < len(candidates) else {n: [n] for n in candidates}
 
 
-Ranker = Callable[[Path], tuple[dict[str, list[str]], list[tuple[str, float | None]]]]
+# all-INT8 path -> (units, [(unit, sensitivity)] in the order to keep them in float, {unit or node: float bytes});
+# the sizes may be left out (a 2-tuple)
+Ranker = Callable[[Path], tuple]
+
+
+def weight_bytes(model, nodes: Sequence[str]) -> dict[str, int]:
+    """{node: float bytes of the initializers it reads} (weights, biases, an embedding table)."""
+    sizes = {t.name: int(np.prod(t.dims, dtype=np.int64)) * 4 for t in model.graph.initializer
+             if g._ELEM_DTYPES.get(t.data_type, "").startswith(("float", "bfloat"))}
+    wanted = set(nodes)
+    return {n.name: sum(sizes.get(i, 0) for i in set(n.input)) for n in model.graph.node if n.name in wanted}
+
+
+def per_byte(score: float | None, nbytes: int) -> float:
+    """Error a unit adds per float byte it would keep (the fallback's ranking key)."""
+    return (score or 0.0) / max(nbytes, SIZE_FLOOR_BYTES)
 
 
 def onnx_ranker(fp32_path: Path, calib_feeds: Mapping[str, np.ndarray], candidates: Sequence[str] | None = None,
                 sensitivity_samples: int = 16) -> Ranker:
-    """all-INT8 model path -> (units, units ranked by the error their nodes add, worst first)."""
+    """all-INT8 model path -> (units, units ranked by the error their nodes add per float byte, best buy first)."""
     def rank(quant_path: Path):
-        model = g.load_model(fp32_path, with_weights=False)
+        model = g.load_model(fp32_path, with_weights=False)      # dims only
         nodes = list(candidates) if candidates is not None else candidate_nodes(model)
         units = search_units(model, nodes)
+        nbytes = weight_bytes(model, nodes)
         inputs, _ = split_labels(calib_feeds)
         scores = dict(node_sensitivity(fp32_path, quant_path, take(inputs, sensitivity_samples), nodes))
-        units = {u: sorted(members, key=lambda n: -(scores.get(n) or 0.0)) for u, members in units.items()}
-        ranked = {u: sum(scores.get(n) or 0.0 for n in members) for u, members in units.items()}
-        return units, sorted(ranked.items(), key=lambda kv: -kv[1])
+        units = {u: sorted(members, key=lambda n: -per_byte(scores.get(n), nbytes.get(n, 0)))
+                 for u, members in units.items()}
+        score = {u: sum(scores.get(n) or 0.0 for n in members) for u, members in units.items()}
+        size = {u: sum(nbytes.get(n, 0) for n in members) for u, members in units.items()}
+        ranked = sorted(score.items(), key=lambda kv: -per_byte(kv[1], size[kv[0]]))
+        return units, ranked, {**nbytes, **size}
     return rank
 
 
 def fallback_until_within(quantize: Callable[[tuple[str, ...]], Path], evaluate: Callable[[Path], float],
                           baseline: float, target: float, rank: Ranker, max_evals: int = 8, *,
-                          budget: str = "") -> FallbackReport:
+                          budget: str = "", samples: int | None = None) -> FallbackReport:
     """Quantize; while the metric is below `target`, keep the most sensitive units in FP32.
 
     `quantize(excluded)` writes a quantized model with the named parts (ONNX node names, TFLite
     op output tensors) kept in float and returns its path; `evaluate(path)` returns the metric,
     higher is better. `rank(all-INT8 path)` gives the units (single nodes, or whole blocks when
-    there are many) ranked worst first, computed once. Then the k most sensitive units are kept
-    in float, k = 1, 2, 4, ... until a try is within the budget, and k is bisected down between
-    the last miss and that hit. When the k-th unit is a group, the same search then runs over its
-    own nodes (worst first), keeping the first k-1 units. At most `max_evals` quantize+evaluate
-    tries in all; the within-budget try with the fewest parts in float is chosen, else the best try.
+    there are many) in the order to keep them in float (error removed per float byte, best
+    first) and their float bytes, computed once. Then the first k units are kept in float,
+    k = 1, 2, 4, ... until a try is within the budget, and k is bisected down between the last
+    miss and that hit. When the k-th unit is a group, the same search then runs over its own
+    nodes, keeping the first k-1 units. At most `max_evals` quantize+evaluate tries in all; the
+    within-budget try with the fewest float bytes (then parts) is chosen, else the best try.
+    `samples`: how many samples the metric is measured on (noted, with a warning below 32).
     """
-    report = FallbackReport(baseline=float(baseline), target=float(target), budget=budget)
+    report = FallbackReport(baseline=float(baseline), target=float(target), budget=budget, samples=samples)
+    sizes: dict[str, int] = {}
 
     def attempt(excluded: tuple[str, ...]) -> bool:
         path = quantize(excluded)
         metric = float(evaluate(path))
-        report.tries.append(FallbackTry(excluded, metric, float(baseline) - metric, str(path)))
+        report.tries.append(FallbackTry(excluded, metric, float(baseline) - metric, str(path),
+                                        sum(sizes.get(n, 0) for n in excluded)))
         log.info("fallback try %d: %d part(s) in float, metric %.5g (target %.5g)",
                  len(report.tries), len(excluded), metric, target)
         return metric >= target
 
     ok = attempt(())
     if not ok and max_evals > 1:
-        report.units, report.ranking = rank(Path(report.tries[0].path))
+        ranked = rank(Path(report.tries[0].path))     # a ranker without sizes: every unit costs the same
+        report.units, report.ranking, sizes = ranked[0], ranked[1], (ranked[2] if len(ranked) > 2 else {})
+        report.unit_bytes = {u: sizes.get(u, 0) for u in report.units}
         order = [u for u, _ in report.ranking]
 
         def with_units(k: int) -> bool:
@@ -264,7 +312,7 @@ def fallback_until_within(quantize: Callable[[tuple[str, ...]], Path], evaluate:
                 _smallest_prefix(len(members) - 1, lambda j: attempt(base + tuple(members[:j])),
                                  lambda: max_evals - len(report.tries))
             report.chosen = min((i for i, t in enumerate(report.tries) if t.metric >= target),
-                                key=lambda i: (len(report.tries[i].excluded), i))
+                                key=lambda i: (report.tries[i].float_bytes, len(report.tries[i].excluded), i))
     report.within = ok
     if not ok:
         report.chosen = max(range(len(report.tries)),
@@ -296,14 +344,14 @@ def _smallest_prefix(n: int, within: Callable[[int], bool], evals_left: Callable
 def quantize_with_fallback(step_name: str, src: str | Path, dst: str | Path, config: Any, ctx: StepContext,
                            evaluate: Callable[[Path], float], max_drop: float | None = None, *,
                            min_metric: float | None = None, budget: str = "", samples: Any = None,
-                           max_evals: int = 8) -> tuple[StepReport, FallbackReport]:
+                           max_evals: int = 8, budget_samples: int | None = None) -> tuple[StepReport, FallbackReport]:
     """Run an ONNX INT8 step ("onnx:int8-static" / "onnx:int8-dynamic") with the fallback loop; write dst.
 
     The budget is `max_drop` below the FP32 baseline or an absolute `min_metric` (one of them).
     The model is pre-processed once, the FP32 baseline is `evaluate` on it, and every try
     quantizes that same graph so node names match; static INT8 is calibrated once and every try
     reuses the ranges. Sample inputs for the sensitivity ranking are `samples`, else
-    ctx.calibration, else ctx.eval_data.
+    ctx.calibration, else ctx.eval_data; `budget_samples` is how many samples `evaluate` measures on.
     """
     from edgeai.steps.quantize_onnx import preprocess
     if (max_drop is None) == (min_metric is None):
@@ -337,7 +385,7 @@ def quantize_with_fallback(step_name: str, src: str | Path, dst: str | Path, con
 
         fb = fallback_until_within(quantize, evaluate, baseline, target, onnx_ranker(fp32, feeds), max_evals,
                                    budget=budget or (f"drop <= {max_drop:g}" if max_drop is not None
-                                                     else f"metric >= {min_metric:g}"))
+                                                     else f"metric >= {min_metric:g}"), samples=budget_samples)
         chosen = fb.chosen_try
         with g.staged_output(dst, src) as out:
             external = g.stores_external_data(chosen.path) or None

@@ -6,11 +6,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 from edgeai.errors import DataError
 from edgeai.fsutil import atomic_write_bytes
 from edgeai.steps import StepContext, StepReport, config_to_dict, get_artifact_step
 from edgeai.steps import _onnx_graph as g
-from edgeai.steps.quant_fallback import FallbackReport, fallback_until_within
+from edgeai.steps.quant_fallback import FallbackReport, fallback_until_within, per_byte
 
 log = logging.getLogger(__name__)
 
@@ -114,18 +115,36 @@ def tflite_ranker(src: Path, batches: list[dict]):
         units = weighted_units(src)
         scores = {scope: err.get(last, 0.0) - max((err.get(i, 0.0) for i in ins), default=0.0)
                   for scope, _, last, ins in units}
-        return {scope: members for scope, members, _, _ in units}, sorted(scores.items(), key=lambda kv: -kv[1])
+        consts = constant_bytes(src)
+        sizes = {scope: sum(consts.get(i, 0) for i in set(ins)) for scope, _, _, ins in units}
+        ranked = sorted(scores.items(), key=lambda kv: -per_byte(kv[1], sizes[kv[0]]))
+        return {scope: members for scope, members, _, _ in units}, ranked, sizes
     return rank
+
+
+def constant_bytes(path: str | Path) -> dict[str, int]:
+    """{tensor name: bytes as float32} of the main graph's constant tensors (those with buffer data)."""
+    from edgeai.runtime.tflite_inspect import _schema
+
+    model = _schema().Model.GetRootAs(Path(path).read_bytes(), 0)
+    sub = model.Subgraphs(0)
+    out = {}
+    for i in range(sub.TensorsLength()):
+        t = sub.Tensors(i)
+        if 0 < t.Buffer() < model.BuffersLength() and model.Buffers(t.Buffer()).DataLength():
+            out[t.Name().decode()] = 4 * int(np.prod(t.ShapeAsNumpy(), dtype=np.int64)) if t.ShapeLength() else 4
+    return out
 
 
 def quantize_tflite_with_fallback(step_name: str, src: str | Path, dst: str | Path, config: Any, ctx: StepContext,
                                   evaluate: Callable[[Path], float], max_drop: float | None = None, *,
                                   min_metric: float | None = None, budget: str = "", samples: Any = None,
-                                  max_evals: int = 8) -> tuple[StepReport, FallbackReport]:
+                                  max_evals: int = 8, budget_samples: int | None = None
+                                  ) -> tuple[StepReport, FallbackReport]:
     """Run a TFLite INT8 step ("tflite:int8-dynamic" / "tflite:int8-static") with the fallback; write dst.
 
     Like the ONNX fallback: the FP32 .tflite is the baseline, ops are ranked by the error they add
-    (compared tensor by tensor in LiteRT on a few samples), and the most sensitive are kept in
+    per float byte of their weights (compared tensor by tensor in LiteRT on a few samples), and the best buys are kept in
     float32 by a per-op recipe until the metric meets the budget. Static INT8 calibrates once.
     """
     from edgeai.runtime.tflite_inspect import inspect_tflite
@@ -156,7 +175,7 @@ def quantize_tflite_with_fallback(step_name: str, src: str | Path, dst: str | Pa
 
         fb = fallback_until_within(quantize, evaluate, baseline, target, tflite_ranker(src, batches), max_evals,
                                    budget=budget or (f"drop <= {max_drop:g}" if max_drop is not None
-                                                     else f"metric >= {min_metric:g}"))
+                                                     else f"metric >= {min_metric:g}"), samples=budget_samples)
         chosen = fb.chosen_try
         atomic_write_bytes(dst, Path(chosen.path).read_bytes())
     report = reports[chosen.path]
