@@ -57,7 +57,7 @@ COLUMNS = [("model", "model", ""), ("chosen", "chosen", ""), ("speedup", "speedu
            ("goal", "goal", ""), ("base_p50_ms", "FP32 p50 ms", ".3f"), ("p50_ms", "chosen p50 ms", ".3f"),
            ("size_ratio", "size ×", ".2f"), ("metric", "metric", ""), ("base_value", "FP32 metric", ".4g"),
            ("value", "chosen metric", ".4g"), ("drop", "drop", "+.4g"), ("max_drop", "budget", "g"),
-           ("tried", "candidates timed", ""), ("minutes", "wall minutes", ".1f"), ("budget", "budget", "g"),
+           ("tried", "candidates timed", ""), ("minutes", "wall minutes", ".1f"), ("budget", "budget minutes", "g"),
            ("stopped", "stopped early", "")]
 
 

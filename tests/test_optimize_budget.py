@@ -352,3 +352,14 @@ def test_screens_run_in_the_format_whose_builds_are_cheapest(tmp_path):
     assert result.pruning["screen_format"] == "onnx" and {u.format for u in screens} == {"onnx"}
     # the longer distillations go where the speedup is expected: TFLite ran FP32 2.5x faster unpruned
     assert result.pruning["final"] and result.pruning["final"][0]["format"] == "tflite"
+
+
+def test_a_screen_is_charged_what_the_last_screen_measured_not_the_unpruned_build(tmp_path):
+    lab = DistillLab(latency={"onnx/fp32": 10.0, "onnx/int8-static": 5.0, "onnx/int8-dynamic": 11.0}, metric={},
+                     build_s=20.0, overhead=300.0)
+    # planned on the unpruned build (20 s): two 1 min screens; the first one took 300 s besides its
+    # distillation, so with 222 s left the second would not finish and is not started
+    result = search(lab, tmp_path, prune_ratios=(0.5, 0.7), train_data="t.npz", budget_minutes=638 / 60)
+    assert [u.steps[0]["prune"]["ratio"] for u in lab.built_units if u.steps] == [0.7]
+    assert by_id(result)["onnx/prune0.5+distill1m/fp32"].reason.startswith("would not finish within the budget")
+    assert lab.now <= 638

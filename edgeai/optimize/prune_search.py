@@ -129,6 +129,7 @@ def _halving(search: Search, arms: list) -> None:
             search._skip(unit.candidates, f"not screened: {wanted} screen(s) of {minutes:g} min fit in the budget")
             search._stop("budget")
             continue
+        costs = search.costs(fmt0, pruned=True)    # the last screen's measured build, once there is one
         if not search.build_if_it_fits(unit, SLACK * (60 * minutes + costs.overhead_s), 60 * minutes):
             info["why"] = "the budget ended during the screens"
             continue
