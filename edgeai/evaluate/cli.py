@@ -19,8 +19,8 @@ def add_parser(sub) -> None:
                     "It prints what each value is compared against. A single artifact without labels, "
                     "--metric or --reference is refused: comparing it with itself would say nothing.")
     p.add_argument("artifact")
-    p.add_argument("--data", required=True, metavar="FILE.npz|module:function",
-                   help="inputs keyed by input name, optionally 'labels'")
+    p.add_argument("--data", metavar="FILE.npz|module:function",
+                   help="inputs keyed by input name, optionally 'labels' (or --text for a decoder)")
     p.add_argument("--artifact-name", action="append", default=None,
                    help="only these artifacts of an export folder (repeatable; default: all)")
     p.add_argument("--batch-size", type=positive_int, default=64, help="samples per run (default 64)")
@@ -33,6 +33,8 @@ def add_parser(sub) -> None:
                         "export folder's first artifact) instead of the first artifact's")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--no-verify-digest", action="store_true", help=NO_VERIFY_HELP)
+    from edgeai.evaluate.text_cli import add_text_options
+    add_text_options(p)
     p.set_defaults(func=run)
 
 
@@ -48,6 +50,9 @@ def run(args) -> int:
     from edgeai.metrics import load_metric
     from edgeai.runtime.subproc import load_guarded
 
+    if args.text or not args.data:
+        from edgeai.evaluate.text_cli import run_text
+        return run_text(args)
     metric = load_metric(args.metric)
     path = Path(args.artifact)
     manifest = Manifest.read(path) if path.is_dir() and (path / MANIFEST_NAME).is_file() else None

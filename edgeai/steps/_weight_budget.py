@@ -1,0 +1,91 @@
+"""The LM accuracy budget of weight-only quantization: perplexity and top-1 agreement to FP32 on eval text;
+over budget, the most sensitive MatMuls are raised one precision step (4 -> 8 bits -> float) until it fits."""
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+from edgeai.steps import StepContext, VariantNotKept
+from edgeai.steps import _onnx_graph as g
+
+log = logging.getLogger(__name__)
+
+
+def eval_text_for(config, ctx: StepContext) -> tuple[Path, Path] | None:
+    """(eval text, tokenizer) from the config or ctx.extra ("eval_text", "tokenizer"), or None."""
+    text = config.eval_text or ctx.extra.get("eval_text")
+    if not text:
+        return None
+    return Path(text), ctx.extra.get("tokenizer")
+
+
+def margin(score, config) -> float:
+    """How far inside the budget a score is, in budget units (>= 0: within; 1: same as FP32)."""
+    ppl = (config.max_ppl_increase - score.ppl_increase) / config.max_ppl_increase
+    top1 = (score.top1_agreement - config.min_top1_agreement) / max(1.0 - config.min_top1_agreement, 1e-9)
+    return min(ppl, top1)
+
+
+def _raised(config, plan: dict[str, int], excluded: tuple[str, ...]):
+    """`config` with the `excluded` nodes one precision step up from where `plan` put them."""
+    int8 = [n for n in excluded if plan.get(n) == 4]
+    flt = [n for n in excluded if plan.get(n) == 8]
+    return replace(config, int8_nodes=tuple(config.int8_nodes) + tuple(int8),
+                   float_nodes=tuple(config.float_nodes) + tuple(flt))
+
+
+def quantize_within_lm_budget(src: Path, out: Path, config, text: tuple[Path, Path | None]):
+    """Quantize `src` into `out` holding the LM budget; returns (details, the config that made `out`, notes)."""
+    from edgeai.evaluate.text import budget_check, load_tokens, open_loop, score_loops
+    from edgeai.steps.quant_fallback import fallback_until_within, onnx_ranker
+    from edgeai.steps.quantize_weight import plan_bits, quantize_file
+    text_file, tokenizer = text
+    ids = load_tokens(text_file, tokenizer or src, config.max_tokens)
+    reference = open_loop(src, verify_digest=False)
+    plan = plan_bits(g.load_model(src, with_weights=False), config)
+    scores, details = {}, {}
+    budget = (f"perplexity <= FP32 +{100 * config.max_ppl_increase:g}% and top-1 agreement >= "
+              f"{100 * config.min_top1_agreement:g}% on {len(ids)} tokens of {text_file.name}")
+    with g.work_dir() as work:
+        def quantize(excluded: tuple[str, ...]) -> Path:
+            path = work / f"try{len(details)}.onnx"
+            details[str(path)] = (quantize_file(src, path, _raised(config, plan, excluded)),
+                                  _raised(config, plan, excluded))
+            return path
+
+        def evaluate(path: Path) -> float:
+            _, score = score_loops({"fp32": reference, "q": open_loop(path, verify_digest=False)}, ids,
+                                   config.window, config.stride)
+            scores[str(path)] = score
+            log.info("LM budget try %s: perplexity %+.3f%%, top-1 agreement %.2f%%, KL %.5f", path.name,
+                     100 * score.ppl_increase, 100 * score.top1_agreement, score.kl)
+            return margin(score, config)
+
+        window = ids[:config.window]
+        feeds = {**reference.io.feeds(window[None], 0), **reference.io.empty_past()}
+        candidates = [n for n, b in plan.items() if b]
+        fb = fallback_until_within(quantize, evaluate, 1.0, 0.0, onnx_ranker(src, feeds, candidates),
+                                   config.max_tries, budget=budget)
+        chosen = fb.chosen_try.path
+        made, made_config = details[chosen]
+        score = scores[chosen]
+        if not fb.within:
+            why = "; ".join(budget_check(score, config.max_ppl_increase, config.min_top1_agreement))
+            raise VariantNotKept(f"over the LM accuracy budget ({budget}) after {len(fb.tries)} tries: {why} "
+                                 f"with {len(fb.chosen_try.excluded)} node(s) raised; use mixed or int8-weight")
+        made["extra_files"] = g.save_model(g.load_model(chosen), out,
+                                           external=g.stores_external_data(chosen) or None)
+    notes = []
+    raised = fb.chosen_try.excluded
+    if raised:
+        notes.append(f"LM accuracy budget: raised {len(raised)} node(s) one precision step "
+                     f"({g.short_list(list(raised))}) to hold {budget}")
+    else:
+        notes.append(f"LM accuracy budget held: {budget}")
+    made = {**made, "lm_budget": {"text": budget, "within": fb.within, "perplexity": score.perplexity,
+                                  "fp32_perplexity": score.perplexity / (1 + score.ppl_increase),
+                                  "ppl_increase": score.ppl_increase, "top1_agreement": score.top1_agreement,
+                                  "kl": score.kl, "tokens": score.tokens, "tries": len(fb.tries),
+                                  "raised_nodes": list(raised)}}
+    return made, made_config, notes
