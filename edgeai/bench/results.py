@@ -32,6 +32,7 @@ class BenchConfig:
     load_options: Mapping[str, Any] = field(default_factory=dict)  # more edgeai.source.load_model kwargs
     seed: int = 0
     device: str = "local"                                  # "local", "ssh://HOST", "adb:SERIAL"
+    decoder: Mapping[str, Any] = field(default_factory=dict)  # decoder options (edgeai.bench.decoder.DecoderOptions)
 
     def __post_init__(self):
         if self.runtime not in RUNTIMES:
@@ -55,6 +56,7 @@ class BenchConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d.update(dims=dict(self.dims), inputs=list(self.inputs), load_options=dict(self.load_options),
+                 decoder=dict(self.decoder),
                  stop_rule=self.stop_rule.describe())
         return d
 
@@ -95,6 +97,7 @@ class BenchResult:
     signal: str | None = None         # e.g. "SIGABRT", "SIGSEGV"
     stderr_tail: str | None = None    # last lines the dead worker wrote to stderr
     notes: tuple[str, ...] = ()
+    decoder: dict | None = None       # decoders: TTFT, prefill and decode tokens/s (SCHEMA.md, "decoder")
 
     @property
     def ok(self) -> bool:

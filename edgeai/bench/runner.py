@@ -29,7 +29,8 @@ def bench(targets: Sequence[str | Path], *, runtime: str = "auto", threads: int 
           runs: int | None = None, min_seconds: float | None = None, batch: int = 1,
           dims: Mapping[str, int] | None = None, provider: str = "cpu", isolate: bool = True,
           inputs: Sequence[str] | None = None, load_options: Mapping[str, Any] | None = None,
-          verify_digest: bool = True, device: str | SshDevice | AdbDevice | None = None) -> BenchReport:
+          verify_digest: bool = True, device: str | SshDevice | AdbDevice | None = None,
+          decoder: Mapping[str, Any] | None = None) -> BenchReport:
     """Time every target (see edgeai/bench/SCHEMA.md for what is measured and how).
 
     targets: .onnx/.tflite files, edgeai export folders (every artifact, manifest order) or
@@ -39,13 +40,15 @@ def bench(targets: Sequence[str | Path], *, runtime: str = "auto", threads: int 
     An export folder's files are checked against its manifest's sha256 first, unless `verify_digest`
     is False. device: None or "local" (this machine), "ssh://HOST" or an SshDevice / AdbDevice
     (edgeai.bench.devices): the artifacts are copied there and timed by the same protocol.
+    decoder: options for KV-cache decoders (edgeai.bench.decoder.DecoderOptions: prompt_lengths, depths,
+    new_tokens, repeats); a decoder is timed as a generator (TTFT, prefill and decode tokens/s).
     """
     if isinstance(device, str):
         device = parse_device(device)
     config = BenchConfig(runtime=runtime, threads=threads, warmup=warmup, runs=runs,
                          min_seconds=min_seconds, batch=batch, dims=dict(dims or {}), provider=provider,
                          isolate=isolate, inputs=tuple(inputs or ()), load_options=dict(load_options or {}),
-                         device=device.name if device else LOCAL)
+                         device=device.name if device else LOCAL, decoder=dict(decoder or {}))
     return run_bench(targets, config, device, verify_digest=verify_digest)
 
 
