@@ -27,6 +27,14 @@ def margin(score, config) -> float:
     return min(ppl, top1)
 
 
+def _ranking_feeds(loop, window) -> dict:
+    """Feeds for the sensitivity ranking: the window after its first token, with the FP32 cache of that token
+    as the past (edgeai's sessions refuse the empty past of a first call: a zero-size dimension)."""
+    loop.prefill(window[:1])
+    past = {name: value.numpy() for name, value in zip(loop.io.past, loop.past)}
+    return {**loop.io.feeds(window[None, 1:], 1), **past}
+
+
 def _raised(config, plan: dict[str, int], excluded: tuple[str, ...]):
     """`config` with the `excluded` nodes one precision step up from where `plan` put them."""
     int8 = [n for n in excluded if plan.get(n) == 4]
@@ -62,8 +70,7 @@ def quantize_within_lm_budget(src: Path, out: Path, config, text: tuple[Path, Pa
                      100 * score.ppl_increase, 100 * score.top1_agreement, score.kl)
             return margin(score, config)
 
-        window = ids[:config.window]
-        feeds = {**reference.io.feeds(window[None], 0), **reference.io.empty_past()}
+        feeds = _ranking_feeds(reference, ids[:config.window])
         candidates = [n for n, b in plan.items() if b]
         fb = fallback_until_within(quantize, evaluate, 1.0, 0.0, onnx_ranker(src, feeds, candidates),
                                    config.max_tries, budget=budget)

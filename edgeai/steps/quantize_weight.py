@@ -27,8 +27,8 @@ class WeightOnlyConfig:
     algorithm: str = "rtn"                # rtn | hqq
     lm_head_bits: int = 4                 # the MatMul that produces the logits: 4, 8 or 0 (float)
     embedding_bits: int = 4               # Gather on a weight table (token/position embeddings): 4, 8 or 0
-    int8_nodes: tuple[str, ...] = ()      # MatMuls raised to 8 bits (the accuracy fallback adds here)
-    float_nodes: tuple[str, ...] = ()     # MatMuls kept in float
+    int8_nodes: tuple[str, ...] = ()      # MatMuls/embeddings raised to 8 bits (the accuracy fallback adds here)
+    float_nodes: tuple[str, ...] = ()     # MatMuls/embeddings kept in float
     eval_text: str | None = None          # .txt to check the LM accuracy budget on (else ctx.extra["eval_text"])
     max_ppl_increase: float = 0.01        # budget: perplexity at most 1% above FP32 ...
     min_top1_agreement: float = 0.97      # ... and teacher-forced top-1 agreement with FP32 at least 97%
@@ -91,7 +91,9 @@ def plan_bits(model, config: WeightOnlyConfig) -> dict[str, int]:
             bits = max(bits, 8)
         plan[node.name] = 0 if node.name in config.float_nodes else bits
     for node in wg.embedding_gathers(model):
-        plan[node.name] = 0 if node.name in config.float_nodes else config.embedding_bits
+        bits = max(config.embedding_bits, 8) if node.name in config.int8_nodes and config.embedding_bits else \
+            config.embedding_bits
+        plan[node.name] = 0 if node.name in config.float_nodes else bits
     return plan
 
 

@@ -1,0 +1,132 @@
+"""Weight-only quantization of decoders: MatMulNBits/GatherBlockQuantized rewrites, the Gemm pitfall, the LM budget."""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import decoder_kit as dk
+from edgeai.errors import ConfigError, ExportError
+from edgeai.steps import StepContext, VariantNotKept, get_artifact_step
+from edgeai.steps import _onnx_graph as g
+
+pytest.importorskip("optimum.exporters.onnx")
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.getbasetemp() / "decoder-llama"
+    model = dk.llama(folder)
+    if not (folder / "tokenizer.json").is_file():
+        dk.tokenizer(folder)
+    (folder / "eval.txt").write_text(dk.text(600, seed=5))
+    return model
+
+
+def _quantize(src: Path, scheme: str, dst: Path, ctx: StepContext | None = None, **options):
+    step = get_artifact_step(f"onnx:{scheme}")
+    return step.fn(src, dst, step.config_cls(**options), ctx or StepContext())
+
+
+def _ops(path: Path) -> Counter:
+    return Counter(n.op_type for n in g.load_model(path, with_weights=False).graph.node)
+
+
+def _weights_of(path: Path) -> int:
+    return g.weight_bytes(g.load_model(path))
+
+
+def test_int4_weight_rewrites_every_weight_matmul_and_the_embedding(llama, tmp_path):
+    before = _ops(llama)
+    report = _quantize(llama, "int4-weight", tmp_path / "m.onnx")
+    after = _ops(tmp_path / "m.onnx")
+    # 2 layers x (q, k, v, o, gate, up, down) + lm_head; the attention MatMuls (no weight) stay
+    assert after["MatMulNBits"] == 15
+    assert after["MatMul"] == before["MatMul"] - 15
+    assert after["GatherBlockQuantized"] == 1 and report.details["lm_head"] == "/lm_head/MatMul"
+    assert report.details["nodes_by_bits"] == {"0": 0, "4": 16, "8": 0}
+    # 4 bits + one fp32 scale per 32 weights = 5 bits of 32: about 0.16 of the float bytes
+    assert 0.14 < report.details["size_ratio"] < 0.19
+    assert any("LM accuracy budget" in n for n in report.notes)
+
+
+def test_int8_and_mixed_keep_lm_head_and_embedding_at_8_bits(llama, tmp_path):
+    r8 = _quantize(llama, "int8-weight", tmp_path / "m8.onnx")
+    mixed = _quantize(llama, "mixed", tmp_path / "mx.onnx")
+    assert r8.details["nodes_by_bits"] == {"0": 0, "4": 0, "8": 16}
+    assert mixed.details["nodes_by_bits"] == {"0": 0, "4": 14, "8": 2}
+    assert mixed.details["bits_per_node"]["/lm_head/MatMul"] == 8
+    assert mixed.details["bits_per_node"]["/model/embed_tokens/Gather"] == 8
+    # 8 bits + a scale per 32: 0.28 of float; mixed lies between INT4 and INT8
+    assert 0.26 < r8.details["size_ratio"] < 0.30
+    assert 0.17 < mixed.details["size_ratio"] < r8.details["size_ratio"]
+
+
+def test_weight_only_variants_stay_close_to_fp32_logits(llama, tmp_path):
+    from edgeai.evaluate.text import load_tokens, open_loop
+    ids = load_tokens(llama.parent / "eval.txt", llama.parent)[:48]
+    ref = open_loop(llama, verify_digest=False).prefill(ids)
+    errors = {}
+    for scheme in ("int8-weight", "int4-weight"):
+        _quantize(llama, scheme, tmp_path / f"{scheme}.onnx")
+        got = open_loop(tmp_path / f"{scheme}.onnx", verify_digest=False).prefill(ids)
+        errors[scheme] = float(np.abs(got - ref).max() / np.abs(ref).max())
+    assert errors["int8-weight"] < 0.02 and errors["int4-weight"] < 0.2
+    assert errors["int8-weight"] < errors["int4-weight"] / 3
+
+
+def test_gemm_decoder_is_refused_because_only_lm_head_would_shrink(tmp_path_factory, tmp_path):
+    """The pitfall: GPT-2's Conv1D layers export as Gemm, and ORT's MatMulNBits quantizer rewrites only
+    MatMul, so a plain INT4 pass quantizes lm_head alone and the file barely shrinks."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+    src = dk.gpt2(tmp_path_factory.getbasetemp() / "decoder-gpt2")
+    quantizer = MatMulNBitsQuantizer(g.load_model(src), bits=4, block_size=32, is_symmetric=True)
+    quantizer.process()
+    g.save_model(quantizer.model.model, tmp_path / "naive.onnx")
+    ops = _ops(tmp_path / "naive.onnx")
+    assert ops["Gemm"] == 8 and ops["MatMulNBits"] == 1      # only lm_head
+    assert _weights_of(tmp_path / "naive.onnx") / _weights_of(src) > 0.6  # INT4 would be ~0.16
+    with pytest.raises(ExportError, match="8 Gemm node"):
+        _quantize(src, "int4-weight", tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_weight_config_rejects_bad_options():
+    from edgeai.steps.quantize_weight import Int4WeightConfig
+    with pytest.raises(ConfigError, match="power of two"):
+        Int4WeightConfig(block_size=48)
+    with pytest.raises(ConfigError, match="lm_head_bits"):
+        Int4WeightConfig(lm_head_bits=2)
+    with pytest.raises(KeyError, match="gptq"):
+        Int4WeightConfig(algorithm="gptq")
+
+
+def test_lm_budget_is_checked_on_eval_text_and_recorded(llama, tmp_path):
+    ctx = StepContext(extra={"eval_text": str(llama.parent / "eval.txt")})
+    report = _quantize(llama, "int8-weight", tmp_path / "m.onnx", ctx)
+    budget = report.details["lm_budget"]
+    assert budget["within"] and budget["tries"] == 1 and budget["raised_nodes"] == []
+    assert abs(budget["ppl_increase"]) < 0.01 and budget["top1_agreement"] >= 0.97
+    assert budget["tokens"] > 500
+
+
+def test_lm_budget_out_of_reach_leaves_the_variant_out(llama, tmp_path):
+    ctx = StepContext(extra={"eval_text": str(llama.parent / "eval.txt")})
+    with pytest.raises(VariantNotKept, match="top-1 agreement"):
+        _quantize(llama, "int4-weight", tmp_path / "m.onnx", ctx, min_top1_agreement=0.9999, max_tries=2)
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_lm_budget_fallback_raises_the_most_sensitive_matmuls_first(llama, tmp_path):
+    """Random weights give flat logits, so INT4 flips many argmaxes (top-1 agreement ~0.84); asking for 0.9
+    makes the fallback move some MatMuls to 8 bits and stop as soon as the budget holds."""
+    ctx = StepContext(extra={"eval_text": str(llama.parent / "eval.txt")})
+    report = _quantize(llama, "int4-weight", tmp_path / "m.onnx", ctx, min_top1_agreement=0.9, max_tries=8)
+    budget = report.details["lm_budget"]
+    raised = budget["raised_nodes"]
+    assert budget["within"] and budget["top1_agreement"] >= 0.9 and 1 <= len(raised) < 16
+    assert all(report.details["bits_per_node"][n] == 8 for n in raised)
+    assert report.details["nodes_by_bits"]["8"] == len(raised)
+    assert report.config["int8_nodes"] == raised   # the config reproduces the artifact
