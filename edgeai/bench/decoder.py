@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgeai.bench.env import peak_rss_bytes
-from edgeai.bench.kv import DecoderIO, KVLoop
+from edgeai.bench.kv import details_from_specs
 from edgeai.bench.results import BenchConfig, BenchResult
 from edgeai.bench.stats import TimingStats
 from edgeai.bench.targets import Target
@@ -36,29 +36,63 @@ class DecoderOptions:
         return opts
 
 
+def _fit(opts: DecoderOptions, limit: int | None) -> tuple[DecoderOptions, str]:
+    """The options without prompt lengths and depths (+ new tokens) past `limit` positions, and what was dropped."""
+    if not limit:
+        return opts, ""
+    prompts = tuple(n for n in opts.prompt_lengths if n <= limit)
+    depths = tuple(d for d in opts.depths if d + opts.new_tokens <= limit)
+    if not prompts or not depths:
+        raise InputSpecError(f"the decoder has {limit} positions: prompt lengths {list(opts.prompt_lengths)} and depths "
+                             f"{list(opts.depths)} + {opts.new_tokens} new tokens do not fit; pass smaller "
+                             "--prompt-lengths, --depths or --new-tokens")
+    gone = [f"prompt {n}" for n in opts.prompt_lengths if n not in prompts] + \
+        [f"depth {d}" for d in opts.depths if d not in depths]
+    return DecoderOptions(prompts, depths, opts.new_tokens, opts.repeats), ", ".join(gone)
+
+
 def _median_ms(samples_ns: list[int]) -> float:
     return float(np.median(samples_ns)) / 1e6
 
 
-def measure_decoder(target: Target, config: BenchConfig, session, import_ms: float | None, load_ms: float,
-                    rss_before: int | None, isolated: bool) -> BenchResult:
-    """Time `session` (an edgeai OnnxSession of a decoder) as a generator; `timing` holds the per-token decode
+def reopen(session, load_ms: float) -> tuple:
+    """(DecoderSession, its load ms, a note or None): a bare .onnx decoder file loads as a plain session first
+    (its inputs give the cache layout), then again as a DecoderSession, timed; an export folder's is kept."""
+    from edgeai.runtime.generate import DecoderSession
+    if isinstance(session, DecoderSession):
+        return session, load_ms, None
+    path, threads, details = session.path, session.threads, details_from_specs(session.inputs, session.outputs)
+    del session
+    gc.collect()
+    t0 = time.perf_counter()
+    decoder = DecoderSession(path, details, threads=threads)
+    return decoder, (time.perf_counter() - t0) * 1e3, (
+        "a bare .onnx decoder is loaded twice (the first load reads its cache layout) and peak RSS may include "
+        "both; bench its export folder for one load")
+
+
+def measure_decoder(target: Target, config: BenchConfig, decoder, import_ms: float | None, load_ms: float,
+                    rss_before: int | None, isolated: bool, load_note: str | None = None) -> BenchResult:
+    """Time `decoder` (a DecoderSession) as a generator; `timing` holds the per-token decode
     latencies at the first depth, so p50_ms is milliseconds per new token."""
     opts = DecoderOptions.from_config(config)
-    sess = getattr(session, "inference_session", None)
-    if sess is None or config.provider != "cpu":
+    if config.provider != "cpu" or target.format != "onnx":
         raise InputSpecError("decoder benchmarks run on onnxruntime's CPU provider")
-    io = DecoderIO.from_specs(session.inputs, session.outputs)
-    loop = KVLoop(sess, io)
-    rng = np.random.default_rng(config.seed)
+    notes = [] if load_note is None else [load_note]
+    opts, dropped = _fit(opts, decoder.max_positions)
+    if dropped:
+        notes.append(f"decoder: skipped {dropped}: past the model's {decoder.max_positions} positions")
     clock = time.perf_counter_ns
+    rng = np.random.default_rng(config.seed)
     t0 = clock()
-    vocab = loop.prefill(np.zeros(4, dtype=np.int64)).shape[-1]
+    vocab = decoder.prefill(np.zeros(4, dtype=np.int64)).shape[-1]
     first_ms = (clock() - t0) / 1e6
     longest = max(opts.prompt_lengths + opts.depths)
     ids = rng.integers(0, vocab, size=longest + opts.new_tokens, dtype=np.int64)
-    for _ in range(min(config.warmup, 3)):  # warm the kernels at both ends of the range
-        loop.greedy(ids[:min(opts.prompt_lengths)], 4)
+    for _ in range(min(config.warmup, 3)):  # warm the kernels
+        token = int(np.argmax(decoder.prefill(ids[:min(opts.prompt_lengths)])))
+        for _ in range(4):
+            token = int(np.argmax(decoder.step(token)))
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
@@ -67,18 +101,18 @@ def measure_decoder(target: Target, config: BenchConfig, session, import_ms: flo
             samples = []
             for _ in range(opts.repeats):
                 t0 = clock()
-                int(np.argmax(loop.prefill(ids[:n])[-1]))   # time to the first new token
+                int(np.argmax(decoder.prefill(ids[:n])))   # time to the first new token
                 samples.append(clock() - t0)
             ttft = _median_ms(samples)
             prompts.append({"tokens": n, "ttft_ms": ttft, "prefill_tokens_per_s": n / ttft * 1e3,
                             "runs": opts.repeats})
         decode, first_depth = [], None
         for depth in opts.depths:
-            token = int(np.argmax(loop.prefill(ids[:depth])[-1]))
+            token = int(np.argmax(decoder.prefill(ids[:depth])))
             steps = []
             for _ in range(opts.new_tokens):
                 t0 = clock()
-                token = int(np.argmax(loop.step(token)))
+                token = int(np.argmax(decoder.step(token)))
                 steps.append(clock() - t0)
             ms = np.asarray(steps, dtype=np.float64) / 1e6
             first_depth = ms if first_depth is None else first_depth
@@ -88,16 +122,17 @@ def measure_decoder(target: Target, config: BenchConfig, session, import_ms: flo
     finally:
         if gc_was_enabled:
             gc.enable()
-    section = {"vocab_size": int(vocab), "layers": len(io.past) // 2, "kv_heads": io.kv_heads,
-               "head_dim": io.head_dim, "cache_dtype": io.dtype, "prompts": prompts, "decode": decode,
+    section = {"vocab_size": int(vocab), "layers": decoder.layers, "kv_heads": decoder.kv_heads,
+               "head_dim": decoder.head_dim, "cache_dtype": str(decoder.decoder.get("cache_dtype", "float32")),
+               "io_binding": decoder.io_binding, "prompts": prompts, "decode": decode,
                "ttft_ms": prompts[0]["ttft_ms"], "prefill_tokens_per_s": prompts[-1]["prefill_tokens_per_s"],
                "decode_tokens_per_s": decode[0]["decode_tokens_per_s"]}
-    notes = [f"decoder: timing is per new token at depth {opts.depths[0]} (greedy, batch 1, random prompt ids); "
+    notes += [f"decoder: timing is per new token at depth {opts.depths[0]} (greedy, batch 1, random prompt ids); "
              "TTFT and decode tokens/s are in the result's decoder section"]
     if not isolated:
         notes.append("measured in-process: earlier targets may have warmed caches, and peak RSS is the whole process's")
-    info = session.describe()
-    size = target.size_bytes if target.size_bytes is not None else getattr(session, "size_bytes", None)
+    info = decoder.describe()
+    size = target.size_bytes
     return BenchResult(
         target=target.label, kind=target.kind, path=target.path, artifact=target.artifact, format=target.format,
         status="ok", isolated=isolated, runtime=info.get("runtime", target.format),

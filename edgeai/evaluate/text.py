@@ -86,32 +86,18 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
 
-def window_logits(loop, ids: np.ndarray) -> np.ndarray:
-    """(len(ids), vocab) logits for a window run from an empty cache; an export that returns only the last
-    position in prefill is fed one token at a time instead (same numbers, slower)."""
-    logits = loop.prefill(ids)
-    if logits.shape[0] == len(ids):
-        return logits
-    rows = [loop.prefill(ids[:1])[-1]] + [loop.step(int(t)) for t in ids[1:]]
-    return np.stack(rows)
-
-
-def open_loop(path: str | Path, artifact: str | None = None, threads: int | None = 1, verify_digest: bool = True):
-    """A KVLoop on an artifact (a .onnx file, or an export folder's artifact)."""
-    from edgeai import runtime
-    from edgeai.bench.kv import DecoderIO, KVLoop
-    session = runtime.load(path, artifact=artifact, threads=threads, verify_digest=verify_digest)
-    return KVLoop(session.inference_session, DecoderIO.from_specs(session.inputs, session.outputs))
-
-
-def score_loops(loops: Mapping[str, object], ids: np.ndarray, window: int = 128, stride: int = 64,
-                reference: str | None = None) -> list[TextScore]:
-    """Score every loop on the same windows of `ids`; the reference (default: the first) is what top-1
-    agreement, KL and the perplexity increase compare with."""
-    names = list(loops)
+def score_sessions(sessions: Mapping[str, object], ids: np.ndarray, window: int = 128, stride: int = 64,
+                   reference: str | None = None) -> list[TextScore]:
+    """Score every DecoderSession (edgeai.runtime.generate) on the same windows of `ids`, each window from an
+    empty cache; the reference (default: the first) is what top-1 agreement, KL and the perplexity increase
+    compare with."""
+    names = list(sessions)
     reference = reference or names[0]
-    if reference not in loops:
+    if reference not in sessions:
         raise DataError(f"reference {reference!r} is not among the artifacts ({', '.join(names)})")
+    limit = min((s.max_positions for s in sessions.values() if getattr(s, "max_positions", None)), default=None)
+    if limit and window > limit:
+        raise DataError(f"window {window} is longer than the model's {limit} positions; pass --window {limit} or less")
     nll = {n: 0.0 for n in names}
     agree = {n: 0 for n in names}
     kl = {n: 0.0 for n in names}
@@ -120,7 +106,7 @@ def score_loops(loops: Mapping[str, object], ids: np.ndarray, window: int = 128,
         chunk = ids[begin:end]
         targets = ids[first:end]
         rows = slice(first - 1 - begin, end - 1 - begin)  # logits at position t predict token t + 1
-        logp = {n: _log_softmax(window_logits(loops[n], chunk)[rows]) for n in names}
+        logp = {n: _log_softmax(sessions[n].logits(chunk)[rows]) for n in names}
         ref = logp[reference]
         ref_top = ref.argmax(axis=-1)
         p_ref = np.exp(ref)
@@ -141,9 +127,10 @@ def score_loops(loops: Mapping[str, object], ids: np.ndarray, window: int = 128,
 def score_artifacts(paths: Mapping[str, tuple[str | Path, str | None]], ids: np.ndarray, window: int = 128,
                     stride: int = 64, threads: int | None = 1, verify_digest: bool = True,
                     reference: str | None = None) -> list[TextScore]:
-    """score_loops on artifacts given as {label: (path, artifact name or None)}."""
-    loops = {label: open_loop(p, a, threads, verify_digest) for label, (p, a) in paths.items()}
-    return score_loops(loops, ids, window, stride, reference)
+    """score_sessions on artifacts given as {label: (path, artifact name or None)}."""
+    from edgeai.bench.kv import open_decoder
+    sessions = {label: open_decoder(p, a, threads, verify_digest) for label, (p, a) in paths.items()}
+    return score_sessions(sessions, ids, window, stride, reference)
 
 
 def budget_check(score: TextScore, max_ppl_increase: float, min_top1: float) -> list[str]:

@@ -27,12 +27,19 @@ def margin(score, config) -> float:
     return min(ppl, top1)
 
 
-def _ranking_feeds(loop, window) -> dict:
+def _ranking_feeds(session, window) -> dict:
     """Feeds for the sensitivity ranking: the window after its first token, with the FP32 cache of that token
     as the past (edgeai's sessions refuse the empty past of a first call: a zero-size dimension)."""
-    loop.prefill(window[:1])
-    past = {name: value.numpy() for name, value in zip(loop.io.past, loop.past)}
-    return {**loop.io.feeds(window[None, 1:], 1), **past}
+    import numpy as np
+    empty = np.zeros((1, session.kv_heads, 0, session.head_dim), session.decoder.get("cache_dtype", "float32"))
+    first = {"input_ids": window[None, :1], "attention_mask": np.ones((1, 1), np.int64),
+             "position_ids": np.zeros((1, 1), np.int64), "logits_to_keep": np.array([1], np.int64),
+             **{name: empty for name in session.past_names}}
+    present = session.inference_session.run(session.present_names, first)
+    n = len(window) - 1
+    return {"input_ids": window[None, 1:], "attention_mask": np.ones((1, n + 1), np.int64),
+            "position_ids": np.arange(1, n + 1, dtype=np.int64)[None], "logits_to_keep": np.array([0], np.int64),
+            **dict(zip(session.past_names, present))}
 
 
 def _raised(config, plan: dict[str, int], excluded: tuple[str, ...]):
@@ -45,12 +52,13 @@ def _raised(config, plan: dict[str, int], excluded: tuple[str, ...]):
 
 def quantize_within_lm_budget(src: Path, out: Path, config, text: tuple[Path, Path | None]):
     """Quantize `src` into `out` holding the LM budget; returns (details, the config that made `out`, notes)."""
-    from edgeai.evaluate.text import budget_check, load_tokens, open_loop, score_loops
+    from edgeai.bench.kv import open_decoder
+    from edgeai.evaluate.text import budget_check, load_tokens, score_sessions
     from edgeai.steps.quant_fallback import fallback_until_within, onnx_ranker
     from edgeai.steps.quantize_weight import plan_bits, quantize_file
     text_file, tokenizer = text
     ids = load_tokens(text_file, tokenizer or src, config.max_tokens)
-    reference = open_loop(src, verify_digest=False)
+    reference = open_decoder(src, verify_digest=False)
     plan = plan_bits(g.load_model(src, with_weights=False), config)
     scores, details = {}, {}
     budget = (f"perplexity <= FP32 +{100 * config.max_ppl_increase:g}% and top-1 agreement >= "
@@ -63,8 +71,8 @@ def quantize_within_lm_budget(src: Path, out: Path, config, text: tuple[Path, Pa
             return path
 
         def evaluate(path: Path) -> float:
-            _, score = score_loops({"fp32": reference, "q": open_loop(path, verify_digest=False)}, ids,
-                                   config.window, config.stride)
+            _, score = score_sessions({"fp32": reference, "q": open_decoder(path, verify_digest=False)}, ids,
+                                      config.window, config.stride)
             scores[str(path)] = score
             log.info("LM budget try %s: perplexity %+.3f%%, top-1 agreement %.2f%%, KL %.5f", path.name,
                      100 * score.ppl_increase, 100 * score.top1_agreement, score.kl)

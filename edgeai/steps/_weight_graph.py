@@ -28,11 +28,34 @@ def weight_matmuls(model) -> list:
 
 
 def embedding_gathers(model) -> list:
-    """Gather nodes reading rows of a 2-D float32 initializer (token and position embeddings)."""
+    """Gather nodes reading rows of a 2-D float32 initializer (token and position embeddings), and the
+    lookup of a tied embedding stored once as (hidden, vocab): Gather(axis=1) then Transpose (see
+    _transposed_lookups)."""
     inits = _inits(model)
+    tied = _transposed_lookups(model)
     return [n for n in model.graph.node if n.op_type == "Gather" and n.input and n.input[0] in inits
             and len(inits[n.input[0]].dims) == 2 and inits[n.input[0]].data_type == FLOAT32
-            and _attr(n, "axis", 0) == 0]
+            and (_attr(n, "axis", 0) == 0 or n.name in tied)]
+
+
+def _transposed_lookups(model) -> dict:
+    """{Gather name: its Transpose} for Gather(table (hidden, vocab), ids, axis=1) -> (hidden, *ids) whose only
+    consumer moves hidden last (perm [1, .., r, 0]): the token lookup of a tied embedding kept as lm_head's B."""
+    users: dict[str, list] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            users.setdefault(i, []).append(n)
+    out = {}
+    for n in model.graph.node:
+        if n.op_type != "Gather" or _attr(n, "axis", 0) != 1:
+            continue
+        nxt = users.get(n.output[0], [])
+        if len(nxt) != 1 or nxt[0].op_type != "Transpose":
+            continue
+        perm = next((list(a.ints) for a in nxt[0].attribute if a.name == "perm"), None)
+        if perm and perm == list(range(1, len(perm))) + [0]:
+            out[n.name] = nxt[0]
+    return out
 
 
 def _attr(node, name: str, default):
@@ -128,28 +151,32 @@ def quantize_gathers(model, names: list[str], bits: int, block: int) -> list[str
     (a table whose width is not a multiple of `block`)."""
     from onnx import helper, numpy_helper
     inits = _inits(model)
-    users = {}
-    for n in model.graph.node:
-        for i in n.input:
-            users.setdefault(i, []).append(n)
+    tied = _transposed_lookups(model)
+    dropped = {tied[n].name for n in names if n in tied}   # their Transpose: the new lookup is (..., hidden)
     skipped, nodes = [], []
     for node in model.graph.node:
+        if node.name in dropped and node.op_type == "Transpose":
+            continue
         if node.name not in names:
             nodes.append(node)
             continue
         weight = inits[node.input[0]]
         table = numpy_helper.to_array(weight, base_dir="")
+        table = table.T if node.name in tied else table   # (hidden, vocab) -> rows per token
         if table.shape[1] % block:
             skipped.append(node.name)
             nodes.append(node)
+            if node.name in tied:
+                nodes.append(tied[node.name])
             continue
-        data, scales = quantize_table(table, bits, block)
+        data, scales = quantize_table(np.ascontiguousarray(table), bits, block)
         stem = f"{weight.name}_q{bits}b{block}"
         if stem not in inits:
             model.graph.initializer.extend([numpy_helper.from_array(data, stem),
                                             numpy_helper.from_array(scales, f"{stem}_scales")])
             inits[stem] = True
-        nodes.append(helper.make_node("GatherBlockQuantized", [stem, node.input[1], f"{stem}_scales"], list(node.output),
+        outputs = list(tied[node.name].output) if node.name in tied else list(node.output)
+        nodes.append(helper.make_node("GatherBlockQuantized", [stem, node.input[1], f"{stem}_scales"], outputs,
                                       name=node.name, domain="com.microsoft", gather_axis=0, quantize_axis=1,
                                       block_size=block, bits=bits))
     del model.graph.node[:]
