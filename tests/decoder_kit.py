@@ -83,11 +83,12 @@ def optimum_gpt2(folder: Path) -> Path:
 
 
 def contract_decoder(path: Path, vocab: int = 256, hidden: int = 64, heads: int = 4, layers: int = 2,
-                     tied: bool = False, max_positions: int = 512, seed: int = 0) -> Path:
+                     tied: bool = False, max_positions: int = 512, seed: int = 0, gemm: bool = False) -> Path:
     """A GPT-style decoder written straight in ONNX (milliseconds, no torch) with edgeai's decoder contract:
     inputs input_ids, attention_mask, position_ids, past_key_values.N.key/value, logits_to_keep; outputs
     logits, present.N.key/value. tied: the embedding is kept once as lm_head's B (hidden, vocab) and the
-    token lookup is Gather(axis=1) + Transpose, as edgeai's export writes a tied GPT-2."""
+    token lookup is Gather(axis=1) + Transpose, as edgeai's export writes a tied GPT-2. gemm: the linear layers
+    are Reshape -> Gemm -> Reshape, as GPT-2's Conv1D exports through the TorchScript path (Optimum)."""
     import numpy as np
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -108,6 +109,12 @@ def contract_decoder(path: Path, vocab: int = 256, hidden: int = 64, heads: int 
         return out
 
     def linear(x, name, k, n):
+        if gemm:
+            flat = op("Reshape", [x, c(f"{name}.flat", [-1, k])], f"{name}_flat")
+            y = op("Gemm", [flat, w(f"{name}.weight", k, n), w(f"{name}.bias", n, scale=0.02)], f"{name}_gemm")
+            lead = op("Shape", [x], f"{name}_lead", start=0, end=2)           # (batch, seq)
+            shape = op("Concat", [lead, c(f"{name}.n", [n])], f"{name}_shape", axis=0)
+            return op("Reshape", [y, shape], f"{name}_out")
         return op("Add", [op("MatMul", [x, w(f"{name}.weight", k, n)], f"{name}_mm"), w(f"{name}.bias", n, scale=0.02)],
                   f"{name}_out")
 
@@ -167,3 +174,31 @@ def contract_decoder(path: Path, vocab: int = 256, hidden: int = 64, heads: int 
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
     return path
+
+
+def export_folder(folder: Path, quantize: tuple = (), eval_text: str | None = None, **decoder_options) -> Path:
+    """An export folder as `edgeai export --task text-generation [--quantize ...]` writes it, around
+    contract_decoder: model.onnx, tokenizer.json, manifest.json (FP32 + variants from decoder_variants)."""
+    from datetime import datetime, timezone
+
+    from edgeai.exporters.decoder import _entry
+    from edgeai.manifest import Manifest
+    from edgeai.recipe import DataConfig, Recipe
+    from edgeai.steps.decoder_variants import decoder_variants
+    opts = {"vocab": 256, "hidden": 64, "heads": 4, "layers": 2, "max_positions": 512, **decoder_options}
+    contract_decoder(folder / "model.onnx", **opts)
+    tokenizer(folder, opts["vocab"])
+    decoder = {"kind": "causal-lm", "layers": opts["layers"], "kv_heads": opts["heads"],
+               "head_dim": opts["hidden"] // opts["heads"], "vocab_size": opts["vocab"],
+               "max_positions": opts["max_positions"], "cache_dtype": "float32",
+               "past_key": "past_key_values.{}.key", "past_value": "past_key_values.{}.value",
+               "present_key": "present.{}.key", "present_value": "present.{}.value",
+               "logits_to_keep": "logits_to_keep", "tokenizer": "tokenizer.json", "eos_token_ids": [],
+               "bos_token_id": None, "tied_embedding": bool(opts.get("tied"))}
+    fp32 = _entry("fp32", folder, ["model.onnx", "tokenizer.json"], {"decoder": decoder}, {}, [])
+    recipe = Recipe(model="decoder_kit", task="text-generation", quantize=tuple({q: {}} for q in quantize),
+                    data=DataConfig(eval=eval_text))
+    variants, failed = decoder_variants(recipe, folder, fp32, lambda msg: None)
+    Manifest(source={"kind": "causal-lm", "task": "text-generation"}, artifacts=[fp32, *variants], failed=failed,
+             versions={}, created=datetime.now(timezone.utc).isoformat(timespec="seconds")).write(folder)
+    return folder

@@ -83,19 +83,18 @@ def test_weight_only_variants_stay_close_to_fp32_logits(llama, tmp_path):
     assert errors["int8-weight"] < errors["int4-weight"] / 4
 
 
-def test_gemm_decoder_is_refused_because_only_lm_head_would_shrink(tmp_path_factory, tmp_path):
-    """The pitfall: GPT-2's Conv1D layers export as Gemm, and ORT's MatMulNBits quantizer rewrites only
-    MatMul, so a plain INT4 pass quantizes lm_head alone and the file barely shrinks."""
+def test_gemm_decoder_is_refused_because_only_lm_head_would_shrink(tmp_path):
+    """The pitfall: GPT-2's Conv1D layers export as Gemm (TorchScript, Optimum), and ORT's MatMulNBits quantizer
+    rewrites only MatMul, so a plain INT4 pass quantizes lm_head alone and the file barely shrinks."""
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-    pytest.importorskip("optimum.exporters.onnx")
-    src = dk.optimum_gpt2(tmp_path_factory.getbasetemp() / "decoder-gpt2-optimum")
+    src = dk.contract_decoder(tmp_path / "gemm.onnx", gemm=True, vocab=64)
     quantizer = MatMulNBitsQuantizer(g.load_model(src), bits=4, block_size=32, is_symmetric=True)
     quantizer.process()
     g.save_model(quantizer.model.model, tmp_path / "naive.onnx")
     ops = _ops(tmp_path / "naive.onnx")
-    assert ops["Gemm"] == 8 and ops["MatMulNBits"] == 1      # only lm_head
-    assert _weights_of(tmp_path / "naive.onnx") / _weights_of(src) > 0.6  # INT4 would be ~0.16
-    with pytest.raises(ExportError, match="8 Gemm node"):
+    assert ops["Gemm"] == 12 and ops["MatMulNBits"] == 1     # only lm_head
+    assert _weights_of(tmp_path / "naive.onnx") / _weights_of(src) > 0.75  # INT4 proper: ~0.16
+    with pytest.raises(ExportError, match="12 Gemm node"):
         _quantize(src, "int4-weight", tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
 

@@ -50,17 +50,16 @@ def load_tokens(text_file: str | Path, tokenizer: str | Path, max_tokens: int | 
 def windows(n: int, window: int, stride: int) -> list[tuple[int, int, int]]:
     """(begin, end, first target) per window over n tokens: each window [begin, end) is run from an empty
     cache and scores only targets not scored before (>= first target), so every token from the second on is
-    predicted exactly once, with up to window - stride tokens of context carried over."""
-    if not 0 < stride <= window:
-        raise DataError(f"need 0 < stride <= window, got stride={stride}, window={window}")
-    out, scored = [], 1
-    for begin in range(0, n, stride):
+    predicted exactly once, with up to window - stride tokens of context carried over. Windows start `stride`
+    apart, but at least one token before the first target (whose logits predict it)."""
+    if not 0 < stride <= window or window < 2:
+        raise DataError(f"need 0 < stride <= window and window >= 2, got stride={stride}, window={window}")
+    out, scored, begin = [], 1, 0
+    while scored < n:
         end = min(begin + window, n)
-        if end - 1 >= scored:
-            out.append((begin, end, scored))
-            scored = end
-        if end == n:
-            break
+        out.append((begin, end, scored))
+        scored = end
+        begin = min(begin + stride, scored - 1)
     return out
 
 
