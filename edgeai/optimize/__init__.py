@@ -67,6 +67,9 @@ def run(config: OptimizeConfig, out_dir: Path, progress: Callable[[dict], None] 
     from edgeai.optimize.report import write_all
     from edgeai.optimize.search import Search
 
+    from edgeai.optimize.decoder import is_decoder_config, run_decoder
+    if is_decoder_config(config):  # --task text-generation: edgeai/optimize/decoder.py
+        return run_decoder(config, out_dir, progress)
     config.validate()
     ensure_writable_dir(out_dir)
     cache = Cache(config.cache_dir or out_dir / ".cache", read=not config.no_cache)

@@ -3,13 +3,14 @@ each scheme's artifact step on the FP32 model, checked against it, as manifest e
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from edgeai.errors import EdgeAIError, VerificationError
+from edgeai.errors import ConfigError, EdgeAIError, VerificationError
 from edgeai.steps import StepContext, VariantNotKept, canonical_scheme, config_to_dict, get_artifact_step
 
 log = logging.getLogger(__name__)
@@ -67,13 +68,17 @@ def decoder_variants(recipe, stage: Path, fp32, progress: Callable[[str], None])
     ctx = StepContext(extra={"eval_text": eval_text_of(recipe),
                              "tokenizer": str(stage / tokenizer[0]) if tokenizer else None})
     for item in recipe.quantize:
-        (name, opts), = item.items()
-        name = canonical_scheme(name)
-        key = f"onnx:{name}"
+        (scheme, opts), = item.items()
+        opts = dict(opts or {})
+        scheme = canonical_scheme(scheme)
+        name = str(opts.pop("name", scheme))   # `name:` tells two variants of one scheme apart (block sizes)
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) or name == "fp32":
+            raise ConfigError(f"variant name {name!r}: use letters, digits, '.', '_' and '-' (and not fp32)")
+        key = f"onnx:{scheme}"
         dst = stage / f"model.{name}.onnx"
         try:
             step = get_artifact_step(key)
-            config = _config(step, dict(opts or {}), recipe, name)
+            config = _config(step, opts, recipe, name)
             progress(f"quantizing: {name}")
             report = step.fn(stage / fp32.file, dst, config, ctx)
             cosine = probe_cosine(stage / fp32.file, dst, decoder)
