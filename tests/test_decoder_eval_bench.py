@@ -124,3 +124,22 @@ def test_a_bare_onnx_decoder_file_is_benchmarked_with_a_note(tmp_path):
     r = bench([path], decoder=FAST, warmup=0, isolate=False).results[0]
     assert r.ok and r.decoder["decode"][0]["new_tokens"] == 8
     assert any("loaded twice" in n for n in r.notes)
+
+
+@pytest.mark.slow
+def test_bench_over_ssh_times_the_decoder_with_the_devices_worker(folder, tmp_path_factory):
+    """The device's plain install (no torch) runs the same worker: the decoder section comes back over ssh."""
+    from devicekit import SSH_HOST, Sshd, device_venv
+    from edgeai.bench.devices import parse_device
+    python = device_venv(tmp_path_factory.getbasetemp())
+    server = Sshd(tmp_path_factory.mktemp("sshd")).start()
+    try:
+        device = parse_device(f"ssh://{SSH_HOST}", ssh_config=str(server.ssh_config), device_python=str(python))
+        report = bench([f"{folder}@int4-weight"], device=device, decoder=FAST, warmup=1)
+    finally:
+        server.stop()
+    d = report.to_dict()
+    r = d["results"][0]
+    assert r["status"] == "ok", r["error"]
+    assert d["env"]["device"] == f"ssh://{SSH_HOST}" and d["env"]["versions"]["torch"] is None
+    assert [p["tokens"] for p in r["decoder"]["prompts"]] == [8, 24] and r["decoder"]["decode_tokens_per_s"] > 0

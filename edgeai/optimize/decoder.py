@@ -91,10 +91,11 @@ def run_decoder(config, out_dir: Path, progress: Callable[[dict], None] | None =
     progress({"event": "building", "candidates": ["fp32", *(next(iter(c.values())).get("name", next(iter(c)))
                                                             for c in CANDIDATES)]})
     recipe = Recipe(model=config.model, task="text-generation", trust_pickle=config.trust_pickle,
-                    data=DataConfig(eval=str(config.eval_data)), max_drop=budget, export=dict(config.export))
+                    export=dict(config.export))
     say = lambda msg: progress({"event": "export", "message": msg})  # noqa: E731
     edgeai.export(recipe=recipe, out_dir=folder, progress=say)      # FP32, verified against PyTorch
-    manifest = _add_variants(folder, replace(recipe, quantize=CANDIDATES), say)
+    manifest = _add_variants(folder, replace(recipe, quantize=CANDIDATES, max_drop=budget,
+                                             data=DataConfig(eval=str(config.eval_data))), say)
     names = [e.name for e in manifest.artifacts]
     fp32 = manifest.get("fp32")
     ids = load_tokens(config.eval_data, folder, 4096)
