@@ -92,8 +92,9 @@ def prompt_ids(name: str, n: int, vocab: int) -> list[int]:
 # ---- the worker: one backend, one fresh process ----------------------------------------------------
 def worker(job: dict) -> dict:
     """Load (timed), a warm-up generation, then prefill (TTFT) and `new` greedy decode steps, timed."""
-    import resource
     import numpy as np
+
+    from edgeai.bench.env import peak_rss_bytes   # VmHWM: this process's own peak, not its parent's
     threads, ids, new, backend = job["threads"], job["ids"], job["new_tokens"], job["backend"]
     t0 = time.perf_counter()
     if backend == "transformers":
@@ -130,7 +131,7 @@ def worker(job: dict) -> dict:
             tokens.append(int(np.argmax(step(tokens[-1]))))
         decode_s = time.perf_counter() - t
     return {"load_s": load_s, "ttft_ms": ttft * 1e3, "decode_tok_s": (new - 1) / decode_s, "tokens": tokens,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_mb": peak_rss_bytes() / 2**20}
 
 
 def _onnx_loop(job: dict, threads: int):

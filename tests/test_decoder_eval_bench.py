@@ -143,3 +143,13 @@ def test_bench_over_ssh_times_the_decoder_with_the_devices_worker(folder, tmp_pa
     assert r["status"] == "ok", r["error"]
     assert d["env"]["device"] == f"ssh://{SSH_HOST}" and d["env"]["versions"]["torch"] is None
     assert [p["tokens"] for p in r["decoder"]["prompts"]] == [8, 24] and r["decoder"]["decode_tokens_per_s"] > 0
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="Linux: VmHWM")
+def test_a_workers_peak_rss_is_its_own_not_the_parents(tmp_path):
+    """getrusage's ru_maxrss survives exec: a worker spawned by a big parent reported the parent's RSS."""
+    path = dk.contract_decoder(tmp_path / "model.onnx")
+    big = np.ones(300_000_000 // 8)          # 300 MB resident in this (the parent) process
+    r = bench([path], decoder={**FAST, "depths": [8]}, warmup=0).results[0]
+    assert r.ok and big[-1] == 1.0
+    assert r.rss_before_load_bytes < r.peak_rss_bytes < 250e6

@@ -155,3 +155,36 @@ def test_lm_budget_fallback_raises_the_most_sensitive_matmuls_first(llama, tmp_p
     assert all(report.details["bits_per_node"][n] == 8 for n in raised)
     assert report.details["nodes_by_bits"]["8"] == len(raised)
     assert report.config["int8_nodes"] == raised   # the config reproduces the artifact
+
+
+@pytest.mark.slow
+def test_trained_lm_int4_weight_keeps_perplexity_within_1pct(tmp_path):
+    """The accuracy gate on the LM trained in the repo (edgeai.zoo.lm:tiny_gpt2, GPT-2 architecture, tied
+    embedding): every weight-only variant holds the default budget on the zoo's validation text."""
+    from edgeai.zoo import lm
+    if not lm.WEIGHTS.is_file():
+        pytest.skip("the zoo LM's weights are not in this checkout (python -m edgeai.zoo.lm makes them)")
+    import edgeai
+    from edgeai.evaluate.text import load_tokens, score_artifacts
+    out = tmp_path / "lm"
+    edgeai.export(f"hf:{lm.save_hf(tmp_path / 'hf')}", out, task="text-generation")
+    text = lm.write_text(tmp_path / "valid.txt", "valid")
+    folder = out
+    from edgeai.steps.decoder_variants import decoder_variants
+    from edgeai.manifest import Manifest
+    from edgeai.recipe import DataConfig, Recipe
+    from dataclasses import replace
+    manifest = Manifest.read(folder)
+    recipe = Recipe(model="zoo", task="text-generation", data=DataConfig(eval=str(text)),
+                    quantize=({"int4-weight": {}}, {"int8-weight": {}}, {"mixed": {}}))
+    variants, failed = decoder_variants(recipe, folder, manifest.get("fp32"), lambda m: None)
+    assert failed == []
+    replace(manifest, artifacts=[manifest.get("fp32"), *variants]).write(folder)
+    int4 = next(v for v in variants if v.name == "int4-weight")
+    assert int4.details["lm_budget"]["raised_nodes"] == []     # plain INT4 everywhere, lm_head included
+    assert int4.metrics["ppl_increase"] < 0.01 and int4.metrics["top1_agreement"] >= 0.97
+    # the same numbers from edgeai eval's scorer on the published folder
+    ids = load_tokens(text, folder, 4096)
+    scores = {s.artifact: s for s in score_artifacts({n: (folder, n) for n in ("fp32", "int4-weight", "int8-weight")}, ids)}
+    assert scores["int4-weight"].ppl_increase < 0.01 and scores["int8-weight"].ppl_increase < 0.002
+    assert scores["fp32"].perplexity < 10      # trained: far below the uniform 512
