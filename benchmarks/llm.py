@@ -237,7 +237,9 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds; medians reported (default 2)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--write-results", action="store_true", help="write benchmarks/results/llm.json and llm.md")
-    ap.add_argument("--out", default="llm-bench.json", help="JSON path without --write-results (default ./llm-bench.json)")
+    ap.add_argument("--out", default="llm-bench.json",
+                    help="JSON path, rewritten after each model (default ./llm-bench.json); --write-results also "
+                         "writes benchmarks/results/llm.json and llm.md")
     args = ap.parse_args()
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in names if m not in MODELS]
@@ -245,16 +247,17 @@ def main() -> int:
         ap.error(f"unknown model(s) {unknown}; known: {', '.join(MODELS)}")
     started = time.perf_counter()
     log = lambda msg: print(f"[{time.perf_counter() - started:7.1f}s] {msg}", file=sys.stderr, flush=True)  # noqa: E731
-    rows = [r for name in names for r in bench_model(name, args, log)]
-    table = C.markdown_table(rows, COLUMNS)
     extra = {"prompt_tokens": args.prompt, "new_tokens": args.new_tokens, "rounds": args.rounds,
              "threads": args.threads, "llama_cpp": "not run: llama-cpp-python is not installed (benchmark only)"}
-    if args.write_results:
-        C.write_results("llm", rows, table, C.environment(), extra)
-    else:
-        env = C.environment()
+    env, rows = C.environment(), []
+    for name in names:   # the JSON is rewritten after each model: a run cut short keeps what it measured
+        rows += bench_model(name, args, log)
         Path(args.out).write_text(json.dumps({"schema": "edgeai.benchmarks.llm/1", "env": env, "rows": rows,
-                                              **extra}, indent=2) + "\n")
+                                              "models_done": names[:names.index(name) + 1], **extra}, indent=2) + "\n")
+    table = C.markdown_table(rows, COLUMNS)
+    if args.write_results:
+        C.write_results("llm", rows, table, env, extra)
+    else:
         print(f"Machine: {C.machine_line(env)}\n\n{table}\n\nwrote {args.out}")
     return 0
 
