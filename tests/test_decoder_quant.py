@@ -118,6 +118,14 @@ def test_tied_embedding_lookup_and_lm_head_are_both_quantized(gpt2, tmp_path):
     assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 0.3   # as the untied model's INT4 error
 
 
+def test_a_table_whose_width_is_no_multiple_of_the_block_stays_float_and_is_counted_so(tmp_path):
+    src = dk.contract_decoder(tmp_path / "m48.onnx", hidden=48, heads=4)     # 48 % 32 != 0
+    report = _quantize(src, "int4-weight", tmp_path / "q.onnx")
+    assert report.details["bits_per_node"]["node_tok"] == 0 and report.details["bits_per_node"]["node_pos"] == 0
+    assert report.details["nodes_by_bits"] == {"0": 2, "4": 13, "8": 0}
+    assert _ops(tmp_path / "q.onnx")["GatherBlockQuantized"] == 0
+
+
 def test_weight_config_rejects_bad_options():
     from edgeai.steps.quantize_weight import Int4WeightConfig
     with pytest.raises(ConfigError, match="power of two"):

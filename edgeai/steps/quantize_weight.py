@@ -113,7 +113,7 @@ def quantize_file(src: Path, dst: Path, config: WeightOnlyConfig) -> dict:
             plan[name] = 0  # its width is not a multiple of block_size
     extra = g.save_model(model, dst, external=g.stores_external_data(src) or None)
     return {"bits_per_node": plan, "extra_files": extra, "lm_head": wg.lm_head_node(g.load_model(src, with_weights=False)),
-            "nodes_by_bits": {str(b): len(v) for b, v in by_bits.items()}}
+            "nodes_by_bits": {str(b): sum(1 for nb in plan.values() if nb == b) for b in (0, 4, 8)}}
 
 
 def weight_only(src: Path, dst: Path, config: WeightOnlyConfig, ctx: StepContext, key: str) -> StepReport:
