@@ -124,8 +124,8 @@ def contract_decoder(path: Path, vocab: int = 256, hidden: int = 64, heads: int 
 
     c("heads_shape", [0, 0, heads, hd])
     c("hidden_shape", [0, 0, hidden])
-    c("zero", 0), c("one", 1), c("axis1", [1]), c("big", [2 ** 62]), c("minus1", [-1])
-    c("q_axes", [1, 3]), c("k_axes", [1, 2]), c("m_axes", [1, 2])
+    c("zero", 0), c("one", 1), c("axis1", [1]), c("big", [2 ** 62])
+    c("q_axes", [1, 3]), c("m_axes", [1, 2])
     c("scale", 1.0 / hd ** 0.5, np.float32), c("neg", -1e9, np.float32)
     if tied:
         table = w("lm_head.weight.T", hidden, vocab)

@@ -196,3 +196,22 @@ def test_trained_lm_int4_weight_keeps_perplexity_within_1pct(tmp_path):
     scores = {s.artifact: s for s in score_artifacts({n: (folder, n) for n in ("fp32", "int4-weight", "int8-weight")}, ids)}
     assert scores["int4-weight"].ppl_increase < 0.01 and scores["int8-weight"].ppl_increase < 0.002
     assert scores["fp32"].perplexity < 10      # trained: far below the uniform 512
+
+
+def test_int8_dynamic_variant_of_a_decoder_is_scored_on_the_lm_budget(tmp_path):
+    """int8-dynamic (activations quantized at run time, for prefill-heavy use) goes through the same decoder
+    variant path: checked against FP32 logits and, with eval text, held to the LM budget (left out when over)."""
+    folder = dk.export_folder(tmp_path / "out", quantize=("int8-dynamic",), eval_text=None)
+    (tmp_path / "eval.txt").write_text(dk.text(400, seed=3))
+    from edgeai.manifest import Manifest
+    from edgeai.recipe import DataConfig, Recipe
+    from edgeai.steps.decoder_variants import decoder_variants
+    entry = Manifest.read(folder).get("int8-dynamic")
+    ops = _ops(folder / entry.file)
+    assert ops["DynamicQuantizeMatMul"] + ops["MatMulInteger"] >= 13 and entry.parity["probe_logits_cosine"] > 0.99
+    recipe = Recipe(model="kit", task="text-generation", quantize=({"int8-dynamic": {}},),
+                    data=DataConfig(eval=str(tmp_path / "eval.txt")))
+    # random weights give flat logits: per-batch INT8 activations flip ~5% of the argmaxes, over the 97% budget
+    entries, failed = decoder_variants(recipe, folder, Manifest.read(folder).get("fp32"), lambda m: None)
+    assert entries == [] and [f["name"] for f in failed] == ["int8-dynamic"]
+    assert "top-1 agreement" in failed[0]["error"] and not list(folder.glob("model.int8-dynamic.onnx.*"))
