@@ -40,7 +40,7 @@ COLUMNS = [("model", "model", ""), ("backend", "backend", ""), ("size_mb", "size
 
 
 # ---- preparing: HF folder, edgeai export, variants (cached per model) ---------------------------------
-def prepare(name: str, log) -> dict:
+def prepare(name: str, log, variants=tuple(VARIANTS)) -> dict:
     """{backend: what its worker loads} for model `name`, built once under CACHE/name."""
     import edgeai
     from edgeai.manifest import Manifest
@@ -60,7 +60,8 @@ def prepare(name: str, log) -> dict:
     details = Manifest.read(out).get("fp32").details["decoder"]
     backends = {"transformers": {"hf": str(hf)}, "ort-fp32-loop": {"model": str(out / "model.onnx"), "decoder": details},
                 "edgeai-fp32": {"model": str(out / "model.onnx"), "decoder": details, "folder": str(out)}}
-    for label, (scheme, opts) in VARIANTS.items():
+    for label in variants:
+        scheme, opts = VARIANTS[label]
         path = folder / f"model.{label}.onnx"
         if not path.is_file():
             log(f"{name}: quantizing {label}")
@@ -189,7 +190,7 @@ def accuracy(name: str, backends: dict) -> dict:
 
 # ---- the run -------------------------------------------------------------------------------------------
 def bench_model(name: str, args, log) -> list[dict]:
-    backends = prepare(name, log)
+    backends = prepare(name, log, args.variants)
     vocab = backends["edgeai-fp32"]["decoder"]["vocab_size"]
     ids = prompt_ids(name, args.prompt, vocab)
     samples: dict[str, list[dict]] = {b: [] for b in backends}
@@ -232,6 +233,8 @@ def main() -> int:
         return 0
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="trained,gpt2-124m", help=f"comma-separated, of {', '.join(MODELS)}")
+    ap.add_argument("--variants", type=lambda s: tuple(v for v in s.split(",") if v), default=tuple(VARIANTS),
+                    help=f"edgeai variants besides FP32 (default all: {','.join(VARIANTS)})")
     ap.add_argument("--prompt", type=int, default=32, help="prompt tokens (default 32)")
     ap.add_argument("--new-tokens", type=int, default=128, help="greedy new tokens (default 128)")
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds; medians reported (default 2)")
@@ -242,9 +245,9 @@ def main() -> int:
                          "writes benchmarks/results/llm.json and llm.md")
     args = ap.parse_args()
     names = [m.strip() for m in args.models.split(",") if m.strip()]
-    unknown = [m for m in names if m not in MODELS]
+    unknown = [m for m in names if m not in MODELS] + [v for v in args.variants if v not in VARIANTS]
     if unknown:
-        ap.error(f"unknown model(s) {unknown}; known: {', '.join(MODELS)}")
+        ap.error(f"unknown model(s) or variant(s) {unknown}; known: {', '.join(MODELS)}; {', '.join(VARIANTS)}")
     started = time.perf_counter()
     log = lambda msg: print(f"[{time.perf_counter() - started:7.1f}s] {msg}", file=sys.stderr, flush=True)  # noqa: E731
     extra = {"prompt_tokens": args.prompt, "new_tokens": args.new_tokens, "rounds": args.rounds,
