@@ -71,6 +71,7 @@ def quantize_within_lm_budget(src: Path, out: Path, config, text: tuple[Path, Pa
     """Quantize `src` into `out` holding the LM budget; returns (details, the config that made `out`, notes)."""
     from edgeai.bench.kv import open_decoder
     from edgeai.evaluate.text import budget_check, load_tokens, score_sessions
+    from edgeai.runtime.generate import DecoderSession
     from edgeai.steps.quant_fallback import fallback_until_within
     from edgeai.steps.quantize_weight import plan_bits, quantize_file
     text_file, tokenizer = text
@@ -88,8 +89,8 @@ def quantize_within_lm_budget(src: Path, out: Path, config, text: tuple[Path, Pa
             return path
 
         def evaluate(path: Path) -> float:
-            _, score = score_sessions({"fp32": reference, "q": open_decoder(path, verify_digest=False)}, ids,
-                                      config.window, config.stride)
+            variant = DecoderSession(path, reference.decoder, threads=1)   # the same cache layout as FP32's
+            _, score = score_sessions({"fp32": reference, "q": variant}, ids, config.window, config.stride)
             scores[str(path)] = score
             log.info("LM budget try %s: perplexity %+.3f%%, top-1 agreement %.2f%%, KL %.5f", path.name,
                      100 * score.ppl_increase, 100 * score.top1_agreement, score.kl)
