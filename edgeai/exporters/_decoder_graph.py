@@ -25,6 +25,7 @@ def normalize(path: Path, layout, *, external_data: bool = False) -> dict:
     inits = {i.name: i for i in graph.initializer}
     gemms = _gemm_to_matmul(graph, inits)
     tied = _tie_embedding(graph, inits)
+    shared = _share_equal_initializers(graph, inits)
     _add_logits_to_keep(graph, inits)
     _name_dims(graph, layout)
     del graph.value_info[:]  # torch.export's intermediate shapes name dims s0, s1...; ORT infers them again
@@ -38,7 +39,7 @@ def normalize(path: Path, layout, *, external_data: bool = False) -> dict:
                   location=path.name + ".data", size_threshold=1024)
     else:
         onnx.save(model, str(path))
-    return {"gemm_rewritten": gemms, "tied_embedding": tied, "external_data": external,
+    return {"gemm_rewritten": gemms, "tied_embedding": tied, "shared_initializers": shared, "external_data": external,
             "weight_bytes": weight_bytes}
 
 
@@ -100,6 +101,31 @@ def _gemm_to_matmul(graph, inits: dict) -> int:
             graph.node.insert(at + i, n)
         count += 1
     return count
+
+
+def _share_equal_initializers(graph, inits: dict) -> int:
+    """One copy of initializers with equal bytes (GPT-2 keeps its causal-mask buffer once per layer: 12 MB
+    in GPT-2 small); returns how many copies were dropped. Graphs with subgraphs are left alone."""
+    import hashlib
+    if any(a.type in (5, 10) for n in graph.node for a in n.attribute):  # GRAPH / GRAPHS attributes
+        return 0
+    first: dict[tuple, str] = {}
+    alias: dict[str, str] = {}
+    for init in list(graph.initializer):
+        if init.data_location != 0 or not init.raw_data:
+            continue  # external or typed-field tensors: compared only as raw bytes
+        key = (init.data_type, tuple(init.dims), hashlib.sha256(init.raw_data).hexdigest())
+        if key in first and inits[first[key]].raw_data == init.raw_data:
+            alias[init.name] = first[key]
+            graph.initializer.remove(init)
+            inits.pop(init.name)
+        else:
+            first.setdefault(key, init.name)
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in alias:
+                node.input[i] = alias[name]
+    return len(alias)
 
 
 def _logits_matmul(graph):

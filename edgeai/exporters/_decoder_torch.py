@@ -53,7 +53,7 @@ class DecoderSource:
     flat: Any                         # nn.Module with the flat forward above
     layout: CacheLayout
     hf_model: Any = None              # the transformers model (its generate() is the greedy reference)
-    tokenizer: Path | None = None     # a `tokenizers` JSON file, copied into the export folder as tokenizer.json
+    tokenizer: str | None = None      # a `tokenizers` JSON (the text), written into the export folder as tokenizer.json
     eos_token_ids: list[int] = field(default_factory=list)
     bos_token_id: int | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
@@ -75,7 +75,7 @@ def load_decoder(spec: str, *, trust_pickle: bool = False) -> DecoderSource:
                              f"not {spec!r}")
     module = call_factory(spec).eval()
     if _is_hf_causal_lm(module):
-        return _hf_source(spec, module.float(), getattr(module, "tokenizer_file", None), {"loader": "factory"})
+        return _hf_source(spec, module.float(), _tokenizer_file(module, spec), {"loader": "factory"})
     return _contract_source(spec, module)
 
 
@@ -96,10 +96,10 @@ def _from_hf(spec: str, trust_pickle: bool) -> DecoderSource:
     return _hf_source(spec, model.eval(), tokenizer, prov)
 
 
-def _hf_tokenizer(folder: Path) -> Path | None:
+def _hf_tokenizer(folder: Path) -> str | None:
     """The folder's tokenizer.json, or one converted from a slow tokenizer's files; None without one."""
     if (folder / "tokenizer.json").is_file():
-        return folder / "tokenizer.json"
+        return (folder / "tokenizer.json").read_text()
     try:
         from transformers import AutoTokenizer
         tok = AutoTokenizer.from_pretrained(folder, use_fast=True, trust_remote_code=False, local_files_only=True)
@@ -107,10 +107,7 @@ def _hf_tokenizer(folder: Path) -> Path | None:
     except (OSError, ValueError, AttributeError, KeyError, TypeError):
         log.warning("%s has no tokenizer edgeai can convert: the export generates from token ids only", folder)
         return None
-    import tempfile
-    out = Path(tempfile.mkdtemp(prefix="edgeai-tok-")) / "tokenizer.json"
-    backend.save(str(out))
-    return out
+    return backend.to_str()
 
 
 def _is_hf_causal_lm(module) -> bool:
@@ -132,8 +129,8 @@ def _hf_source(spec: str, model, tokenizer, prov: dict) -> DecoderSource:
     eos = cfg.eos_token_id if eos is None else eos
     eos_ids = [] if eos is None else [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
     prov = {**prov, "model_type": cfg.model_type, "architecture": type(model).__name__}
-    return DecoderSource(spec, HFFlat(model, layout.layers), layout, hf_model=model,
-                         tokenizer=Path(tokenizer) if tokenizer else None, eos_token_ids=eos_ids,
+    return DecoderSource(spec, HFFlat(model, layout.layers), layout, hf_model=model, tokenizer=tokenizer,
+                         eos_token_ids=eos_ids,
                          bos_token_id=getattr(cfg, "bos_token_id", None), provenance=prov)
 
 
@@ -143,11 +140,21 @@ def _contract_source(spec: str, module) -> DecoderSource:
         raise ModelLoadError(
             f"factory {spec!r} returned {type(module).__name__}, which is neither a transformers causal LM nor a "
             "module with a `cache_layout` dict (layers, kv_heads, head_dim, vocab_size); see docs/decoders.md")
-    tok = getattr(module, "tokenizer_file", None)
     return DecoderSource(spec, ContractFlat(module, int(layout["layers"])), CacheLayout(**layout),
-                         tokenizer=Path(tok) if tok else None,
+                         tokenizer=_tokenizer_file(module, spec),
                          eos_token_ids=list(getattr(module, "eos_token_ids", [])),
                          provenance={"loader": "factory", "architecture": type(module).__name__})
+
+
+def _tokenizer_file(module, spec: str) -> str | None:
+    """The text of the file a factory's model names in `tokenizer_file` (None when it names none)."""
+    path = getattr(module, "tokenizer_file", None)
+    if not path:
+        return None
+    try:
+        return Path(path).read_text()
+    except OSError as e:
+        raise ModelLoadError(f"factory {spec!r}: cannot read its tokenizer_file {str(path)!r} ({e.strerror})") from None
 
 
 # ---------------------------------------------------------------------------- flat forwards

@@ -7,7 +7,6 @@ input/output names); see docs/decoders.md. Imports nothing heavy until an export
 from __future__ import annotations
 
 import logging
-import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -47,6 +46,7 @@ def export_fp32(source, stage: Path, *, opset: int = 18, external_data: bool = F
     from edgeai.exporters._decoder_torch import trace_onnx
     from edgeai.exporters._decoder_verify import verify_decoder
     from edgeai.exporters.onnx import external_files, op_histogram
+    from edgeai.fsutil import atomic_write_text
     from edgeai.verify import FP32_TOLERANCE
     path = stage / MODEL_FILE
     progress("exporting the decoder to onnx (torch.export, KV cache)")
@@ -58,7 +58,7 @@ def export_fp32(source, stage: Path, *, opset: int = 18, external_data: bool = F
     parity = verify_decoder(source, path, decoder, tolerance or FP32_TOLERANCE)
     files = [MODEL_FILE, *external_files(path)]
     if source.tokenizer:
-        shutil.copyfile(source.tokenizer, stage / TOKENIZER_FILE)
+        atomic_write_text(stage / TOKENIZER_FILE, source.tokenizer)
         files.append(TOKENIZER_FILE)
     details = {"opset": opset, "export_path": "dynamo", "op_histogram": op_histogram(path), "decoder": decoder,
                "normalize": facts}
@@ -98,13 +98,18 @@ def export_decoder(recipe: Any, out_dir: Path, progress: Callable[[str], None]):
     with locked_staging(out_dir) as stage:
         entry = export_fp32(source, stage, opset=config.opset, external_data=config.external_data,
                             tolerance=_tolerance(recipe), progress=progress)
+        variants, failed = [], []
+        if recipe.quantize:  # weight-only variants, each checked against its LM budget (edgeai/steps)
+            from edgeai.steps.decoder_variants import decoder_variants
+            variants, failed = decoder_variants(recipe, stage, entry, progress)
         src = {"kind": "causal-lm", "origin": recipe.model, "task": "text-generation", **source.provenance,
                "recipe": recipe.name or None}
-        manifest = Manifest(source=src, artifacts=[entry], versions=versions(),
+        manifest = Manifest(source=src, artifacts=[entry, *variants], versions=versions(), failed=failed,
                             created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         manifest.write(stage)
-        stale = removable_old_files(out_dir, set(entry.files), set())
-        publish(stage, out_dir, entry.files + [MANIFEST_NAME])
+        files = list(dict.fromkeys(f for e in manifest.artifacts for f in e.files))  # the tokenizer once
+        stale = removable_old_files(out_dir, set(files), set())
+        publish(stage, out_dir, files + [MANIFEST_NAME])
         for name in stale:
             (out_dir / name).unlink(missing_ok=True)
     progress(f"wrote {out_dir / MANIFEST_NAME}")
@@ -112,10 +117,10 @@ def export_decoder(recipe: Any, out_dir: Path, progress: Callable[[str], None]):
 
 
 def _check_recipe(recipe) -> None:
-    what = {"format": recipe.format != "onnx", "quantize": bool(recipe.quantize), "steps": bool(recipe.steps),
+    what = {"format": recipe.format != "onnx", "steps": bool(recipe.steps),
             "inputs": bool(recipe.inputs), "example_inputs": bool(recipe.example_inputs), "arch": bool(recipe.arch)}
     bad = [k for k, v in what.items() if v]
     if bad:
-        raise ConfigError(f"--task text-generation exports an FP32 ONNX decoder; it does not take "
+        raise ConfigError(f"--task text-generation exports an ONNX decoder with fixed inputs; it does not take "
                           f"{', '.join(bad)} (the inputs are fixed: see docs/decoders.md)")
 

@@ -46,8 +46,8 @@ class LMTrainConfig:
     layers: int = 4
     heads: int = 4
     positions: int = 256
-    seq: int = 64
-    batch: int = 16
+    seq: int = 192
+    batch: int = 8
     steps: int = 300
     lr: float = 3e-3
     seed: int = 0
@@ -142,7 +142,18 @@ def qwen2_05b_random():
 # ---------------------------------------------------------------------------- training
 
 def train(config: LMTrainConfig = CONFIG, out_dir: Path = WEIGHTS_DIR) -> dict:
-    """Train the tokenizer and the LM from scratch (seeded) and write weights, tokenizer and metrics."""
+    """Train the tokenizer and the LM from scratch (seeded, one thread) and write weights, tokenizer and metrics."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # reproducible sums, and no thread thrash on a busy machine
+    try:
+        return _train(config, out_dir)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(config: LMTrainConfig, out_dir: Path) -> dict:
     import math
 
     import numpy as np
