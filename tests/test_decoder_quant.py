@@ -189,12 +189,14 @@ def test_trained_lm_int4_weight_keeps_perplexity_within_1pct(tmp_path):
     assert failed == []
     replace(manifest, artifacts=[manifest.get("fp32"), *variants]).write(folder)
     int4 = next(v for v in variants if v.name == "int4-weight")
-    assert int4.details["lm_budget"]["raised_nodes"] == []     # plain INT4 everywhere, lm_head included
+    # plain INT4 (RTN, block 32) measured +1.02% perplexity and 88% top-1 agreement on this 0.9M model: the
+    # budget raises lm_head first, then the embeddings and MatMuls, until both hold
+    assert int4.details["lm_budget"]["within"] and int4.details["lm_budget"]["raised_nodes"][0] == int4.details["lm_head"]
     assert int4.metrics["ppl_increase"] < 0.01 and int4.metrics["top1_agreement"] >= 0.97
     # the same numbers from edgeai eval's scorer on the published folder
     ids = load_tokens(text, folder, 4096)
     scores = {s.artifact: s for s in score_artifacts({n: (folder, n) for n in ("fp32", "int4-weight", "int8-weight")}, ids)}
-    assert scores["int4-weight"].ppl_increase < 0.01 and scores["int8-weight"].ppl_increase < 0.002
+    assert scores["int4-weight"].ppl_increase < 0.01 and abs(scores["int8-weight"].ppl_increase) < 0.002
     assert scores["fp32"].perplexity < 10      # trained: far below the uniform 512
 
 
