@@ -279,7 +279,8 @@ def _extra_commands():
     from edgeai.data_text import add_parser as add_data
     from edgeai.evaluate.cli import add_parser as add_eval
     from edgeai.optimize.cli import add_parser as add_optimize
-    return [add_bench, add_eval, add_optimize, add_data, add_device]
+    from edgeai.runtime.generate_cli import add_parser as add_generate
+    return [add_bench, add_eval, add_optimize, add_data, add_device, add_generate]
 
 
 def _setup_logging(debug: bool, quiet: bool) -> None:

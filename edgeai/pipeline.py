@@ -11,6 +11,7 @@ from typing import Any, Callable
 from edgeai.budget import quantization_budget, quantize_within_budget
 from edgeai.errors import EdgeAIError, ExportError, MissingDependencyError, RuntimeLoadError, VerificationError
 from edgeai.exporters import Exporter, ExportResult, get_exporter
+from edgeai.exporters.decoder import export_decoder, is_decoder_task
 from edgeai.fsutil import check_output_target, locked_staging, publish, sha256_file
 from edgeai.manifest import MANIFEST_NAME, ArtifactEntry, Manifest
 from edgeai.measure import RunData, bench_all, count_stage_macs, evaluate_all
@@ -100,6 +101,8 @@ def _timed_log():
 
 def run(recipe: Recipe, out_dir: Path, progress: Progress) -> ExportOutcome:
     validate(recipe)  # every checkable mistake fails here, before the model is loaded
+    if is_decoder_task(recipe.task):  # a causal LM: one graph with a KV cache (edgeai/exporters/decoder.py)
+        return export_decoder(recipe, out_dir, progress)
     check_output_target(out_dir)
     # the folder is locked before the model loads: of two exports into it, the first started wins
     with locked_staging(out_dir) as stage:

@@ -17,8 +17,8 @@ REPO = Path(__file__).resolve().parent.parent
 CONSTRAINTS = REPO / "constraints.txt"
 
 
-def device_requirements(extras: tuple[str, ...] = ("litert",)) -> list[str]:
-    """What `pip install "edgeai[litert]"` asks for, read from pyproject.toml."""
+def device_requirements(extras: tuple[str, ...] = ("litert", "llm")) -> list[str]:
+    """What `pip install "edgeai[litert,llm]"` asks for, read from pyproject.toml."""
     tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     return [*project["dependencies"], *(r for e in extras for r in project["optional-dependencies"][e])]
@@ -44,7 +44,7 @@ def test_device_install_resolves_to_wheels_on_aarch64_and_x86_64_linux_cp311(tmp
     assert proc.returncode == 0, proc.stderr[-3000:]
     resolved = dict(line.strip()[2:].split("==") for line in proc.stderr.splitlines() if line.strip().startswith("+ "))
     pins = dict(line.split("==") for line in CONSTRAINTS.read_text().splitlines() if "==" in line)
-    for name in ("onnxruntime", "ai-edge-litert", "rich", "psutil"):
+    for name in ("onnxruntime", "ai-edge-litert", "rich", "psutil", "tokenizers"):
         assert resolved[name] == pins[name], (name, resolved)
     assert "numpy" in resolved and "torch" not in resolved and "onnx" not in resolved
 

@@ -87,6 +87,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                      help="the device's Python that has edgeai installed (default: python3)")
     dev.add_argument("--benchmark-binary", metavar="PATH",
                      help="TFLite's benchmark_model built for the Android device (adb devices)")
+    from edgeai.bench.decoder import add_decoder_options
+    add_decoder_options(p)
     cmp = p.add_argument_group("compare two reports (for CI)")
     cmp.add_argument("--compare", nargs=2, metavar=("BASE.json", "NEW.json"),
                      help="print NEW/BASE p50 ratios per target; exit 1 when one is slower by more than "
@@ -120,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.targets:
         raise InputSpecError("nothing to benchmark; pass a .onnx/.tflite file or an export folder "
                              "(or --compare BASE.json NEW.json)")
+    from edgeai.bench.decoder import decoder_options
     from edgeai.bench.devices import parse_device
     device = parse_device(args.device, ssh_config=args.ssh_config, device_python=args.device_python,
                           benchmark_binary=args.benchmark_binary)
@@ -143,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
                    runs=args.runs, min_seconds=args.min_seconds, batch=args.batch,
                    dims=dims, provider=args.provider, isolate=not args.no_isolate,
                    inputs=args.input, load_options=load_options, verify_digest=not args.no_verify_digest,
-                   device=device, precision=args.precision)
+                   device=device, precision=args.precision, decoder=decoder_options(args))
     print_report(report)
     if args.json:
         with reporting_disk_errors(args.json):

@@ -99,6 +99,9 @@ def print_report(report: BenchReport, console: "Console | None" = None) -> None:
         console.print(f"inputs ({', '.join(rows)}): {text}", highlight=False, markup=False)
     for note, rows in notes.items():
         console.print(f"note ({', '.join(rows)}): {note}", highlight=False, markup=False)
+    from edgeai.bench.decoder import decoder_lines
+    for line in decoder_lines(enumerate(report.results, 1)):
+        console.print(line, highlight=False, markup=False)
     failures: dict[tuple, list[str]] = {}  # one line per distinct error, naming every target it hit
     for i, r in enumerate(report.results, 1):
         if not r.ok:

@@ -34,6 +34,7 @@ class BenchConfig:
     seed: int = 0
     device: str = "local"                                  # "local", "ssh://HOST", "adb:SERIAL"
     precision: str = "fp32"                                # torch runtime: fp32 | fp16 | bf16
+    decoder: Mapping[str, Any] = field(default_factory=dict)  # decoder options (edgeai.bench.decoder.DecoderOptions)
 
     def __post_init__(self):
         if self.runtime not in RUNTIMES:
@@ -62,6 +63,7 @@ class BenchConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d.update(dims=dict(self.dims), inputs=list(self.inputs), load_options=dict(self.load_options),
+                 decoder=dict(self.decoder),
                  stop_rule=self.stop_rule.describe())
         return d
 
@@ -102,6 +104,7 @@ class BenchResult:
     signal: str | None = None         # e.g. "SIGABRT", "SIGSEGV"
     stderr_tail: str | None = None    # last lines the dead worker wrote to stderr
     notes: tuple[str, ...] = ()
+    decoder: dict | None = None       # decoders: TTFT, prefill and decode tokens/s (SCHEMA.md, "decoder")
 
     @property
     def ok(self) -> bool:

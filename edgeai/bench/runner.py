@@ -30,7 +30,7 @@ def bench(targets: Sequence[str | Path], *, runtime: str = "auto", threads: int 
           dims: Mapping[str, int] | None = None, provider: str = "cpu", isolate: bool = True,
           inputs: Sequence[str] | None = None, load_options: Mapping[str, Any] | None = None,
           verify_digest: bool = True, device: str | SshDevice | AdbDevice | None = None,
-          precision: str = "fp32") -> BenchReport:
+          precision: str = "fp32", decoder: Mapping[str, Any] | None = None) -> BenchReport:
     """Time every target (see edgeai/bench/SCHEMA.md for what is measured and how).
 
     targets: .onnx/.tflite files, edgeai export folders (every artifact, manifest order) or
@@ -41,13 +41,16 @@ def bench(targets: Sequence[str | Path], *, runtime: str = "auto", threads: int 
     is False. device: None or "local" (this machine), "ssh://HOST" or an SshDevice / AdbDevice
     (edgeai.bench.devices): the artifacts are copied there and timed by the same protocol.
     precision (runtime="torch" only): fp32, or fp16/bf16 to cast the module's weights and float inputs.
+    decoder: options for KV-cache decoders (edgeai.bench.decoder.DecoderOptions: prompt_lengths, depths,
+    new_tokens, repeats); a decoder is timed as a generator (TTFT, prefill and decode tokens/s).
     """
     if isinstance(device, str):
         device = parse_device(device)
     config = BenchConfig(runtime=runtime, threads=threads, warmup=warmup, runs=runs,
                          min_seconds=min_seconds, batch=batch, dims=dict(dims or {}), provider=provider,
                          isolate=isolate, inputs=tuple(inputs or ()), load_options=dict(load_options or {}),
-                         device=device.name if device else LOCAL, precision=precision)
+                         device=device.name if device else LOCAL, precision=precision,
+                         decoder=dict(decoder or {}))
     return run_bench(targets, config, device, verify_digest=verify_digest)
 
 

@@ -95,6 +95,11 @@ def measure(target: Target, config: BenchConfig, open_fn: Callable[[], Session] 
     t0 = time.perf_counter()
     session = open_fn() if open_fn else open_session(target, config)
     load_ms = (time.perf_counter() - t0) * 1e3
+    from edgeai.bench.kv import is_decoder
+    if is_decoder(session.inputs):  # a KV-cache decoder is timed as a generator
+        from edgeai.bench.decoder import measure_decoder, reopen
+        session, load_ms, note = reopen(session, load_ms)
+        return measure_decoder(target, config, session, import_ms, load_ms, rss_before, isolated, note)
     sizes, notes = feed_sizes(session.inputs, config.batch, config.dims, target.example_dims)
     feeds = session.prepare(random_feeds(session.inputs, sizes, config.seed))
     t0 = time.perf_counter()

@@ -24,7 +24,7 @@ def add_parser(sub) -> None:
     p.add_argument("artifact", metavar="ARTIFACT|FOLDER[@ARTIFACT]",
                    help="a .onnx/.tflite file, an export folder (every artifact) or FOLDER@ARTIFACT (that one)")
     p.add_argument("--eval-data", metavar="FILE.npz|module:function",
-                   help="inputs keyed by input name, optionally 'labels'")
+                   help="inputs keyed by input name, optionally 'labels' (or --text for a decoder)")
     add_deprecated_alias(p, "--data", "--eval-data", "eval_data")
     add_deprecated_alias(p, "--artifact-name", "FOLDER@ARTIFACT", "artifact_name", append=True)
     p.add_argument("--batch-size", type=positive_int, default=64, help="samples per run (default 64)")
@@ -37,6 +37,8 @@ def add_parser(sub) -> None:
                         "export folder's first artifact) instead of the first artifact's")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--no-verify-digest", action="store_true", help=NO_VERIFY_HELP)
+    from edgeai.evaluate.text_cli import add_text_options
+    add_text_options(p)
     p.set_defaults(func=run)
 
 
@@ -48,14 +50,14 @@ def run(args) -> int:
     from edgeai.evaluate import evaluate, run_batched
     from edgeai.console import print_table
     from edgeai.fsutil import check_output_file, write_output
+    from edgeai.vocabulary import split_artifact
     from edgeai.manifest import Manifest
     from edgeai.metrics import load_metric
     from edgeai.runtime.subproc import load_guarded
 
-    from edgeai.errors import DataError
-    from edgeai.vocabulary import split_artifact
-    if not args.eval_data:
-        raise DataError("edgeai eval needs the data to score on: --eval-data FILE.npz|module:function")
+    if args.text or not args.eval_data:  # a decoder scored on text (run_text says what is missing)
+        from edgeai.evaluate.text_cli import run_text
+        return run_text(args)
     if args.json:
         check_output_file(args.json)  # a bad --json fails before anything runs
     metric = load_metric(args.metric)

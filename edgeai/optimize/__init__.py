@@ -74,6 +74,9 @@ def run(config: OptimizeConfig, out_dir: Path, progress: Callable[[dict], None] 
     from edgeai.optimize.search import Search
     from edgeai.optimize.stop import signals_stop
 
+    from edgeai.optimize.decoder import is_decoder_config, run_decoder
+    if is_decoder_config(config):  # --task text-generation: edgeai/optimize/decoder.py
+        return run_decoder(config, out_dir, progress)
     started = time.monotonic()   # the lab's clock
     config.validate()
     ensure_writable_dir(out_dir)

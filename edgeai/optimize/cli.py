@@ -119,6 +119,9 @@ def cmd_optimize(args) -> int:
         min_seconds=args.min_seconds, workers=args.workers, ray=args.ray, cache_dir=args.cache_dir,
         no_cache=args.no_cache, distill={"epochs": args.distill_epochs} if args.distill_epochs else {},
         task=args.task, device=args.device, ssh_config=args.ssh_config, device_python=args.device_python)
+    from edgeai.optimize.decoder import is_decoder_config, run_decoder_cli
+    if is_decoder_config(config):  # --task text-generation: edgeai/optimize/decoder.py
+        return run_decoder_cli(config, Path(args.output), quiet=args.quiet)
     config.validate()
     bench_log = logging.getLogger("edgeai.bench")
     level = bench_log.level

@@ -7,7 +7,7 @@ from typing import Any, Mapping
 
 from edgeai.errors import ConfigError
 
-OBJECTIVES = ("p50", "p90", "size")
+OBJECTIVES = ("p50", "p90", "size", "ttft")   # ttft: decoders only (--task text-generation)
 FORMATS = ("onnx", "tflite")
 DEFAULT_RATIOS_DISTILL = (0.5, 0.7, 0.85)   # with --train-data: screened, the best distilled longer
 DEFAULT_RATIOS_PLAIN = (0.25, 0.5)     # pruning alone loses accuracy fast
@@ -71,6 +71,8 @@ class OptimizeConfig:
             raise ConfigError(f"--format lists a format twice: {','.join(self.formats)}")
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"unknown objective {self.objective!r}; known: {', '.join(OBJECTIVES)}")
+        if self.objective == "ttft":
+            raise ConfigError("--objective ttft (time to first token) is for decoders: add --task text-generation")
         for name in ("threads", "rounds", "workers"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"--{name} must be >= 1, got {getattr(self, name)}")

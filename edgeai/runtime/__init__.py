@@ -44,8 +44,14 @@ def resolve(path: str | Path, artifact: str | None = None, *, verify_digest: boo
 def load(path: str | Path, *, artifact: str | None = None, provider: str = "cpu",
          threads: int | None = None, verify_digest: bool = True, **options) -> Session:
     """Load a .onnx/.tflite file, or one artifact of an edgeai output folder (first by default,
-    its files checked against the manifest's sha256 unless `verify_digest` is False)."""
+    its files checked against the manifest's sha256 unless `verify_digest` is False). A decoder export
+    (manifest kind causal-lm) gives a DecoderSession: `run` as any session, plus `generate`/`stream`."""
     file, fmt = resolve(path, artifact, verify_digest=verify_digest)
+    if Path(path).is_dir():  # a causal LM export: a session that also generates (edgeai/runtime/generate.py)
+        from edgeai.runtime.generate import DecoderSession, decoder_details
+        decoder = decoder_details(Path(path), artifact)
+        if decoder is not None:
+            return DecoderSession(file, decoder, path, provider=provider, threads=threads, **options)
     return get_runtime(fmt)(file, provider=provider, threads=threads, **options)
 
 
