@@ -85,7 +85,7 @@ def export_decoder(recipe: Any, out_dir: Path, progress: Callable[[str], None]):
     from edgeai.exporters.onnx import OnnxExportConfig
     from edgeai.fsutil import check_output_target, locked_staging, publish
     from edgeai.manifest import MANIFEST_NAME, Manifest
-    from edgeai.outdir import removable_old_files
+    from edgeai.outdir import check_overwrites, removable_old_files
     from edgeai.pipeline import ExportOutcome, _tolerance, versions
     from edgeai.recipe import make_config
     _check_recipe(recipe)
@@ -93,9 +93,9 @@ def export_decoder(recipe: Any, out_dir: Path, progress: Callable[[str], None]):
     if config.exporter == "torchscript":
         raise ConfigError("decoders export with torch.export only; drop --exporter torchscript")
     check_output_target(out_dir)
-    progress(f"loading {recipe.model}")
-    source = load_decoder(recipe.model, trust_pickle=recipe.trust_pickle)
-    with locked_staging(out_dir) as stage:
+    with locked_staging(out_dir) as stage:  # locked before the model loads: of two exports, the first started wins
+        progress(f"loading {recipe.model}")
+        source = load_decoder(recipe.model, trust_pickle=recipe.trust_pickle)
         entry = export_fp32(source, stage, opset=config.opset, external_data=config.external_data,
                             tolerance=_tolerance(recipe), progress=progress)
         variants, failed = [], []
@@ -108,6 +108,7 @@ def export_decoder(recipe: Any, out_dir: Path, progress: Callable[[str], None]):
                             created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         manifest.write(stage)
         files = list(dict.fromkeys(f for e in manifest.artifacts for f in e.files))  # the tokenizer once
+        check_overwrites(out_dir, files + [MANIFEST_NAME])  # never a file edgeai did not write
         stale = removable_old_files(out_dir, set(files), set())
         publish(stage, out_dir, files + [MANIFEST_NAME])
         for name in stale:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import time
 import types
 from contextlib import contextmanager
 from pathlib import Path
