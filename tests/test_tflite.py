@@ -351,7 +351,7 @@ def test_runtime_runs_a_tflite_model_without_importing_torch(cnn):
 def test_missing_litert_torch_names_the_install_command(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "litert_torch", None)
     exporter = get_exporter("tflite")
-    with pytest.raises(MissingDependencyError, match=r'edgeai\[tflite\]'):
+    with pytest.raises(MissingDependencyError, match=r'pip install .*\[tflite\]'):
         exporter.fn(TinyCNN(), {"x": torch.randn(1, 3, 8, 8)}, [TensorSpec("x", (1, 3, 8, 8))],
                     tmp_path / "m.tflite", exporter.config_cls())
 
