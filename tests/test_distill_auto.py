@@ -132,18 +132,19 @@ def test_teacher_outputs_are_cached_on_disk_in_float16_and_reused(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,chosen", [("pitch", "freeze"), ("cnn", "train")])
-def test_auto_on_the_real_shaped_zoo_models(name, chosen):
+@pytest.mark.parametrize("name", ["pitch", "cnn"])
+def test_auto_trains_on_the_real_shaped_zoo_models_where_freezing_does_not_clearly_win(name):
     """70% of MACs pruned, one epoch. Measured screens (held-out distillation loss, freeze vs train):
-    pitch CNN 0.02436 vs 0.02415 after 24 batches (a tie: freeze); digits CNN 6.78 vs 5.6 after 8."""
+    zoo pitch CNN 0.02436 vs 0.02415 after 24 batches; digits CNN 6.78 vs 7.05 after 8. Neither is
+    a clear win for freeze, so train (3 epochs each way: pitch 6.37 vs 6.18 cents, digits 98.3% vs 87.5%)."""
     from edgeai.steps.prune import PruneConfig, prune
 
     if name == "pitch":
         from edgeai.zoo import pitch
 
         teacher, train, test = pitch.pitch_cnn(), pitch.train_tones(6000), pitch.test_tones()
-        example, extra, cfg = {"audio": torch.from_numpy(test["audio"][:2])}, {"metric": "edgeai.zoo.pitch:pitch_error"}, \
-            DistillConfig(epochs=1, lr=1e-3, batch_size=64)
+        example, extra = {"audio": torch.from_numpy(test["audio"][:2])}, {"metric": "edgeai.zoo.pitch:pitch_error"}
+        cfg = DistillConfig(epochs=1, lr=1e-3, batch_size=64)
     else:
         import edgeai.zoo as zoo
         from edgeai.zoo import data as zoo_data
@@ -155,5 +156,26 @@ def test_auto_on_the_real_shaped_zoo_models(name, chosen):
         example, extra, cfg = {key: torch.from_numpy(test[key][:2])}, {}, DistillConfig(epochs=1, lr=2e-3)
     student, _ = prune(teacher, example, PruneConfig(ratio=0.7, round_to=8), StepContext(train_data=train))
     _, rep = distill(student, example, cfg, StepContext(teacher=teacher, train_data=train, eval_data=test, extra=extra))
-    assert rep.details["batchnorm"] == chosen, rep.details["batchnorm_screen"]
-    assert any(n.startswith(f"batchnorm: auto chose {chosen}") for n in rep.notes)
+    screen = rep.details["batchnorm_screen"]
+    assert rep.details["batchnorm"] == "train", screen
+    assert screen["loss"]["freeze"] > 0.75 * screen["loss"]["train"], screen      # no clear win for freeze
+    assert any(n.startswith("batchnorm: auto chose train") for n in rep.notes)
+
+
+@pytest.mark.parametrize("width,stride,padding,groups", [(1, (4, 1), (3, 0), 1), (3, (1, 1), (0, 0), 2)])
+def test_k_by_1_convolutions_run_as_conv1d_with_the_same_outputs_and_gradients(width, stride, padding, groups):
+    from edgeai.steps._distill_data import conv_as_1d
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(2, 4, (9, 1), stride, padding, groups=groups), nn.ReLU(), nn.Conv2d(4, 3, (3, 3), padding=1))
+    x = torch.randn(5, 2, 40, width)
+    ref = net(x)
+    ref.square().sum().backward()
+    grad = net[0].weight.grad.clone()
+    net.zero_grad()
+    with conv_as_1d(net) as n:
+        got = net(x)
+        got.square().sum().backward()
+    assert n == 1                                         # the 3x3 conv is left alone
+    assert torch.allclose(got, ref, atol=1e-5) and torch.allclose(net[0].weight.grad, grad, atol=1e-4)
+    assert "forward" not in vars(net[0])                  # restored

@@ -8,7 +8,7 @@ real audio, distilled on synthetic tones: 693 cents trained vs +0.28 cents froze
 "auto" screens both: from the same start, each mode trains SCREEN_BATCHES batches (the same
 batches, the same schedule), then each student is scored in eval mode, as it will be deployed, by
 the distillation loss to the teacher on held-out samples (the eval data, else training samples
-the screen did not train on). The lower loss wins, ties (within TIE) going to "freeze", and
+the screen did not train on). "freeze" must win by MARGIN (else "train"), and
 training continues from the winner's state, so the screen costs the loser's batches and three
 small evaluations.
 """
@@ -24,10 +24,12 @@ log = logging.getLogger(__name__)
 MODES = ("auto", "train", "freeze")
 SCREEN_BATCHES = 24          # per mode: a third of the first epoch, at least 8 (3 misled on a small CNN)
 SCREEN_EVAL_SAMPLES = 512
-# "train" must beat "freeze" by this fraction of the loss. Within it the screen cannot tell them apart
-# (zoo pitch CNN 70% pruned: 0.02415 vs 0.02436 after 24 batches; after 3 epochs frozen was better, 6.18
-# vs 6.37 cents), and frozen statistics train with the normalisation the deployed model uses.
-TIE = 0.05
+# "freeze" must beat "train" by this fraction of the loss. Short screens can favour frozen statistics,
+# which go stale only as the weights move: digits CNN 70% pruned, freeze 6.78 vs train 7.05 after 8
+# batches (8.59 vs 6.87 after 7), yet 87.5% vs 98.3% top-1 after 3 epochs. Where freezing matters it
+# wins by far more (held-out pitch CNN: kd_loss 0.012 frozen vs 0.087 trained). Near-ties cost little
+# either way (zoo pitch CNN: 0.02436 vs 0.02415; 6.18 vs 6.37 cents after 3 epochs) and go to "train".
+MARGIN = 0.25
 
 
 def has_batchnorm(model: Any) -> bool:
@@ -70,7 +72,7 @@ class Screen:
             return (f"batchnorm: auto chose {self.chosen}: max_minutes ended the screen before both modes "
                     f"were measured")
         other = next(m for m in self.loss if m != self.chosen)
-        tie = (f"; within {TIE:.0%}, a tie, goes to freeze" if self.loss[self.chosen] > self.loss[other] else "")
+        tie = (f"; freeze must be {MARGIN:.0%} lower to be chosen" if self.loss[self.chosen] > self.loss[other] else "")
         return (f"batchnorm: auto chose {self.chosen}: held-out distillation loss {self.loss[self.chosen]:.4g} "
                 f"vs {self.loss[other]:.4g} with {other} after {self.batches[self.chosen]} batch(es) each "
                 f"(from {self.start_loss:.4g}; {self.held_out}{tie})")
@@ -112,7 +114,7 @@ def screen(state: Any, make_opt: Callable[[Any], tuple[Any, Any]], step: Callabl
         log.info("distill: batchnorm screen: %s -> held-out loss %.5g after %d batch(es)", mode,
                  result.loss[mode], done)
     result.chosen = min(result.loss, key=lambda m: result.loss[m])
-    if len(result.loss) == 2 and result.loss["train"] > (1 - TIE) * result.loss["freeze"]:
-        result.chosen = "freeze"        # a tie: the normalisation the deployed model computes with
+    if len(result.loss) == 2 and result.loss["freeze"] > (1 - MARGIN) * result.loss["train"]:
+        result.chosen = "train"         # no clear win for frozen statistics: they go stale as weights move
     trial, opt, sched, result.loss_sum, result.seen = runs[result.chosen]
     return result, trial, opt, sched

@@ -6,7 +6,7 @@ logits, binary cross-entropy for sigmoid probabilities, cosine for normalised em
 regression; `loss:` overrides it. Labels that do not fit the loss (e.g. f0 in Hz for a 360-bin
 head) are left to the eval metric. BatchNorm: "auto" (default) screens "train" (batch statistics)
 against "freeze" (the running statistics re-estimated after pruning) on the first batches and keeps
-the one with the lower held-out distillation loss (_distill_bn.py).
+"freeze" only when its held-out distillation loss is clearly lower (_distill_bn.py).
 The teacher runs once over the data (float16 disk cache with ctx.extra["teacher_cache"]); training
 uses every core and runs (k, 1) convolutions as Conv1d (_distill_data.py). The best student state by the eval
 metric is kept: the user metric (`metric:`, FUNC(outputs, labels) -> float, higher is better),
