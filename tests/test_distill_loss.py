@@ -109,13 +109,14 @@ def test_loss_override_is_used_and_unknown_loss_names_the_known_ones():
         distill(teacher, {"x": torch.zeros(1)}, DistillConfig(loss="huber"), StepContext())
 
 
-def test_batchnorm_trains_by_default_and_its_statistics_stay_frozen_when_asked():
+def test_batchnorm_statistics_update_in_train_mode_and_stay_frozen_when_asked():
+    assert DistillConfig().batchnorm == "auto"  # chosen by a screen: tests/test_distill_auto.py
     teacher, train, evald = _task("logits", 300, 50)
     stats = {}
-    for mode in (None, "freeze"):
+    for mode in ("train", "freeze"):
         student = Head("logits")
         student.load_state_dict(teacher.state_dict())
-        cfg = DistillConfig(epochs=1) if mode is None else DistillConfig(epochs=1, batchnorm=mode)
+        cfg = DistillConfig(epochs=1, batchnorm=mode)
         out, rep = distill(student, {"x": torch.zeros(1)}, cfg, StepContext(teacher=teacher, train_data=train))
         stats[rep.details["batchnorm"]] = float((out.f[1].running_mean - teacher.f[1].running_mean).abs().max())
     assert stats["freeze"] == 0.0 and stats["train"] > 0.01
