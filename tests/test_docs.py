@@ -92,3 +92,27 @@ def test_generated_cli_reference_lists_every_command_and_option():
             for flag in action.option_strings:
                 if action.help != "==SUPPRESS==":
                     assert f"`{flag}`" in text, f"edgeai {name} {flag} missing from the CLI reference"
+
+
+@pytest.mark.slow  # a fresh venv with the export extra (torch from pip's local copy): several minutes
+def test_quickstart_walks_through_in_a_fresh_venv(tmp_path):
+    """docs/quickstart.md as a newcomer runs it: a new venv, the documented install from this checkout,
+    then every shell block of the page (its model is defined on the page, not taken from the zoo)."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    clean = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    proc = subprocess.run([str(python), "-m", "pip", "install", "-q", "-c", str(ROOT / "constraints.txt"),
+                           "-e", f"{ROOT}[export]"], capture_output=True, text=True, env=clean, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    code = [c for mark, _, c in blocks(ROOT / "docs" / "quickstart.md") if mark != "skip"]
+    assert any("edgeai export model.py:make_model" in c for c in code)
+    env = {**clean, "PATH": f"{venv / 'bin'}:{os.environ.get('PATH', '/usr/bin:/bin')}", "VIRTUAL_ENV": str(venv)}
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = subprocess.run(["bash", "-c", "set -euo pipefail\n" + "\n".join(code)], cwd=work, capture_output=True,
+                          text=True, env=env, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (work / "out" / "tiny" / "manifest.json").is_file() and (work / "out" / "tiny-opt" / "report.html").is_file()
+    which = subprocess.run(["bash", "-c", "command -v edgeai"], env=env, capture_output=True, text=True).stdout
+    assert which.strip() == str(venv / "bin" / "edgeai")
