@@ -114,7 +114,7 @@ def test_tied_embedding_is_stored_once(lm_export, lm):
     params = sum(p.numel() for p in lm.parameters())  # a tied weight counts once
     mask = lm.config.n_positions ** 2  # GPT-2's bool causal-mask buffer, one per layer, equal: stored once
     assert Manifest.read(lm_export).get().details["normalize"]["shared_initializers"] >= lm.config.n_layer - 1
-    assert sum(n.endswith("attn.bias") for n in shapes) == 1
+    assert sum(n.endswith(".attn.bias") for n in shapes) == 1  # not c_attn.bias
     size = (lm_export / "model.onnx").stat().st_size
     assert 4 * params + mask < size < 4 * params + mask + 64_000 < 4 * (params + vocab * dim)  # twice would not fit
 
@@ -159,12 +159,18 @@ def test_a_stop_string_ends_generation_before_it(lm_export):
 
 
 def test_io_binding_loop_and_numpy_loop_give_the_same_tokens(lm_export):
-    folder = lm_export
-    entry = Manifest.read(folder).get()
-    fast = runtime.load(folder)
-    plain = DecoderSession(folder / entry.file, entry.details["decoder"], folder, io_binding=False)
-    ids = fast.encode(PROMPTS[2])
-    assert raw_greedy(fast, ids, 24) == raw_greedy(plain, ids, 24)
+    bound, plain = runtime.load(lm_export, io_binding=True), runtime.load(lm_export, io_binding=False)
+    ids = bound.encode(PROMPTS[2])
+    assert raw_greedy(bound, ids, 24) == raw_greedy(plain, ids, 24)
+
+
+def test_on_cpu_the_cache_stays_in_onnxruntimes_tensors_without_io_binding(lm_export):
+    """The default CPU loop relies on run() handing out views of onnxruntime's own tensors (no copy)."""
+    session = runtime.load(lm_export)
+    assert not session.io_binding
+    session.prefill(session.encode(PROMPTS[0]))
+    cache = session._past[0]
+    assert not cache.flags.owndata and type(cache.base).__name__ == "PyCapsule"
 
 
 def test_sampling_is_reproducible_by_seed_and_top_k_1_is_greedy(lm_export):
@@ -238,3 +244,49 @@ def test_generate_works_in_the_torch_free_device_install_with_the_llm_extra(lm_e
     data = json.loads((tmp_path / "g.json").read_text())
     assert data["tokens"] == raw_greedy(session, session.encode(PROMPTS[4]), 16)
     assert data["text"] and data["text"] in proc.stdout
+
+
+# ---- a factory's own module (the forward contract) ----------------------------------------------------
+
+CONTRACT_LM = '''
+import torch
+
+
+class TinyLM(torch.nn.Module):
+    """One attention layer over a KV cache: forward(input_ids, attention_mask, position_ids, past)."""
+
+    cache_layout = {"layers": 1, "kv_heads": 2, "head_dim": 8, "vocab_size": 64, "max_positions": 32}
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb, self.pos = torch.nn.Embedding(64, 16), torch.nn.Embedding(32, 16)
+        self.qkv, self.head = torch.nn.Linear(16, 48), torch.nn.Linear(16, 64)
+
+    def forward(self, input_ids, attention_mask, position_ids, past):
+        x = self.emb(input_ids) + self.pos(position_ids)
+        b, s, _ = x.shape
+        q, k, v = (t.reshape(b, s, 2, 8).transpose(1, 2) for t in self.qkv(x).split(16, dim=-1))
+        k, v = torch.cat([past[0][0], k], 2), torch.cat([past[0][1], v], 2)
+        total = k.shape[2]
+        causal = torch.arange(total)[None, :] <= (torch.arange(s)[:, None] + total - s)
+        allowed = causal[None, None] & attention_mask[:, None, None, :].bool()
+        att = (q @ k.transpose(-1, -2) / 8 ** 0.5).masked_fill(~allowed, float("-inf")).softmax(-1)
+        return self.head(x + (att @ v).transpose(1, 2).reshape(b, s, 16)), [(k, v)]
+
+
+def make():
+    return TinyLM().eval()
+'''
+
+
+def test_a_factory_module_with_the_forward_contract_exports_and_generates(tmp_path):
+    (tmp_path / "tiny_lm.py").write_text(CONTRACT_LM)
+    out = tmp_path / "out"
+    assert main(["export", f"{tmp_path / 'tiny_lm.py'}:make", "--task", "text-generation", "-o", str(out), "-q"]) == 0
+    entry = Manifest.read(out).get()
+    assert entry.parity["passed"] and entry.parity["greedy"]["identical"]
+    assert entry.details["decoder"]["tokenizer"] is None and entry.details["decoder"]["kv_heads"] == 2
+    session = runtime.load(out)
+    res = session.generate([3, 9, 27], 6)
+    assert len(res.tokens) == 6 and res.text == ""  # no tokenizer: ids only

@@ -1,7 +1,7 @@
 """Time generation from a decoder export (TTFT, decode tokens/s, peak RSS), each backend in a fresh process.
 
-Backends: `edgeai` (DecoderSession, KV cache kept in onnxruntime values with IO binding), `numpy` (the
-same loop with numpy feeds: the cache is copied out of and back into onnxruntime every step) and
+Backends: `edgeai` (DecoderSession as `runtime.load` makes it), `iobinding` (the same with the cache bound
+through onnxruntime's IO binding), `numpy` (the plain loop: presents fed back through run() as numpy) and
 `transformers` (generate() in PyTorch; workstation only, edgeai/exporters/_decoder_measure.py).
 Every backend decodes the same seeded random prompt greedily and ignores end-of-sequence ids, so each
 produces exactly `new_tokens` tokens. Command line: `python -m edgeai.runtime.generate_measure FOLDER`.
@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-BACKENDS = {"edgeai": "edgeai.runtime.generate_measure", "numpy": "edgeai.runtime.generate_measure",
+BACKENDS = {"edgeai": "edgeai.runtime.generate_measure", "iobinding": "edgeai.runtime.generate_measure",
+            "numpy": "edgeai.runtime.generate_measure",
             "transformers": "edgeai.exporters._decoder_measure"}
 
 
@@ -33,10 +34,11 @@ def measure(folder: str | Path, backend: str = "edgeai", *, artifact: str | None
     from edgeai import runtime
     from edgeai.bench.env import peak_rss_bytes
     from edgeai.runtime.generate import DecoderSession
-    if backend not in ("edgeai", "numpy"):
+    modes = {"edgeai": None, "iobinding": True, "numpy": False}
+    if backend not in modes:
         raise ValueError(f"backend {backend!r} does not run in edgeai.runtime; use measure_fresh")
     t0 = time.perf_counter()
-    session = runtime.load(folder, artifact=artifact, threads=threads, io_binding=backend == "edgeai")
+    session = runtime.load(folder, artifact=artifact, threads=threads, io_binding=modes[backend])
     load_s = time.perf_counter() - t0
     if not isinstance(session, DecoderSession):
         raise ValueError(f"{folder} holds no decoder")
