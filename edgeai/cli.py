@@ -200,7 +200,7 @@ def cmd_run(args) -> int:
     threads = argtypes.cap_threads(args.threads)
     session = load_guarded(path, artifact=name, provider=args.provider, threads=threads,
                            verify_digest=not args.no_verify_digest)
-    outputs = session.run(feeds)
+    outputs = _run_samples(session, feeds)
     buf = io.BytesIO()
     np.savez(buf, **outputs)
     with reporting_disk_errors(out):
@@ -209,6 +209,19 @@ def cmd_run(args) -> int:
         print(f"{name}: shape {tuple(arr.shape)} {arr.dtype}")
     print(f"wrote {out}")
     return 0
+
+
+def _run_samples(session, feeds: dict) -> dict:
+    """Run the feeds at once, or one sample at a time when the model's batch is fixed at 1 (TFLite, a
+    fixed-batch export) and the file holds several: the outputs are stacked on axis 0 as a batched run's."""
+    import numpy as np
+    sizes = {len(v) for v in feeds.values() if getattr(v, "ndim", 0) > 0}
+    fixed_one = session.inputs and all(spec.shape[:1] == (1,) for spec in session.inputs)
+    if not (fixed_one and len(sizes) == 1 and sizes != {1}):
+        return session.run(feeds)
+    runs = [session.run({k: v[i:i + 1] for k, v in feeds.items()}) for i in range(sizes.pop())]
+    log.info("the model takes batch 1: ran the %d samples one at a time", len(runs))
+    return {name: np.concatenate([r[name] for r in runs]) for name in runs[0]}
 
 
 def _add_info(sub) -> None:

@@ -6,7 +6,6 @@ from typing import Sequence
 
 from edgeai.errors import MissingDependencyError, RuntimeLoadError
 
-INSTALL = 'pip install "edgeai[llm]" (it brings the `tokenizers` package)'
 
 
 def load_tokenizer(path: Path):
@@ -14,7 +13,9 @@ def load_tokenizer(path: Path):
     try:
         from tokenizers import Tokenizer
     except ImportError:
-        raise MissingDependencyError(f"text prompts need the tokenizers package; run: {INSTALL}, or pass "
+        from edgeai.extras import install_command  # a command that works from where edgeai runs
+        raise MissingDependencyError(f"text prompts need the tokenizers package (the 'llm' extra); run: "
+                                     f"{install_command('llm')}, or pass "
                                      "token ids") from None
     try:
         return Tokenizer.from_file(str(path))
