@@ -243,7 +243,7 @@ def test_sigterm_during_a_build_writes_the_report_and_exits_143(tmp_path):
     work, timings = tmp_path / "out" / ".cache" / "work", tmp_path / "out" / ".cache" / "timings"
     deadline = time.monotonic() + 300
     while (time.monotonic() < deadline and proc.poll() is None
-           and not (timings.is_dir() and list(work.glob("job-*")))):
+           and not (timings.is_dir() and list(work.glob("unit-*")))):
         time.sleep(0.5)   # the base unit is timed, and a pruned build is in flight
     assert proc.poll() is None, proc.communicate()[1]
     children = psutil.Process(proc.pid).children(recursive=True)
@@ -253,7 +253,7 @@ def test_sigterm_during_a_build_writes_the_report_and_exits_143(tmp_path):
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["stopped"]["by"] == "SIGTERM" and report["baseline"]["p50_ms"] is not None
     assert (tmp_path / "out" / "best" / "manifest.json").is_file()
-    assert not list(work.glob("job-*"))                                  # no staging left behind
+    assert not list(work.glob("unit-*"))                                  # no staging left behind
     time.sleep(1)
     assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
 
