@@ -232,7 +232,7 @@ def test_optimize_budget_too_small_for_a_distillation_holds_the_wall_and_reports
     assert report["stopped"]["by"] == "budget" and report["elapsed_s"] <= budget * 60 + 60
     assert "Stopped early" in (tmp_path / "out" / "report.md").read_text()
     assert (tmp_path / "out" / "best" / "manifest.json").is_file() and (tmp_path / "out" / "pareto.png").is_file()
-    assert not list((tmp_path / "out" / ".cache" / "work").glob("job-*"))
+    assert not list((tmp_path / "out" / ".cache" / "work").glob("unit-*"))
 
 
 @pytest.mark.slow
@@ -287,7 +287,7 @@ def test_a_build_past_its_deadline_is_killed_and_leaves_no_staging(tmp_path):
         # a spawned worker needs seconds to import torch: a 1 s deadline passes while it builds
         out = lab.build([Unit("onnx", (), ())], {"onnx/fp32": dest}, deadline=lab.clock() + 1.0)
         assert out["onnx/fp32"].interrupted and "stopped at the budget" in out["onnx/fp32"].error
-        assert lab._pool is None and not list((tmp_path / "work").glob("job-*"))
+        assert lab._pool is None and not list((tmp_path / "work").glob("unit-*"))
         time.sleep(1)
         alive = [c.cmdline() for c in psutil.Process().children(recursive=True)   # multiprocessing's own
                  if c.is_running() and c.status() != psutil.STATUS_ZOMBIE           # resource tracker stays
