@@ -193,30 +193,28 @@ def _save_module(module, cache: Path) -> Path:
     import torch
 
     from edgeai.extras import require
-    from edgeai.fsutil import atomic_write_bytes
     require("cloudpickle", "optimize of a module object")
     import cloudpickle
     buf = io.BytesIO()
     torch.save(module, buf, pickle_module=cloudpickle)
-    data = buf.getvalue()
-    path = cache / "models" / f"{hashlib.sha256(data).hexdigest()[:20]}.pt"
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, data)
-    return path
+    return _store(cache, buf.getvalue(), "", ".pt")
 
 
 def _save_examples(feeds: Mapping[str, Any], cache: Path) -> Path:
     import numpy as np
 
-    from edgeai.fsutil import atomic_write_bytes
     arrays = {k: v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v) for k, v in feeds.items()}
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    data = buf.getvalue()
-    path = cache / "models" / f"examples-{hashlib.sha256(data).hexdigest()[:20]}.npz"
+    return _store(cache, buf.getvalue(), "examples-", ".npz")
+
+
+def _store(cache: Path, data: bytes, prefix: str, suffix: str) -> Path:
+    """`data` in CACHE/models/ under its content's digest (written once); the folder is checked like
+    every cache folder: no link anywhere on the way."""
+    from edgeai.fsutil import atomic_write_bytes, real_dirs
+    path = real_dirs(cache, "models") / f"{prefix}{hashlib.sha256(data).hexdigest()[:20]}{suffix}"
     if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, data)
     return path
 
