@@ -134,15 +134,14 @@ def add_parser(sub) -> None:
 
 
 def cmd_text(args) -> int:
-    from edgeai.fsutil import check_output_file, reporting_disk_errors, write_output
+    from edgeai.fsutil import check_output_file, write_output
     if args.max_length is not None and args.max_length < 2:
         raise DataError(f"--max-length must be >= 2 (room for the special tokens), got {args.max_length}")
     out = check_output_file(args.output)
     feeds = tokenize_file(args.file, args.tokenizer, args.max_length)
     buf = io.BytesIO()
     np.savez(buf, **feeds)
-    with reporting_disk_errors(out):
-        write_output(out, buf.getvalue())
+    write_output(out, buf.getvalue())  # a full disk is one line naming the file (fsutil.disk_error)
     for name, arr in feeds.items():
         print(f"{name}: shape {tuple(arr.shape)} {arr.dtype}")
     print(f"wrote {out}")

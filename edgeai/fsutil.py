@@ -323,15 +323,3 @@ def disk_error(path: str | Path | None, e: OSError) -> OutputError | None:
     where = f"cannot write {str(path)!r}" if path else "cannot write the output"
     return OutputError(f"{where}: {reason} ({errno.errorcode[e.errno]}); free some space or write elsewhere "
                        "(nothing was replaced)")
-
-
-@contextlib.contextmanager
-def reporting_disk_errors(path: str | Path) -> Iterator[None]:
-    """Turn a full disk (ENOSPC, EDQUOT, EROFS, EFBIG) while writing `path` into an OutputError naming it."""
-    try:
-        yield
-    except OSError as e:
-        error = disk_error(path, e)
-        if error is None:
-            raise
-        raise error from None

@@ -8,7 +8,7 @@ from edgeai.argtypes import THREADS_HELP, cap_threads, count, is_count, positive
 from edgeai.bench.results import PRECISIONS, PROVIDERS, RUNTIMES
 from edgeai.bench.stats import DEFAULT_MAX_SECONDS, DEFAULT_MIN_RUNS, DEFAULT_MIN_SECONDS
 from edgeai.errors import InputSpecError, OutputError
-from edgeai.fsutil import check_output_file, ensure_writable_dir, reporting_disk_errors, write_output
+from edgeai.fsutil import check_output_file, ensure_writable_dir, write_output
 from edgeai.manifest import NO_VERIFY_HELP
 
 DESCRIPTION = f"""\
@@ -149,7 +149,6 @@ def run(args: argparse.Namespace) -> int:
                    device=device, precision=args.precision, decoder=decoder_options(args))
     print_report(report)
     if args.json:
-        with reporting_disk_errors(args.json):
-            write_output(args.json, report.to_json().encode())
+        write_output(args.json, report.to_json().encode())
         print(f"wrote {args.json}")
     return 1 if report.failed else 0
