@@ -1,7 +1,10 @@
 """Decoder LMs: edgeai's weight-only variants vs transformers generate() and a plain onnxruntime KV-cache loop.
 
 For each model (the LM trained in the repo, a GPT-2-small-shaped 124M and a Qwen2-0.5B-shaped random decoder):
-export with edgeai (FP32, KV cache), quantize (int8-weight, int4-weight block 32 and 128, mixed), then time
+export with edgeai (FP32, KV cache; the fused graph, and the traced one as a reference), export with Optimum
+(`text-generation-with-past`: the plain ORT FP32 loop the ratios are against), quantize (int8-weight;
+int4-weight under the LM budget checked on the zoo's test split, plain round-to-nearest and HQQ without a
+budget, block 128; mixed), then time
 every backend greedily (a prompt of --prompt tokens, --new-tokens new ones, batch 1, --threads threads), each
 in a fresh process, the backends interleaved over --rounds rounds (medians reported): load time, TTFT, decode
 tokens/s, peak RSS. Perplexity, top-1 agreement and KL to FP32 of the variants on the zoo's validation text
@@ -28,12 +31,15 @@ import _common as C  # noqa: E402  (puts the checkout first on sys.path)
 
 MODELS = {"trained": "edgeai.zoo.lm:tiny_gpt2", "gpt2-124m": "edgeai.zoo.lm:gpt2_small_random",
           "qwen-0.5b": "edgeai.zoo.lm:qwen2_05b_random"}
-VARIANTS = {"int8-weight": ("int8-weight", {}), "int4-weight": ("int4-weight", {}),
+BUDGET_TEXT = "<zoo test split>"
+VARIANTS = {"int8-weight": ("int8-weight", {}), "int4-weight": ("int4-weight", {"eval_text": BUDGET_TEXT}),
+            "int4-weight-rtn": ("int4-weight", {}), "int4-weight-hqq": ("int4-weight", {"algorithm": "hqq"}),
             "int4-weight-b128": ("int4-weight", {"block_size": 128}), "mixed": ("mixed", {})}
 CACHE = Path(os.environ.get("EDGEAI_LLM_BENCH_CACHE", Path.home() / ".cache" / "edgeai-bench-llm"))
 COLUMNS = [("model", "model", ""), ("backend", "backend", ""), ("size_mb", "size MB", ".1f"),
            ("load_s", "load s", ".2f"), ("ttft_ms", "TTFT ms", ".2f"), ("decode_tok_s", "decode tok/s", ".1f"),
            ("vs_transformers", "x transformers", ".2f"), ("vs_ort", "x ORT FP32 loop", ".2f"),
+           ("vs_traced", "x traced loop", ".2f"),
            ("peak_rss_mb", "peak RSS MB", ".0f"), ("rss_vs_fp32", "RSS x FP32", ".2f"),
            ("perplexity", "perplexity", ".3f"), ("ppl_increase_pct", "ppl +%", "+.2f"),
            ("top1_agreement", "top-1 agree", ".4f"), ("kl", "KL", ".5f")]
@@ -55,20 +61,45 @@ def prepare(name: str, log, variants=tuple(VARIANTS)) -> dict:
         if tok:
             (hf / "tokenizer.json").write_bytes(Path(tok).read_bytes())
     if not (out / "manifest.json").is_file():
-        log(f"{name}: exporting with edgeai (FP32, KV cache)")
+        log(f"{name}: exporting with edgeai (FP32, KV cache, fused graph)")
         edgeai.export(f"hf:{hf}", out, task="text-generation")
+    traced = folder / "export-traced"   # the reference for the fused graph; torch.export of 124M+ takes too long
+    if name == "trained" and not (traced / "manifest.json").is_file():
+        log(f"{name}: exporting with edgeai (FP32, KV cache, traced graph)")
+        edgeai.export(f"hf:{hf}", traced, task="text-generation", export={"decoder_graph": "traced"})
+    optimum = folder / "optimum"
+    if not (optimum / "model.onnx").is_file():
+        log(f"{name}: exporting with Optimum (text-generation-with-past)")
+        from optimum.exporters.onnx import main_export
+        main_export(str(hf), output=str(optimum), task="text-generation-with-past")
     details = Manifest.read(out).get("fp32").details["decoder"]
-    backends = {"transformers": {"hf": str(hf)}, "ort-fp32-loop": {"model": str(out / "model.onnx"), "decoder": details},
+    backends = {"transformers": {"hf": str(hf)},
+                "ort-fp32-loop": {"model": str(optimum / "model.onnx"), "decoder": details},
+                "ort-fp32-traced-loop": {"model": str(traced / "model.onnx"), "decoder": details},
                 "edgeai-fp32": {"model": str(out / "model.onnx"), "decoder": details, "folder": str(out)}}
+    if name != "trained":
+        del backends["ort-fp32-traced-loop"]
     for label in variants:
         scheme, opts = VARIANTS[label]
         path = folder / f"model.{label}.onnx"
         if not path.is_file():
             log(f"{name}: quantizing {label}")
             step = get_artifact_step(f"onnx:{scheme}")
+            if opts.get("eval_text") == BUDGET_TEXT:   # the LM budget, checked on text the scores never see
+                opts = {**opts, "eval_text": str(_budget_text(name))} if name == "trained" else \
+                    {k: v for k, v in opts.items() if k != "eval_text"}   # a random model has no budget
             step.fn(out / "model.onnx", path, step.config_cls(**opts), StepContext())
         backends[f"edgeai-{label}"] = {"model": str(path), "decoder": details, "folder": str(out)}
     return backends
+
+
+def _budget_text(name: str) -> Path:
+    """The zoo LM's test split (the budget's text; perplexity is reported on the validation split)."""
+    from edgeai.zoo import lm
+    path = CACHE / "test.txt"
+    if not path.is_file():
+        lm.write_text(path, "test")
+    return path
 
 
 def _load_factory(spec: str):
@@ -136,8 +167,8 @@ def worker(job: dict) -> dict:
 
 
 def _onnx_loop(job: dict, threads: int):
-    """(prefill(ids) -> last logits, step(token) -> logits): edgeai's DecoderSession (IO binding), or a plain
-    onnxruntime loop that feeds the presents back as numpy arrays."""
+    """(prefill(ids) -> last logits, step(token) -> logits): edgeai's DecoderSession, or a plain onnxruntime
+    loop that feeds the presents back as numpy arrays (the graph's own inputs: Optimum's has no logits_to_keep)."""
     import numpy as np
     if job["backend"].startswith("edgeai-"):
         from edgeai.runtime.generate import DecoderSession
@@ -150,13 +181,15 @@ def _onnx_loop(job: dict, threads: int):
     sess = ort.InferenceSession(job["model"], opts, providers=["CPUExecutionProvider"])
     past = [n.format(i) for i in range(d["layers"]) for n in (d["past_key"], d["past_value"])]
     present = [n.format(i) for i in range(d["layers"]) for n in (d["present_key"], d["present_value"])]
+    keep = "logits_to_keep" in {i.name for i in sess.get_inputs()}
     state = {}
 
     def run(ids):
         pos = state["pos"]
         feeds = {"input_ids": np.array([ids], np.int64), "attention_mask": np.ones((1, pos + len(ids)), np.int64),
-                 "position_ids": np.arange(pos, pos + len(ids), dtype=np.int64)[None],
-                 "logits_to_keep": np.array([1], np.int64), **dict(zip(past, state["cache"]))}
+                 "position_ids": np.arange(pos, pos + len(ids), dtype=np.int64)[None], **dict(zip(past, state["cache"]))}
+        if keep:
+            feeds["logits_to_keep"] = np.array([1], np.int64)
         out = sess.run(["logits", *present], feeds)
         state["cache"], state["pos"] = out[1:], pos + len(ids)
         return out[0][0, -1]
@@ -216,8 +249,9 @@ def bench_model(name: str, args, log) -> list[dict]:
         rows.append(row)
     by = {r["backend"]: r for r in rows}
     for r in rows:
-        for key, base in (("vs_transformers", "transformers"), ("vs_ort", "ort-fp32-loop")):
-            if r.get("decode_tok_s") and by[base].get("decode_tok_s"):
+        for key, base in (("vs_transformers", "transformers"), ("vs_ort", "ort-fp32-loop"),
+                          ("vs_traced", "ort-fp32-traced-loop")):
+            if r.get("decode_tok_s") and by.get(base, {}).get("decode_tok_s"):
                 r[key] = r["decode_tok_s"] / by[base]["decode_tok_s"]
         if r.get("peak_rss_mb") and by["edgeai-fp32"].get("peak_rss_mb"):
             r["rss_vs_fp32"] = r["peak_rss_mb"] / by["edgeai-fp32"]["peak_rss_mb"]

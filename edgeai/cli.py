@@ -58,6 +58,10 @@ def _add_export(sub) -> None:
     p.add_argument("--exporter", choices=("auto", "dynamo", "torchscript"), default=None,
                    help="ONNX export path: auto tries torch.export first, then TorchScript (default auto)")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18)")
+    p.add_argument("--decoder-graph", choices=("auto", "fused", "traced"), default=None,
+                   help="--task text-generation: 'fused' writes the graph from the weights with onnxruntime's fused "
+                        "operators (GroupQueryAttention, SkipLayerNorm; GPT-2, Llama, Qwen2, Mistral), 'traced' "
+                        "uses torch.export; auto (default): fused where supported and verified, else traced")
     p.add_argument("--allow-trace-branches", action="store_true",
                    help="keep a TorchScript trace whose Python control flow read input values (it follows the "
                         "example inputs' branch; --eval-data verifies it on real samples)")
@@ -122,6 +126,8 @@ def cmd_export(args) -> int:
     export_opts = dict(recipe.export)
     if args.exporter:
         export_opts["exporter"] = args.exporter
+    if args.decoder_graph:
+        export_opts["decoder_graph"] = args.decoder_graph
     if args.opset:
         export_opts["opset"] = args.opset
     if args.allow_trace_branches:

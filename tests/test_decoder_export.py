@@ -32,6 +32,18 @@ def lm_export(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def lm_traced_export(tmp_path_factory) -> Path:
+    """The same LM through torch.export (--decoder-graph traced): the graph normalization's own checks."""
+    from edgeai.zoo.lm import save_hf
+    root = tmp_path_factory.mktemp("lm_traced")
+    hf = save_hf(root / "hf")
+    out = root / "out"
+    assert main(["export", f"hf:{hf}", "--task", "text-generation", "--decoder-graph", "traced", "-o", str(out),
+                 "-q"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
 def llama_export(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("llama") / "out"
     assert main(["export", "edgeai.zoo.lm:tiny_llama", "--task", "text-generation", "-o", str(out), "-q"]) == 0
@@ -92,31 +104,93 @@ def test_manifest_records_parity_at_two_prompt_lengths_decode_steps_and_greedy(l
     assert "tokenizer.json" in entry.extra_files and entry.digests["tokenizer.json"]
 
 
-def test_every_gemm_became_a_matmul(lm_export, lm):
-    """GPT-2's Conv1D layers trace to Gemm, which ORT's MatMulNBits quantizer skips: none may be left."""
-    conv1d = sum(type(m).__name__ == "Conv1D" for m in lm.modules())
+def test_the_default_graph_is_fused_from_the_weights_with_a_few_nodes_a_layer(lm_export, lm):
+    """GroupQueryAttention holds the cache, SkipLayerNormalization the residuals: ~9 nodes a layer where
+    the traced graph has ~65 (most of a small decoder's step time is per-node overhead)."""
     entry = Manifest.read(lm_export).get()
-    ops = {}
+    ops: dict[str, int] = {}
     for node in onnx.load(str(lm_export / entry.file)).graph.node:
         ops[node.op_type] = ops.get(node.op_type, 0) + 1
+    layers = lm.config.n_layer
+    assert entry.details["export_path"] == "fused" and entry.details["normalize"]["graph"] == "fused"
+    assert ops["GroupQueryAttention"] == layers and ops["SkipLayerNormalization"] == 2 * layers + 1
+    assert ops["MatMul"] == 4 * layers + 1 and "Gemm" not in ops  # qkv, out, fc, proj; lm_head
+    assert sum(ops.values()) <= 10 * layers + 12
+
+
+def test_traced_graph_every_gemm_became_a_matmul(lm_traced_export, lm):
+    """GPT-2's Conv1D layers trace to Gemm, which ORT's MatMulNBits quantizer skips: none may be left."""
+    conv1d = sum(type(m).__name__ == "Conv1D" for m in lm.modules())
+    entry = Manifest.read(lm_traced_export).get()
+    ops = {}
+    for node in onnx.load(str(lm_traced_export / entry.file)).graph.node:
+        ops[node.op_type] = ops.get(node.op_type, 0) + 1
+    assert entry.details["export_path"] == "traced"
     assert entry.details["normalize"]["gemm_rewritten"] == conv1d == 16  # the traced graph had 16 Gemm
     assert "Gemm" not in ops
     # each Conv1D, the lm_head, and attention's two products per layer
     assert ops["MatMul"] == conv1d + 1 + 2 * lm.config.n_layer
 
 
-def test_tied_embedding_is_stored_once(lm_export, lm):
-    model = onnx.load(str(lm_export / "model.onnx"))
+def test_traced_graph_tied_embedding_is_stored_once(lm_traced_export, lm):
+    model = onnx.load(str(lm_traced_export / "model.onnx"))
     vocab, dim = lm.config.vocab_size, lm.config.n_embd
     shapes = {i.name: list(i.dims) for i in model.graph.initializer}
     assert shapes["lm_head.weight.T"] == [dim, vocab]
     assert not [n for n in shapes if "wte" in n or n.endswith("lm_head.weight")]
     params = sum(p.numel() for p in lm.parameters())  # a tied weight counts once
     mask = lm.config.n_positions ** 2  # GPT-2's bool causal-mask buffer, one per layer, equal: stored once
-    assert Manifest.read(lm_export).get().details["normalize"]["shared_initializers"] >= lm.config.n_layer - 1
+    assert Manifest.read(lm_traced_export).get().details["normalize"]["shared_initializers"] >= lm.config.n_layer - 1
     assert sum(n.endswith(".attn.bias") for n in shapes) == 1  # not c_attn.bias
-    size = (lm_export / "model.onnx").stat().st_size
+    size = (lm_traced_export / "model.onnx").stat().st_size
     assert 4 * params + mask < size < 4 * params + mask + 64_000 < 4 * (params + vocab * dim)  # twice would not fit
+
+
+def test_fused_graph_tied_embedding_is_stored_once(lm_export, lm):
+    model = onnx.load(str(lm_export / "model.onnx"))
+    vocab, dim = lm.config.vocab_size, lm.config.n_embd
+    shapes = {i.name: list(i.dims) for i in model.graph.initializer}
+    assert shapes["lm_head.weight.T"] == [dim, vocab]
+    params = sum(p.numel() for p in lm.parameters())  # a tied weight counts once
+    floats = sum(int(np.prod(i.dims)) for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT)
+    assert floats == params   # every weight exactly once
+    assert 4 * params < (lm_export / "model.onnx").stat().st_size < 4 * params + 64_000
+
+
+def test_traced_and_fused_graphs_give_the_same_greedy_tokens(lm_export, lm_traced_export):
+    fused, traced = runtime.load(lm_export, threads=1), runtime.load(lm_traced_export, threads=1)
+    for prompt in PROMPTS[:2]:
+        ids = fused.encode(prompt)
+        assert raw_greedy(fused, ids, 24) == raw_greedy(traced, ids, 24)
+
+
+def test_a_fused_graph_that_does_not_verify_falls_back_to_the_traced_one(tmp_path, monkeypatch, caplog):
+    """A wrong fused graph (a weight perturbed, as a builder bug would) never ships: auto exports the traced
+    graph and says why in the manifest; --decoder-graph fused fails instead."""
+    from edgeai.errors import VerificationError
+    from edgeai.exporters import _decoder_fused
+    real = _decoder_fused.build
+
+    def wrong(hf_model, layout, path, **kw):
+        import torch
+        with torch.no_grad():
+            saved = hf_model.model.norm.weight.clone()
+            hf_model.model.norm.weight.mul_(1.5)
+            try:
+                return real(hf_model, layout, path, **kw)
+            finally:
+                hf_model.model.norm.weight.copy_(saved)
+    monkeypatch.setattr(_decoder_fused, "build", wrong)
+    import edgeai
+    out = tmp_path / "auto"
+    edgeai.export("edgeai.zoo.lm:tiny_llama", out, task="text-generation")
+    entry = Manifest.read(out).get()
+    assert entry.details["export_path"] == "traced" and entry.parity["passed"]
+    assert "did not verify" in entry.details["normalize"]["fused_skipped"]
+    with pytest.raises(VerificationError):
+        edgeai.export("edgeai.zoo.lm:tiny_llama", tmp_path / "strict", task="text-generation",
+                      export={"decoder_graph": "fused"})
+    assert not (tmp_path / "strict").exists()
 
 
 def test_first_call_takes_an_empty_past_and_logits_to_keep_selects_positions(lm_export, lm):
@@ -193,6 +267,7 @@ def test_llama_style_export_matches_transformers_with_grouped_kv_heads(llama_exp
     past = next(i for i in entry.inputs if i["name"] == "past_key_values.0.key")
     assert past["shape"] == ["batch", 2, "past_seq", 16]
     assert entry.parity["passed"] and entry.parity["greedy"]["identical"]
+    assert entry.details["export_path"] == "fused"   # GroupQueryAttention does the rotary embedding
     session, model = runtime.load(llama_export), tiny_llama()
     for ids in ([1, 40, 300, 7], list(range(3, 40, 3))):
         assert raw_greedy(session, ids, 12) == hf_greedy(model, ids, 12)

@@ -32,15 +32,21 @@ def normalize(path: Path, layout, *, external_data: bool = False) -> dict:
     for node in graph.node:  # torch.export's per-node stack traces: most of a small model's file
         del node.metadata_props[:]
         node.doc_string = ""
-    weight_bytes = sum(_nbytes(i) for i in graph.initializer)
+    return {"gemm_rewritten": gemms, "tied_embedding": tied, "shared_initializers": shared,
+            **save(model, path, external_data=external_data)}
+
+
+def save(model, path: Path, *, external_data: bool = False) -> dict:
+    """Write a decoder graph, its weights in `path`.data when asked or past ~2 GB; returns the size facts."""
+    import onnx
+    weight_bytes = sum(_nbytes(i) for i in model.graph.initializer)
     external = external_data or weight_bytes > EXTERNAL_DATA_LIMIT
     if external:
         onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                   location=path.name + ".data", size_threshold=1024)
     else:
         onnx.save(model, str(path))
-    return {"gemm_rewritten": gemms, "tied_embedding": tied, "shared_initializers": shared, "external_data": external,
-            "weight_bytes": weight_bytes}
+    return {"external_data": external, "weight_bytes": weight_bytes}
 
 
 def _external_locations(path: Path) -> list[str]:

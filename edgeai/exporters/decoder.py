@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from edgeai.errors import ConfigError
+from edgeai.errors import ConfigError, EdgeAIError
 
 log = logging.getLogger(__name__)
 
@@ -39,31 +39,72 @@ def decoder_details(source, normalized: dict) -> dict:
 
 
 def export_fp32(source, stage: Path, *, opset: int = 18, external_data: bool = False, tolerance=None,
-                progress: Callable[[str], None] = log.info):
-    """Trace, normalize and verify `source` into `stage`/model.onnx; return its ArtifactEntry (the
-    tokenizer file, when there is one, is written beside it and listed as an extra file)."""
-    from edgeai.exporters._decoder_graph import normalize
-    from edgeai.exporters._decoder_torch import trace_onnx
-    from edgeai.exporters._decoder_verify import verify_decoder
+                graph: str = "auto", progress: Callable[[str], None] = log.info):
+    """Write `source`'s decoder graph into `stage`/model.onnx (fused from the weights where supported, else
+    traced and normalized), verify it against PyTorch; return its ArtifactEntry (the tokenizer file, when
+    there is one, is written beside it and listed as an extra file)."""
+    from edgeai.exporters._decoder_fused import unsupported_reason
     from edgeai.exporters.onnx import external_files, op_histogram
     from edgeai.fsutil import atomic_write_text
     from edgeai.verify import FP32_TOLERANCE
     path = stage / MODEL_FILE
-    progress("exporting the decoder to onnx (torch.export, KV cache)")
-    trace_onnx(source, path, opset)
-    progress("normalizing the graph (Gemm->MatMul, tied embedding, logits_to_keep)")
-    facts = normalize(path, source.layout, external_data=external_data)
-    decoder = decoder_details(source, facts)
-    progress(f"verifying {MODEL_FILE} against PyTorch (prefill, decode steps, greedy tokens)")
-    parity = verify_decoder(source, path, decoder, tolerance or FP32_TOLERANCE)
+    tolerance = tolerance or FP32_TOLERANCE
+    reason = unsupported_reason(source.hf_model) if graph != "traced" else "--decoder-graph traced"
+    if graph == "fused" and reason:
+        raise ConfigError(f"--decoder-graph fused: not for this model ({reason}); use auto or traced")
+    built = None
+    if reason is None:
+        built, reason = _fused(source, path, opset, external_data, tolerance, strict=graph == "fused",
+                               progress=progress)
+    if built is None:
+        built = _traced(source, path, opset, external_data, tolerance, progress)
+    facts, decoder, parity = built
     files = [MODEL_FILE, *external_files(path)]
     if source.tokenizer:
         atomic_write_text(stage / TOKENIZER_FILE, source.tokenizer)
         files.append(TOKENIZER_FILE)
-    details = {"opset": opset, "export_path": "dynamo", "op_histogram": op_histogram(path), "decoder": decoder,
-               "normalize": facts}
+    if reason and graph == "auto":
+        facts["fused_skipped"] = reason
+    details = {"opset": opset, "export_path": facts.get("graph", "dynamo"), "op_histogram": op_histogram(path),
+               "decoder": decoder, "normalize": facts}
     return _entry("fp32", stage, files, details, parity, [{"type": "export.onnx-decoder",
-                                                          "config": {"opset": opset, "external_data": external_data}}])
+                                                          "config": {"opset": opset, "external_data": external_data,
+                                                                     "graph": facts.get("graph", "traced")}}])
+
+
+def _fused(source, path: Path, opset: int, external_data: bool, tolerance, *, strict: bool, progress):
+    """((facts, decoder, parity), None) of the fused graph, or (None, why) when it does not verify and
+    `strict` is off (the traced graph is used then; the reason is logged and kept in the manifest)."""
+    from edgeai.exporters._decoder_fused import build
+    from edgeai.exporters._decoder_verify import verify_decoder
+    from edgeai.exporters.onnx import external_files
+    progress("writing the fused decoder graph from the weights (GroupQueryAttention, SkipLayerNorm, KV cache)")
+    facts = build(source.hf_model, source.layout, path, opset=opset, external_data=external_data)
+    decoder = decoder_details(source, facts)
+    progress(f"verifying {MODEL_FILE} against PyTorch (prefill, decode steps, greedy tokens)")
+    try:
+        return (facts, decoder, verify_decoder(source, path, decoder, tolerance)), None
+    except EdgeAIError as e:
+        if strict:
+            raise
+        log.warning("the fused decoder graph did not verify (%s); exporting the traced graph instead", e)
+        for f in external_files(path):
+            (path.parent / f).unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
+        return None, f"the fused graph did not verify: {e}"
+
+
+def _traced(source, path: Path, opset: int, external_data: bool, tolerance, progress):
+    from edgeai.exporters._decoder_graph import normalize
+    from edgeai.exporters._decoder_torch import trace_onnx
+    from edgeai.exporters._decoder_verify import verify_decoder
+    progress("exporting the decoder to onnx (torch.export, KV cache)")
+    trace_onnx(source, path, opset)
+    progress("normalizing the graph (Gemm->MatMul, tied embedding, logits_to_keep)")
+    facts = {"graph": "traced", **normalize(path, source.layout, external_data=external_data)}
+    decoder = decoder_details(source, facts)
+    progress(f"verifying {MODEL_FILE} against PyTorch (prefill, decode steps, greedy tokens)")
+    return facts, decoder, verify_decoder(source, path, decoder, tolerance)
 
 
 def _entry(name: str, stage: Path, files: list[str], details: dict, parity: dict, steps: list[dict]):
@@ -97,7 +138,7 @@ def export_decoder(recipe: Any, out_dir: Path, progress: Callable[[str], None]):
         progress(f"loading {recipe.model}")
         source = load_decoder(recipe.model, trust_pickle=recipe.trust_pickle)
         entry = export_fp32(source, stage, opset=config.opset, external_data=config.external_data,
-                            tolerance=_tolerance(recipe), progress=progress)
+                            tolerance=_tolerance(recipe), graph=config.decoder_graph, progress=progress)
         variants, failed = [], []
         if recipe.quantize:  # weight-only variants, each checked against its LM budget (edgeai/steps)
             from edgeai.steps.decoder_variants import decoder_variants

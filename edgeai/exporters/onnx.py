@@ -21,18 +21,25 @@ EXPORT_PATHS = ("dynamo", "torchscript")
 MIN_OPSET = 7  # the oldest opset the exporters and onnxruntime still convert
 
 
+DECODER_GRAPHS = ("auto", "fused", "traced")
+
+
 @dataclass(frozen=True)
 class OnnxExportConfig:
     exporter: str = "auto"          # "auto" (dynamo, then torchscript), "dynamo" or "torchscript"
     opset: int = 18
     external_data: bool = False     # force weights into model.onnx.data (automatic past 2 GB)
     allow_trace_branches: bool = False  # keep a TorchScript trace whose Python control flow read input values
+    decoder_graph: str = "auto"     # decoders: "fused" (onnxruntime's fused ops, written from the weights),
+                                    # "traced" (torch.export), "auto" (fused where supported and verified)
 
     def __post_init__(self):
         if self.exporter not in ("auto", *EXPORT_PATHS):
             raise ConfigError(f"unknown ONNX exporter {self.exporter!r}; known: auto, {', '.join(EXPORT_PATHS)}")
         if not isinstance(self.opset, int) or isinstance(self.opset, bool) or self.opset < MIN_OPSET:
             raise ConfigError(f"ONNX opset must be an integer >= {MIN_OPSET}, got {self.opset!r}")
+        if self.decoder_graph not in DECODER_GRAPHS:
+            raise ConfigError(f"unknown decoder graph {self.decoder_graph!r}; known: {', '.join(DECODER_GRAPHS)}")
         if not isinstance(self.allow_trace_branches, bool):  # the string "false" would be truthy
             raise ConfigError(f"ONNX export option allow_trace_branches must be true or false, "
                               f"got {self.allow_trace_branches!r}")
