@@ -365,3 +365,45 @@ def test_a_factory_module_with_the_forward_contract_exports_and_generates(tmp_pa
     session = runtime.load(out)
     res = session.generate([3, 9, 27], 6)
     assert len(res.tokens) == 6 and res.text == ""  # no tokenizer: ids only
+
+
+QWEN2_TIED = '''
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+
+def make():
+    """Qwen2-style: q/k/v biases, a tied embedding, GQA 4/2 heads, rope_theta 1e6."""
+    torch.manual_seed(1)
+    cfg = Qwen2Config(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                      rope_theta=1e6, tie_word_embeddings=True, attn_implementation="eager")
+    model = Qwen2ForCausalLM(cfg).eval()
+    with torch.no_grad():   # biases large enough to matter (random init leaves them at zero)
+        for layer in model.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.bias.normal_(0, 0.5)
+    return model
+'''
+
+
+def test_qwen2_style_biases_and_a_tied_embedding_take_the_fused_graph(tmp_path):
+    (tmp_path / "qwen.py").write_text(QWEN2_TIED)
+    out = tmp_path / "out"
+    assert main(["export", f"{tmp_path / 'qwen.py'}:make", "--task", "text-generation", "--decoder-graph", "fused",
+                 "-o", str(out), "-q"]) == 0
+    entry = Manifest.read(out).get()
+    assert entry.details["export_path"] == "fused" and entry.details["decoder"]["tied_embedding"]
+    assert entry.parity["passed"] and entry.parity["greedy"]["identical"]
+    names = {i.name for i in onnx.load(str(out / "model.onnx")).graph.initializer}
+    assert "model.layers.0.self_attn.qkv_proj.bias" in names and "embed_tokens.weight" not in names
+
+
+def test_decoder_graph_fused_refuses_a_model_it_cannot_write(tmp_path, capsys):
+    """A factory with the flat forward contract (not a transformers model) has no fused graph."""
+    (tmp_path / "tiny_lm.py").write_text(CONTRACT_LM)
+    code = main(["export", f"{tmp_path / 'tiny_lm.py'}:make", "--task", "text-generation", "--decoder-graph", "fused",
+                 "-o", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "--decoder-graph fused: not for this model" in err[-1]
+    assert not (tmp_path / "o").exists()
