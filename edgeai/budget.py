@@ -88,7 +88,8 @@ def quantize_within_budget(key: str, step, src: Path, dst: Path, config: Any, ct
     if not fb.within:
         best = fb.chosen_try
         raise VariantNotKept(f"over its accuracy budget ({budget.text}): best metric {best.metric:.6g} "
-                              f"with {len(best.excluded)} part(s) kept in float after {len(fb.tries)} tries")
+                              f"with {len(best.excluded)} part(s) kept in float after {len(fb.tries)} tries"
+                              + ("; the export's max_minutes ended the search" if fb.stopped_at_deadline else ""))
     report.details["budget"] = budget.to_dict()
     if not fb.chosen_try.excluded:  # else the fallback's note states the budget
         report.notes.append(f"accuracy budget: {budget.text}; metric {fb.chosen_try.metric:.6g}")

@@ -92,6 +92,9 @@ def _add_export(sub) -> None:
                    help="your task metric, FUNC(outputs: dict[name, array], labels) -> float, higher is better "
                         "(return minus an error); labels is the data's 'labels' array or None. Used to score "
                         "--eval-data and for --max-drop (in its units)")
+    p.add_argument("--max-minutes", type=argtypes.finite_float, default=None, metavar="M",
+                   help="a wall for the export's searches: distillation and the accuracy fallback stop when M "
+                        "minutes have passed since the start, keeping the best found so far")
     p.add_argument("--no-bench", action="store_true", help="skip timing the variants for the summary table")
     p.add_argument("--threads", type=argtypes.threads, default=None, metavar="N",
                    help=f"threads for the summary timings (default 1; {argtypes.THREADS_HELP})")
@@ -151,6 +154,8 @@ def cmd_export(args) -> int:
                                                opts.get("format", recipe.format))
     if args.max_drop is not None:
         opts["max_drop"] = args.max_drop
+    if args.max_minutes is not None:
+        opts["max_minutes"] = args.max_minutes
     if args.metric:
         opts["metric"] = args.metric
     summary = recipe.summary

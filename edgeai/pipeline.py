@@ -39,6 +39,7 @@ class RunContext:
     export_config: Any             # the exporter's config, built from recipe.export
     stage: Path                    # the staging folder every file is written to before publishing
     progress: Progress
+    deadline: float | None = None  # time.time() when the searches must have stopped (recipe.max_minutes)
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,7 @@ def _timed_log():
 
 def run(recipe: Recipe, out_dir: Path, progress: Progress) -> ExportOutcome:
     validate(recipe)  # every checkable mistake fails here, before the model is loaded
+    deadline = time.time() + 60 * recipe.max_minutes if recipe.max_minutes else None
     if is_decoder_task(recipe.task):  # a causal LM: one graph with a KV cache (edgeai/exporters/decoder.py)
         return export_decoder(recipe, out_dir, progress)
     check_output_target(out_dir)
@@ -121,8 +123,8 @@ def run(recipe: Recipe, out_dir: Path, progress: Progress) -> ExportOutcome:
         check_input_kept(out_dir, planned, protected)
         check_overwrites(out_dir, planned, full=False)
         original = source
-        source, steps = _model_steps(source, recipe, data, progress)
-        ctx = RunContext(recipe, data, exporter, config, stage, progress)
+        source, steps = _model_steps(source, recipe, data, progress, deadline)
+        ctx = RunContext(recipe, data, exporter, config, stage, progress, deadline)
         entries = []
         if steps:  # the model before pruning/distillation: the baseline every stage is compared with
             entries.append(_export_verified(ctx, original, [], "original"))
@@ -165,8 +167,8 @@ def _realistic_examples(source: ModelSource, recipe: Recipe, data: RunData) -> M
     return replace(source, example_inputs=take(feeds, batch))
 
 
-def _model_steps(source: ModelSource, recipe: Recipe, data: RunData,
-                 progress: Progress) -> tuple[ModelSource, list[dict]]:
+def _model_steps(source: ModelSource, recipe: Recipe, data: RunData, progress: Progress,
+                 deadline: float | None = None) -> tuple[ModelSource, list[dict]]:
     """Torch-in, torch-out steps (prune, distill, ...) in recipe order; the original is the teacher."""
     if not recipe.steps:
         return source, []
@@ -175,7 +177,8 @@ def _model_steps(source: ModelSource, recipe: Recipe, data: RunData,
     if source.module is None:
         raise RecipeError("model steps (prune, distill, ...) need a PyTorch model, not an ONNX file")
     ctx = StepContext(train_data=data.get("train"), calibration=data.get("calibration"), eval_data=data.get("eval"),
-                      teacher=source.module, input_specs=source.input_specs, extra={"metric": recipe.metric})
+                      teacher=source.module, input_specs=source.input_specs,
+                      extra={"metric": recipe.metric, "deadline": deadline})
     records = []
     module = source.module
     for index, item in enumerate(recipe.steps, 1):
@@ -217,7 +220,8 @@ def _artifact_steps(ctx: RunContext, source: ModelSource, fp32: ArtifactEntry,
 
     step_ctx = StepContext(calibration=ctx.data.get("calibration"), eval_data=ctx.data.get("eval"),
                            input_specs=source.input_specs,
-                           extra={"channels_last_inputs": list(fp32.details.get("channels_last_inputs", []))})
+                           extra={"channels_last_inputs": list(fp32.details.get("channels_last_inputs", [])),
+                                  "deadline": ctx.deadline})
     budget = _LazyBudget(source, step_ctx, recipe.max_drop, recipe.metric)
     entries = []
     for item in recipe.quantize:

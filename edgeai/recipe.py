@@ -48,6 +48,7 @@ class Recipe:
     data: DataConfig = DataConfig()
     tolerance: Mapping[str, float] = field(default_factory=dict)   # atol/rtol/min_cosine for FP32 parity
     max_drop: float | None = None                                  # accuracy budget for quantization fallback
+    max_minutes: float | None = None                               # a wall for the searches (distill, fallback)
     metric: str | None = None                                      # user metric FILE.py:FUNC / module:FUNC
     summary: SummaryConfig = SummaryConfig()
     output: str | None = None
@@ -192,6 +193,8 @@ def validate(recipe: Recipe) -> None:
                               "--calibration DATA (data.calibration in a recipe)")
     _check_tolerance(recipe.tolerance)
     _check_max_drop(recipe)
+    if recipe.max_minutes is not None and not (math.isfinite(recipe.max_minutes) and recipe.max_minutes > 0):
+        raise RecipeError(f"max_minutes must be a finite number of minutes > 0, got {recipe.max_minutes!r}")
     _check_summary(recipe.summary)
     if recipe.inputs:
         from edgeai.specs import parse_input_spec

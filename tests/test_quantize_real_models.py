@@ -237,3 +237,83 @@ def test_fallback_searches_groups_first_then_the_nodes_of_the_last_group(tmp_pat
     fb = fallback_until_within(quantize, evaluate, 1.0, 0.99, rank, max_evals)
     assert fb.within and fb.chosen_try.excluded == chosen
     assert len(fb.tries) <= max_evals
+
+
+def test_fallback_starts_no_try_past_the_deadline_and_keeps_the_best_within_budget(tmp_path):
+    """The export's max_minutes is a wall for the fallback: a try the slowest try so far says would end past
+    the deadline never starts; a within-budget try found before it is kept, and the notes say why it stopped."""
+    import time
+
+    from edgeai.steps.quant_fallback import fallback_until_within
+    calls = []
+
+    def quantize(excluded):
+        calls.append(excluded)
+        time.sleep(0.3)
+        return tmp_path / f"try{len(calls)}"
+
+    def evaluate(path):
+        return 1.0 - 0.01 * max(0, 4 - len(calls[int(path.name[3:]) - 1]))  # within budget from 3 units in float
+
+    def rank(_):
+        return {f"n{i}": [f"n{i}"] for i in range(8)}, [(f"n{i}", 8.0 - i) for i in range(8)]
+
+    free = fallback_until_within(quantize, evaluate, 1.0, 0.985, rank, 8)
+    assert free.within and not free.stopped_at_deadline and len(free.tries) >= 4
+    calls.clear()
+    t0 = time.time()
+    fb = fallback_until_within(quantize, evaluate, 1.0, 0.985, rank, 8, deadline=t0 + 1.45)
+    assert time.time() - t0 < 1.45 + 0.1          # the wall held (4 tries of 0.3 s; a fifth would pass it)
+    assert fb.stopped_at_deadline and len(fb.tries) < len(free.tries)
+    assert fb.within and len(fb.chosen_try.excluded) >= 3   # k = 4 (doubling 1, 2, 4) was within budget
+    assert any("stopped at the export's max_minutes" in n for n in fb.notes())
+    calls.clear()
+    late = fallback_until_within(quantize, evaluate, 1.0, 0.985, rank, 8, deadline=time.time() + 0.2)
+    assert len(late.tries) == 1 and not late.within and late.stopped_at_deadline
+
+
+def test_export_max_minutes_is_a_wall_for_distillation(tmp_path):
+    """`--max-minutes` reaches the distill step: it stops at the wall with a note naming it."""
+    from edgeai.steps import StepContext
+    from edgeai.steps.distill import DistillConfig, distill
+    import time
+    import torch
+
+    class MLP(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(8, 16), torch.nn.Linear(16, 4)
+
+        def forward(self, x):
+            return self.b(torch.relu(self.a(x)))
+    torch.manual_seed(0)
+    teacher = MLP().eval()
+    train = {"x": np.random.default_rng(0).normal(size=(512, 8)).astype(np.float32)}
+    _, rep = distill(teacher, {"x": torch.zeros(1, 8)}, DistillConfig(epochs=500, batch_size=8),
+                     StepContext(teacher=teacher, train_data=train, extra={"deadline": time.time() + 1.0}))
+    assert rep.details["epochs_run"] < 500
+    assert any(n.startswith("stopped at max_minutes (the export's wall)") for n in rep.notes)
+
+
+def test_max_minutes_must_be_a_positive_number():
+    from edgeai.recipe import Recipe, RecipeError, validate
+    for bad in (0, -1.0, float("inf")):
+        with pytest.raises(RecipeError, match="max_minutes"):
+            validate(Recipe(model="edgeai.zoo.digits:mlp", inputs=("x:batch,64",), max_minutes=bad))
+
+
+def test_export_max_minutes_reaches_the_fallback_search(tmp_path, monkeypatch):
+    """Through the API, the recipe's max_minutes becomes the fallback search's deadline (time.time())."""
+    import time
+
+    from edgeai.steps import quant_fallback
+    seen, real = [], quant_fallback.fallback_until_within
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("deadline"))
+        return real(*args, **kwargs)
+    monkeypatch.setattr(quant_fallback, "fallback_until_within", spy)
+    t0 = time.time()
+    edgeai.export("edgeai.zoo.speaker:speaker_lstm_small", tmp_path / "o", inputs=SPEAKER_INPUTS,
+                  quantize=["int8-dynamic"], max_minutes=5, summary=NO_BENCH)
+    assert len(seen) == 1 and t0 + 300 - 1 < seen[0] < time.time() + 300

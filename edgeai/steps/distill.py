@@ -143,7 +143,9 @@ def _distill(model: Any, names: list[str], config: DistillConfig, ctx: StepConte
     import torch
 
     start, cpu_start = time.monotonic(), time.process_time()
-    out_of_time = (lambda: config.max_minutes is not None and time.monotonic() - start > 60 * config.max_minutes)
+    deadline = ctx.extra.get("deadline")        # the export's wall (recipe max_minutes), time.time() seconds
+    out_of_time = (lambda: (config.max_minutes is not None and time.monotonic() - start > 60 * config.max_minutes)
+                   or (deadline is not None and time.time() > deadline))
     train_x, train_y, n_given = dd.split(ctx.train_data, names, "training data")
     eval_x, eval_y, n_eval = dd.split(ctx.eval_data, names, "eval data")
     metric = _user_metric(config, ctx)
@@ -306,7 +308,9 @@ def _distill(model: Any, names: list[str], config: DistillConfig, ctx: StepConte
     if train_labels is None:
         notes.append("trained on the teacher's outputs only (no labels used in the loss)")
     if out_of_time():
-        notes.append(f"stopped at max_minutes={config.max_minutes:g} after {epochs_run} of {config.epochs} epoch(s)")
+        limit = (f"max_minutes={config.max_minutes:g}" if config.max_minutes is not None
+                 and time.monotonic() - start > 60 * config.max_minutes else "max_minutes (the export's wall)")
+        notes.append(f"stopped at {limit} after {epochs_run} of {config.epochs} epoch(s)")
     if not n_eval:
         notes.append("no eval data: the best epoch was chosen by training loss")
     if best_epoch == 0:

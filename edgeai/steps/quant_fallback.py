@@ -9,6 +9,7 @@ bytes is chosen.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -55,6 +56,7 @@ class FallbackReport:
     units: dict[str, list[str]] = field(default_factory=dict)  # unit -> its nodes (a layer, an LSTM, ...)
     unit_bytes: dict[str, int] = field(default_factory=dict)   # unit -> float weight bytes it keeps when excluded
     samples: int | None = None                                 # samples the budget's metric was measured on
+    stopped_at_deadline: bool = False                          # the time left ended the search (max_minutes)
 
     @property
     def chosen_try(self) -> FallbackTry:
@@ -68,6 +70,10 @@ class FallbackReport:
         warn = ([f"the accuracy budget was measured on only {self.samples} sample(s) (< {MIN_BUDGET_SAMPLES}): "
                  "its metric is noisy; give eval data (--eval-data) with more samples"]
                 if self.samples is not None and self.samples < MIN_BUDGET_SAMPLES else [])
+        if self.stopped_at_deadline:
+            warn = [f"the fallback search stopped at the export's max_minutes after {len(self.tries)} tries "
+                    "(the best try within the budget so far was kept)" if self.within else
+                    f"the fallback search stopped at the export's max_minutes after {len(self.tries)} tries"] + warn
         if not best.excluded and self.within:
             return warn
         kept = (f"{len(best.excluded)} node(s) in FP32 ({g.short_list(list(best.excluded))}) with "
@@ -267,7 +273,8 @@ def onnx_ranker(fp32_path: Path, calib_feeds: Mapping[str, np.ndarray], candidat
 
 def fallback_until_within(quantize: Callable[[tuple[str, ...]], Path], evaluate: Callable[[Path], float],
                           baseline: float, target: float, rank: Ranker, max_evals: int = 8, *,
-                          budget: str = "", samples: int | None = None) -> FallbackReport:
+                          budget: str = "", samples: int | None = None,
+                          deadline: float | None = None) -> FallbackReport:
     """Quantize; while the metric is below `target`, keep the most sensitive units in FP32.
 
     `quantize(excluded)` writes a quantized model with the named parts (ONNX node names, TFLite
@@ -280,21 +287,31 @@ def fallback_until_within(quantize: Callable[[tuple[str, ...]], Path], evaluate:
     nodes, keeping the first k-1 units. At most `max_evals` quantize+evaluate tries in all; the
     within-budget try with the fewest float bytes (then parts) is chosen, else the best try.
     `samples`: how many samples the metric is measured on (noted, with a warning below 32).
+    `deadline` (time.time() seconds): no try starts that the slowest try so far says would end past it.
     """
     report = FallbackReport(baseline=float(baseline), target=float(target), budget=budget, samples=samples)
     sizes: dict[str, int] = {}
+    slowest = [0.0]
+
+    def evals_left() -> int:
+        if deadline is not None and time.time() + slowest[0] > deadline:
+            report.stopped_at_deadline = True
+            return 0
+        return max_evals - len(report.tries)
 
     def attempt(excluded: tuple[str, ...]) -> bool:
+        t0 = time.time()
         path = quantize(excluded)
         metric = float(evaluate(path))
         report.tries.append(FallbackTry(excluded, metric, float(baseline) - metric, str(path),
                                         sum(sizes.get(n, 0) for n in excluded)))
         log.info("fallback try %d: %d part(s) in float, metric %.5g (target %.5g)",
                  len(report.tries), len(excluded), metric, target)
+        slowest[0] = max(slowest[0], time.time() - t0)
         return metric >= target
 
     ok = attempt(())
-    if not ok and max_evals > 1:
+    if not ok and max_evals > 1 and evals_left() > 0:
         ranked = rank(Path(report.tries[0].path))     # a ranker without sizes: every unit costs the same
         report.units, report.ranking, sizes = ranked[0], ranked[1], (ranked[2] if len(ranked) > 2 else {})
         report.unit_bytes = {u: sizes.get(u, 0) for u in report.units}
@@ -303,14 +320,13 @@ def fallback_until_within(quantize: Callable[[tuple[str, ...]], Path], evaluate:
         def with_units(k: int) -> bool:
             return attempt(tuple(n for u in order[:k] for n in report.units[u]))
 
-        k = _smallest_prefix(len(order), with_units, lambda: max_evals - len(report.tries))
+        k = _smallest_prefix(len(order), with_units, evals_left)
         if k:
             ok = True
             members = report.units[order[k - 1]]   # worst node first
             if len(members) > 1:  # groups first, then the last group's own nodes
                 base = tuple(n for u in order[:k - 1] for n in report.units[u])
-                _smallest_prefix(len(members) - 1, lambda j: attempt(base + tuple(members[:j])),
-                                 lambda: max_evals - len(report.tries))
+                _smallest_prefix(len(members) - 1, lambda j: attempt(base + tuple(members[:j])), evals_left)
             report.chosen = min((i for i, t in enumerate(report.tries) if t.metric >= target),
                                 key=lambda i: (report.tries[i].float_bytes, len(report.tries[i].excluded), i))
     report.within = ok
@@ -385,7 +401,8 @@ def quantize_with_fallback(step_name: str, src: str | Path, dst: str | Path, con
 
         fb = fallback_until_within(quantize, evaluate, baseline, target, onnx_ranker(fp32, feeds), max_evals,
                                    budget=budget or (f"drop <= {max_drop:g}" if max_drop is not None
-                                                     else f"metric >= {min_metric:g}"), samples=budget_samples)
+                                                     else f"metric >= {min_metric:g}"), samples=budget_samples,
+                                   deadline=ctx.extra.get("deadline"))
         chosen = fb.chosen_try
         with g.staged_output(dst, src) as out:
             external = g.stores_external_data(chosen.path) or None

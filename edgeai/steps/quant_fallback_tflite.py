@@ -175,7 +175,8 @@ def quantize_tflite_with_fallback(step_name: str, src: str | Path, dst: str | Pa
 
         fb = fallback_until_within(quantize, evaluate, baseline, target, tflite_ranker(src, batches), max_evals,
                                    budget=budget or (f"drop <= {max_drop:g}" if max_drop is not None
-                                                     else f"metric >= {min_metric:g}"), samples=budget_samples)
+                                                     else f"metric >= {min_metric:g}"), samples=budget_samples,
+                                   deadline=ctx.extra.get("deadline"))
         chosen = fb.chosen_try
         atomic_write_bytes(dst, Path(chosen.path).read_bytes())
     report = reports[chosen.path]
