@@ -265,21 +265,24 @@ class PipelineLab:
             from edgeai.extras import install_command
             raise MissingDependencyError(f"--ray needs the ray package: {install_command('ray')}") from None
         if self._ray is None:
-            import edgeai
-            from edgeai.optimize.shipping import Shipper, build_shipped
-            env = {"py_modules": [str(Path(edgeai.__file__).resolve().parent)],   # this edgeai, on every node
-                   "excludes": ["__pycache__", "*.pyc"], "env_vars": {"OMP_NUM_THREADS": "1"}}
+            from edgeai.optimize.shipping import Shipper, build_shipped, staged_code
             self._ray_owned = not ray.is_initialized()   # a session the caller started stays theirs
             try:
-                if self.config.ray == "local":
-                    ray.init(num_cpus=self.config.workers, include_dashboard=False, ignore_reinit_error=True,
-                             log_to_driver=False)
-                else:
-                    ray.init(address=self.config.ray, ignore_reinit_error=True)
+                if not self._ray_owned:
+                    log.info("Ray is already connected: its runtime_env decides how edgeai reaches the nodes")
+                else:   # a job-level runtime_env: Ray uploads the working_dir only there
+                    with staged_code() as code:
+                        env = {"working_dir": str(code), "env_vars": {"OMP_NUM_THREADS": "1"}}
+                        if self.config.ray == "local":   # the nodes are this machine: the working folder's modules
+                            env["env_vars"]["PYTHONPATH"] = os.getcwd()
+                            ray.init(num_cpus=self.config.workers, runtime_env=env, include_dashboard=False,
+                                     log_to_driver=False)
+                        else:
+                            ray.init(address=self.config.ray, runtime_env=env)
             except Exception as e:
                 raise ConfigError(f"cannot connect to the Ray cluster at {self.config.ray!r}: "
                                   f"{type(e).__name__}: {e}") from None
-            self._ray = ray.remote(runtime_env=env)(build_shipped)   # the task's: also in a session already started
+            self._ray = ray.remote(build_shipped)
             self._shipper = Shipper(ray.put)
         return ray
 

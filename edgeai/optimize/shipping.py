@@ -2,6 +2,7 @@
 store, the built candidates come back as bytes, and the driver writes them into the folders it owns."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -11,7 +12,7 @@ import stat
 import tempfile
 from dataclasses import fields
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from edgeai.errors import OutputError
 from edgeai.fsutil import atomic_write_bytes, check_real_dir, real_dirs, remove_unlocked
@@ -22,6 +23,18 @@ from edgeai.optimize.search import Built
 # the recipe's entries that may name a file or folder on the driver (a module:function or hub id stays as it is)
 FILE_SLOTS = ("model", "arch", "example_inputs", "metric", "data/eval", "data/calibration", "data/train")
 _BUILT_FIELDS = {f.name for f in fields(Built)}
+
+
+@contextlib.contextmanager
+def staged_code() -> Iterator[Path]:
+    """A temporary folder holding a copy of this edgeai package, for Ray's runtime_env working_dir: every node
+    imports the driver's edgeai from it, and Ray then adds none of the driver's own folders to the nodes' path."""
+    import edgeai
+
+    with tempfile.TemporaryDirectory(prefix="edgeai-ray-code-") as tmp:
+        shutil.copytree(Path(edgeai.__file__).resolve().parent, Path(tmp, "edgeai"),
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        yield Path(tmp)
 
 
 def safe_parts(rel: Any) -> tuple[str, ...]:
@@ -230,18 +243,20 @@ def build_shipped(shipped: Mapping[str, Any], get: Callable[[list], list] | None
         get = ray.get
     root = real_dirs(tempfile.gettempdir(), "edgeai-ray-units")
     remove_unlocked(root.glob("unit-*"))
-    folder, lock = new_unit_dir(root)
+    folder = lock = None
     try:
+        folder, lock = new_unit_dir(root)
         try:
             job, paths = unpack(shipped, folder, get)
         except (OutputError, OSError) as e:  # this node's disk, or a damaged transfer: not the candidate's
             return {"results": {cid: {"id": cid, "error": f"cannot unpack the job on this node: {e}", "transient": True}
                                 for cid in shipped["ids"].values()}, "paths": {}}
         results = build_unit(job)
-        for cid, result in results.items():
+        for result in results.values():
             if result.get("folder"):
                 result["files"] = read_artifacts(Path(result["folder"]))
         return {"results": results, "paths": paths}
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
-        os.close(lock)
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+            os.close(lock)
