@@ -180,24 +180,43 @@ def test_builds_on_a_two_node_cluster_ship_code_and_inputs_and_match_the_process
         assert not units.exists() or not list(units.iterdir())
 
 
-@pytest.mark.slow  # ~15 s, with the cluster of the test above
-def test_a_cluster_build_past_the_deadline_is_stopped_and_leaves_no_unit_folder(cluster, driver, tmp_path):
+# a model that takes two minutes to load on a node (at once on the driver): a build that is surely running
+SLOW_MODEL_PY = MODEL_PY + """
+
+def slow():
+    import os, time
+    node = os.environ.get("EDGEAI_TEST_NODE")
+    if node:
+        open(os.path.join(node, "started"), "w").close()
+        for _ in range(1200):   # Python code, as most of a build is: Ray's cancel interrupts it between sleeps
+            time.sleep(0.1)
+    return make()
+"""
+
+
+@pytest.mark.slow  # ~30 s, with the cluster of the test above
+def test_a_cluster_build_running_at_the_deadline_is_stopped_and_its_node_folder_removed(cluster, driver, tmp_path):
     from edgeai.optimize.candidates import Unit
     from edgeai.optimize.config import OptimizeConfig
     from edgeai.optimize.lab import PipelineLab
 
-    cfg = OptimizeConfig(model=f"{driver}/model.py:make", inputs=("x:batch,6",), eval_data=str(driver / "eval.npz"),
+    (driver / "slow.py").write_text(SLOW_MODEL_PY)
+    cfg = OptimizeConfig(model=f"{driver}/slow.py:slow", inputs=("x:batch,6",), eval_data=str(driver / "eval.npz"),
                          max_drop=1.0, formats=("onnx",), ray=cluster["address"])
     lab = PipelineLab(cfg, tmp_path / "lab")
     dest = tmp_path / "cand"
     dest.mkdir()
+    t0 = time.monotonic()
     try:
-        out = lab.build([Unit("onnx", (), ())], {"onnx/fp32": dest}, deadline=lab.clock() + 0.5)
+        out = lab.build([Unit("onnx", (), ())], {"onnx/fp32": dest}, deadline=lab.clock() + 25)
     finally:
         lab.close()
+    assert time.monotonic() - t0 < 40   # the budget, not the two-minute load, ended it
     assert out["onnx/fp32"].interrupted and "stopped at the budget" in out["onnx/fp32"].error
     assert list(dest.iterdir()) == []
-    end = time.monotonic() + 30   # a cancelled task unwinds on its node and removes its folder
+    started = [n for n in ("head", "worker") if (cluster[n].folder / "started").exists()]
+    assert started, "the build never started on a node"
+    end = time.monotonic() + 30   # the cancelled task unwinds on its node and removes its folder
     while time.monotonic() < end:
         left = [p for n in ("head", "worker") for p in (cluster[n].tmp / "edgeai-ray-units").glob("unit-*")]
         if not left:
