@@ -170,7 +170,7 @@ def test_builds_on_a_two_node_cluster_ship_code_and_inputs_and_match_the_process
     repo = str(Path(__file__).resolve().parent.parent)
     for name, rows in seen.items():
         node = cluster[name]
-        for row in rows:   # the node's own copies: its temp dir, edgeai from Ray's py_modules, not the checkout
+        for row in rows:   # the node's own copies: its temp dir, edgeai from the job's working_dir, not the checkout
             assert row["metric"].startswith(str(node.tmp)) and str(driver) not in row["metric"], row
             assert row["edgeai"].startswith(str(node.tmp)) and "runtime_resources" in row["edgeai"], row
             assert row["cwd"].startswith(str(node.tmp)), row

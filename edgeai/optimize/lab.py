@@ -232,20 +232,22 @@ class PipelineLab:
         pool.shutdown(wait=False, cancel_futures=True)
 
     def _run_ray(self, jobs: list[dict], deadline: float | None) -> list[dict]:
-        """The jobs as Ray tasks: edgeai's code travels as a runtime_env py_module, each job's input files
+        """The jobs as Ray tasks: edgeai's code travels as the job's working_dir, each job's input files
         through the object store (shipping.Shipper), and the artifacts come back as bytes written here, so
         no node needs this machine's paths (`local` starts a cluster here and takes the same road)."""
         ray = self._connect_ray()
         shipped = [self._shipper.ship(job) for job in jobs]
         refs = [self._ray.remote(s) for s, _ in shipped]
-        out = []
+        out, cancelled = [], set()
         try:
             for i, (job, (_, originals), ref) in enumerate(zip(jobs, shipped, refs)):
                 try:
+                    if ref in cancelled:
+                        raise ray.exceptions.TaskCancelledError()
                     got = ray.get(ref, timeout=None if deadline is None else max(deadline - self.clock(), 0.0))
-                except (ray.exceptions.GetTimeoutError, ray.exceptions.TaskCancelledError) as e:
-                    if isinstance(e, ray.exceptions.GetTimeoutError):  # every build still running stops now
-                        _cancel(ray, ray.wait(refs[i:], num_returns=len(refs) - i, timeout=0)[1])
+                except (ray.exceptions.GetTimeoutError, ray.exceptions.TaskCancelledError):
+                    if not cancelled:   # the budget is spent: every build still running stops now
+                        cancelled.update(_cancel(ray, ray.wait(refs[i:], num_returns=len(refs) - i, timeout=0)[1]))
                     out.append(_stopped(job, "stopped at the budget while it was being built"))
                     continue
                 except Exception as e:  # the task's process died, or Ray failed it
@@ -274,7 +276,8 @@ class PipelineLab:
                     with staged_code() as code:
                         env = {"working_dir": str(code), "env_vars": {"OMP_NUM_THREADS": "1"}}
                         if self.config.ray == "local":   # the nodes are this machine: the working folder's modules
-                            env["env_vars"]["PYTHONPATH"] = os.getcwd()
+                            env["env_vars"]["PYTHONPATH"] = os.pathsep.join(
+                                [os.getcwd(), *filter(None, [os.environ.get("PYTHONPATH")])])
                             ray.init(num_cpus=self.config.workers, runtime_env=env, include_dashboard=False,
                                      log_to_driver=False)
                         else:
@@ -329,14 +332,15 @@ class PipelineLab:
         return out
 
 
-def _cancel(ray, refs: list, grace_s: float = 5.0) -> None:
-    """Cancel Ray tasks: first as an interrupt, so each unwinds and removes its unit folder on its node,
-    then outright for those still running after `grace_s` (a build stuck in native code)."""
+def _cancel(ray, refs: list, grace_s: float = 5.0) -> list:
+    """Cancel Ray tasks (returns `refs`): first as an interrupt, so each unwinds and removes its unit folder
+    on its node, then outright for those still running after `grace_s` (a build stuck in native code)."""
     for ref in refs:
         ray.cancel(ref)
-    _, running = ray.wait(refs, num_returns=len(refs), timeout=grace_s)
-    for ref in running:
-        ray.cancel(ref, force=True)
+    if refs:
+        for ref in ray.wait(refs, num_returns=len(refs), timeout=grace_s)[1]:
+            ray.cancel(ref, force=True)
+    return refs
 
 
 def _stopped(job: dict, why: str) -> dict:
