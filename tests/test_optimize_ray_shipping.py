@@ -3,6 +3,7 @@ bytes and land only inside the candidate's folder, whatever names a buggy or hos
 import hashlib
 import json
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -103,6 +104,55 @@ def test_module_specs_and_hub_ids_travel_as_they_are(tmp_path):
            "ids": {"fp32": "onnx/fp32"}}
     shipped, _ = Shipper(store.put).ship(job)
     assert shipped["recipe"] == job["recipe"] and not shipped["files"] and not store.blobs
+
+
+def test_an_onnx_model_ships_with_its_external_data_an_hf_folder_whole_a_data_folder_its_npy_files(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    d = tmp_path / "in"
+    (d / "hf-model" / "sub").mkdir(parents=True)
+    (d / "hf-model" / "config.json").write_text("{}")
+    (d / "hf-model" / "sub" / "tokenizer.json").write_text("{}")
+    (d / "calib").mkdir()
+    np.save(d / "calib" / "x.npy", np.ones((2, 4), np.float32))
+    (d / "calib" / "notes.bin").write_bytes(b"\0" * 1000)   # not read by load_feeds: not shipped
+    w = numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [w])
+    onnx.save(helper.make_model(graph), str(d / "m.onnx"), save_as_external_data=True, location="m.weights",
+              size_threshold=0)
+    (d / "distill_metric.py").write_text(METRIC_PY)
+    store = Store()
+    recipe = {"model": str(d / "m.onnx"), "arch": f"hf:{d / 'hf-model'}", "data": {"calibration": str(d / "calib")},
+              "steps": [{"prune": {"ratio": 0.5}}, {"distill": {"metric": f"{d}/distill_metric.py:neg_mse"}}]}
+    shipped, originals = Shipper(store.put).ship({"recipe": recipe, "ids": {"fp32": "onnx/fp32"}})
+    files = shipped["files"]
+    assert sorted(files["model"]["entries"]) == ["m.onnx", "m.weights"]
+    assert sorted(files["arch"]["entries"]) == ["hf-model/config.json", "hf-model/sub/tokenizer.json"]
+    assert sorted(files["data/calibration"]["entries"]) == ["calib/x.npy"]
+    assert originals["steps/1/distill/metric"] == f"{d}/distill_metric.py" and str(d) not in json.dumps(shipped)
+
+    (tmp_path / "worker").mkdir()
+    job, _ = unpack(shipped, tmp_path / "worker", store.get)
+    got = job["recipe"]
+    assert got["arch"].startswith(f"hf:{tmp_path / 'worker'}") and Path(got["arch"][3:], "sub", "tokenizer.json").is_file()
+    assert got["steps"][1]["distill"]["metric"].endswith("/distill_metric.py:neg_mse")
+    model = onnx.load(got["model"])   # its weights are found beside it
+    assert np.array_equal(numpy_helper.to_array(model.graph.initializer[0]), np.ones((4, 4), np.float32))
+
+
+def test_a_malformed_result_from_a_worker_fails_its_candidates_and_never_the_run(tmp_path):
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    job = {"ids": {"fp32": "onnx/fp32"}, "dests": {"onnx/fp32": str(dest)}}
+    shipper = Shipper(Store().put)
+    for out in (None, {"results": ["x"]}, {"results": {"onnx/fp32": {"id": "onnx/fp32", "files": [["a"]]}}},
+                {"results": {"onnx/fp32": {"id": "onnx/fp32", "files": 7}}, "paths": [1]},
+                {"results": {"onnx/fp32": {"id": "onnx/fp32", "value": 1.0}}}):
+        r = shipper.land(out, job, {})["onnx/fp32"]
+        assert r["error"] and r["transient"] and list(dest.iterdir()) == [], (out, r)
 
 
 def test_a_damaged_input_is_refused_on_the_worker(driver, tmp_path):

@@ -7,6 +7,7 @@ import copy
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -20,8 +21,10 @@ from edgeai.manifest import MANIFEST_NAME
 from edgeai.optimize.builder import build_unit, new_unit_dir
 from edgeai.optimize.search import Built
 
-# the recipe's entries that may name a file or folder on the driver (a module:function or hub id stays as it is)
+# the recipe's entries that may name a file or folder on the driver (a module:function or hub id stays as it is),
+# and a distill step's own metric (steps/N/distill/metric)
 FILE_SLOTS = ("model", "arch", "example_inputs", "metric", "data/eval", "data/calibration", "data/train")
+_STEP_METRIC = re.compile(r"^steps/\d+/distill/metric$")
 _BUILT_FIELDS = {f.name for f in fields(Built)}
 
 
@@ -52,16 +55,25 @@ def _digest(blob: bytes) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
-def _get(recipe: Mapping, slot: str):
+def _slots(recipe: Mapping) -> list[str]:
+    steps = recipe.get("steps") or []
+    return [*FILE_SLOTS, *(f"steps/{i}/distill/metric" for i, step in enumerate(steps)
+                           if isinstance(step, Mapping) and isinstance(step.get("distill"), Mapping))]
+
+
+def _get(recipe: Any, slot: str):
     for key in slot.split("/"):
-        recipe = recipe.get(key) if isinstance(recipe, Mapping) else None
+        if isinstance(recipe, list) and key.isdigit() and int(key) < len(recipe):
+            recipe = recipe[int(key)]
+        else:
+            recipe = recipe.get(key) if isinstance(recipe, Mapping) else None
     return recipe
 
 
-def _set(recipe: dict, slot: str, value: str) -> None:
+def _set(recipe: Any, slot: str, value: str) -> None:
     *parents, last = slot.split("/")
     for key in parents:
-        recipe = recipe[key]
+        recipe = recipe[int(key)] if isinstance(recipe, list) else recipe[key]
     recipe[last] = value
 
 
@@ -78,9 +90,10 @@ def local_target(spec: Any) -> tuple[Path, str, str] | None:
     return (path, prefix, suffix) if path.exists() else None
 
 
-def _tree(path: Path) -> dict[str, Path]:
+def _tree(path: Path, data: bool = False) -> dict[str, Path]:
     """{name relative to path's parent: file} of what loading `path` reads: a file (an ONNX model with its
-    external data), or every file below a folder (links to files are read, links to folders are not walked)."""
+    external data), the .npy files of a `data` folder, or every file below another folder (an hf: model;
+    links to files are read, links to folders are not walked)."""
     if path.is_file():
         files = {path.name: path}
         if path.suffix.lower() == ".onnx":
@@ -89,8 +102,8 @@ def _tree(path: Path) -> dict[str, Path]:
                 safe_parts(name)  # data outside the model's folder is not shipped (export refuses it too)
                 files[name] = path.parent / name
         return files
-    return {PurePosixPath(path.name, f.relative_to(path).as_posix()).as_posix(): f
-            for f in sorted(path.rglob("*")) if f.is_file()}
+    found = path.glob("*.npy") if data else path.rglob("*")
+    return {PurePosixPath(path.name, f.relative_to(path).as_posix()).as_posix(): f for f in sorted(found) if f.is_file()}
 
 
 class Shipper:
@@ -116,12 +129,12 @@ class Shipper:
         """(the job with no path of this machine in it, {slot: the text it named the file by here})."""
         recipe = copy.deepcopy(dict(job["recipe"]))
         files, originals = {}, {}
-        for slot in FILE_SLOTS:
+        for slot in _slots(recipe):
             found = local_target(_get(recipe, slot))
             if found is None:
                 continue
             path, prefix, suffix = found
-            entries = {rel: self._ref(f) for rel, f in _tree(path).items()}
+            entries = {rel: self._ref(f) for rel, f in _tree(path, data=slot.startswith("data/")).items()}
             tree = _digest(json.dumps(sorted((rel, sha) for rel, (sha, _) in entries.items())).encode())
             files[slot] = {"root": path.name, "prefix": prefix, "suffix": suffix, "tree": tree,
                            "entries": {rel: list(v) for rel, v in entries.items()}}
@@ -134,31 +147,35 @@ class Shipper:
 
     def land(self, out: Any, job: Mapping[str, Any], originals: Mapping[str, str]) -> dict[str, dict]:
         """The unit's results with every built candidate's files written into its folder in job["dests"];
-        a candidate whose files are refused (a name outside its folder, a sha256 that does not match) fails,
-        transient (not cached), and its folder is left empty."""
-        paths = {local: originals[slot] for local, slot in (out.get("paths") or {}).items() if slot in originals}
+        a candidate whose result or files are refused (a name outside its folder, a sha256 that does not
+        match, anything malformed) fails, transient (not cached), and its folder is left empty."""
+        shipped = out.get("paths") if isinstance(out, Mapping) else None
+        paths = {local: originals[slot] for local, slot in (shipped if isinstance(shipped, Mapping) else {}).items()
+                 if isinstance(local, str) and slot in originals}
+        returned = out.get("results") if isinstance(out, Mapping) else None
         results = {}
         for cid in job["ids"].values():
-            result = (out.get("results") or {}).get(cid)
-            if not isinstance(result, Mapping):
-                results[cid] = {"id": cid, "error": "the Ray task returned no result for it", "transient": True}
-                continue
-            result = _restore({k: v for k, v in result.items() if k in _BUILT_FIELDS or k == "files"}, paths)
-            files = result.pop("files", None)
-            result["id"] = cid
-            if files is not None and not result.get("error"):
-                dest = Path(job["dests"][cid])
-                try:
-                    write_artifacts(files, dest, paths)
-                    result["folder"] = str(dest)
-                except (OutputError, OSError, TypeError, ValueError) as e:
-                    shutil.rmtree(dest, ignore_errors=True)
-                    dest.mkdir()
-                    result = {"id": cid, "error": f"its built files were refused: {e}", "transient": True}
-            elif not result.get("error"):
-                result = {"id": cid, "error": "the Ray task returned no files for it", "transient": True}
-            results[cid] = result
+            dest = Path(job["dests"][cid])
+            try:
+                results[cid] = _land_one((returned or {}).get(cid), cid, dest, paths)
+            except (OutputError, OSError, AttributeError, TypeError, ValueError, RecursionError) as e:
+                shutil.rmtree(dest, ignore_errors=True)
+                dest.mkdir()
+                results[cid] = {"id": cid, "error": f"its built files were refused: {e}", "transient": True}
         return results
+
+
+def _land_one(result: Any, cid: str, dest: Path, paths: Mapping[str, str]) -> dict:
+    if not isinstance(result, Mapping):
+        return {"id": cid, "error": "the Ray task returned no result for it", "transient": True}
+    files = result.get("files")
+    result = {**_restore({k: v for k, v in result.items() if k in _BUILT_FIELDS}, paths), "id": cid}
+    if result.get("error"):
+        return {**result, "folder": None}
+    if files is None:
+        return {"id": cid, "error": "the Ray task returned no files for it", "transient": True}
+    write_artifacts(files, dest, paths)
+    return {**result, "folder": str(dest)}
 
 
 def write_artifacts(files: list, dest: Path, paths: Mapping[str, str] | None = None) -> None:
@@ -200,7 +217,7 @@ def unpack(shipped: Mapping[str, Any], folder: Path, get: Callable[[list], list]
     recipe = copy.deepcopy(dict(shipped["recipe"]))
     paths, written = {}, set()
     for slot, f in shipped["files"].items():
-        if slot not in FILE_SLOTS:
+        if slot not in FILE_SLOTS and not _STEP_METRIC.match(str(slot)):
             raise OutputError(f"the job ships an unknown entry {slot!r}")
         base = real_dirs(folder, "inputs", str(f["tree"])[:16])
         if f["tree"] not in written:
