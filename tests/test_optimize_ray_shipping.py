@@ -259,3 +259,15 @@ def onnx_graph(path) -> bytes:
         del node.metadata_props[:]
         node.doc_string = ""
     return model.graph.SerializeToString()
+
+
+def test_a_data_folder_named_dot_ships_under_its_own_name(tmp_path, monkeypatch):
+    (tmp_path / "feeds").mkdir()
+    np.save(tmp_path / "feeds" / "x.npy", np.zeros((2, 3), np.float32))
+    monkeypatch.chdir(tmp_path / "feeds")
+    store = Store()
+    shipped, originals = Shipper(store.put).ship({"recipe": {"data": {"eval": "."}}, "ids": {}})
+    assert list(shipped["files"]["data/eval"]["entries"]) == ["feeds/x.npy"] and originals["data/eval"] == "."
+    (tmp_path / "w").mkdir()
+    job, _ = unpack(shipped, tmp_path / "w", store.get)
+    assert np.array_equal(np.load(Path(job["recipe"]["data"]["eval"], "x.npy")), np.zeros((2, 3), np.float32))

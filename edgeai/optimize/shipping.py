@@ -134,6 +134,7 @@ class Shipper:
             if found is None:
                 continue
             path, prefix, suffix = found
+            path = Path(os.path.abspath(path))   # "." or "a/.." named by what they are; links are not followed
             entries = {rel: self._ref(f) for rel, f in _tree(path, data=slot.startswith("data/")).items()}
             tree = _digest(json.dumps(sorted((rel, sha) for rel, (sha, _) in entries.items())).encode())
             files[slot] = {"root": path.name, "prefix": prefix, "suffix": suffix, "tree": tree,
