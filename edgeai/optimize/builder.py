@@ -6,6 +6,7 @@ import logging
 import os
 import shutil
 import signal
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -13,7 +14,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from edgeai.errors import EdgeAIError, MissingDependencyError, Terminated
-from edgeai.fsutil import check_real_dir, copy_new_file
+from edgeai.fsutil import check_real_dir, copy_new_file, hold_lock
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,16 @@ def build_unit(job: Mapping[str, Any]) -> dict[str, dict]:
         _building = False
         shutil.rmtree(job["work"], ignore_errors=True)
     return {cid: {"id": cid, "error": error} for cid in ids.values()}
+
+
+def new_unit_dir(parent: Path) -> tuple[Path, int]:
+    """(a fresh `unit-*` folder in `parent`, the descriptor of the lock held on it): made under another name
+    and renamed once locked, so remove_unlocked (another process sweeping stale units) never takes it."""
+    new = Path(tempfile.mkdtemp(prefix=".new-unit-", dir=parent))
+    lock = hold_lock(new)
+    folder = new.with_name(new.name.removeprefix(".new-"))
+    new.rename(folder)
+    return folder, lock
 
 
 def cap_distillation(recipe: Mapping[str, Any], deadline: float | None, after_s: float,

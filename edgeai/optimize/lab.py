@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 
 from edgeai.errors import ConfigError, MissingDependencyError
-from edgeai.fsutil import hold_lock, remove_unlocked
-from edgeai.optimize.builder import build_unit, target_options, unit_recipe, worker_init
+from edgeai.fsutil import remove_unlocked
+from edgeai.optimize.builder import build_unit, new_unit_dir, target_options, unit_recipe, worker_init
 from edgeai.optimize.candidates import Unit, step_name
 from edgeai.optimize.config import OptimizeConfig
 from edgeai.optimize.search import Built
@@ -61,7 +61,8 @@ class PipelineLab:
         self.target = target_options(self._device_env["cpu"]) if self._device_env else None
         self._identity = {**self._inspect(), "target": self.target}
         self._pool: ProcessPoolExecutor | None = None
-        self._ray = None
+        self._ray = self._shipper = None
+        self._ray_owned = False
         self._units: dict[str, int] = {}   # unit folders made and not removed yet -> the lock held on each
         remove_unlocked(work_dir.glob("unit-*"))  # left by an optimize that was killed (SIGKILL, power loss)
 
@@ -160,13 +161,9 @@ class PipelineLab:
 
     def _unit_dir(self) -> Path:
         """A fresh folder for one unit's build (the worker removes it; so does close, if the worker died).
-        It is locked while this Lab lives, so another optimize sharing the cache never takes it for stale;
-        made under another name and renamed once locked, so it is never seen unlocked."""
+        It is locked while this Lab lives, so another optimize sharing the cache never takes it for stale."""
         Path(self.work_dir).mkdir(parents=True, exist_ok=True)
-        new = Path(tempfile.mkdtemp(prefix=".new-unit-", dir=self.work_dir))
-        lock = hold_lock(new)
-        folder = new.with_name(new.name.removeprefix(".new-"))
-        new.rename(folder)
+        folder, lock = new_unit_dir(self.work_dir)
         self._units[str(folder)] = lock
         return folder
 
@@ -235,41 +232,62 @@ class PipelineLab:
         pool.shutdown(wait=False, cancel_futures=True)
 
     def _run_ray(self, jobs: list[dict], deadline: float | None) -> list[dict]:
+        """The jobs as Ray tasks: edgeai's code travels as the job's working_dir, each job's input files
+        through the object store (shipping.Shipper), and the artifacts come back as bytes written here, so
+        no node needs this machine's paths (`local` starts a cluster here and takes the same road)."""
+        ray = self._connect_ray()
+        shipped = [self._shipper.ship(job) for job in jobs]
+        refs = [self._ray.remote(s) for s, _ in shipped]
+        out, cancelled = [], set()
+        try:
+            for i, (job, (_, originals), ref) in enumerate(zip(jobs, shipped, refs)):
+                try:
+                    if ref in cancelled:
+                        raise ray.exceptions.TaskCancelledError()
+                    got = ray.get(ref, timeout=None if deadline is None else max(deadline - self.clock(), 0.0))
+                except (ray.exceptions.GetTimeoutError, ray.exceptions.TaskCancelledError):
+                    if not cancelled:   # the budget is spent: every build still running stops now
+                        cancelled.update(_cancel(ray, ray.wait(refs[i:], num_returns=len(refs) - i, timeout=0)[1]))
+                    out.append(_stopped(job, "stopped at the budget while it was being built"))
+                    continue
+                except Exception as e:  # the task's process died, or Ray failed it
+                    error = f"the Ray task failed: {type(e).__name__}: {' '.join(str(e).split())[:200]}"
+                    out.append({cid: {"id": cid, "error": error, "transient": True} for cid in job["ids"].values()})
+                    continue
+                out.append(self._shipper.land(got if isinstance(got, dict) else {}, job, originals))
+        except BaseException:   # Stopped (a signal): no task outlives the search
+            _cancel(ray, refs)
+            raise
+        return out
+
+    def _connect_ray(self):
         try:
             import ray
         except ImportError:
             from edgeai.extras import install_command
             raise MissingDependencyError(f"--ray needs the ray package: {install_command('ray')}") from None
         if self._ray is None:
-            root = str(Path(__file__).resolve().parent.parent.parent)
-            env = {"env_vars": {"PYTHONPATH": root, "OMP_NUM_THREADS": "1"}}
+            from edgeai.optimize.shipping import Shipper, build_shipped, staged_code
+            self._ray_owned = not ray.is_initialized()   # a session the caller started stays theirs
             try:
-                if self.config.ray == "local":
-                    ray.init(num_cpus=self.config.workers, runtime_env=env, include_dashboard=False,
-                             ignore_reinit_error=True, log_to_driver=False)
-                else:
-                    ray.init(address=self.config.ray, runtime_env=env, ignore_reinit_error=True)
+                if not self._ray_owned:
+                    log.info("Ray is already connected: its runtime_env decides how edgeai reaches the nodes")
+                else:   # a job-level runtime_env: Ray uploads the working_dir only there
+                    with staged_code() as code:
+                        env = {"working_dir": str(code), "env_vars": {"OMP_NUM_THREADS": "1"}}
+                        if self.config.ray == "local":   # the nodes are this machine: the working folder's modules
+                            env["env_vars"]["PYTHONPATH"] = os.pathsep.join(
+                                [os.getcwd(), *filter(None, [os.environ.get("PYTHONPATH")])])
+                            ray.init(num_cpus=self.config.workers, runtime_env=env, include_dashboard=False,
+                                     log_to_driver=False)
+                        else:
+                            ray.init(address=self.config.ray, runtime_env=env)
             except Exception as e:
                 raise ConfigError(f"cannot connect to the Ray cluster at {self.config.ray!r}: "
                                   f"{type(e).__name__}: {e}") from None
-            self._ray = ray.remote(build_unit)
-        refs = [self._ray.remote(job) for job in jobs]
-        out = []
-        for job, ref in zip(jobs, refs):
-            try:
-                out.append(ray.get(ref, timeout=None if deadline is None else max(deadline - self.clock(), 0.0)))
-            except ray.exceptions.GetTimeoutError:
-                ray.cancel(ref, force=True)
-                out.append(_stopped(job, "stopped at the budget while it was being built"))
-            except BaseException as e:
-                if not isinstance(e, Exception):   # Stopped (a signal): no task outlives the search
-                    for r in refs:
-                        ray.cancel(r, force=True)
-                    raise
-                # the task's process died, or Ray failed it
-                error = f"the Ray task failed: {type(e).__name__}: {' '.join(str(e).split())[:200]}"
-                out.append({cid: {"id": cid, "error": error, "transient": True} for cid in job["ids"].values()})
-        return out
+            self._ray = ray.remote(build_shipped)
+            self._shipper = Shipper(ray.put)
+        return ray
 
     def close(self, abort: bool = False) -> None:
         """Shut the build workers down (`abort`: interrupt the builds running now, e.g. on SIGTERM or an
@@ -283,10 +301,11 @@ class PipelineLab:
             self._pool = None
         for folder in list(self._units):
             self._remove_unit(folder)
-        if self._ray is not None and self.config.ray == "local":
-            import ray
-            ray.shutdown()
-            self._ray = None
+        if self._ray is not None:
+            if self._ray_owned:   # the objects it put go with the connection; a cluster it started, too
+                import ray
+                ray.shutdown()
+            self._ray = self._shipper = None
 
     # ------------------------------------------------------------------ timing (serialized, fresh processes)
     def time(self, folders: dict[str, str]) -> dict[str, dict]:
@@ -311,6 +330,17 @@ class PipelineLab:
                 o["p90"].append(res.timing.p90_ms)
                 o["peak_rss_bytes"] = max(o["peak_rss_bytes"] or 0, res.peak_rss_bytes or 0) or None
         return out
+
+
+def _cancel(ray, refs: list, grace_s: float = 5.0) -> list:
+    """Cancel Ray tasks (returns `refs`): first as an interrupt, so each unwinds and removes its unit folder
+    on its node, then outright for those still running after `grace_s` (a build stuck in native code)."""
+    for ref in refs:
+        ray.cancel(ref)
+    if refs:
+        for ref in ray.wait(refs, num_returns=len(refs), timeout=grace_s)[1]:
+            ray.cancel(ref, force=True)
+    return refs
 
 
 def _stopped(job: dict, why: str) -> dict:
