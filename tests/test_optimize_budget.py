@@ -269,6 +269,9 @@ def test_a_distillation_in_flight_is_cut_to_end_before_the_deadline():
     roomy, cap = cap_distillation(recipe, deadline=1000.0 + 3600, after_s=60.0, now=1000.0)
     assert cap is None and roomy["steps"] == recipe["steps"]      # 8 min fit: left as planned
     assert cap_distillation(recipe, None, 60.0, 1000.0) == (recipe, None)
+    # the export's wall: its accuracy fallback search stops at the same time left
+    assert capped["max_minutes"] == 4 and roomy["max_minutes"] == 59
+    assert cap_distillation({**recipe, "max_minutes": 2}, 1000.0 + 300, 60.0, 1000.0)[0]["max_minutes"] == 2
 
 
 def test_a_build_past_its_deadline_is_killed_and_leaves_no_staging(tmp_path):

@@ -126,7 +126,8 @@ def new_unit_dir(parent: Path) -> tuple[Path, int]:
 def cap_distillation(recipe: Mapping[str, Any], deadline: float | None, after_s: float,
                      now: float) -> tuple[dict, float | None]:
     """`recipe` with each distill step's max_minutes cut so that it ends `after_s` seconds before
-    `deadline` (time.time() seconds), and the cap in minutes when it cut one (else None)."""
+    `deadline` (time.time() seconds), and the cap in minutes when it cut one (else None). The recipe's own
+    max_minutes (the export's wall: the accuracy fallback search stops there too) is cut the same way."""
     if deadline is None:
         return dict(recipe), None
     left = max((deadline - now - after_s) / 60, 0.01)
@@ -136,7 +137,8 @@ def cap_distillation(recipe: Mapping[str, Any], deadline: float | None, after_s:
         if isinstance(opts, Mapping) and (opts.get("max_minutes") is None or opts["max_minutes"] > left):
             step, cap = {"distill": {**opts, "max_minutes": round(left, 3)}}, round(left, 3)
         steps.append(step)
-    return {**recipe, "steps": steps}, cap
+    wall = recipe.get("max_minutes")
+    return {**recipe, "steps": steps, "max_minutes": round(left if wall is None else min(wall, left), 3)}, cap
 
 
 def distill_summary(entry) -> dict | None:
