@@ -1,0 +1,74 @@
+"""The device side of a remote run: `python -m edgeai.bench.run_agent < JOB.json` runs artifacts on inputs, prints the outputs.
+
+The host (edgeai.bench.ssh_run) uploads each file once into CACHE/blobs/SHA256, as for a benchmark
+(edgeai.bench.agent), and sends {"cache", "incoming", "threads", "targets": [{"target": Target,
+"files": [[name, sha256], ...], "inputs": sha256 of an .npz}]}. Each artifact runs in `edgeai.runtime`
+(never torch) in a child process of its own (edgeai.runtime.subproc), so a runtime that crashes on one
+fails that target only, in batches the model accepts (edgeai.evaluate.run_batched). One JSON line on
+stdout: {"results": [{"names": [output names], "npz": base64 .npz of arr_0, arr_1, ...} or {"error": why}]}.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from edgeai.bench.agent import device_target, store_incoming, target_folder
+from edgeai.bench.targets import Target
+from edgeai.errors import EdgeAIError
+
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def run_target(cache: Path, spec: Mapping, threads: int | None) -> dict:
+    """All outputs of one target on its inputs, encoded for the JSON line."""
+    from edgeai.evaluate import run_batched
+    from edgeai.runtime import resolve
+    from edgeai.runtime.subproc import IsolatedSession
+
+    if not SHA256.match(str(spec["inputs"])):
+        raise RuntimeError(f"inputs {spec['inputs']!r} is not a sha256")
+    target = device_target(Target.from_dict(spec["target"]), target_folder(cache, spec["files"]), spec["files"])
+    file, fmt = resolve(target.path, target.artifact)   # checked against its manifest's sha256
+    session = IsolatedSession(file, fmt, threads=threads)
+    with np.load(cache / "blobs" / spec["inputs"], allow_pickle=False) as z:
+        feeds = {name: z[name] for name in z.files}
+    outputs = run_batched(session, feeds)
+    names = list(outputs)
+    buf = io.BytesIO()
+    np.savez(buf, *[outputs[n] for n in names])
+    return {"names": names, "npz": base64.b64encode(buf.getvalue()).decode("ascii")}
+
+
+def run_job(job: Mapping) -> dict:
+    cache = Path(job["cache"])
+    if job.get("incoming"):
+        store_incoming(Path(job["incoming"]), cache / "blobs")
+    results = []
+    for spec in job["targets"]:
+        try:
+            results.append(run_target(cache, spec, job.get("threads")))
+        except EdgeAIError as e:   # the runtime's own one-line message (an op it lacks, a crash with its signal)
+            results.append({"error": str(e)})
+        except Exception as e:
+            results.append({"error": f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"})
+    return {"results": results}
+
+
+def main() -> int:
+    import logging
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="edgeai device: %(message)s")
+    job = json.load(sys.stdin)
+    json.dump(run_job(job), sys.stdout)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
