@@ -1,4 +1,4 @@
-"""Accuracy measured where it runs: with --device, the budget is judged on outputs the device's edgeai.runtime computed."""
+"""Accuracy measured where it runs: with --device, the budget is judged on outputs computed on the device."""
 from __future__ import annotations
 
 import json

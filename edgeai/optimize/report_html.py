@@ -50,7 +50,8 @@ def report_html(report: dict, png: bytes) -> str:
         rows.append(
             f'<tr class="s-{escape(c["status"])}"><td class="l"><code>{escape(c["id"])}</code></td>'
             f'<td class="l">{escape(c["status"])}</td><td>{_f(size, ".3f")}</td><td>{_f(c["p50_ms"], ".4g")}</td>'
-            f'<td>{_f(c["p90_ms"], ".4g")}</td><td>{_f(c["speedup"], ".2f")}</td><td>{escape(metric_cell(c, ".5g"))}</td>'
+            f'<td>{_f(c["p90_ms"], ".4g")}</td><td>{_f(c["speedup"], ".2f")}</td>'
+            f'<td>{escape(metric_cell(c, ".5g"))}</td>'
             f'<td>{_f(c["drop"], "+.4g")}</td><td class="l">{escape(c["reason"])}</td></tr>')
     stopped = report.get("stopped")
     banner = (f'<div class="stopped"><b>Stopped early</b> after {stopped["after_s"] / 60:.1f} min '

@@ -72,8 +72,7 @@ class Lab(Protocol):
     def build(self, units: list[Unit], dests: dict[str, Path], deadline: float | None = None,
               after_distill_s: float = 0.0) -> dict[str, Built]: ...   # only ids in dests; see PipelineLab
     def time(self, folders: dict[str, str]) -> dict[str, dict]: ...   # id -> {p50: [..], p90: [..], peak_rss_bytes, error}
-    # only with config.device: id -> {metric, value} of each artifact run there on the eval data, or {error}
-    def score_on_device(self, folders: dict[str, str]) -> dict[str, dict]: ...
+    def score_on_device(self, folders: dict[str, str]) -> dict[str, dict]: ...  # --device: id -> {metric, value} | {error}
 
 
 @dataclass
@@ -306,8 +305,7 @@ class Search:
         return row
 
     def _accept(self, rows: list[Row]) -> None:
-        """Rows just built: scored on the --device too, then checked against the budget and the limits
-        (once the baseline exists; run() checks those built beside it)."""
+        """Rows just built: scored on the --device too, then checked against the limits once there is a baseline."""
         rows = [r for r in rows if r.status == "ok"]
         if self.config.device and rows:
             score_rows(self, rows)
