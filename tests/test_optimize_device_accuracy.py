@@ -196,5 +196,6 @@ def test_optimize_rejects_what_the_device_computes_wrong_or_cannot_run(venv_pyth
     # the device's runtime dies on it: rejected with the reason, in one line; the search went on
     assert static["status"] == "rejected" and static["accuracy_measured_on"] == "host"
     assert static["reason"].startswith(f"cannot run on {DEVICE}: onnxruntime crashed (signal SIGABRT)")
-    assert "\n" not in static["reason"]
+    assert "while running 'model.int8-static.onnx'" in static["reason"]   # its name, not the device's cache path
+    assert "\n" not in static["reason"] and str(sshd.cache) not in static["reason"]
     assert report["chosen"] == "onnx/fp32" and rows["onnx/fp32"]["device_value"] > 0.999
