@@ -82,6 +82,23 @@ def test_a_candidate_the_device_cannot_run_is_rejected_with_the_reason_and_the_s
     assert lab2.scored == [["onnx/int8-static"]]
 
 
+def test_a_signal_while_scoring_on_the_device_leaves_those_candidates_unjudged_and_never_chosen(tmp_path):
+    from edgeai.optimize.stop import Stopped
+
+    class SignalLab(DeviceLab):
+        def score_on_device(self, folders):
+            if any("prune" in cid for cid in folders):
+                raise Stopped("SIGINT")
+            return super().score_on_device(folders)
+
+    lab = SignalLab(on_device={}, latency={"onnx/int8-static": 5.0, "onnx/prune0.5/fp32": 2.0}, metric={})
+    result = device_search(lab, tmp_path, prune_ratios=(0.5,))
+    pruned = by_id(result)["onnx/prune0.5/fp32"]
+    assert result.stopped == "SIGINT" and result.chosen.id == "onnx/int8-static"
+    assert pruned.status == "skipped" and pruned.timing is None
+    assert pruned.reason == "stopped before its accuracy was measured on ssh://board"
+
+
 def test_a_baseline_the_device_cannot_run_is_a_one_line_error(tmp_path):
     lab = DeviceLab(on_device={"onnx/fp32": "onnxruntime cannot load 'fp32.onnx': opset 99"}, latency={}, metric={})
     with pytest.raises(DeviceError, match=r"^the FP32 baseline onnx/fp32 cannot run on ssh://board: onnxruntime"):

@@ -39,6 +39,15 @@ class DeviceScore:
 def score_rows(search: Search, rows: list[Row]) -> None:
     """Give each built, acceptable row its device score (from the cache, else measured through the lab);
     a row the device cannot run is rejected with the reason. The FP32 baseline must run there."""
+    try:
+        _score_rows(search, rows)
+    except BaseException:   # a signal (or the device lost) while scoring: none of these is judged, so none wins
+        for r in rows:
+            r.status, r.reason = "skipped", f"stopped before its accuracy was measured on {search.config.device}"
+        raise
+
+
+def _score_rows(search: Search, rows: list[Row]) -> None:
     from edgeai.optimize.cache import cached_entry
     from edgeai.optimize.candidates import Candidate
 
