@@ -14,6 +14,7 @@ from test_optimize_search import FakeLab, by_id, config
 
 from edgeai.bench import ssh_run
 from edgeai.bench.devices import DeviceError
+from edgeai.fsutil import sha256_file
 from edgeai.optimize.cache import Cache
 from edgeai.optimize.device_accuracy import stable_npz
 from edgeai.optimize.report import candidate_dict
@@ -121,6 +122,60 @@ def test_eval_inputs_npz_bytes_depend_on_the_arrays_only(tmp_path):
         assert sorted(z.files) == ["a", "b"] and np.array_equal(z["b"], x["b"])
 
 
+# ---- the device's agent, run here on a local "device cache" ---------------------------------------
+
+def _two_output_folder(folder):
+    """An export folder whose model maps x[batch, 3] to relu(x) and -x."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from edgeai.manifest import ArtifactEntry, Manifest
+
+    folder.mkdir()
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["relu"]), helper.make_node("Neg", ["x"], ["neg"])],
+                              "two", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 3])
+                               for n in ("relu", "neg")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, folder / "fp32.onnx")
+    entry = ArtifactEntry(name="fp32", file="fp32.onnx", format="onnx", precision="fp32",
+                          sha256=sha256_file(folder / "fp32.onnx"), size_bytes=(folder / "fp32.onnx").stat().st_size,
+                          inputs=[{"name": "x", "shape": ["batch", 3], "dtype": "float32"}],
+                          outputs=[{"name": n, "shape": ["batch", 3]} for n in ("relu", "neg")])
+    Manifest(source={"spec": "test"}, artifacts=[entry], versions={}, created="now").write(folder)
+    return folder
+
+
+def test_the_device_agent_returns_the_outputs_asked_for_and_one_line_errors_without_its_cache_path(tmp_path):
+    from edgeai.bench.run_agent import run_job
+    from edgeai.bench.ssh import target_specs
+    from edgeai.bench.ssh_run import _decoded
+    from edgeai.bench.targets import expand_targets
+
+    x = np.array([[-1.0, 0.5, 2.0], [3.0, -4.0, 0.0]], np.float32)
+    blobs = {}
+    specs = target_specs(expand_targets([_two_output_folder(tmp_path / "export")]), blobs)
+    good, bad = stable_npz({"x": x}, tmp_path / "good.npz"), stable_npz({"x": x[:, :2]}, tmp_path / "bad.npz")
+    incoming, cache = tmp_path / "cache" / "incoming", tmp_path / "cache"
+    (cache / "blobs").mkdir(parents=True)
+    incoming.mkdir()
+    for sha, path in blobs.items():
+        (incoming / sha).write_bytes(path.read_bytes())
+    jobs = []
+    for inputs in (good, bad):
+        (incoming / sha256_file(inputs)).write_bytes(inputs.read_bytes())
+        jobs.append({**specs[0], "inputs": sha256_file(inputs)})
+    job = {"cache": str(cache), "incoming": str(incoming), "threads": 1, "targets": jobs}
+    every = [_decoded(r) for r in json.loads(json.dumps(run_job(job)))["results"]]
+    assert list(every[0]["outputs"]) == ["relu", "neg"]
+    assert np.array_equal(every[0]["outputs"]["relu"], np.maximum(x, 0))
+    assert np.array_equal(every[0]["outputs"]["neg"], -x)
+    assert every[1] == {"error": "input 'x' has shape 2x2, model wants batchx3"}   # that target only, in one line
+    first = [_decoded(r) for r in run_job({**job, "incoming": None, "first_only": True})["results"]]
+    assert list(first[0]["outputs"]) == ["relu"]
+
+
 # ---- on a real ssh device (sshd on 127.0.0.1, the torch-free device venv) ------------------------
 
 # On the "device" only: its onnxruntime computes INT8 models differently. int8-dynamic's outputs get
@@ -178,7 +233,6 @@ def test_optimize_on_an_ssh_device_scores_every_candidate_there_and_says_so(venv
         rows["onnx/fp32"]["device_value"] - rows["onnx/int8-dynamic"]["device_value"])
     # the evaluation inputs went to the device's blob store, as the artifacts did
     from edgeai.data import load_feeds
-    from edgeai.fsutil import sha256_file
     from edgeai.specs import TensorSpec
     x = load_feeds(str(tmp_path / "eval.npz"), [TensorSpec("x", ("batch", 256), "float32")], what="eval")
     sha = sha256_file(stable_npz(x, tmp_path / "x.npz"))

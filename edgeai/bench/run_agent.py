@@ -1,7 +1,7 @@
 """The device side of a remote run: `python -m edgeai.bench.run_agent < JOB.json` prints artifacts' outputs.
 
 The host (edgeai.bench.ssh_run) uploads each file once into CACHE/blobs/SHA256, as for a benchmark
-(edgeai.bench.agent), and sends {"cache", "incoming", "threads", "targets": [{"target": Target,
+(edgeai.bench.agent), and sends {"cache", "incoming", "threads", "first_only", "targets": [{"target": Target,
 "files": [[name, sha256], ...], "inputs": sha256 of an .npz}]}. Each artifact runs in `edgeai.runtime`
 (never torch) in a child process of its own (edgeai.runtime.subproc), so a runtime that crashes on one
 fails that target only, in batches the model accepts (edgeai.evaluate.run_batched). One JSON line on
@@ -28,7 +28,7 @@ SHA256 = re.compile(r"^[0-9a-f]{64}$")
 RUN_TIMEOUT_S = 3600.0   # one artifact over the whole evaluation set, on a slow board
 
 
-def run_target(cache: Path, spec: Mapping, threads: int | None) -> dict:
+def run_target(cache: Path, spec: Mapping, threads: int | None, first_only: bool = False) -> dict:
     """All outputs of one target on its inputs, encoded for the JSON line, or {"error": why it could not run},
     naming its files as the host does (not by their folder in this device's cache)."""
     if not SHA256.match(str(spec.get("inputs"))):
@@ -41,7 +41,7 @@ def run_target(cache: Path, spec: Mapping, threads: int | None) -> dict:
         return {"error": str(e).replace(f"{folder}{os.sep}", "")}
     except Exception as e:
         return {"error": f"{type(e).__name__}: {' '.join(str(e).split())[:300]}".replace(f"{folder}{os.sep}", "")}
-    names = list(outputs)
+    names = list(outputs)[:1] if first_only else list(outputs)   # top-1 and cosine read the first output only
     buf = io.BytesIO()
     np.savez(buf, *[outputs[n] for n in names])
     return {"names": names, "npz": base64.b64encode(buf.getvalue()).decode("ascii")}
@@ -63,7 +63,8 @@ def run_job(job: Mapping) -> dict:
     cache = Path(job["cache"])
     if job.get("incoming"):
         store_incoming(Path(job["incoming"]), cache / "blobs")
-    return {"results": [run_target(cache, spec, job.get("threads")) for spec in job["targets"]]}
+    return {"results": [run_target(cache, spec, job.get("threads"), bool(job.get("first_only")))
+                        for spec in job["targets"]]}
 
 
 def main() -> int:

@@ -15,18 +15,19 @@ from edgeai.bench.targets import Target
 from edgeai.fsutil import sha256_file
 
 
-def outputs_over_ssh(device: SshDevice, jobs: Sequence[tuple[Target, Path]],
-                     threads: int | None = None) -> list[dict]:
-    """Per (artifact target, inputs .npz): {"outputs": {name: array}} from the device's edgeai.runtime, or
-    {"error": why it could not run there}. Files go to the device's blob store once, by sha256 (as for
-    `edgeai bench --device`); a device that cannot be reached or run the agent raises DeviceError."""
+def outputs_over_ssh(device: SshDevice, jobs: Sequence[tuple[Target, Path]], threads: int | None = None,
+                     first_only: bool = False) -> list[dict]:
+    """Per (artifact target, inputs .npz): {"outputs": {name: array}} from the device's edgeai.runtime (the
+    first output only with `first_only`), or {"error": why it could not run there}. Files go to the device's
+    blob store once, by sha256 (as for `edgeai bench --device`); a device that cannot be reached or run the
+    agent raises DeviceError."""
     with configured(device) as device:
         blobs: dict[str, Path] = {}
         specs = target_specs([t for t, _ in jobs], blobs)
         for spec, (_, inputs) in zip(specs, jobs):
             spec["inputs"] = sha256_file(inputs)
             blobs[spec["inputs"]] = Path(inputs)
-        job = {**send(device, blobs, True), "threads": threads, "targets": specs}
+        job = {**send(device, blobs, True), "threads": threads, "first_only": first_only, "targets": specs}
         out = run_remote(device, [device.python, "-m", "edgeai.bench.run_agent"], json.dumps(job),
                          "running the artifacts on the evaluation data")
     try:

@@ -141,7 +141,8 @@ class DeviceScorer:
                 if layout not in written:
                     written[layout] = stable_npz(feeds, Path(tmp) / f"inputs-{len(written)}.npz")
                 jobs.append((expand_targets([folder])[0], written[layout]))
-            results = outputs_over_ssh(self.device, jobs, self.threads)
+            # a user metric reads every output; top-1 and cosine the first (less to bring back)
+            results = outputs_over_ssh(self.device, jobs, self.threads, first_only=self.metric is None)
         return {cid: self._scored(r) for cid, r in zip(folders, results)}
 
     def _scored(self, result: dict) -> dict:
