@@ -147,33 +147,61 @@ def _two_output_folder(folder):
     return folder
 
 
-def test_the_device_agent_returns_the_outputs_asked_for_and_one_line_errors_without_its_cache_path(tmp_path):
+def run_here(cache, jobs, threads=1, first_only=False):
+    """outputs_over_ssh without ssh: the device agent's run_job on a cache folder here, files staged as scp would."""
     from edgeai.bench.run_agent import run_job
     from edgeai.bench.ssh import target_specs
     from edgeai.bench.ssh_run import _decoded
-    from edgeai.bench.targets import expand_targets
 
-    x = np.array([[-1.0, 0.5, 2.0], [3.0, -4.0, 0.0]], np.float32)
     blobs = {}
-    specs = target_specs(expand_targets([_two_output_folder(tmp_path / "export")]), blobs)
-    good, bad = stable_npz({"x": x}, tmp_path / "good.npz"), stable_npz({"x": x[:, :2]}, tmp_path / "bad.npz")
-    incoming, cache = tmp_path / "cache" / "incoming", tmp_path / "cache"
-    (cache / "blobs").mkdir(parents=True)
+    specs = target_specs([t for t, _ in jobs], blobs)
+    for spec, (_, inputs) in zip(specs, jobs):
+        spec["inputs"] = sha256_file(inputs)
+        blobs[spec["inputs"]] = inputs
+    incoming = cache / "incoming"
+    (cache / "blobs").mkdir(parents=True, exist_ok=True)
     incoming.mkdir()
     for sha, path in blobs.items():
         (incoming / sha).write_bytes(path.read_bytes())
-    jobs = []
-    for inputs in (good, bad):
-        (incoming / sha256_file(inputs)).write_bytes(inputs.read_bytes())
-        jobs.append({**specs[0], "inputs": sha256_file(inputs)})
-    job = {"cache": str(cache), "incoming": str(incoming), "threads": 1, "targets": jobs}
-    every = [_decoded(r) for r in json.loads(json.dumps(run_job(job)))["results"]]
+    job = {"cache": str(cache), "incoming": str(incoming), "threads": threads, "first_only": first_only,
+           "targets": specs}
+    return [_decoded(r) for r in json.loads(json.dumps(run_job(job)))["results"]]
+
+
+X = np.array([[-1.0, 0.5, 2.0], [3.0, -4.0, 0.0]], np.float32)
+
+
+def test_the_device_agent_returns_the_outputs_asked_for_and_one_line_errors_without_its_cache_path(tmp_path):
+    from edgeai.bench.targets import expand_targets
+
+    target = expand_targets([_two_output_folder(tmp_path / "export")])[0]
+    good, bad = stable_npz({"x": X}, tmp_path / "good.npz"), stable_npz({"x": X[:, :2]}, tmp_path / "bad.npz")
+    every = run_here(tmp_path / "cache", [(target, good), (target, bad)])
     assert list(every[0]["outputs"]) == ["relu", "neg"]
-    assert np.array_equal(every[0]["outputs"]["relu"], np.maximum(x, 0))
-    assert np.array_equal(every[0]["outputs"]["neg"], -x)
+    assert np.array_equal(every[0]["outputs"]["relu"], np.maximum(X, 0))
+    assert np.array_equal(every[0]["outputs"]["neg"], -X)
     assert every[1] == {"error": "input 'x' has shape 2x2, model wants batchx3"}   # that target only, in one line
-    first = [_decoded(r) for r in run_job({**job, "incoming": None, "first_only": True})["results"]]
+    first = run_here(tmp_path / "cache2", [(target, good)], first_only=True)
     assert list(first[0]["outputs"]) == ["relu"]
+
+
+def test_device_outputs_are_scored_here_by_top1_with_labels_or_the_users_metric_on_every_output(tmp_path,
+                                                                                               monkeypatch):
+    from edgeai.optimize.device_accuracy import DeviceScorer
+
+    folder = str(_two_output_folder(tmp_path / "export"))
+    asked = []
+
+    def here(device, jobs, threads=None, first_only=False):
+        asked.append(first_only)
+        return run_here(tmp_path / f"cache{len(asked)}", jobs, threads, first_only)
+    monkeypatch.setattr(ssh_run, "outputs_over_ssh", here)
+    feeds = {"x": X, "labels": np.array([2, 1])}   # argmax(relu(x)) is [2, 0]: one of two right
+    assert DeviceScorer(None, feeds, None, None, 1).score({"c": folder}) == {"c": {"metric": "top1", "value": 50.0}}
+    (tmp_path / "metric.py").write_text("def neg_total(outputs, labels):\n    return float(outputs['neg'].sum())\n")
+    scorer = DeviceScorer(None, feeds, None, f"{tmp_path / 'metric.py'}:neg_total", 1)
+    assert scorer.score({"c": folder}) == {"c": {"metric": "neg_total", "value": pytest.approx(-float(X.sum()))}}
+    assert asked == [True, False]   # top-1 brings back the first output only; a user metric every output
 
 
 # ---- on a real ssh device (sshd on 127.0.0.1, the torch-free device venv) ------------------------
