@@ -49,7 +49,8 @@ class PipelineLab:
     """Candidates built by `edgeai.export` (a process pool by default, Ray with `config.ray`),
     scored in their own runtime, timed by `edgeai.bench` in fresh processes, one at a time:
     on this machine, or with `config.device` on an ssh host through `edgeai bench --device`'s
-    remote bench (builds stay here; the artifacts are copied there once, by sha256)."""
+    remote bench (builds stay here; the artifacts are copied there once, by sha256), where they
+    are scored too, on the evaluation data (score_on_device)."""
 
     def __init__(self, config: OptimizeConfig, work_dir: Path):
         self.config = config
