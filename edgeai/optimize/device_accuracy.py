@@ -100,7 +100,7 @@ def measured_on(row: Row, device: str | None) -> str | None:
 def over_budget(row: Row, baseline: Row, max_drop: float, device: str | None) -> str:
     """Why `row` is over --max-drop, naming the device's numbers and this machine's when both exist."""
     metric = row.built.metric
-    if measured_on(row, device) != device or device is None:
+    if device is None or measured_on(row, device) != device:
         return f"{metric} drop {row.drop:.4g} > --max-drop {max_drop:g}"
     host_drop = baseline.built.value - row.built.value
     verdict = "within it" if host_drop <= max_drop + 1e-12 else "over it too"
