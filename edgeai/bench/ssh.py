@@ -10,6 +10,7 @@ files it lacks, and the agent (`python -m edgeai.bench.agent`) that measures and
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -18,7 +19,7 @@ import subprocess
 import tempfile
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from edgeai.bench.devices import DeviceError, SshDevice
 from edgeai.bench.results import SCHEMA as BENCH_SCHEMA
@@ -155,17 +156,19 @@ def upload(device: SshDevice, files: dict[str, Path], incoming: str) -> None:
             raise DeviceError(f"copying {str(local)!r} to {device.name} failed: {_last_line(proc.stderr)}")
 
 
-def bench_over_ssh(targets: Sequence[Target], config: BenchConfig, device: SshDevice) -> BenchReport:
-    """Measure every target on the device; the report is the device's, labelled with local names."""
+@contextlib.contextmanager
+def configured(device: SshDevice) -> Iterator[SshDevice]:
+    """`device` with its --ssh-config layered over the user's (layered_config), for as long as it is used."""
     if not device.ssh_config:
-        return _bench_over_ssh(targets, config, device)
+        yield device
+        return
     with tempfile.TemporaryDirectory(prefix="edgeai-ssh-") as tmp:
-        layered = str(layered_config(device.ssh_config, Path(tmp)))
-        return _bench_over_ssh(targets, config, replace(device, ssh_config=layered))
+        yield replace(device, ssh_config=str(layered_config(device.ssh_config, Path(tmp))))
 
 
-def _bench_over_ssh(targets: Sequence[Target], config: BenchConfig, device: SshDevice) -> BenchReport:
-    specs, blobs = [], {}
+def target_specs(targets: Sequence[Target], blobs: dict[str, Path]) -> list[dict]:
+    """{"target", "files": [[name, sha256], ...]} per target, as the agents read them; adds each file to `blobs`."""
+    specs = []
     for target in targets:
         files = []
         for name, local in target_files(target):
@@ -173,13 +176,30 @@ def _bench_over_ssh(targets: Sequence[Target], config: BenchConfig, device: SshD
             blobs[sha] = local
             files.append([name, sha])
         specs.append({"target": target.to_dict(), "files": files})
+    return specs
+
+
+def send(device: SshDevice, blobs: dict[str, Path], has_manifests: bool) -> dict:
+    """Probe the device, check its schemas and copy the blobs it lacks; the job fields "cache" and "incoming"."""
     info = probe(device, list(blobs))
-    check_schemas(device, info, any(t.kind == "artifact" for t in targets))
+    check_schemas(device, info, has_manifests)
     missing = {sha: path for sha, path in blobs.items() if sha not in set(info["have"])}
     log.info("%s: %d of %d files already there", device.name, len(blobs) - len(missing), len(blobs))
     if missing:
         upload(device, missing, info["incoming"])
-    job = {"cache": info["cache"], "incoming": info["incoming"] if missing else None,
+    return {"cache": info["cache"], "incoming": info["incoming"] if missing else None}
+
+
+def bench_over_ssh(targets: Sequence[Target], config: BenchConfig, device: SshDevice) -> BenchReport:
+    """Measure every target on the device; the report is the device's, labelled with local names."""
+    with configured(device) as device:
+        return _bench_over_ssh(targets, config, device)
+
+
+def _bench_over_ssh(targets: Sequence[Target], config: BenchConfig, device: SshDevice) -> BenchReport:
+    blobs: dict[str, Path] = {}
+    specs = target_specs(targets, blobs)
+    job = {**send(device, blobs, any(t.kind == "artifact" for t in targets)),
            "device": device.name, "config": config.to_dict(), "targets": specs}
     out = run_remote(device, [device.python, "-m", "edgeai.bench.agent"], json.dumps(job), "the benchmark")
     lines = out.strip().splitlines()

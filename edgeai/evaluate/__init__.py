@@ -60,16 +60,25 @@ def evaluate(model: str | Path | Session, data: DataSource, *, labels: np.ndarra
     feeds, data_labels = split_labels(load_feeds(data, session.inputs, what="evaluation data"))
     if labels is None and reference is None:  # explicit arguments win over a 'labels' array
         labels = data_labels
-    if metric is not None:
-        return EvalResult(metric.name, metric(run_batched(session, feeds, batch_size), labels), num_samples(feeds))
-    if labels is None and reference is None:
+    if metric is None and labels is None and reference is None:
         raise DataError("evaluation needs labels (a 'labels' array in the data or labels=...) or "
                         "reference outputs to compare with")
-    n = num_samples(feeds)
-    out = run_batched(session, feeds, batch_size)[session.outputs[0].name]
+    return score_outputs(run_batched(session, feeds, batch_size), session.outputs[0].name,
+                         labels=labels, reference=reference, metric=metric)
+
+
+def score_outputs(outputs: Mapping[str, np.ndarray], first: str, *, labels: np.ndarray | None = None,
+                  reference: Mapping[str, np.ndarray] | None = None, metric: Metric | None = None) -> EvalResult:
+    """`evaluate`'s metric on outputs already computed (all outputs, samples on axis 0; `first`: the
+    model's first output): the user `metric`, else top-1 against `labels`, else cosine to `reference`."""
+    n = int(np.asarray(outputs[first]).shape[0])
+    if metric is not None:
+        return EvalResult(metric.name, metric(dict(outputs), labels), n)
     if labels is not None:
-        return EvalResult("top1", _top1(out, np.asarray(labels)), n)
-    return EvalResult("cosine", _cosine(out, _pick_reference(session, reference, n)), n)
+        return EvalResult("top1", _top1(outputs[first], np.asarray(labels)), n)
+    if reference is None:
+        raise DataError("evaluation needs labels or reference outputs to compare with")
+    return EvalResult("cosine", _cosine(outputs[first], _pick_reference(first, reference, n)), n)
 
 
 def run_batched(session: Session, feeds: Mapping[str, np.ndarray],
@@ -111,10 +120,9 @@ def _top1(out: np.ndarray, labels: np.ndarray) -> float:
     return float(100.0 * np.mean(pred == labels))
 
 
-def _pick_reference(session: Session, reference: Mapping[str, np.ndarray], n: int) -> np.ndarray:
+def _pick_reference(first: str, reference: Mapping[str, np.ndarray], n: int) -> np.ndarray:
     if not reference:
         raise DataError("reference outputs are empty")
-    first = session.outputs[0].name
     ref = np.asarray(reference[first] if first in reference else next(iter(reference.values())))
     if ref.ndim == 0 or ref.shape[0] != n:
         raise DataError(f"reference output has {ref.shape[0] if ref.ndim else 0} samples, the data has {n}")

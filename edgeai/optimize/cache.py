@@ -34,8 +34,9 @@ def digest(*parts: Any) -> str:
 
 
 class Cache:
-    """Folders under `root`: candidates/KEY/ (an export folder + result.json), timings/KEY.json and work/
-    (where builds run). `root` is the folder the user named (or OUTDIR/.cache, made by real_dirs).
+    """Folders under `root`: candidates/KEY/ (an export folder + result.json), timings/KEY.json,
+    device-scores/KEY.json (accuracy measured on a --device) and work/ (where builds run). `root` is the
+    folder the user named (or OUTDIR/.cache, made by real_dirs).
 
     `read=False` (--no-cache) ignores what is stored and overwrites it; writes are always atomic.
     """
@@ -93,6 +94,18 @@ class Cache:
 
     def put_timing(self, key: str, timing: Mapping) -> None:
         atomic_write_text(real_dirs(self.root, "timings") / f"{key}.json", json.dumps(dict(timing)))
+
+    def device_score_path(self, key: str) -> Path:
+        return self.root / "device-scores" / f"{key}.json"
+
+    def get_device_score(self, key: str) -> dict | None:
+        """A candidate's accuracy measured on a --device (edgeai.optimize.device_accuracy), or None."""
+        if not self.read or not os.path.lexists(self.root / "device-scores"):
+            return None
+        return _read_json(real_dirs(self.root, "device-scores") / f"{key}.json")
+
+    def put_device_score(self, key: str, score: Mapping) -> None:
+        atomic_write_text(real_dirs(self.root, "device-scores") / f"{key}.json", json.dumps(dict(score)))
 
 
 def _read_json(path: Path) -> dict | None:

@@ -91,10 +91,11 @@ def add_parser(sub) -> None:
     p.add_argument("--cache-dir", metavar="DIR", help="where built candidates are kept (default OUTDIR/.cache)")
     p.add_argument("--no-cache", action="store_true", help="rebuild and re-time everything")
     p.add_argument("--task", help="hf: models: the Optimum task (default: read from config.json)")
-    dev = p.add_argument_group("where candidates are timed (default: this machine; builds always stay here)")
+    dev = p.add_argument_group("where candidates are timed and scored (default: this machine; builds stay here)")
     dev.add_argument("--device", metavar="ssh://HOST", default=None,
                      help="ssh://[USER@]HOST[:PORT]: time every candidate there with the device's edgeai, as "
-                          "edgeai bench --device does (artifacts are copied once, by sha256)")
+                          "edgeai bench --device does (artifacts are copied once, by sha256), and judge its "
+                          "accuracy on its outputs there")
     dev.add_argument("--ssh-config", metavar="FILE", help="ssh config file read before ~/.ssh/config (its settings win)")
     dev.add_argument("--device-python", metavar="PATH",
                      help="the device's Python that has edgeai installed (default: python3)")
@@ -187,6 +188,7 @@ def _print_summary(result) -> None:
     from rich.table import Table
 
     from edgeai.console import fmt_ms, print_table
+    from edgeai.optimize.report_html import metric_cell
 
     table = Table(title=f"edgeai optimize: {result.out_dir}", title_justify="left")
     for col in ("candidate", "status", "size MB", "p50 ms", "speedup", "metric", "drop", "reason"):
@@ -194,7 +196,7 @@ def _print_summary(result) -> None:
     styles = {"chosen": "bold green", "rejected": "red", "failed": "red", "skipped": "dim"}
     for c in result.report["candidates"]:
         table.add_row(c["id"], c["status"], _fmt(c["size_bytes"] and c["size_bytes"] / 1e6, ".3f"),
-                      fmt_ms(c["p50_ms"]), _fmt(c["speedup"], ".2f"), _fmt(c["value"], ".4g"),
+                      fmt_ms(c["p50_ms"]), _fmt(c["speedup"], ".2f"), metric_cell(c),
                       _fmt(c["drop"], "+.4g"), c["reason"], style=styles.get(c["status"]))
     console = Console()
     print_table(table, console, drop=("drop", "size MB", "metric"), fold=("reason", "candidate"))

@@ -49,7 +49,8 @@ class PipelineLab:
     """Candidates built by `edgeai.export` (a process pool by default, Ray with `config.ray`),
     scored in their own runtime, timed by `edgeai.bench` in fresh processes, one at a time:
     on this machine, or with `config.device` on an ssh host through `edgeai bench --device`'s
-    remote bench (builds stay here; the artifacts are copied there once, by sha256)."""
+    remote bench (builds stay here; the artifacts are copied there once, by sha256), where they
+    are scored too, on the evaluation data (score_on_device)."""
 
     def __init__(self, config: OptimizeConfig, work_dir: Path):
         self.config = config
@@ -59,6 +60,7 @@ class PipelineLab:
         self._device_env = self._probe_device() if self.device else None
         # built for the device: the step defaults that follow the CPU follow its CPU (part of every key)
         self.target = target_options(self._device_env["cpu"]) if self._device_env else None
+        self._scorer = None   # with --device: runs candidates there on the eval data (device_accuracy)
         self._identity = {**self._inspect(), "target": self.target}
         self._pool: ProcessPoolExecutor | None = None
         self._ray = self._shipper = None
@@ -81,7 +83,11 @@ class PipelineLab:
         for kind, spec in (("eval", cfg.eval_data), ("calibration", cfg.calibration), ("train", cfg.train_data)):
             if spec:
                 what = {"eval": "evaluation data", "train": "training data"}.get(kind, "calibration data")
-                data[kind] = _arrays_digest(load_feeds(spec, source.input_specs, what=what))
+                feeds = load_feeds(spec, source.input_specs, what=what)
+                data[kind] = _arrays_digest(feeds)
+                if kind == "eval" and self.device:   # the reference outputs are computed here, once
+                    from edgeai.optimize.device_accuracy import DeviceScorer
+                    self._scorer = DeviceScorer(self.device, feeds, source, cfg.metric, cfg.threads)
         if cfg.metric:
             from edgeai.metrics import load_metric
             load_metric(cfg.metric)  # a metric that does not import is bad input: fail before building
@@ -306,6 +312,12 @@ class PipelineLab:
                 import ray
                 ray.shutdown()
             self._ray = self._shipper = None
+
+    def score_on_device(self, folders: dict[str, str]) -> dict[str, dict]:
+        """With --device: id -> {"metric", "value"} of each artifact run there by its edgeai.runtime on the
+        evaluation data and scored here, or {"error": why the device could not run it}."""
+        assert self._scorer is not None, "score_on_device needs --device and evaluation data"
+        return self._scorer.score(folders)
 
     # ------------------------------------------------------------------ timing (serialized, fresh processes)
     def time(self, folders: dict[str, str]) -> dict[str, dict]:

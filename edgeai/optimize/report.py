@@ -10,15 +10,17 @@ from typing import Any
 
 from edgeai.fsutil import atomic_write_bytes, atomic_write_text
 from edgeai.optimize.choice import MIN_SPEEDUP
+from edgeai.optimize.device_accuracy import accuracy, measured_on
 from edgeai.optimize.plots import pareto_png
-from edgeai.optimize.report_html import report_html
+from edgeai.optimize.report_html import accuracy_where, metric_cell, report_html
 from edgeai.optimize.search import Row, SearchResult
 
 SCHEMA = "edgeai.optimize/1"
 STATUSES = ("chosen", "ok", "rejected", "failed", "skipped")
 
 
-def candidate_dict(row: Row) -> dict:
+def candidate_dict(row: Row, device: str | None = None) -> dict:
+    """A candidate as report.json lists it; `device`: --device, where its accuracy was measured too."""
     b, t = row.built, row.timing
     return {
         "id": row.id, "steps": [dict(s) for s in row.candidate.steps] + (
@@ -30,20 +32,24 @@ def candidate_dict(row: Row) -> dict:
         "rounds": {"p50_ms": t.p50, "baseline_p50_ms": t.base_p50, "p90_ms": t.p90,
                    "baseline_p90_ms": t.base_p90} if t else None,
         "peak_rss_bytes": t.peak_rss_bytes if t else None,
-        "metric": b.metric if b else None, "value": b.value if b else None, "drop": row.drop,
+        "metric": b.metric if b else None, "value": accuracy(row), "drop": row.drop,
+        "accuracy_measured_on": measured_on(row, device),   # where "value" (and "drop") were measured
+        "host_value": b.value if b else None,
+        "device_value": row.device.value if row.device else None,
         "status": row.status if row.status in STATUSES else "skipped", "reason": row.reason,
         "notes": list(b.notes) if b else [],
     }
 
 
 def report_dict(result: SearchResult, config: dict, env: dict) -> dict:
-    return {"schema": SCHEMA, "baseline": candidate_dict(result.baseline), "chosen": result.chosen.id,
+    device = config.get("device")
+    return {"schema": SCHEMA, "baseline": candidate_dict(result.baseline, device), "chosen": result.chosen.id,
             "why": result.why, "objective": config["objective"], "max_drop": config["max_drop"],
             "rule": f"chosen over FP32 only at >= {MIN_SPEEDUP}x median speedup and faster in every round",
             "budget_minutes": config["budget_minutes"], "elapsed_s": result.elapsed_s,
             "budget_reached": result.budget_reached, "stopped": _stopped(result), "notes": result.notes,
             "formats": result.formats, "pruning": result.pruning, "env": env, "config": config,
-            "candidates": [candidate_dict(r) for r in result.rows]}
+            "candidates": [candidate_dict(r, device) for r in result.rows]}
 
 
 def _stopped(result: SearchResult) -> dict | None:
@@ -58,7 +64,7 @@ def _stopped(result: SearchResult) -> dict | None:
 def write_all(out_dir: Path, result: SearchResult, config: dict, env: dict, recipe: dict) -> dict:
     """Write every output into `out_dir`, each file atomically; best/ is replaced as a whole."""
     report = report_dict(result, config, env)
-    write_best(out_dir / "best", result, config["threads"])
+    write_best(out_dir / "best", result, config["threads"], config.get("device"))
     write_baseline(out_dir / "baseline", result)
     atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
     atomic_write_text(out_dir / "report.md", markdown(report))
@@ -88,7 +94,7 @@ def relative_paths(recipe: dict, out_dir: Path) -> dict:
     return out
 
 
-def write_best(best: Path, result: SearchResult, threads: int) -> None:
+def write_best(best: Path, result: SearchResult, threads: int, device: str | None = None) -> None:
     """best/: the chosen candidate's export folder, its manifest noting what it was compared against."""
     from edgeai.manifest import Manifest
 
@@ -96,12 +102,14 @@ def write_best(best: Path, result: SearchResult, threads: int) -> None:
     manifest = Manifest.read(src)
     entry = manifest.artifacts[0]
     base = result.baseline
-    entry.metrics.update({"latency_p50_ms": candidate_dict(result.chosen)["p50_ms"], "latency_threads": threads,
+    chosen = candidate_dict(result.chosen, device)
+    entry.metrics.update({"latency_p50_ms": chosen["p50_ms"], "latency_threads": threads,
                           "speedup_vs_fp32": result.chosen.speedup,
                           **({result.chosen.built.metric: result.chosen.built.value} if result.chosen.built.metric
                              else {})})
     manifest.source = {**manifest.source, "optimize": {
         "chosen": result.chosen.id, "why": result.why,
+        "accuracy": {k: chosen[k] for k in ("metric", "value", "accuracy_measured_on", "host_value", "device_value")},
         "reference": {"artifact": base.id, "metric": base.built.metric, "value": base.built.value,
                       "outputs_sha256": base.built.reference_sha256,
                       "what": "FP32 export of the original model, run on the evaluation data"}}}
@@ -161,8 +169,10 @@ def markdown(report: dict) -> str:
     for c in report["candidates"]:
         size = c["size_bytes"] / 1e6 if c["size_bytes"] else None
         lines.append(f"| {c['id']} | {c['status']} | {_fmt(size, '.3f')} | {_fmt(c['p50_ms'], '.3f')} | "
-                     f"{_fmt(c['p90_ms'], '.3f')} | {_fmt(c['speedup'], '.2f')} | {_fmt(c['value'], '.4g')} | "
+                     f"{_fmt(c['p90_ms'], '.3f')} | {_fmt(c['speedup'], '.2f')} | {metric_cell(c)} | "
                      f"{_fmt(c['drop'], '+.4g')} | {c['reason'].replace('|', '/')} |")
+    if report["config"].get("device"):
+        lines += ["", accuracy_where(report)]
     lines += _formats_md(report)
     if report.get("pruning", {}).get("method"):
         p = report["pruning"]

@@ -25,6 +25,22 @@ def _f(v: Any, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
+def metric_cell(c: dict, spec: str = ".4g") -> str:
+    """The metric the budget judged, with this machine's number beside it when it was measured on a device."""
+    if c.get("accuracy_measured_on") not in (None, "host") and c.get("host_value") is not None:
+        return f"{_f(c['value'], spec)} (host {_f(c['host_value'], spec)})"
+    return _f(c["value"], spec)
+
+
+def accuracy_where(report: dict) -> str:
+    """Where the accuracy numbers were measured (with --device), in one sentence."""
+    device = report["config"]["device"]
+    here = sum(c.get("accuracy_measured_on") == "host" for c in report["candidates"])
+    return (f"Accuracy measured on {device}: each artifact run there by edgeai.runtime on the evaluation data, "
+            f"scored here; the budget is judged on the device's numbers (this machine's in brackets)"
+            + (f"; {here} candidate(s) could not run there and carry this machine's numbers only." if here else "."))
+
+
 def report_html(report: dict, png: bytes) -> str:
     """The page: headline, stopped-early banner, plot (inline PNG), candidates, formats, notes, machine."""
     base = report["baseline"]
@@ -34,7 +50,8 @@ def report_html(report: dict, png: bytes) -> str:
         rows.append(
             f'<tr class="s-{escape(c["status"])}"><td class="l"><code>{escape(c["id"])}</code></td>'
             f'<td class="l">{escape(c["status"])}</td><td>{_f(size, ".3f")}</td><td>{_f(c["p50_ms"], ".4g")}</td>'
-            f'<td>{_f(c["p90_ms"], ".4g")}</td><td>{_f(c["speedup"], ".2f")}</td><td>{_f(c["value"], ".5g")}</td>'
+            f'<td>{_f(c["p90_ms"], ".4g")}</td><td>{_f(c["speedup"], ".2f")}</td>'
+            f'<td>{escape(metric_cell(c, ".5g"))}</td>'
             f'<td>{_f(c["drop"], "+.4g")}</td><td class="l">{escape(c["reason"])}</td></tr>')
     stopped = report.get("stopped")
     banner = (f'<div class="stopped"><b>Stopped early</b> after {stopped["after_s"] / 60:.1f} min '
@@ -52,6 +69,7 @@ def report_html(report: dict, png: bytes) -> str:
     cpu = report["env"].get("cpu", {})
     device = report["env"].get("device")
     where = f"Timed on {escape(str(device.get('device')))}" if device else "Timed on this machine"
+    measured = f"<p class='meta'>{escape(accuracy_where(report))}</p>" if report["config"].get("device") else ""
     img = base64.b64encode(png).decode()
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
@@ -67,6 +85,7 @@ def report_html(report: dict, png: bytes) -> str:
 <table><tr><th class="l">candidate</th><th class="l">status</th><th>size MB</th><th>p50 ms</th><th>p90 ms</th>
 <th>speedup</th><th>{escape(str(base['metric']))}</th><th>drop</th><th class="l">reason</th></tr>
 {''.join(rows)}</table>
+{measured}
 {formats_html}
 {f'<h2>Notes</h2><ul>{notes}</ul>' if notes else ''}
 <p class="meta">{where}: {escape(str(cpu.get('model', '?')))} ({escape(str(cpu.get('machine', '?')))}; flags:

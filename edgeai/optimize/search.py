@@ -18,6 +18,7 @@ from edgeai.optimize.cache import RESULT_NAME, Cache, cached_entry, digest
 from edgeai.optimize.choice import choose, rank
 from edgeai.optimize.candidates import Candidate, Skip, Unit, base_plan
 from edgeai.optimize.config import OptimizeConfig
+from edgeai.optimize.device_accuracy import DeviceScore, accuracy, over_budget, score_rows
 from edgeai.optimize.planner import SLACK, Costs
 from edgeai.optimize.stop import Stopped
 
@@ -71,6 +72,7 @@ class Lab(Protocol):
     def build(self, units: list[Unit], dests: dict[str, Path], deadline: float | None = None,
               after_distill_s: float = 0.0) -> dict[str, Built]: ...   # only ids in dests; see PipelineLab
     def time(self, folders: dict[str, str]) -> dict[str, dict]: ...   # id -> {p50: [..], p90: [..], peak_rss_bytes, error}
+    def score_on_device(self, folders: dict[str, str]) -> dict[str, dict]: ...  # --device: id -> {metric, value} | {error}
 
 
 @dataclass
@@ -84,6 +86,7 @@ class Row:
     timing: Timing | None = None
     drop: float | None = None
     speedup: float | None = None         # median over rounds, by the objective's statistic (p50 for size)
+    device: DeviceScore | None = None    # with --device: its accuracy measured there (device_accuracy)
 
     @property
     def id(self) -> str:
@@ -244,7 +247,7 @@ class Search:
     # ------------------------------------------------------------------ building
     def _build(self, units: list[Unit], force: bool = False, deadline: float | None = None,
                after_distill_s: float = 0.0) -> None:
-        todo, dests = [], {}
+        todo, dests, done = [], {}, []
         for u in units:
             for c in u.candidates:
                 self.rows.setdefault(c.id, Row(c))
@@ -252,14 +255,15 @@ class Search:
             for c in u.candidates:
                 stored = self.cache.get_built(self.key(c))
                 if stored is not None:
-                    self._built(c, cached_entry(Built, stored, self.cache.candidate_dir(self.key(c)) / RESULT_NAME),
-                                cached=True)
+                    done.append(self._built(c, cached_entry(Built, stored, self.cache.candidate_dir(self.key(c))
+                                                            / RESULT_NAME), cached=True))
                 else:
                     missing.append(c)
                     dests[c.id] = self.cache.clear_candidate(self.key(c))
             if missing:  # the unit's FP32 export is redone, but only what is missing is kept and quantized
                 todo.append(Unit(u.format, u.steps, tuple(c.scheme for c in missing if c.scheme != "fp32")))
         if not todo:
+            self._accept(done)
             return
         self._report(f"building {', '.join(cid for cid in dests)}")
         t0 = self.lab.clock()
@@ -269,9 +273,6 @@ class Search:
             for cid, folder in dests.items():
                 shutil.rmtree(folder, ignore_errors=True)
             raise
-        self.last_build_s = self.lab.clock() - t0
-        if len(todo) == 1 and not todo[0].steps:
-            self.build_s[todo[0].format] = self.last_build_s
         for u in todo:
             for c in u.candidates:
                 if c.id not in dests:
@@ -285,9 +286,13 @@ class Search:
                 # a rerun after fixing the machine builds it again; one cut short by the budget is not what its key says
                 if not built.transient and built.capped_minutes is None:
                     self.cache.put_built(self.key(c), built.to_dict())
-                self._built(c, built, cached=False)
+                done.append(self._built(c, built, cached=False))
+        self._accept(done)   # its device scoring is part of the build's cost
+        self.last_build_s = self.lab.clock() - t0
+        if len(todo) == 1 and not todo[0].steps:
+            self.build_s[todo[0].format] = self.last_build_s
 
-    def _built(self, c: Candidate, built: Built, cached: bool) -> None:
+    def _built(self, c: Candidate, built: Built, cached: bool) -> Row:
         row = self.rows.setdefault(c.id, Row(c))
         row.built = built
         if cached:
@@ -296,20 +301,29 @@ class Search:
             row.status, row.reason = "failed", built.error
         else:
             row.status = "ok"
-            if self.baseline is not None:
-                self._check_accuracy_and_size(row)
         self._report(f"built {c.id}")
+        return row
+
+    def _accept(self, rows: list[Row]) -> None:
+        """Rows just built: scored on the --device too, then checked against the limits once there is a baseline."""
+        rows = [r for r in rows if r.status == "ok"]
+        if self.config.device and rows:
+            score_rows(self, rows)
+        if self.baseline is not None:
+            for row in rows:
+                if row.status == "ok":
+                    self._check_accuracy_and_size(row)
 
     def _check_accuracy_and_size(self, row: Row) -> None:
         if row is self.baseline:  # the reference is kept whatever the limits; _finish says if it breaks one
             return
         cfg, b = self.config, row.built
-        base = self.baseline.built
-        if b.value is not None and base.value is not None:
-            row.drop = float(base.value) - float(b.value)
+        value, base = accuracy(row), accuracy(self.baseline)   # the device's numbers with --device
+        if value is not None and base is not None:
+            row.drop = float(base) - float(value)
             if row.drop > cfg.max_drop + 1e-12:
                 row.status = "rejected"
-                row.reason = f"{b.metric} drop {row.drop:.4g} > --max-drop {cfg.max_drop:g}"
+                row.reason = over_budget(row, self.baseline, cfg.max_drop, cfg.device)
                 return
         if cfg.max_size_mb is not None and b.size_bytes is not None and b.size_bytes > cfg.max_size_mb * 1e6:
             row.status = "rejected"

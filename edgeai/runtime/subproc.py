@@ -82,18 +82,20 @@ class IsolatedSession(Session):
     child. A crash becomes a RuntimeLoadError naming the signal.
     """
 
-    def __init__(self, path: str | Path, fmt: str, provider: str = "cpu", threads: int | None = None):
+    def __init__(self, path: str | Path, fmt: str, provider: str = "cpu", threads: int | None = None,
+                 timeout: float = 300.0):
         from edgeai.runtime import get_runtime
-        self.path, self.format = Path(path), fmt
+        self.path, self.format, self.timeout = Path(path), fmt, timeout
         self.inputs, self.outputs = get_runtime(fmt).read_specs(self.path)
         self.provider, self.threads = provider, threads
         self._options = {"provider": provider, "threads": threads}
 
     def run_unchecked(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return run_isolated(self.path, feeds, self.format, self._options)
+        return run_isolated(self.path, feeds, self.format, self._options, self.timeout)
 
     def run_many(self, feed_sets: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
-        return run_isolated_many(self.path, [self.prepare(f) for f in feed_sets], self.format, self._options)
+        return run_isolated_many(self.path, [self.prepare(f) for f in feed_sets], self.format, self._options,
+                                 self.timeout)
 
     def describe(self) -> dict:
         return {**super().describe(), "isolated": True}
