@@ -298,7 +298,7 @@ def main() -> int:
                                               "models_done": names[:names.index(name) + 1], **extra}, indent=2) + "\n")
     table = C.markdown_table(rows, COLUMNS)
     if args.write_results:
-        C.write_results("llm", rows, table, env, extra)
+        C.write_results("llm", rows, table, env, extra, write_results=True)
     else:
         print(f"Machine: {C.machine_line(env)}\n\n{table}\n\nwrote {args.out}")
     return 0
