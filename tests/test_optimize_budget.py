@@ -366,3 +366,49 @@ def test_a_screen_is_charged_what_the_last_screen_measured_not_the_unpruned_buil
     assert [u.steps[0]["prune"]["ratio"] for u in lab.built_units if u.steps] == [0.7]
     assert by_id(result)["onnx/prune0.5+distill1m/fp32"].reason.startswith("would not finish within the budget")
     assert lab.now <= 638
+
+
+TEACHER_MODEL = """import torch
+from torch import nn
+
+
+class MLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 64), nn.Linear(64, 3)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+def make():
+    torch.manual_seed(0)
+    return MLP().eval()
+"""
+
+
+def test_pruned_candidates_share_one_teacher_pass_through_the_optimize_cache(tmp_path):
+    """A build's distillation writes the teacher's outputs under the optimize cache; the next pruned candidate
+    (another ratio, same teacher and data) reads them instead of running the teacher again."""
+    from edgeai.manifest import Manifest
+    from edgeai.optimize.builder import build_unit
+    (tmp_path / "model.py").write_text(TEACHER_MODEL)
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "train.npz", x=rng.normal(size=(64, 6)).astype(np.float32))
+    np.savez(tmp_path / "eval.npz", x=rng.normal(size=(16, 6)).astype(np.float32))
+    teacher = Cache(tmp_path / "cache").teacher_dir()
+    notes = []
+    for ratio in (0.25, 0.5):
+        dest = tmp_path / f"dest-{ratio}"
+        dest.mkdir()
+        recipe = {"model": f"{tmp_path}/model.py:make", "inputs": ["x:batch,6"], "format": "onnx",
+                  "steps": [{"prune": {"ratio": ratio}}, {"distill": {"epochs": 1}}],
+                  "data": {"train": str(tmp_path / "train.npz"), "eval": str(tmp_path / "eval.npz")}}
+        out = build_unit({"recipe": recipe, "ids": {"fp32": "c"}, "dests": {"c": str(dest)},
+                          "work": str(tmp_path / f"unit-{ratio}"), "deadline": None, "after_distill_s": 0.0,
+                          "teacher_cache": str(teacher), "reference": False})
+        assert "error" not in out["c"], out
+        step = next(s for s in Manifest.read(dest).get().steps if s["type"] == "model.distill")
+        notes.append(" ".join(step["notes"]))
+    assert "64 sample(s) at" in notes[0] and "64 sample(s) read from the cache" in notes[1]
+    assert [p.suffix for p in teacher.iterdir()] == [".npy"]

@@ -84,7 +84,7 @@ def run(config: OptimizeConfig, out_dir: Path, progress: Callable[[dict], None] 
         check_replaceable(out_dir / name)
     cache = Cache(config.cache_dir or real_dirs(out_dir, ".cache"), read=not config.no_cache)
     with signals_stop() as signals:
-        lab = PipelineLab(config, cache.work_dir())
+        lab = PipelineLab(config, cache.work_dir(), teacher_dir=cache.teacher_dir() if cache.read else None)
         try:
             result = Search(config, lab, cache, progress, started=started).run()
             signals.record_only()

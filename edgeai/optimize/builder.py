@@ -156,13 +156,14 @@ def distill_summary(entry) -> dict | None:
 def _build(job: Mapping[str, Any]) -> dict[str, dict]:
     import time
 
-    from edgeai.pipeline import export
+    from edgeai.pipeline import export, step_extras
 
     ids, dests = job["ids"], job["dests"]
     unit = Path(job["work"])
     unit.mkdir(parents=True, exist_ok=True)   # made by the Lab here; on a Ray node, made now
     recipe, cap = cap_distillation(job["recipe"], job.get("deadline"), job.get("after_distill_s", 0.0), time.time())
-    out = export(recipe=_to_recipe(recipe), out_dir=unit / "export")
+    with step_extras(teacher_cache=job.get("teacher_cache")):   # on a Ray node: none (not this machine's)
+        out = export(recipe=_to_recipe(recipe), out_dir=unit / "export")
     failed = {f["name"]: f["error"] for f in out.manifest.failed}
     results = {}
     for name, cid in ids.items():

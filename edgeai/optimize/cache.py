@@ -52,6 +52,11 @@ class Cache:
         """The folder builds run in (each unit in a folder of its own, removed when it ends)."""
         return real_dirs(self.root, "work")
 
+    def teacher_dir(self) -> Path:
+        """Distillation's teacher outputs (float16 .npy keyed by the teacher's weights and the data), shared by
+        every pruned candidate distilled from the same model on the same data."""
+        return real_dirs(self.root, "teacher")
+
     def get_built(self, key: str) -> dict | None:
         """The stored result of candidate `key` (with its folder present and intact), or None."""
         if not self.read:

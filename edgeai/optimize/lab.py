@@ -52,9 +52,10 @@ class PipelineLab:
     remote bench (builds stay here; the artifacts are copied there once, by sha256), where they
     are scored too, on the evaluation data (score_on_device)."""
 
-    def __init__(self, config: OptimizeConfig, work_dir: Path):
+    def __init__(self, config: OptimizeConfig, work_dir: Path, teacher_dir: Path | None = None):
         self.config = config
         self.work_dir = work_dir
+        self.teacher_dir = teacher_dir   # distillation's teacher outputs, computed once for all candidates
         self.plain = asdict(config)
         self.device = config.timing_device()
         self._device_env = self._probe_device() if self.device else None
@@ -154,6 +155,7 @@ class PipelineLab:
                          "dests": {c.id: str(dests[c.id]) for c in u.candidates if c.id in dests},
                          "work": str(self._unit_dir()),
                          "deadline": wall, "after_distill_s": after_distill_s,
+                         "teacher_cache": str(self.teacher_dir) if self.teacher_dir and u.steps else None,
                          "reference": not u.steps and u.format == self.config.formats[0]})
         results: dict[str, Built] = {}
         try:
