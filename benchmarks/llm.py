@@ -107,6 +107,12 @@ def _budget_text(name: str) -> Path:
     return path
 
 
+def _file_bytes(model: Path) -> int:
+    """The model file and its external data (Optimum writes model.onnx_data past 2 GB)."""
+    from edgeai.exporters.onnx import external_files
+    return model.stat().st_size + sum((model.parent / f).stat().st_size for f in external_files(model))
+
+
 def _load_factory(spec: str):
     import importlib
     module, _, fn = spec.partition(":")
@@ -241,12 +247,13 @@ def bench_model(name: str, args, log) -> list[dict]:
     rows = []
     for backend, runs in samples.items():
         ok = [s for s in runs if "error" not in s]
-        row = {"model": name, "backend": backend, "rounds": len(ok), "errors": [s["error"] for s in runs if "error" in s]}
+        row = {"model": name, "backend": backend, "rounds": len(ok), "new_tokens": args.new_tokens,
+               "errors": [s["error"] for s in runs if "error" in s]}
         if ok:
             row.update({k: median(s[k] for s in ok) for k in ("load_s", "ttft_ms", "decode_tok_s", "peak_rss_mb")})
             row["tokens"] = ok[0]["tokens"]
         path = backends[backend].get("model")
-        row["size_mb"] = Path(path).stat().st_size / 1e6 if path else None
+        row["size_mb"] = _file_bytes(Path(path)) / 1e6 if path else None
         score = scores.get(backend)
         if score:
             row.update({"perplexity": score["perplexity"], "ppl_increase_pct": 100 * score["ppl_increase"],
