@@ -50,7 +50,7 @@ def run(args) -> int:
     from edgeai.evaluate import evaluate, run_batched
     from edgeai.console import print_table
     from edgeai.fsutil import check_output_file, write_output
-    from edgeai.vocabulary import split_artifact
+    from edgeai.vocabulary import split_artifacts
     from edgeai.manifest import Manifest
     from edgeai.metrics import load_metric
     from edgeai.runtime.subproc import load_guarded
@@ -61,10 +61,9 @@ def run(args) -> int:
     if args.json:
         check_output_file(args.json)  # a bad --json fails before anything runs
     metric = load_metric(args.metric)
-    target, picked = split_artifact(args.artifact)
+    target, chosen = split_artifacts(args.artifact, getattr(args, "artifact_name", None))
     path = Path(target)
     manifest = Manifest.read(path) if path.is_dir() and (path / MANIFEST_NAME).is_file() else None
-    chosen = [picked] if picked else getattr(args, "artifact_name", None)
     names = (chosen or [a.name for a in manifest.artifacts]) if manifest else [None]
     results, reference, against = [], None, None
     for name in names:
