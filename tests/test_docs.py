@@ -66,6 +66,18 @@ def test_every_skipped_snippet_says_why():
             assert mark != "skip" or reason, f"{_page_id(page)}: a skipped block gives no reason:\n{code[:200]}"
 
 
+def test_readme_is_short_and_every_link_reaches_a_page():
+    """The README says what edgeai is, the commands and the quickstart, and links into docs/ (the site
+    build checks docs/ links; the README is outside it)."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= 150
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)
+    local = [link for link in links if "://" not in link]
+    assert local and all((ROOT / link).is_file() for link in local), [x for x in local if not (ROOT / x).is_file()]
+    for page in ("quickstart", "install", "troubleshooting", "security", "benchmarks", "devices"):
+        assert f"docs/{page}.md" in local, page
+
+
 def test_docs_site_builds_strict(tmp_path):
     pytest.importorskip("mkdocs")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "NO_MKDOCS_2_WARNING": "1"}
