@@ -78,6 +78,24 @@ def test_readme_is_short_and_every_link_reaches_a_page():
         assert f"docs/{page}.md" in local, page
 
 
+def test_hf_page_numbers_are_the_committed_benchmark():
+    """The Hugging Face page's int8-dynamic size and cosines are benchmarks/results/hf_parity.json's (they
+    were stale once: the page said 0.79x while its own benchmark said 0.26x)."""
+    import json
+    import math
+    rows = {r["variant"]: r for r in json.loads((ROOT / "benchmarks/results/hf_parity.json").read_text())["rows"]}
+    fp32, q = rows["fp32"], rows["int8-dynamic"]
+    text = " ".join((ROOT / "docs/howto/huggingface.md").read_text(encoding="utf-8").split())
+    m = re.search(r"is ([\d.]+)x the size \(([\d.]+) -> ([\d.]+) MB\) at cosine >= ([\d.]+) per token and "
+                  r">= ([\d.]+) per mean-pooled sentence", text)
+    assert m, "the int8-dynamic sentence of docs/howto/huggingface.md changed shape"
+    ratio, before, after, token, sentence = map(float, m.groups())
+    assert (before, after) == (round(fp32["size_mb"], 2), round(q["size_mb"], 2))
+    assert ratio == round(q["size_mb"] / fp32["size_mb"], 2)
+    floor5 = [math.floor(q[k] * 1e5) / 1e5 for k in ("token_cos_min", "sentence_cos_min")]   # ">=" bounds
+    assert [token, sentence] == floor5
+
+
 def test_docs_site_builds_strict(tmp_path):
     pytest.importorskip("mkdocs")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "NO_MKDOCS_2_WARNING": "1"}
