@@ -96,6 +96,20 @@ def test_hf_page_numbers_are_the_committed_benchmark():
     assert [token, sentence] == floor5
 
 
+def test_benchmarks_page_lists_every_result_with_its_date_and_machine():
+    import json
+    text = (ROOT / "docs" / "benchmarks.md").read_text(encoding="utf-8")
+    listed = dict(re.findall(r"^\| `(\w+)\.md` \| (.*) \|$", text, re.M))
+    results = sorted((ROOT / "benchmarks" / "results").glob("*.json"))
+    assert sorted(listed) == [f.stem for f in results]
+    for f in results:
+        doc = json.loads(f.read_text())
+        cpu, versions = doc["env"]["cpu"], doc["env"]["versions"]
+        vnni = "yes" if any("vnni" in flag for flag in cpu.get("flags", [])) else "no"
+        assert listed[f.stem] == f"{doc['created'][:10]} | {cpu['model']}, {cpu['machine']} | {vnni} | " \
+                                 f"{versions['onnxruntime']}", f.name
+
+
 def test_docs_site_builds_strict(tmp_path):
     pytest.importorskip("mkdocs")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "NO_MKDOCS_2_WARNING": "1"}
