@@ -1,11 +1,12 @@
 """Progress of one long step (distillation's batches, calibration's batches): done/total, samples/s, time left.
 
-On a terminal, a rich bar on stderr (log lines print above it). Elsewhere (CI, a pipe, a log file), and
-in worker processes (optimize's builds, where a second bar would collide with optimize's own): plain INFO
-log lines at most every PLAIN_EVERY_S seconds, and whenever the step has news (`line`), so a log shows
-progress as it happens. The time left is measured: the units still to do times the seconds each unit
-has taken so far (units done before the meter started, e.g. distillation's batchnorm screen, count as
-done but not as timed). rich is imported only for the bar.
+On a terminal, a rich bar on stderr (log lines print above it) while the logger shows INFO (`-q` hides
+it). Elsewhere (CI, a pipe, a log file), and in worker processes (optimize's builds, where a second bar
+would collide with optimize's own): plain INFO log lines at most every PLAIN_EVERY_S seconds, and
+whenever the step has news (`line`), so a log shows progress as it happens. The time left is measured:
+the units still to do times the seconds each unit has taken so far (units done before the meter
+started, e.g. distillation's batchnorm screen, count as done but not as timed). rich is imported only
+for the bar.
 """
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ class Meter:
         self.name, self.total, self.log, self.unit = name, max(int(total), 1), logger, unit
         self.done, self.samples, self.where = int(done), 0, ""
         self._timed_from, self.every_s, self.clock = int(done), every_s, clock
-        self.live = live_terminal() if live is None else live
+        # the bar is progress logging too: `-q` (or a library caller's logging at WARNING) hides it
+        self.live = live_terminal() and logger.isEnabledFor(logging.INFO) if live is None else live
         self._start = self._last = clock()
         self._bar = self._task = None
 

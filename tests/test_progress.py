@@ -54,6 +54,19 @@ def test_meter_before_any_timed_unit_says_it_is_measuring(caplog):
     assert [fmt_duration(s) for s in (0, 42.4, 725, 3723)] == ["0:00", "0:42", "12:05", "1:02:03"]
 
 
+def test_the_bar_shows_on_a_terminal_only_when_the_log_shows_info_and_never_in_a_worker(monkeypatch):
+    from edgeai import progress
+    log = logging.getLogger("edgeai.test_progress.bar")
+    monkeypatch.setattr(progress.sys.stderr, "isatty", lambda: True, raising=False)
+    log.setLevel(logging.INFO)
+    assert Meter("x", 3, log).live
+    log.setLevel(logging.WARNING)                       # edgeai -q
+    assert not Meter("x", 3, log).live
+    log.setLevel(logging.INFO)
+    monkeypatch.setattr(progress.multiprocessing, "parent_process", lambda: object())   # a build worker
+    assert not Meter("x", 3, log).live
+
+
 def test_non_tty_export_of_a_prune_distill_recipe_logs_epochs_with_eta(cli, tmp_path):
     (tmp_path / "model.py").write_text(MODEL)
     rng = np.random.default_rng(0)
