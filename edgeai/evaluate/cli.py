@@ -27,7 +27,9 @@ def add_parser(sub) -> None:
                    help="inputs keyed by input name, optionally 'labels' (or --text for a decoder)")
     add_deprecated_alias(p, "--data", "--eval-data", "eval_data")
     add_deprecated_alias(p, "--artifact-name", "FOLDER@ARTIFACT", "artifact_name", append=True)
-    p.add_argument("--batch-size", type=positive_int, default=64, help="samples per run (default 64)")
+    p.add_argument("--batch", dest="batch_size", type=positive_int, default=64, metavar="B",
+                   help="samples per run: the size of the batch dim (default 64)")
+    add_deprecated_alias(p, "--batch-size", "--batch", "batch_size", type=positive_int)
     p.add_argument("--provider", default="cpu", choices=PROVIDERS, help="execution provider (default cpu)")
     p.add_argument("--metric", metavar="FILE.py:FUNC|module:FUNC",
                    help="your task metric, FUNC(outputs: dict[name, array], labels) -> float, higher is better; "
