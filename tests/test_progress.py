@@ -31,7 +31,7 @@ class Clock:
 
 
 def test_meter_logs_plain_lines_every_interval_with_the_measured_time_left(caplog):
-    clock, log = Clock(), logging.getLogger("edgeai.test_progress")
+    clock, log = Clock(), logging.getLogger("test_progress")  # outside "edgeai": the CLI stops its propagation
     caplog.set_level(logging.INFO, logger=log.name)
     # 4 units done before the meter started (e.g. a screen) count as done, not as timed
     with Meter("distill", 104, log, done=4, live=False, every_s=20.0, clock=clock) as meter:
@@ -47,7 +47,7 @@ def test_meter_logs_plain_lines_every_interval_with_the_measured_time_left(caplo
 
 
 def test_meter_before_any_timed_unit_says_it_is_measuring(caplog):
-    log = logging.getLogger("edgeai.test_progress")
+    log = logging.getLogger("test_progress")  # outside "edgeai": the CLI stops its propagation
     caplog.set_level(logging.INFO, logger=log.name)
     Meter("calibrate", 8, log, live=False).line()
     assert caplog.records[-1].getMessage() == "calibrate | ETA measuring | 0/8 batches"
@@ -56,7 +56,7 @@ def test_meter_before_any_timed_unit_says_it_is_measuring(caplog):
 
 def test_the_bar_shows_on_a_terminal_only_when_the_log_shows_info_and_never_in_a_worker(monkeypatch):
     from edgeai import progress
-    log = logging.getLogger("edgeai.test_progress.bar")
+    log = logging.getLogger("test_progress.bar")
     monkeypatch.setattr(progress.sys.stderr, "isatty", lambda: True, raising=False)
     log.setLevel(logging.INFO)
     assert Meter("x", 3, log).live
