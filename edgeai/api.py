@@ -94,7 +94,11 @@ def optimize(model: Any = None, out_dir: str | PathLike | None = None, *, config
         if out_dir is None:
             raise ConfigError("no output folder: pass out_dir")
         _need_inputs(options, "optimize")
-        cache = Path(options.get("cache_dir") or Path(out_dir) / ".cache")
+        from edgeai.fsutil import ensure_writable_dir, real_dirs
+        from edgeai.optimize.config import check_known
+        check_known(options)     # before the module is written anywhere
+        # where optimize.run keeps its cache; made the same way (OUTDIR and its parents may not exist yet)
+        cache = ensure_writable_dir(options.get("cache_dir") or real_dirs(ensure_writable_dir(out_dir), ".cache"))
         if isinstance(options.get("example_inputs"), Mapping):
             options["example_inputs"] = str(_save_examples(options["example_inputs"], cache))
         model, options["trust_pickle"] = str(_save_module(model, cache)), True

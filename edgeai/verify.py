@@ -262,7 +262,10 @@ def verify(source: ModelSource, artifact: ArtifactHandle, tolerance: Tolerance =
             next((x.shape for x in source.input_specs if x.name == sp.name), ()), sp.shape) if d in frozen}
         raise VerificationError(f"the exporter froze dynamic dim(s) {fixed} (name -> fixed size): the artifact "
                                 "would reject any other size")
-    sets = feed_sets(source, set(frozen) if allow_frozen else set()) + sample_sets(source, samples)
+    shapes, batches = feed_sets(source, set(frozen) if allow_frozen else set()), sample_sets(source, samples)
+    sets = shapes + batches
+    log.info("verify: %d input set(s) (%d shape(s), %d eval batch(es)) through the artifact and %s",
+             len(sets), len(shapes), len(batches), ref_name)
     groups = [sets] if artifact.isolated else [[s] for s in sets]  # one child process for all sets
     results = [out for group in groups for out in _run_group(artifact, group)]
     names = [o.name for o in artifact.outputs]

@@ -65,6 +65,17 @@ def split_artifact(target: str, name: str | None = None) -> tuple[str, str | Non
     return target, name
 
 
+def split_artifacts(target: str, names: list[str] | None) -> tuple[str, list[str] | None]:
+    """Like split_artifact for commands that take several artifacts (eval: `--artifact-name` repeated):
+    (FOLDER, [ARTIFACT]) or (path, names); `FOLDER@A` with `--artifact-name B` is refused."""
+    folder, picked = split_artifact(target)
+    if picked is not None:
+        for name in names or ():
+            split_artifact(target, name)    # raises when it names another artifact
+        return folder, [picked]
+    return folder, list(names) if names else None
+
+
 def parse_scheme_option(text: str) -> tuple[str, str, str]:
     """`SCHEME.KEY=VALUE` -> (scheme, key, raw value)."""
     head, eq, value = text.partition("=")

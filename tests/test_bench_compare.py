@@ -70,6 +70,18 @@ def test_cli_exit_status_is_1_on_a_regression_and_0_within_the_threshold(tmp_pat
     assert code == 0 and "REGRESSION" not in out
 
 
+def test_compare_table_fits_80_columns_with_long_target_names(tmp_path, cli, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    long = {f"out/a-rather-long-export-folder-name/model.int8-static-{i}.onnx": 1.0 + i for i in range(3)}
+    base = write(tmp_path, "base.json", report(long))
+    new = write(tmp_path, "new.json", report({k: v * 1.3 for k, v in long.items()}))
+    code, out, err = cli("bench", "--compare", base, new, "--threshold", "10%")
+    assert code == 1, err
+    table = [line for line in out.splitlines() if line[:1] in "┏┃┡│└┗"]
+    assert len(table) >= 6 and max(len(line) for line in table) <= 80, "\n".join(table)
+    assert out.count("REGRESSION") >= 3 and "1.300" in out
+
+
 def test_compare_input_errors_are_one_line(tmp_path, cli):
     (tmp_path / "eval.json").write_text(json.dumps({"schema": "edgeai.eval/1", "results": []}))
     code, out, err = cli("bench", "--compare", str(tmp_path / "eval.json"), str(tmp_path / "missing.json"))

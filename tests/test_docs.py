@@ -66,6 +66,52 @@ def test_every_skipped_snippet_says_why():
             assert mark != "skip" or reason, f"{_page_id(page)}: a skipped block gives no reason:\n{code[:200]}"
 
 
+def test_readme_is_short_and_every_link_reaches_a_page():
+    """The README says what edgeai is, the commands and the quickstart, and links into docs/ (the site
+    build checks docs/ links; the README is outside it)."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= 150
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)
+    local = [link for link in links if "://" not in link]
+    assert local and all((ROOT / link).is_file() for link in local), [x for x in local if not (ROOT / x).is_file()]
+    for page in ("quickstart", "install", "troubleshooting", "security", "benchmarks", "devices"):
+        assert f"docs/{page}.md" in local, page
+
+
+def test_hf_page_numbers_are_the_committed_benchmark():
+    """The Hugging Face page's int8-dynamic size and cosines are benchmarks/results/hf_parity.json's (they
+    were stale once: the page said 0.79x while its own benchmark said 0.26x)."""
+    import json
+    import math
+    rows = {r["variant"]: r for r in json.loads((ROOT / "benchmarks/results/hf_parity.json").read_text())["rows"]}
+    fp32, q = rows["fp32"], rows["int8-dynamic"]
+    text = " ".join((ROOT / "docs/howto/huggingface.md").read_text(encoding="utf-8").split())
+    m = re.search(r"is ([\d.]+)x the size \(([\d.]+) -> ([\d.]+) MB\) at cosine >= ([\d.]+) per token and "
+                  r">= ([\d.]+) per mean-pooled sentence", text)
+    assert m, "the int8-dynamic sentence of docs/howto/huggingface.md changed shape"
+    ratio, before, after, token, sentence = map(float, m.groups())
+    assert (before, after) == (round(fp32["size_mb"], 2), round(q["size_mb"], 2))
+    assert ratio == round(q["size_mb"] / fp32["size_mb"], 2)
+    floor5 = [math.floor(q[k] * 1e5) / 1e5 for k in ("token_cos_min", "sentence_cos_min")]   # ">=" bounds
+    assert [token, sentence] == floor5
+
+
+def test_benchmarks_page_lists_every_result_with_its_date_and_machine():
+    """docs/benchmarks.md's table of runs is benchmarks/results/*.json's dates and machines (a new result
+    file fails here until its row, given in the message, is added)."""
+    import json
+    text = (ROOT / "docs" / "benchmarks.md").read_text(encoding="utf-8")
+    listed = [line for line in text.splitlines() if re.match(r"\| `\w+\.md` \|", line)]
+    expected = []
+    for f in sorted((ROOT / "benchmarks" / "results").glob("*.json")):
+        doc = json.loads(f.read_text())
+        cpu, versions = doc["env"]["cpu"], doc["env"]["versions"]
+        vnni = "yes" if any("vnni" in flag for flag in cpu.get("flags", [])) else "no"
+        expected.append(f"| `{f.stem}.md` | {doc['created'][:10]} | {cpu['model']}, {cpu['machine']} | {vnni} | "
+                        f"{versions['onnxruntime']} |")
+    assert listed == expected, "docs/benchmarks.md's table of runs should read:\n" + "\n".join(expected)
+
+
 def test_docs_site_builds_strict(tmp_path):
     pytest.importorskip("mkdocs")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "NO_MKDOCS_2_WARNING": "1"}

@@ -76,6 +76,25 @@ def test_module_without_inputs_and_a_non_model_are_config_errors(tmp_path):
         edgeai.optimize("m.py:f", tmp_path / "opt", max_drop="1")
 
 
+@pytest.mark.parametrize("kw", ["eval_data", "calibration", "train_data"])
+def test_export_and_optimize_take_the_same_data_keywords(tmp_path, kw):
+    """One name per kind of data in both verbs: a wrong type is refused naming the keyword in each."""
+    for verb, call in (("export", edgeai.export), ("optimize", edgeai.optimize)):
+        with pytest.raises(ConfigError, match=f"^{verb}: {kw} must be a path"):
+            call(_net(), tmp_path / verb, inputs=["x:batch,8"], max_drop=1.0, **{kw: 3})
+    assert not list(tmp_path.iterdir())
+
+
+def test_optimize_of_a_module_into_a_new_nested_folder_gets_past_its_cache(tmp_path):
+    """edgeai.optimize(net, "out/opt") failed with "cannot create folder 'out/opt/.cache/models'" when out/
+    did not exist; an unknown keyword is named before anything is written."""
+    with pytest.raises(ConfigError, match=r"unknown optimize option\(s\) \['evaldata'\]; known: .*eval_data"):
+        edgeai.optimize(_net(), tmp_path / "a" / "opt", inputs=["x:batch,8"], max_drop=1.0, evaldata="e.npz")
+    assert not (tmp_path / "a").exists()
+    with pytest.raises(edgeai.errors.DataError, match="'missing.npz' does not exist"):
+        edgeai.optimize(_net(), tmp_path / "b" / "opt", inputs=["x:batch,8"], max_drop=1.0, eval_data="missing.npz")
+
+
 PLAIN_SCRIPT = """
 import numpy as np
 import torch

@@ -96,6 +96,7 @@ def test_python_m_build_makes_a_wheel_whose_plain_install_runs_without_torch(tmp
                            "-c", str(REPO / "constraints.txt"), str(wheel)], capture_output=True, text=True,
                           env=CLEAN_ENV)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    _assert_documented_install_size(python)
     env = {"PATH": f"{python.parent}:/usr/bin:/bin", "HOME": str(tmp_path)}
     proc = subprocess.run([str(python.parent / "edgeai"), "--version"], capture_output=True, text=True, env=env,
                           cwd=tmp_path)
@@ -108,6 +109,15 @@ def test_python_m_build_makes_a_wheel_whose_plain_install_runs_without_torch(tmp
                           capture_output=True, text=True, env=env, cwd=tmp_path)
     assert proc.returncode == 2
     assert f'run: pip install "{wheel}[export]"' in proc.stderr   # a command that works here
+
+
+def _assert_documented_install_size(python: Path) -> None:
+    """docs/install.md's "about N MB" for the plain install is within 15% of `du` of this venv's site-packages."""
+    [claim] = re.findall(r"plain install takes \*\*about (\d+) MB\*\*", (REPO / "docs" / "install.md").read_text())
+    [site] = list((python.parent.parent / "lib").glob("python3*/site-packages"))
+    kib = int(subprocess.run(["du", "-sk", str(site)], capture_output=True, text=True, check=True).stdout.split()[0])
+    measured = kib / 1024
+    assert abs(measured - int(claim)) <= 0.15 * measured, f"docs say about {claim} MB; du measured {measured:.0f}M"
 
 
 @pytest.fixture(scope="module")

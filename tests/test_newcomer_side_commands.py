@@ -3,6 +3,7 @@ weighs a slowdown against the runs' own spread, a device install names the extra
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -89,6 +90,23 @@ def test_zoo_retrain_leaves_the_shipped_weights_unless_write_weights(module, tmp
     assert _digests(train_mod.ZOO_DIR / "weights") == shipped
     with pytest.raises(SystemExit):  # one or the other
         mod.main([*argv, "--out", str(tmp_path / "x"), "--write-weights"])
+
+
+@pytest.mark.slow  # two retrains of one epoch each in fresh processes: ~30 s each on 2 busy cores
+def test_zoo_retrain_is_reproducible_on_this_machine_as_docs_zoo_says(tmp_path):
+    """docs/zoo.md: seeded, so the same held-out top-1 on the same machine and thread count (the old
+    README promised bit-identical weights everywhere; that is measured here on one machine only)."""
+    runs = []
+    for name in ("a", "b"):
+        proc = subprocess.run([sys.executable, "-m", "edgeai.zoo.train", "--model", "lstm", "--epochs", "1",
+                               "--out", str(tmp_path / name)], capture_output=True, text=True, cwd=tmp_path,
+                              timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        metrics = json.loads((tmp_path / name / "weights" / "metrics.json").read_text())["lstm"]
+        runs.append((metrics["accuracy"], (tmp_path / name / "weights" / "digits_lstm.pt").read_bytes()))
+    assert runs[0] == runs[1] and 0.1 < runs[0][0] < 1.0
+    assert "same held-out top-1 on the same machine and thread count" in " ".join(
+        (REPO / "docs" / "zoo.md").read_text().split())
 
 
 def _report(p50: float, p90_over_p50: float):

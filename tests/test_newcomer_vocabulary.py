@@ -58,7 +58,19 @@ def test_eval_takes_eval_data_and_folder_at_name(cli, folder, tmp_path):
     code, out, err = cli("eval", folder, "--data", tmp_path / "labelled.npz", "--artifact-name", "fp32",
                          "--artifact-name", "wide", "--json", tmp_path / "e2.json")
     assert code == 0 and "--data is deprecated" in err
+    assert "edgeai: warning: --artifact-name is deprecated and goes in the next release; use FOLDER@ARTIFACT" in err
     assert [r["artifact"] for r in json.loads((tmp_path / "e2.json").read_text())["results"]] == ["fp32", "wide"]
+    code, out, err = cli("eval", f"{folder}@wide", "--eval-data", tmp_path / "labelled.npz", "--batch", "2",
+                         "--json", tmp_path / "e3.json")
+    assert code == 0 and "deprecated" not in err
+    code, out, err = cli("eval", f"{folder}@wide", "--eval-data", tmp_path / "labelled.npz", "--batch-size", "2",
+                         "--json", tmp_path / "e4.json")
+    assert code == 0 and "--batch-size is deprecated and goes in the next release; use --batch" in err
+    assert json.loads((tmp_path / "e3.json").read_text()) == json.loads((tmp_path / "e4.json").read_text())
+    code, out, err = cli("eval", f"{folder}@wide", "--artifact-name", "fp32", "--eval-data", tmp_path / "labelled.npz")
+    assert code == 2 and "names artifact 'wide' and --artifact-name names 'fp32'" in err
+    code, out, err = cli("eval", f"{folder}@nope", "--eval-data", tmp_path / "labelled.npz")
+    assert code == 2 and "nope" in err and "fp32" in err and "wide" in err   # the known artifacts are named
 
 
 def test_optimize_format_is_one_flag_and_formats_is_an_alias(capsys):

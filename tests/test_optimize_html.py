@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeai.optimize.plots import frontier, pareto_png
+from edgeai.optimize.plots import GREY, frontier, pareto_figure, pareto_png
 from edgeai.optimize.report import relative_paths
 from edgeai.optimize.report_html import report_html
 
@@ -51,6 +51,41 @@ def test_frontier_keeps_only_candidates_no_other_beats_on_both_axes():
 def test_pareto_png_is_a_real_plot():
     png = pareto_png(REPORT)
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
+
+
+def test_pareto_plot_shows_every_candidate_the_frontier_the_choice_and_labels_that_do_not_overlap():
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_hex
+    fig = pareto_figure(REPORT)
+    try:
+        ax = fig.axes[0]
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        marks = {}   # (x, y) -> (face colour, area) of the candidate markers (not the star or the square)
+        for coll in ax.collections:
+            if coll.get_label() in ("FP32 baseline",) or coll.get_label().startswith("chosen:"):
+                continue
+            for (x, y), face, size in zip(coll.get_offsets(), coll.get_facecolors(), coll.get_sizes()):
+                marks[(round(float(x), 3), round(float(y), 3))] = (to_hex(face), float(size))
+        scored = [c for c in REPORT["candidates"] if c["value"] is not None]
+        assert len(marks) == len(scored) == 6                        # rejected ones too; the skipped one has no value
+        assert marks[(0.21, 0.95)][0] == GREY                          # rejected: greyed
+        untimed = next(k for k in marks if k[1] == 0.93)               # rejected before timing: the right column
+        assert untimed[0] > 0.52 and marks[untimed][0] == GREY
+        assert marks[(1.0, 0.999)][1] > marks[(0.21, 0.95)][1]       # 4 MB draws larger than 0.3 MB
+        [front] = [ln for ln in ax.lines if ln.get_label() == "Pareto frontier"]
+        assert list(front.get_xdata()) == [0.30, 0.48]
+        legend = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert legend == ["outside the budget (drop > 0.01)", "Pareto frontier", "within budget", "rejected / failed",
+                          "chosen: onnx/prune0.5/int8-static", "FP32 baseline"]   # no entry for what is not drawn
+        labels = [t for t in ax.texts if t.get_text() in {c["id"] for c in scored}]
+        assert sorted(t.get_text() for t in labels) == sorted(c["id"] for c in scored)
+        boxes = [t.get_window_extent(renderer) for t in labels]
+        inside = ax.get_window_extent(renderer)
+        assert all(b.x0 >= inside.x0 - 1 and b.x1 <= inside.x1 + 1 for b in boxes)
+        assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    finally:
+        plt.close(fig)
 
 
 def test_report_html_is_self_contained_and_says_everything():

@@ -61,6 +61,38 @@ def test_bench_table_fits_80_columns_without_cutting_numbers(exported, cli):
     assert row.split()[-1].endswith("x")  # the speedup column survives, whole
 
 
+def test_eval_table_fits_80_columns(exported, cli, tmp_path):
+    import numpy as np
+    x = np.random.default_rng(0).standard_normal((8, 3, 16, 16)).astype(np.float32)
+    np.savez(tmp_path / "e.npz", image=x, labels=np.arange(8) % 5)
+    code, out, err = cli("eval", exported, "--eval-data", tmp_path / "e.npz")
+    assert code == 0, err
+    lines = _table_lines(out)
+    assert len(lines) >= 4 and max(len(line) for line in lines) <= 80 and "…" not in out
+
+
+def test_optimize_summary_fits_80_columns_with_long_names_and_reasons(capsys):
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from edgeai.optimize.cli import _print_summary
+
+    def cand(id_, status, reason):
+        return {"id": id_, "status": status, "size_bytes": 123_456_789, "p50_ms": 0.00812, "speedup": 12.3456,
+                "value": 0.998765, "drop": 0.012345, "reason": reason}
+    report = {"candidates": [cand("onnx/fp32", "ok", "baseline"),
+                             cand("onnx/prune0.75/distill/int8-static", "rejected",
+                                  "cosine drop 0.0493 > max_drop 0.01 after the fallback kept 3 nodes in float"),
+                             cand("tflite/prune0.5/int8-dynamic", "chosen", "fastest within the budget every round")],
+              "notes": [], "formats": []}
+    _print_summary(SimpleNamespace(out_dir=Path("out/opt"), report=report, why="fastest",
+                                   best_dir=Path("out/opt/best")))
+    out = capsys.readouterr().out
+    lines = _table_lines(out)
+    assert max(len(line) for line in lines) <= 80, "\n".join(lines)
+    assert "12.35" in out and "0.00812" in out and "hidden to fit 80 columns" in out   # numbers whole, not cut
+
+
 def test_a_pipe_gets_the_natural_width(exported, cli, monkeypatch):
     monkeypatch.delenv("COLUMNS")
     code, out, _ = cli("info", exported)

@@ -27,7 +27,9 @@ def add_parser(sub) -> None:
                    help="inputs keyed by input name, optionally 'labels' (or --text for a decoder)")
     add_deprecated_alias(p, "--data", "--eval-data", "eval_data")
     add_deprecated_alias(p, "--artifact-name", "FOLDER@ARTIFACT", "artifact_name", append=True)
-    p.add_argument("--batch-size", type=positive_int, default=64, help="samples per run (default 64)")
+    p.add_argument("--batch", dest="batch_size", type=positive_int, default=64, metavar="B",
+                   help="samples per run: the size of the batch dim (default 64)")
+    add_deprecated_alias(p, "--batch-size", "--batch", "batch_size", type=positive_int)
     p.add_argument("--provider", default="cpu", choices=PROVIDERS, help="execution provider (default cpu)")
     p.add_argument("--metric", metavar="FILE.py:FUNC|module:FUNC",
                    help="your task metric, FUNC(outputs: dict[name, array], labels) -> float, higher is better; "
@@ -50,7 +52,7 @@ def run(args) -> int:
     from edgeai.evaluate import evaluate, run_batched
     from edgeai.console import print_table
     from edgeai.fsutil import check_output_file, write_output
-    from edgeai.vocabulary import split_artifact
+    from edgeai.vocabulary import split_artifacts
     from edgeai.manifest import Manifest
     from edgeai.metrics import load_metric
     from edgeai.runtime.subproc import load_guarded
@@ -61,10 +63,9 @@ def run(args) -> int:
     if args.json:
         check_output_file(args.json)  # a bad --json fails before anything runs
     metric = load_metric(args.metric)
-    target, picked = split_artifact(args.artifact)
+    target, chosen = split_artifacts(args.artifact, getattr(args, "artifact_name", None))
     path = Path(target)
     manifest = Manifest.read(path) if path.is_dir() and (path / MANIFEST_NAME).is_file() else None
-    chosen = [picked] if picked else getattr(args, "artifact_name", None)
     names = (chosen or [a.name for a in manifest.artifacts]) if manifest else [None]
     results, reference, against = [], None, None
     for name in names:

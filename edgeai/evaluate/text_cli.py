@@ -34,7 +34,7 @@ def run_text(args) -> int:
     from edgeai.evaluate.text import load_tokens, score_artifacts, summary
     from edgeai.fsutil import check_output_file, write_output
     from edgeai.manifest import Manifest
-    from edgeai.vocabulary import split_artifact
+    from edgeai.vocabulary import split_artifacts
 
     if not args.text:
         raise DataError("edgeai eval needs the data to score on: --eval-data FILE.npz|module:function (inputs), "
@@ -43,10 +43,9 @@ def run_text(args) -> int:
         raise DataError("--text scores a language model on text; it takes no --eval-data or --metric")
     if args.stride > args.window:
         raise DataError(f"--stride {args.stride} is larger than --window {args.window}: tokens would be skipped")
-    target, picked = split_artifact(args.artifact)
+    target, chosen = split_artifacts(args.artifact, getattr(args, "artifact_name", None))
     path = Path(target)
     manifest = Manifest.read(path) if path.is_dir() and (path / MANIFEST_NAME).is_file() else None
-    chosen = [picked] if picked else getattr(args, "artifact_name", None)
     names = (chosen or [a.name for a in manifest.artifacts]) if manifest else [None]
     paths = {}
     if args.reference:

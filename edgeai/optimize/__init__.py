@@ -9,12 +9,12 @@ from __future__ import annotations
 import logging
 import sys
 import types
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
 from edgeai.errors import ConfigError
-from edgeai.optimize.config import OptimizeConfig
+from edgeai.optimize.config import OptimizeConfig, check_known
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +47,7 @@ def optimize(model: str | None = None, out_dir: str | Path | None = None, *, con
         config = OptimizeConfig(model=model)
     elif model is not None:
         options["model"] = model
-    known = {f.name for f in fields(OptimizeConfig)}
-    bad = set(options) - known
-    if bad:
-        raise ConfigError(f"unknown optimize option(s) {sorted(bad)}; known: {', '.join(sorted(known))}")
+    check_known(options)
     for key in ("inputs", "formats", "prune_ratios"):
         if isinstance(options.get(key), (list, str)):
             value = options[key]

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
 from edgeai.errors import ConfigError
@@ -104,3 +104,11 @@ class OptimizeConfig:
         if self.prune_ratios is not None:
             return tuple(self.prune_ratios)
         return DEFAULT_RATIOS_DISTILL if self.train_data else DEFAULT_RATIOS_PLAIN
+
+
+def check_known(options: Mapping[str, Any]) -> None:
+    """ConfigError for keywords that are not OptimizeConfig fields, naming the known ones."""
+    known = {f.name for f in fields(OptimizeConfig)}
+    bad = set(options) - known
+    if bad:
+        raise ConfigError(f"unknown optimize option(s) {sorted(bad)}; known: {', '.join(sorted(known))}")

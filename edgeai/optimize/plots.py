@@ -21,6 +21,19 @@ def frontier(points: list[dict]) -> list[dict]:
 
 def pareto_png(report: dict) -> bytes:
     """The plot as PNG bytes (matplotlib, Agg backend)."""
+    import matplotlib.pyplot as plt
+
+    fig = pareto_figure(report)
+    try:
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        return buf.getvalue()
+    finally:
+        plt.close(fig)
+
+
+def pareto_figure(report: dict):
+    """The matplotlib Figure pareto_png saves (the caller closes it)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -83,10 +96,7 @@ def pareto_png(report: dict) -> bytes:
         if hasattr(handle, "set_sizes"):
             handle.set_sizes([60])
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return fig
 
 
 def _place_labels(fig, ax, points: list[tuple[float, float, str]]) -> None:

@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator, Mapping
 import numpy as np
 
 from edgeai.errors import ConfigError, DataError
+from edgeai.progress import Meter
 
 log = logging.getLogger(__name__)
 FP16_MAX = 65504.0
@@ -85,12 +86,14 @@ def teacher_pass(teacher: Any, arrays: dict, n: int, bs: int, dtype: Any, feats:
     import torch
 
     outs, fmaps, done = [], {}, 0
-    with torch.no_grad():
+    total = -(-n // bs)
+    with torch.no_grad(), Meter("distill teacher pass", total, log) as meter:
         for s in range(0, n, bs):
             outs.append(first_tensor(teacher(**batch(arrays, slice(s, s + bs), dtype))).float())
             for k, v in (feats.values.items() if feats else ()):
                 fmaps.setdefault(k, []).append(v.detach().float())
             done = min(n, s + bs)
+            meter.advance(1, done - s, f"batch {s // bs + 1}/{total}")
             if deadline() and done < n:
                 break
     return torch.cat(outs), {k: torch.cat(v) for k, v in fmaps.items()}, done

@@ -19,13 +19,13 @@ import copy
 import io
 import logging
 import math
-import sys
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 from edgeai.errors import ConfigError, DataError, UnknownNameError
+from edgeai.progress import Meter
 from edgeai.steps import MODEL_STEPS, ModelStep, StepContext, StepReport, config_to_dict
 from edgeai.steps import _distill_bn as bn
 from edgeai.steps import _distill_data as dd
@@ -74,17 +74,6 @@ def _validate(config: DistillConfig) -> None:
                       ("alpha", 0.0 <= config.alpha <= 1.0), ("patience", config.patience >= 1)):
         if not ok:
             raise ConfigError(f"distill: {field}={getattr(config, field)} is out of range")
-
-
-def _progress(total: int):
-    """A rich progress bar on a terminal, else None (the loop logs instead)."""
-    if not sys.stderr.isatty():
-        return None
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(TextColumn("distill"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                    TimeElapsedColumn(), console=Console(stderr=True), transient=False)
 
 
 def _save_checkpoint(path: str, state: dict, epoch: int, metric: float) -> None:
@@ -160,6 +149,7 @@ def _distill(model: Any, names: list[str], config: DistillConfig, ctx: StepConte
     s_feats = Features(model, [s for s, _ in pairs]) if pairs else None
     t_feats = Features(teacher, [t for _, t in pairs]) if pairs else None
     t_start = time.monotonic()
+    log.info("distill: the teacher's outputs on %d training and %d eval sample(s)", n_given, n_eval)
     try:
         if pairs:      # feature maps too: computed here, not cached on disk
             t_train, t_train_f, n = dd.teacher_pass(teacher, train_x, n_given, bs, dtype, t_feats, out_of_time)
@@ -243,11 +233,13 @@ def _distill(model: Any, names: list[str], config: DistillConfig, ctx: StepConte
     best_epoch, stale, epochs_run, history = 0, 0, 0, []
     trained = 0                                   # samples the student was trained on, over all epochs
     checkpoint = ctx.extra.get("checkpoint")
-    progress = _progress(config.epochs)
-    task = progress.add_task("distill", total=config.epochs, info="") if progress else None
-    if progress:
-        progress.start()
-    try:
+    screened = screen.batches[mode] if screen is not None and not screen.cut_short else 0
+    meter = Meter("distill", config.epochs * len(batches), log, done=screened)
+    log.info("distill: at most %d epoch(s) of %d batch(es) of %d on %d sample(s)", config.epochs, len(batches), bs, n)
+    with ExitStack() as stack:
+        stack.enter_context(meter)
+        if s_feats:
+            stack.callback(s_feats.close)
         for epoch in range(1, config.epochs + 1):
             total, seen, todo = 0.0, 0, batches if epoch == 1 else None
             if epoch == 1 and screen is not None:     # the winner's screened batches are epoch 1's first
@@ -257,9 +249,10 @@ def _distill(model: Any, names: list[str], config: DistillConfig, ctx: StepConte
                 order = torch.randperm(n, generator=gen)
                 todo = [order[s:s + bs] for s in range(0, n, bs) if n == 1 or len(order[s:s + bs]) >= 2]
             bn.set_train(model, mode)
-            for idx in todo:
+            for i, idx in enumerate(todo, start=len(batches) - len(todo) + 1):
                 batch_loss, batch_seen = step(state, opt, sched, idx)
                 total, seen = total + batch_loss, seen + batch_seen
+                meter.advance(1, batch_seen, f"epoch {epoch}/{config.epochs} batch {i}/{len(batches)}")
                 if out_of_time():
                     break
             epochs_run, trained = epoch, trained + seen
@@ -273,22 +266,14 @@ def _distill(model: Any, names: list[str], config: DistillConfig, ctx: StepConte
                     _save_checkpoint(checkpoint, best_state, epoch, value)
             else:
                 stale += 1
-            info = f"loss {train_loss:.4f}  {metric_name} {value:.4f}  best {best_metric:.4f}"
-            if progress:
-                progress.update(task, advance=1, info=info)
-            else:
-                log.info("distill epoch %d/%d: %s", epoch, config.epochs, info)
+            meter.where = f"epoch {epoch}/{config.epochs}"
+            meter.line(f"loss {train_loss:.4f}, {metric_name} {value:.4f}, best {best_metric:.4f}")
             if stale >= config.patience:
                 log.info("distill: no improvement for %d epochs; stopping", stale)
                 break
             if out_of_time():
                 log.info("distill: max_minutes=%s reached; stopping", config.max_minutes)
                 break
-    finally:
-        if progress:
-            progress.stop()
-        if s_feats:
-            s_feats.close()
     model.load_state_dict(best_state)
     model.eval()
 

@@ -15,10 +15,12 @@ from __future__ import annotations
 import copy
 import difflib
 import logging
+import time
 from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
 from edgeai.errors import ConfigError, InputSpecError, UnknownNameError, VerificationError
+from edgeai.progress import PLAIN_EVERY_S
 from edgeai.steps import MODEL_STEPS, ModelStep, StepContext, StepReport, config_to_dict
 from edgeai.steps._prune_alloc import ALLOCATIONS, keep_units, search
 from edgeai.steps._prune_graph import leaf_shapes as _shapes
@@ -233,10 +235,18 @@ def _breaking_slots(module: Any, example_inputs: Mapping[str, Any], config: Prun
 
     probe_model = copy.deepcopy(module).eval()
     targets, _ = pg.discover(probe_model, example_inputs, config, pg.build_graph(probe_model, example_inputs))
-    broken = []
+    live = sum(not t.slot.protected for t in targets)
+    log.info("prune: the planned cut fails verification; cutting each of %d layer(s) alone to find the ones "
+             "that break the model", live)
+    broken, tried, last = [], 0, time.monotonic()
     for i, t in enumerate(targets):
         if t.slot.protected:
             continue
+        tried += 1
+        if time.monotonic() - last >= PLAIN_EVERY_S:
+            last = time.monotonic()
+            log.info("prune: cutting layer %d/%d alone (%s); %d break the model so far", tried, live, t.slot.name,
+                     len(broken))
         work, *_, twin = _plan_and_cut(module, example_inputs, config, base, base.total, probe=i)
         what, text, _ = _check(work, twin, ref_out, example_inputs)
         if what:
@@ -286,7 +296,7 @@ def _rounds(module: Any, example_inputs: Mapping[str, Any], config: PruneConfig,
     from edgeai.macs import count_macs
 
     target_pred, best = target, None
-    for _ in range(MAX_ROUNDS):
+    for round_ in range(1, MAX_ROUNDS + 1):
         work, targets, keeps, notes, pred, twin = _plan_and_cut(module, example_inputs, config, base, target_pred)
         diff = _verify(work, twin, ref_out, example_inputs)
         after = count_macs(work, example_inputs)
@@ -295,7 +305,9 @@ def _rounds(module: Any, example_inputs: Mapping[str, Any], config: PruneConfig,
         if abs(after.total - target) <= RATIO_TOLERANCE * base.total or abs(after.total - pred) <= 0.005 * pred:
             break                                # on target, or as close as the channel rounding allows
         target_pred *= target / after.total      # the prediction was off (e.g. shared layers): re-aim
-        log.info("prune: measured %d MACs vs predicted %.0f; re-planning", after.total, pred)
+        if round_ < MAX_ROUNDS:
+            log.info("prune: measured %d MACs vs predicted %.0f; re-planning (round %d of at most %d)",
+                     after.total, pred, round_ + 1, MAX_ROUNDS)
     return best
 
 

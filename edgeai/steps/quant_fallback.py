@@ -305,13 +305,14 @@ def fallback_until_within(quantize: Callable[[tuple[str, ...]], Path], evaluate:
         metric = float(evaluate(path))
         report.tries.append(FallbackTry(excluded, metric, float(baseline) - metric, str(path),
                                         sum(sizes.get(n, 0) for n in excluded)))
-        log.info("fallback try %d: %d part(s) in float, metric %.5g (target %.5g)",
-                 len(report.tries), len(excluded), metric, target)
+        log.info("fallback try %d of at most %d: %d part(s) in float, metric %.5g (target %.5g)",
+                 len(report.tries), max_evals, len(excluded), metric, target)
         slowest[0] = max(slowest[0], time.time() - t0)
         return metric >= target
 
     ok = attempt(())
     if not ok and max_evals > 1 and evals_left() > 0:
+        log.info("fallback: all-INT8 misses the target; ranking the parts by the error they add")
         ranked = rank(Path(report.tries[0].path))     # a ranker without sizes: every unit costs the same
         report.units, report.ranking, sizes = ranked[0], ranked[1], (ranked[2] if len(ranked) > 2 else {})
         report.unit_bytes = {u: sizes.get(u, 0) for u in report.units}

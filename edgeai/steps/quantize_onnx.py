@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from edgeai import hw
-from edgeai.data import iter_batches, load_feeds, num_samples, split_labels, take
+from edgeai.data import load_feeds, num_samples, split_labels, take
 from edgeai.errors import DataError, UnknownNameError
 from edgeai.steps import ARTIFACT_STEPS, ArtifactStep, StepContext, StepReport, config_to_dict
 from edgeai.steps import _onnx_graph as g
+from edgeai.steps._onnx_calibrate import calibrate
 
 log = logging.getLogger(__name__)
 
@@ -309,21 +310,6 @@ def _keep_fp32_nodes_fp32(path: Path, source: Path) -> list[str]:
     return []
 
 
-def _calibration_reader(feeds: dict, batch: int):
-    from onnxruntime.quantization import CalibrationDataReader
-
-    class FeedReader(CalibrationDataReader):
-        """Hands onnxruntime's calibrator the samples in batches of `batch`."""
-
-        def __init__(self):
-            self._batches = iter_batches(feeds, batch)
-
-        def get_next(self):
-            return next(self._batches, None)
-
-    return FeedReader()
-
-
 def calibration_feeds(ctx: StepContext, model_path: Path, config: Int8StaticConfig) -> tuple[dict, list[str]]:
     """Checked calibration inputs for the model at `model_path` (labels dropped, capped at max_samples)."""
     if ctx.calibration is None:
@@ -361,7 +347,7 @@ def int8_static(src: Path, dst: Path, config: Int8StaticConfig, ctx: StepContext
         cache = Path(ctx.extra.get("calibration_cache") or work / "calibration.json")
         with g.quantizer_warnings() as warned:
             if not cache.is_file():
-                _calibrate(model_in, feeds, batch, config, method, cache, work)
+                calibrate(model_in, feeds, batch, config, method, cache, work)
             float_nodes, extreme = g.extreme_range_nodes(model, cache, EXTREME_RANGE)
             exclude = list(config.exclude_nodes) + [n for n in float_nodes if n not in config.exclude_nodes]
             quantize_static(
@@ -389,17 +375,6 @@ def int8_static(src: Path, dst: Path, config: Int8StaticConfig, ctx: StepContext
 
 # A calibrated range beyond this (in absolute value) is a mask or a fill, not an activation.
 EXTREME_RANGE = 1e6
-
-
-def _calibrate(model_in: Path, feeds: dict, batch: int, config: Int8StaticConfig, method, cache: Path,
-               work: Path) -> None:
-    """Collect activation ranges on `feeds` once and save them where quantize_static reads them."""
-    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
-    calibrator = create_calibrator(model_in, list(config.op_types) if config.op_types else None,
-                                   augmented_model_path=str(work / "augmented.onnx"), calibrate_method=method,
-                                   use_external_data_format=g.stores_external_data(model_in))
-    calibrator.collect_data(_calibration_reader(feeds, batch))
-    save_tensors_data(calibrator.compute_data(), cache)
 
 
 ARTIFACT_STEPS.add("onnx:fp16", ArtifactStep(Fp16Config, fp16, precision="fp16"))

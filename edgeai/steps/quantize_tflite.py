@@ -177,6 +177,7 @@ def _run(src: Path, dst: Path, step: str, config: Any, ctx: StepContext) -> Step
                 if cache is not None and "ranges" in cache:
                     calibration = cache["ranges"]
                 else:
+                    log.info("tflite:int8-static: calibrating ranges on %d batch(es)", len(feeds))
                     calibration = qt.calibrate({"serving_default": feeds}, num_threads=1)
                     if cache is not None:
                         cache["ranges"] = calibration
