@@ -118,6 +118,7 @@ def test_the_default_graph_is_fused_from_the_weights_with_a_few_nodes_a_layer(lm
     assert sum(ops.values()) <= 10 * layers + 12
 
 
+@pytest.mark.slow   # a second (torch.export) export of the LM: ~40 s
 def test_traced_graph_every_gemm_became_a_matmul(lm_traced_export, lm):
     """GPT-2's Conv1D layers trace to Gemm, which ORT's MatMulNBits quantizer skips: none may be left."""
     conv1d = sum(type(m).__name__ == "Conv1D" for m in lm.modules())
@@ -132,6 +133,7 @@ def test_traced_graph_every_gemm_became_a_matmul(lm_traced_export, lm):
     assert ops["MatMul"] == conv1d + 1 + 2 * lm.config.n_layer
 
 
+@pytest.mark.slow   # a second (torch.export) export of the LM: ~40 s
 def test_traced_graph_tied_embedding_is_stored_once(lm_traced_export, lm):
     model = onnx.load(str(lm_traced_export / "model.onnx"))
     vocab, dim = lm.config.vocab_size, lm.config.n_embd
@@ -157,6 +159,7 @@ def test_fused_graph_tied_embedding_is_stored_once(lm_export, lm):
     assert 4 * params < (lm_export / "model.onnx").stat().st_size < 4 * params + 64_000
 
 
+@pytest.mark.slow   # a second (torch.export) export of the LM: ~40 s
 def test_traced_and_fused_graphs_give_the_same_greedy_tokens(lm_export, lm_traced_export):
     fused, traced = runtime.load(lm_export, threads=1), runtime.load(lm_traced_export, threads=1)
     for prompt in PROMPTS[:2]:
