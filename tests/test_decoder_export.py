@@ -410,3 +410,18 @@ def test_decoder_graph_fused_refuses_a_model_it_cannot_write(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and "--decoder-graph fused: not for this model" in err[-1]
     assert not (tmp_path / "o").exists()
+
+
+def test_external_data_keeps_the_weights_beside_the_graph_and_travels_with_it(tmp_path):
+    """`export: {external_data: true}` (automatic past ~2 GB): model.onnx.data holds the weights, the manifest
+    lists it with its digest, and the folder generates like one with the weights inside."""
+    import edgeai
+    out = tmp_path / "out"
+    edgeai.export("edgeai.zoo.lm:tiny_llama", out, task="text-generation", export={"external_data": True})
+    entry = Manifest.read(out).get()
+    assert entry.details["normalize"]["external_data"] and "model.onnx.data" in entry.extra_files
+    assert entry.digests["model.onnx.data"]
+    assert (out / "model.onnx").stat().st_size < 100_000 < (out / "model.onnx.data").stat().st_size
+    inline = tmp_path / "inline"
+    edgeai.export("edgeai.zoo.lm:tiny_llama", inline, task="text-generation")
+    assert runtime.load(out).generate([1, 40, 300], 8).tokens == runtime.load(inline).generate([1, 40, 300], 8).tokens
