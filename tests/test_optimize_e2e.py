@@ -169,12 +169,16 @@ def test_parallel_builds_then_serialized_timing(tmp_path, parallel):
     if "ray" in parallel:
         pytest.importorskip("ray")
     ref = REFERENCE_MODELS["lstm"]
-    events = []
-    result = edgeai.optimize(ZOO_LSTM, tmp_path / "opt", inputs=list(ref.inputs), eval_data=ref.test_data,
-                             max_drop=1.0, rounds=1, min_seconds=0.1, prune_ratios=(0.25, 0.5),
-                             formats=("onnx",), progress=events.append, **parallel)
-    rows = {c["id"]: c for c in result.report["candidates"]}
-    building = [e["message"] for e in events if e["message"].startswith("building")]
+    options = dict(inputs=list(ref.inputs), eval_data=ref.test_data, max_drop=1.0, rounds=1, min_seconds=0.1,
+                   prune_ratios=[0.25, 0.5], formats=["onnx"], **parallel)
+    if "ray" in parallel:   # in a process of its own: a Ray session ended here would still haunt later tests
+        report, building = _optimize_in_a_child(tmp_path, options)
+    else:
+        events = []
+        result = edgeai.optimize(ZOO_LSTM, tmp_path / "opt", progress=events.append, **options)
+        report = result.report
+        building = [e["message"] for e in events if e["message"].startswith("building")]
+    rows = {c["id"]: c for c in report["candidates"]}
     # both pruned units are built together (the pool or the Ray cluster), then timed one by one
     assert any("onnx/prune0.25/fp32" in m and "onnx/prune0.5/fp32" in m for m in building)
     for cid in ("onnx/prune0.25/fp32", "onnx/prune0.5/fp32"):
@@ -183,6 +187,29 @@ def test_parallel_builds_then_serialized_timing(tmp_path, parallel):
     # timing is serialized: every timed candidate has one round paired with the baseline's
     timed = [c for c in rows.values() if c["rounds"]]
     assert timed and all(len(c["rounds"]["p50_ms"]) == len(c["rounds"]["baseline_p50_ms"]) == 1 for c in timed)
+
+
+CHILD = """import json, os, sys
+import edgeai
+
+if __name__ == "__main__":
+    env, events = dict(os.environ), []
+    result = edgeai.optimize(sys.argv[1], sys.argv[2], progress=events.append, **json.loads(sys.argv[3]))
+    print(json.dumps({"report": result.report, "events": [e["message"] for e in events],
+                      "env_kept": dict(os.environ) == env}))
+"""
+
+
+def _optimize_in_a_child(tmp_path, options: dict) -> tuple[dict, list[str]]:
+    import subprocess
+    import sys
+    (tmp_path / "child.py").write_text(CHILD)
+    proc = subprocess.run([sys.executable, str(tmp_path / "child.py"), ZOO_LSTM, str(tmp_path / "opt"),
+                           json.dumps(options)], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["env_kept"]   # the local Ray session left no RAY_AUTH_MODE or PYTHONBREAKPOINT behind
+    return out["report"], [m for m in out["events"] if m.startswith("building")]
 
 
 @pytest.mark.slow  # ~30 s each: export, three variants, timing
@@ -201,8 +228,9 @@ def test_optimize_zoo_image_models_choose_by_the_rule(tmp_path, key):
     assert report["baseline"]["value"] == pytest.approx(100 * ref.accuracy, abs=0.01)   # top-1 in points
     assert {rows[i]["status"] for i in ("onnx/int8-static", "onnx/int8-dynamic")} <= {"chosen", "ok", "rejected"}
     chosen = rows[report["chosen"]]
-    if key == "cnn":   # static INT8 runs the CNN about 2x faster here: far above any noise
-        assert chosen["id"] == "onnx/int8-static"
+    from edgeai.hw import has_int8_dot_product
+    if key == "cnn" and has_int8_dot_product():   # static INT8 runs the CNN about 2x faster with VNNI; without
+        assert chosen["id"] == "onnx/int8-static"  # it 0.94x (an AVX2-only EPYC): the rule below still holds
     if chosen["id"] != "onnx/fp32":   # the never-slower rule, from the per-round numbers in the report
         r = chosen["rounds"]
         ratios = [b / c for b, c in zip(r["baseline_p50_ms"], r["p50_ms"])]

@@ -42,7 +42,8 @@ class Node:
         self.folder = root / name
         self.tmp = self.folder / "tmp"
         self.tmp.mkdir(parents=True)
-        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "RAY_ADDRESS")}
+        # nothing of another Ray session in this process (ray.init sets RAY_AUTH_MODE=token, for one)
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH" and not k.startswith("RAY_")}
         env.update(TMPDIR=str(self.tmp), HOME=str(self.folder), EDGEAI_TEST_NODE=str(self.folder),
                    RAY_USAGE_STATS_ENABLED="0", OMP_NUM_THREADS="1")
         ray_cli = Path(sys.executable).with_name("ray")

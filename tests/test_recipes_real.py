@@ -42,7 +42,9 @@ def test_speaker_lstm_recipe_distills_with_cosine_to_099(tmp_path):
 def test_pitch_recipe_prunes_without_hand_pinning_and_distills_with_bce(tmp_path):
     """On 3000 tones and 2 epochs (the recipe: 20000 and 3) to keep the test short.
 
-    Measured: 5.82 cents unpruned, 42.05 pruned, 7.80 after distillation (the recipe: 5.77)."""
+    Measured: 5.82 cents unpruned, 42.05 pruned, 7.80 after distillation (the recipe: 5.77). Since BatchNorm
+    statistics are re-estimated on the training data right after pruning (batchnorm: freeze), the pruned
+    student starts at 15.51 cents and distillation ends at 7.25 (2026-12-04)."""
     from edgeai.zoo import pitch
 
     np.savez(tmp_path / "train.npz", **pitch.tones(3000, pitch.TRAIN_SEED))
@@ -58,5 +60,6 @@ def test_pitch_recipe_prunes_without_hand_pinning_and_distills_with_bce(tmp_path
     assert d["loss"] == "bce" and d["metric"] == "pitch_error"
     before, after = arts["original"].metrics["pitch_error"], arts["fp32"].metrics["pitch_error"]
     assert after == pytest.approx(d["best_metric"], abs=0.05)                # the artifact scores what training saw
-    assert d["initial_metric"] < before - 30 and after >= before - 2.5, (before, d["initial_metric"], after)
+    assert d["initial_metric"] < before - 5 and after >= before - 2.5, (before, d["initial_metric"], after)
+    assert after > d["initial_metric"] + 5                                    # distillation recovered most of it
     assert arts["int8-static"].metrics["pitch_error"] >= after - 1.0             # the recipe's budget: 1 cent

@@ -66,6 +66,7 @@ class PipelineLab:
         self._pool: ProcessPoolExecutor | None = None
         self._ray = self._shipper = None
         self._ray_owned = False
+        self._env_before_ray: dict[str, str] = {}
         self._units: dict[str, int] = {}   # unit folders made and not removed yet -> the lock held on each
         remove_unlocked(work_dir.glob("unit-*"))  # left by an optimize that was killed (SIGKILL, power loss)
 
@@ -277,6 +278,7 @@ class PipelineLab:
         if self._ray is None:
             from edgeai.optimize.shipping import Shipper, build_shipped, staged_code
             self._ray_owned = not ray.is_initialized()   # a session the caller started stays theirs
+            self._env_before_ray = dict(os.environ)   # ray.init sets RAY_AUTH_MODE, PYTHONBREAKPOINT, ...
             try:
                 if not self._ray_owned:
                     log.info("Ray is already connected: its runtime_env decides how edgeai reaches the nodes")
@@ -312,7 +314,10 @@ class PipelineLab:
         if self._ray is not None:
             if self._ray_owned:   # the objects it put go with the connection; a cluster it started, too
                 import ray
+
+                from edgeai.optimize.shipping import restore_environ
                 ray.shutdown()
+                restore_environ(self._env_before_ray)
             self._ray = self._shipper = None
 
     def score_on_device(self, folders: dict[str, str]) -> dict[str, dict]:
@@ -408,3 +413,4 @@ def _metric_digest(spec: str | None) -> str | None:
     if file.endswith(".py") and Path(file).is_file():
         return hashlib.sha256(Path(file).read_bytes()).hexdigest() + ":" + spec.rpartition(":")[2]
     return spec
+

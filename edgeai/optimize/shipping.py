@@ -278,3 +278,11 @@ def build_shipped(shipped: Mapping[str, Any], get: Callable[[list], list] | None
         if folder is not None:
             shutil.rmtree(folder, ignore_errors=True)
             os.close(lock)
+
+
+def restore_environ(before: dict[str, str]) -> None:
+    """Undo what `ray.init` wrote into os.environ (its auth mode, a breakpoint hook), so later processes this
+    one starts (a user's script goes on) do not inherit a finished Ray session's settings."""
+    for key in [k for k in os.environ if k not in before]:
+        del os.environ[key]
+    os.environ.update(before)
