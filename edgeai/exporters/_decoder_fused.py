@@ -96,7 +96,7 @@ def build(hf_model: Any, layout, path: Path, *, opset: int = 18, external_data: 
     """Write the fused graph of `hf_model` to `path`; returns facts for the manifest's `normalize` details."""
     from onnx import TensorProto, helper
     cfg = hf_model.config
-    sd = {k: v for k, v in hf_model.state_dict().items()}
+    sd = hf_model.state_dict()
     gpt2 = cfg.model_type == "gpt2"
     g = _Graph()
     L, kvh, d = layout.layers, layout.kv_heads, layout.head_dim
@@ -124,7 +124,6 @@ def build(hf_model: Any, layout, path: Path, *, opset: int = 18, external_data: 
         tok = g.op("Gather", [g.init("embed_tokens.weight", table), "input_ids"], name="embed_tokens")[0]
         head_b = g.init("lm_head.weight.T", _np(head_w).T)
 
-    presents = []
     if gpt2:
         eps = float(cfg.layer_norm_epsilon)
         pos = g.op("Gather", [g.init("wpe.weight", _np(sd["transformer.wpe.weight"])), "position_ids"],
@@ -139,7 +138,7 @@ def build(hf_model: Any, layout, path: Path, *, opset: int = 18, external_data: 
                        name=f"qkv_proj.{i}")[0]
             qkv = g.op("Add", [qkv, g.init(p + "attn.c_attn.bias", _np(sd[p + "attn.c_attn.bias"]))],
                        name=f"qkv_bias.{i}")[0]
-            attn = _attention(g, i, qkv, seqlens, total, heads, kvh, d, presents)
+            attn = _attention(g, i, qkv, seqlens, total, heads, kvh, d)
             o = g.op("MatMul", [attn, g.init(p + "attn.c_proj.weight", _np(sd[p + "attn.c_proj.weight"]))],
                      name=f"o_proj.{i}")[0]
             h, resid = _skip_ln(g, f"ln_2.{i}", o, resid, _np(sd[p + "attn.c_proj.bias"]),
@@ -169,7 +168,7 @@ def build(hf_model: Any, layout, path: Path, *, opset: int = 18, external_data: 
             if a + "q_proj.bias" in sd:
                 b = np.concatenate([_np(sd[a + f"{x}_proj.bias"]) for x in "qkv"])
                 qkv = g.op("Add", [qkv, g.init(a + "qkv_proj.bias", b)], name=f"qkv_bias.{i}")[0]
-            attn = _attention(g, i, qkv, seqlens, total, heads, kvh, d, presents, rotary=(cos, sin))
+            attn = _attention(g, i, qkv, seqlens, total, heads, kvh, d, rotary=(cos, sin))
             o = g.op("MatMul", [attn, g.init(a + "o_proj.weight", _np(sd[a + "o_proj.weight"]).T)],
                      name=f"o_proj.{i}")[0]
             if a + "o_proj.bias" in sd:
@@ -211,7 +210,7 @@ def build(hf_model: Any, layout, path: Path, *, opset: int = 18, external_data: 
 
 
 def _attention(g: _Graph, i: int, qkv: str, seqlens: str, total: str, heads: int, kvh: int, d: int,
-               presents: list, rotary: tuple[str, str] | None = None) -> str:
+               rotary: tuple[str, str] | None = None) -> str:
     """GroupQueryAttention on packed QKV with layer i's cache; returns the attention output (B, S, heads*d)."""
     ins = [qkv, "", "", PAST_KEY.format(i), PAST_VALUE.format(i), seqlens, total]
     attrs = {"num_heads": heads, "kv_num_heads": kvh, "scale": float(d) ** -0.5}
@@ -220,7 +219,6 @@ def _attention(g: _Graph, i: int, qkv: str, seqlens: str, total: str, heads: int
         attrs.update(do_rotary=1, rotary_interleaved=0)
     outs = [f"attn.{i}", PRESENT_KEY.format(i), PRESENT_VALUE.format(i)]
     g.op("GroupQueryAttention", ins, outs, name=f"attn.{i}", domain=MS, **attrs)
-    presents += outs[1:]
     return outs[0]
 
 
