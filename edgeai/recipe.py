@@ -104,6 +104,15 @@ def recipe_from_dict(data: Mapping[str, Any], base_dir: Path | None = None) -> R
     return _resolve_paths(recipe, base_dir) if base_dir else recipe
 
 
+def spec_parts(spec: str) -> tuple[str, str, str]:
+    """A model/data/metric spec as (prefix, the path it may name, suffix): `file.py:func` -> ('', 'file.py',
+    ':func'), `hf:FOLDER` -> ('hf:', 'FOLDER', ''), `data.npz` -> ('', 'data.npz', '')."""
+    prefix = "hf:" if spec.startswith("hf:") else ""
+    body = spec[len(prefix):]
+    target, sep, func = body.rpartition(":")
+    return (prefix, target, f":{func}") if sep and target.endswith(".py") else (prefix, body, "")
+
+
 def _resolve_paths(recipe: Recipe, base: Path) -> Recipe:
     """Relative file paths in a recipe are relative to the recipe's folder."""
     def fix(p: str | None) -> str | None:

@@ -12,13 +12,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 ray = pytest.importorskip("ray")
 psutil = pytest.importorskip("psutil")
 
-from test_optimize_ray_shipping import MODEL_PY, onnx_graph  # noqa: E402  (one tiny model for both files)
+from test_optimize_ray_shipping import (  # noqa: E402  (one tiny model for both files)
+    MODEL_PY, driver_inputs, onnx_graph)
 
 # the metric notes, on the node that runs it, where its own file and edgeai were imported from
 METRIC_PY = """import json, os, sys
@@ -124,13 +124,7 @@ def cluster():
 
 @pytest.fixture
 def driver(tmp_path):
-    d = tmp_path / "driver-inputs"
-    d.mkdir()
-    (d / "model.py").write_text(MODEL_PY)
-    (d / "metric.py").write_text(METRIC_PY)
-    rng = np.random.default_rng(0)
-    np.savez(d / "eval.npz", x=rng.normal(size=(16, 6)).astype(np.float32), labels=rng.normal(size=(16, 3)))
-    return d
+    return driver_inputs(tmp_path, METRIC_PY)
 
 
 def _build(driver, work, **where):

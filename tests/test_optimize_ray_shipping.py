@@ -52,17 +52,23 @@ def neg_mse(outputs, labels):
 """
 
 
-@pytest.fixture
-def driver(tmp_path):
-    """The driver's inputs: a model file, one .npz for evaluation and calibration, a metric file, a .npy folder."""
+def driver_inputs(tmp_path, metric_py: str) -> Path:
+    """The driver's inputs: a model file, a metric file, one .npz for evaluation and calibration."""
     d = tmp_path / "driver-inputs"
     d.mkdir()
     (d / "model.py").write_text(MODEL_PY)
-    (d / "metric.py").write_text(METRIC_PY)
+    (d / "metric.py").write_text(metric_py)
     rng = np.random.default_rng(0)
     np.savez(d / "eval.npz", x=rng.normal(size=(16, 6)).astype(np.float32), labels=rng.normal(size=(16, 3)))
+    return d
+
+
+@pytest.fixture
+def driver(tmp_path):
+    """driver_inputs plus a .npy folder of training data."""
+    d = driver_inputs(tmp_path, METRIC_PY)
     (d / "train").mkdir()
-    np.save(d / "train" / "x.npy", rng.normal(size=(8, 6)).astype(np.float32))
+    np.save(d / "train" / "x.npy", np.random.default_rng(1).normal(size=(8, 6)).astype(np.float32))
     return d
 
 

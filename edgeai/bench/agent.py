@@ -18,7 +18,7 @@ import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 from edgeai.bench.results import BenchConfig, BenchReport
 from edgeai.bench.targets import Target
@@ -80,13 +80,18 @@ def run_job(job: Mapping) -> dict:
     return BenchReport.build(env, config, results, report.created).to_dict()
 
 
-def main() -> int:
+def serve(handler: Callable[[dict], dict]) -> int:
+    """A device agent's main: the job as JSON on stdin, `handler(job)` as one JSON line on stdout."""
     import logging
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="edgeai device: %(message)s")
     job = json.load(sys.stdin)
-    json.dump(run_job(job), sys.stdout)
+    json.dump(handler(job), sys.stdout)
     sys.stdout.write("\n")
     return 0
+
+
+def main() -> int:
+    return serve(run_job)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import os
 import re
 import sys
@@ -20,7 +19,7 @@ from typing import Mapping
 
 import numpy as np
 
-from edgeai.bench.agent import device_target, store_incoming, target_folder
+from edgeai.bench.agent import device_target, serve, store_incoming, target_folder
 from edgeai.bench.targets import Target
 from edgeai.errors import EdgeAIError
 
@@ -68,12 +67,7 @@ def run_job(job: Mapping) -> dict:
 
 
 def main() -> int:
-    import logging
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="edgeai device: %(message)s")
-    job = json.load(sys.stdin)
-    json.dump(run_job(job), sys.stdout)
-    sys.stdout.write("\n")
-    return 0
+    return serve(run_job)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from typing import Any
 from edgeai.fsutil import atomic_write_bytes, atomic_write_text
 from edgeai.optimize.choice import MIN_SPEEDUP
 from edgeai.optimize.device_accuracy import accuracy, measured_on
+from edgeai.recipe import spec_parts
 from edgeai.optimize.plots import pareto_png
 from edgeai.optimize.report_html import accuracy_where, metric_cell, report_html
 from edgeai.optimize.search import Row, SearchResult
@@ -81,10 +82,7 @@ def relative_paths(recipe: dict, out_dir: Path) -> dict:
     def rel(value):
         if not isinstance(value, str) or not value:
             return value
-        prefix = "hf:" if value.startswith("hf:") else ""
-        body = value[len(prefix):]
-        target, sep, func = body.rpartition(":")
-        file, suffix = (target, f":{func}") if sep and target.endswith(".py") else (body, "")
+        prefix, file, suffix = spec_parts(value)
         if not Path(file).is_absolute() or not Path(file).exists():
             return value
         return prefix + os.path.relpath(file, Path(out_dir).resolve()) + suffix

@@ -20,6 +20,7 @@ from edgeai.fsutil import atomic_write_bytes, check_real_dir, real_dirs, remove_
 from edgeai.manifest import MANIFEST_NAME
 from edgeai.optimize.builder import build_unit, new_unit_dir
 from edgeai.optimize.search import Built
+from edgeai.recipe import spec_parts
 
 # the recipe's entries that may name a file or folder on the driver (a module:function or hub id stays as it is),
 # and a distill step's own metric (steps/N/distill/metric)
@@ -82,10 +83,7 @@ def local_target(spec: Any) -> tuple[Path, str, str] | None:
     it names none: `file.py:func` -> (file.py, '', ':func'), `hf:FOLDER` -> (FOLDER, 'hf:', '')."""
     if not isinstance(spec, str) or not spec:
         return None
-    prefix = "hf:" if spec.startswith("hf:") else ""
-    rest = spec[len(prefix):]
-    target, sep, name = rest.rpartition(":")
-    path, suffix = (target, f":{name}") if sep and target.endswith(".py") else (rest, "")
+    prefix, path, suffix = spec_parts(spec)
     path = Path(path).expanduser()
     return (path, prefix, suffix) if path.exists() else None
 
