@@ -1,8 +1,6 @@
 """The export pipeline: load -> model steps -> export -> verify -> artifact steps -> evaluate -> manifest."""
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import logging
 import time
 from dataclasses import dataclass, fields, replace
@@ -42,20 +40,6 @@ class RunContext:
     stage: Path                    # the staging folder every file is written to before publishing
     progress: Progress
     deadline: float | None = None  # time.time() when the searches must have stopped (recipe.max_minutes)
-
-
-_STEP_EXTRAS: contextvars.ContextVar[dict] = contextvars.ContextVar("edgeai_step_extras", default={})
-
-
-@contextlib.contextmanager
-def step_extras(**extras: Any):
-    """Extra context for the model steps of the exports run inside (e.g. optimize's `teacher_cache`, the
-    folder where distillation keeps teacher outputs for the next candidate); None values are left out."""
-    token = _STEP_EXTRAS.set({**_STEP_EXTRAS.get(), **{k: v for k, v in extras.items() if v is not None}})
-    try:
-        yield
-    finally:
-        _STEP_EXTRAS.reset(token)
 
 
 @dataclass(frozen=True)
@@ -188,13 +172,13 @@ def _model_steps(source: ModelSource, recipe: Recipe, data: RunData, progress: P
     """Torch-in, torch-out steps (prune, distill, ...) in recipe order; the original is the teacher."""
     if not recipe.steps:
         return source, []
-    from edgeai.steps import StepContext, config_to_dict, get_model_step
+    from edgeai.steps import StepContext, config_to_dict, get_model_step, step_extras_now
 
     if source.module is None:
         raise RecipeError("model steps (prune, distill, ...) need a PyTorch model, not an ONNX file")
     ctx = StepContext(train_data=data.get("train"), calibration=data.get("calibration"), eval_data=data.get("eval"),
                       teacher=source.module, input_specs=source.input_specs,
-                      extra={**_STEP_EXTRAS.get(), "metric": recipe.metric, "deadline": deadline})
+                      extra={**step_extras_now(), "metric": recipe.metric, "deadline": deadline})
     records = []
     module = source.module
     for index, item in enumerate(recipe.steps, 1):

@@ -156,7 +156,8 @@ def distill_summary(entry) -> dict | None:
 def _build(job: Mapping[str, Any]) -> dict[str, dict]:
     import time
 
-    from edgeai.pipeline import export, step_extras
+    from edgeai.pipeline import export
+    from edgeai.steps import step_extras
 
     ids, dests = job["ids"], job["dests"]
     unit = Path(job["work"])

@@ -7,6 +7,8 @@ Each step is a frozen dataclass config plus one registered handler, in one file 
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -34,6 +36,25 @@ class StepContext:
     teacher: Any = None               # torch.nn.Module for distillation
     input_specs: list | None = None   # list[TensorSpec]
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+_STEP_EXTRAS: contextvars.ContextVar[dict] = contextvars.ContextVar("edgeai_step_extras", default={})
+
+
+@contextlib.contextmanager
+def step_extras(**extras: Any):
+    """Extra StepContext.extra for the model steps of the exports run inside (e.g. optimize's `teacher_cache`,
+    the folder where distillation keeps teacher outputs for the next candidate); None values are left out."""
+    token = _STEP_EXTRAS.set({**_STEP_EXTRAS.get(), **{k: v for k, v in extras.items() if v is not None}})
+    try:
+        yield
+    finally:
+        _STEP_EXTRAS.reset(token)
+
+
+def step_extras_now() -> dict[str, Any]:
+    """What the innermost `step_extras` set ({} outside one)."""
+    return dict(_STEP_EXTRAS.get())
 
 
 @dataclass(frozen=True)

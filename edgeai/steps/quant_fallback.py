@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -20,6 +20,7 @@ from edgeai.data import load_feeds, num_samples, split_labels, take
 from edgeai.errors import DataError
 from edgeai.steps import StepContext, StepReport, config_to_dict, get_artifact_step
 from edgeai.steps import _onnx_graph as g
+from edgeai.steps._fallback_report import FallbackReport, FallbackTry
 
 log = logging.getLogger(__name__)
 
@@ -29,72 +30,7 @@ _UNARY = frozenset({"Relu", "Clip", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid
                     "BatchNormalization", "Identity", "Gelu"})
 
 
-MIN_BUDGET_SAMPLES = 32     # a budget measured on fewer samples is noted as unreliable
 SIZE_FLOOR_BYTES = 4096     # a node without weights (an activation MatMul) counts as this many float bytes
-
-
-@dataclass(frozen=True)
-class FallbackTry:
-    excluded: tuple[str, ...]   # nodes kept in FP32 in this try
-    metric: float
-    drop: float                 # baseline - metric (positive = worse)
-    path: str
-    float_bytes: int = 0        # weight bytes the excluded nodes keep in float
-
-
-@dataclass
-class FallbackReport:
-    """Every try of the fallback loop and which one was chosen."""
-
-    baseline: float
-    target: float                                              # a try is within budget when metric >= target
-    budget: str = ""                                           # the budget in words, for notes
-    tries: list[FallbackTry] = field(default_factory=list)
-    chosen: int = 0
-    within: bool = False                                       # the chosen try meets the budget
-    ranking: list[tuple[str, float | None]] = field(default_factory=list)  # (unit, sensitivity), worst first
-    units: dict[str, list[str]] = field(default_factory=dict)  # unit -> its nodes (a layer, an LSTM, ...)
-    unit_bytes: dict[str, int] = field(default_factory=dict)   # unit -> float weight bytes it keeps when excluded
-    samples: int | None = None                                 # samples the budget's metric was measured on
-    stopped_at_deadline: bool = False                          # the time left ended the search (max_minutes)
-
-    @property
-    def chosen_try(self) -> FallbackTry:
-        return self.tries[self.chosen]
-
-    def notes(self) -> list[str]:
-        best = self.chosen_try
-        budget = self.budget or f"metric >= {self.target:.4g}"
-        if self.samples is not None and f" {self.samples} " not in f" {budget} ":
-            budget += f", measured on {self.samples} sample(s)"
-        warn = ([f"the accuracy budget was measured on only {self.samples} sample(s) (< {MIN_BUDGET_SAMPLES}): "
-                 "its metric is noisy; give eval data (--eval-data) with more samples"]
-                if self.samples is not None and self.samples < MIN_BUDGET_SAMPLES else [])
-        if self.stopped_at_deadline:
-            warn = [f"the fallback search stopped at the export's max_minutes after {len(self.tries)} tries "
-                    "(the best try within the budget so far was kept)" if self.within else
-                    f"the fallback search stopped at the export's max_minutes after {len(self.tries)} tries"] + warn
-        if not best.excluded and self.within:
-            return warn
-        kept = (f"{len(best.excluded)} node(s) in FP32 ({g.short_list(list(best.excluded))}) with "
-                f"{_size(best.float_bytes)} of float weights")
-        if self.within:
-            return [f"accuracy fallback: kept {kept} to stay within the budget ({budget}); "
-                    f"metric {best.metric:.5g} after {len(self.tries)} tries"] + warn
-        return [f"accuracy fallback did NOT reach the budget ({budget}) after {len(self.tries)} tries; "
-                f"best metric {best.metric:.5g} with {kept}; consider another scheme or FP16"] + warn
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        for t in d["tries"]:
-            t.pop("path")
-            t["excluded"] = list(t["excluded"])
-        d["ranking"] = [[n, None if s is None else round(s, 6)] for n, s in self.ranking]
-        return d
-
-
-def _size(nbytes: int) -> str:
-    return f"{nbytes / 1e6:.2f} MB" if nbytes >= 1e5 else f"{nbytes / 1e3:.1f} KB"
 
 
 def node_sensitivity(fp32_path: str | Path, quant_path: str | Path, feeds: Mapping[str, np.ndarray],
