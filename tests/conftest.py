@@ -1,6 +1,9 @@
 """Shared fixtures: paths to the tiny test models and a CLI runner that captures output."""
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -9,6 +12,11 @@ TESTS = Path(__file__).parent
 MODELS = TESTS / "models.py"
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# the zoo's trained weights, shared by this run's processes (subprocesses inherit it) and by no other run
+if "EDGEAI_ZOO_CACHE" not in os.environ:
+    _ZOO_CACHE = tempfile.mkdtemp(prefix="edgeai-test-zoo-")
+    os.environ["EDGEAI_ZOO_CACHE"] = _ZOO_CACHE
+    atexit.register(shutil.rmtree, _ZOO_CACHE, True)
 
 
 def factory(name: str) -> str:

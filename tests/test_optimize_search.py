@@ -169,7 +169,7 @@ def test_pruning_branch_stops_at_the_first_ratio_over_budget(tmp_path):
     rows = by_id(result)
     pruned = [u for u in lab.built_units if u.steps]
     # without training data: ascending ratios, and the first that loses too much ends the branch
-    assert len(pruned) == 1 and pruned[0].steps == ({"prune": {"ratio": 0.25}},)
+    assert len(pruned) == 1 and pruned[0].steps == ({"prune": {"ratio": 0.25, "up_to_limit": True}},)
     # pruned units are quantized only with the schemes that beat FP32 unpruned
     assert pruned[0].schemes == ("int8-static",)
     assert rows["onnx/prune0.25/fp32"].status == "rejected"

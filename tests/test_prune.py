@@ -403,3 +403,15 @@ def test_round_to_defaults_to_the_cpus_vector_width(monkeypatch, flags, expected
 def test_latency_targets_are_exclusive_and_need_the_pipeline(kwargs, match):
     with pytest.raises(EdgeAIError, match=match):
         prune(TinyMobileNet().eval(), _cnn_inputs(), PruneConfig(**kwargs))
+
+
+def test_up_to_limit_prunes_to_what_the_settings_allow_instead_of_failing():
+    with pytest.raises(EdgeAIError, match="at most") as refused:
+        prune(TinyMobileNet().eval(), _cnn_inputs(), PruneConfig(ratio=0.97))
+    limit = float(str(refused.value).split("at most ")[1].split("%")[0]) / 100
+    pruned, rep = prune(TinyMobileNet().eval(), _cnn_inputs(), PruneConfig(ratio=0.97, up_to_limit=True))
+    assert rep.details["achieved_ratio"] == pytest.approx(limit, abs=0.03) and rep.details["achieved_ratio"] < 0.9
+    assert rep.notes[0].startswith(f"asked to remove 97.0% of MACs; at most {limit:.1%} can be removed")
+    assert not any("channel rounding" in n for n in rep.notes)
+    reachable, rep = prune(TinyMobileNet().eval(), _cnn_inputs(), PruneConfig(ratio=0.5, up_to_limit=True))
+    assert rep.details["achieved_ratio"] == pytest.approx(0.5, abs=0.03) and not any("up_to_limit" in n for n in rep.notes)

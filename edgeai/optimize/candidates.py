@@ -109,8 +109,9 @@ def base_plan(formats: tuple[str, ...], objective: str, cpu: Mapping,
 
 
 def prune_steps(ratio: float, distill: Mapping | None) -> tuple[Mapping, ...]:
-    """Prune by `ratio` of MACs, then distill with `distill` options (None: no distillation)."""
-    steps: list[Mapping] = [{"prune": {"ratio": ratio}}]
+    """Prune by `ratio` of MACs (or as much as the model allows, when less), then distill with `distill`
+    options (None: no distillation)."""
+    steps: list[Mapping] = [{"prune": {"ratio": ratio, "up_to_limit": True}}]
     if distill is not None:
         steps.append({"distill": dict(distill)})
     return tuple(steps)

@@ -82,6 +82,35 @@ class Screen:
                 "start_loss": round(self.start_loss, 6), "held_out": self.held_out, "cut_short": self.cut_short}
 
 
+@dataclass
+class Trial:
+    """A copy of the training state after some batches: its optimizer and scheduler, what it trained."""
+
+    state: Any
+    opt: Any
+    sched: Any
+    batches: int = 0
+    loss_sum: float = 0.0
+    seen: int = 0
+    cut_short: bool = False
+
+
+def train_copy(state: Any, make_opt: Callable[[Any], tuple[Any, Any]], step: Callable[..., tuple[float, int]],
+               batches: list, prepare: Callable[[Any], None], out_of_time: Callable[[], bool]) -> Trial:
+    """Train a deep copy of `state` on `batches` (prepare(model) before each); stops after the batch at
+    which `out_of_time()` turns true."""
+    trial = copy.deepcopy(state)
+    run = Trial(trial, *make_opt(trial))
+    for idx in batches:
+        prepare(trial["model"])
+        batch_loss, batch_seen = step(trial, run.opt, run.sched, idx)
+        run.batches, run.loss_sum, run.seen = run.batches + 1, run.loss_sum + batch_loss, run.seen + batch_seen
+        if out_of_time():
+            run.cut_short = True
+            break
+    return run
+
+
 def screen(state: Any, make_opt: Callable[[Any], tuple[Any, Any]], step: Callable[..., tuple[float, int]],
            held_out_loss: Callable[[Any], float], batches: list, held_out: str,
            out_of_time: Callable[[], bool]) -> tuple[Screen, Any, Any, Any]:
@@ -98,21 +127,13 @@ def screen(state: Any, make_opt: Callable[[Any], tuple[Any, Any]], step: Callabl
     for mode in ("freeze", "train"):
         if result.cut_short:
             break
-        trial = copy.deepcopy(state)
-        opt, sched = make_opt(trial)
-        done, loss_sum, seen = 0, 0.0, 0
-        for idx in batches:
-            set_train(trial["model"], mode)
-            batch_loss, batch_seen = step(trial, opt, sched, idx)
-            done, loss_sum, seen = done + 1, loss_sum + batch_loss, seen + batch_seen
-            if out_of_time():
-                result.cut_short = True
-                break
-        result.batches[mode] = done
-        result.loss[mode] = held_out_loss(trial["model"])
-        runs[mode] = (trial, opt, sched, loss_sum, seen)
+        run = train_copy(state, make_opt, step, batches, lambda m, mode=mode: set_train(m, mode), out_of_time)
+        result.cut_short = run.cut_short
+        result.batches[mode] = run.batches
+        result.loss[mode] = held_out_loss(run.state["model"])
+        runs[mode] = (run.state, run.opt, run.sched, run.loss_sum, run.seen)
         log.info("distill: batchnorm screen: %s -> held-out loss %.5g after %d batch(es)", mode,
-                 result.loss[mode], done)
+                 result.loss[mode], run.batches)
     result.chosen = min(result.loss, key=lambda m: result.loss[m])
     if len(result.loss) == 2 and result.loss["freeze"] > (1 - MARGIN) * result.loss["train"]:
         result.chosen = "train"         # no clear win for frozen statistics: they go stale as weights move

@@ -6,7 +6,9 @@ logits, binary cross-entropy for sigmoid probabilities, cosine for normalised em
 regression; `loss:` overrides it. Labels that do not fit the loss (e.g. f0 in Hz for a 360-bin
 head) are left to the eval metric. BatchNorm: "auto" (default) screens "train" (batch statistics)
 against "freeze" (the running statistics re-estimated after pruning) on the first batches and keeps
-"freeze" only when its held-out distillation loss is clearly lower (_distill_bn.py).
+"freeze" only when its held-out distillation loss is clearly lower (_distill_bn.py). The learning rate:
+"auto" (default, `lr` unset) screens 1e-3, 3e-4 and 1e-4 the same way (_distill_lr.py). With a time
+limit the cosine schedule is fitted to end at it once a few batches are timed.
 The teacher runs once over the data (float16 disk cache with ctx.extra["teacher_cache"]); training
 uses every core and runs (k, 1) convolutions as Conv1d (_distill_data.py). The best student state by the eval
 metric is kept: the user metric (`metric:`, FUNC(outputs, labels) -> float, higher is better),
@@ -30,6 +32,8 @@ from edgeai.steps import MODEL_STEPS, ModelStep, StepContext, StepReport, config
 from edgeai.steps import _distill_bn as bn
 from edgeai.steps import _distill_data as dd
 from edgeai.steps import _distill_loss as losses
+from edgeai.steps import _distill_lr as lrs
+from edgeai.steps import _distill_screen as screens
 from edgeai.steps._distill_features import Features, adapt, adapters as make_adapters
 
 log = logging.getLogger(__name__)
@@ -44,7 +48,7 @@ class DistillConfig:
     """Knowledge distillation from ctx.teacher on ctx.train_data (early stopping on ctx.eval_data)."""
 
     epochs: int = 30
-    lr: float = 1e-3
+    lr: float | None = None             # None: "auto", screened on the first batches (see _distill_lr.py)
     batch_size: int = 64
     temperature: float = 4.0
     alpha: float = 0.7                  # weight of the KD loss; 1 - alpha weighs the label loss
@@ -70,7 +74,7 @@ def _validate(config: DistillConfig) -> None:
     if config.batchnorm not in bn.MODES:
         raise UnknownNameError(f"distill: no batchnorm mode {config.batchnorm!r}; known: {', '.join(bn.MODES)}")
     for field, ok in (("epochs", config.epochs >= 1), ("batch_size", config.batch_size >= 1),
-                      ("lr", config.lr > 0), ("temperature", config.temperature > 0),
+                      ("lr", config.lr is None or config.lr > 0), ("temperature", config.temperature > 0),
                       ("alpha", 0.0 <= config.alpha <= 1.0), ("patience", config.patience >= 1)):
         if not ok:
             raise ConfigError(f"distill: {field}={getattr(config, field)} is out of range")
@@ -131,9 +135,9 @@ def distill(student: Any, example_inputs: Mapping[str, Any], config: DistillConf
 def _distill(model: Any, names: list[str], config: DistillConfig, ctx: StepContext) -> tuple[Any, StepReport]:
     import torch
 
-    start, cpu_start = time.monotonic(), time.process_time()
+    start_t, cpu_start = time.monotonic(), time.process_time()
     deadline = ctx.extra.get("deadline")        # the export's wall (recipe max_minutes), time.time() seconds
-    out_of_time = (lambda: (config.max_minutes is not None and time.monotonic() - start > 60 * config.max_minutes)
+    out_of_time = (lambda: (config.max_minutes is not None and time.monotonic() - start_t > 60 * config.max_minutes)
                    or (deadline is not None and time.time() > deadline))
     train_x, train_y, n_given = dd.split(ctx.train_data, names, "training data")
     eval_x, eval_y, n_eval = dd.split(ctx.eval_data, names, "eval data")
@@ -178,19 +182,21 @@ def _distill(model: Any, names: list[str], config: DistillConfig, ctx: StepConte
                                                                           t_feats, t_train_f)})
     total_steps = math.ceil(n / bs) * config.epochs
 
-    def make_opt(st: Any) -> tuple[Any, Any]:
+    plan = {"total": total_steps}        # the cosine schedule's steps; fitted to the wall once batches are timed
+
+    def make_opt(st: Any, lr: float) -> tuple[Any, Any]:
         params = list(st.parameters())
         if config.optimizer == "sgd":
-            o = torch.optim.SGD(params, lr=config.lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay)
+            o = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay)
         else:
             cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-            o = cls(params, lr=config.lr, weight_decay=config.weight_decay)
-        return o, (torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=total_steps) if config.schedule == "cosine"
-                   else torch.optim.lr_scheduler.LambdaLR(o, lambda _: 1.0))
+            o = cls(params, lr=lr, weight_decay=config.weight_decay)
+        return o, torch.optim.lr_scheduler.LambdaLR(o, lrs.cosine(plan) if config.schedule == "cosine"
+                                                    else (lambda _: 1.0))
 
     train_labels = torch.as_tensor(train_y) if losses.labels_fit(choice, shape, train_y) else None
     alpha = config.alpha if train_labels is not None else 1.0
-    timing = {"seconds": 0.0, "samples": 0}
+    timing = {"seconds": 0.0, "samples": 0, "batches": 0}
 
     def step(st: Any, o: Any, sch: Any, idx: Any) -> tuple[float, int]:
         """One optimizer step on samples `idx`: (loss x samples, samples)."""
@@ -209,32 +215,37 @@ def _distill(model: Any, names: list[str], config: DistillConfig, ctx: StepConte
         sch.step()
         timing["seconds"] += time.perf_counter() - t0
         timing["samples"] += len(idx)
+        timing["batches"] += 1
         return float(loss.detach()) * len(idx), len(idx)
 
-    opt, sched = make_opt(state)
     scorer = losses.Scorer(metric, choice, t_eval, eval_y, out_name, config.temperature) if n_eval else None
+    eval_t0 = time.monotonic()
     initial = scorer(dd.outputs(model, eval_x, n_eval, bs, dtype)) if scorer else math.inf
+    eval_s = time.monotonic() - eval_t0
     best_state = copy.deepcopy(model.state_dict())        # the input student, until an epoch beats it
     first_order = torch.randperm(n, generator=gen)
     batches = [first_order[s:s + bs] for s in range(0, n, bs) if n == 1 or len(first_order[s:s + bs]) >= 2]
-    mode, screen, bn_note = config.batchnorm, None, None
-    if mode == "auto":
-        mode, screen, bn_note = _choose_batchnorm(state, make_opt, step, batches, bs, dtype, choice, config,
-                                                  (eval_x, t_eval, n_eval), (train_x, t_train, first_order),
-                                                  out_of_time)
-        if screen is not None:
-            trial, o, sch = screen.pop("winner")
-            state.load_state_dict(trial.state_dict())
-            opt.load_state_dict(o.state_dict())
-            sched.load_state_dict(sch.state_dict())
-            screen = screen["screen"]
+    start = screens.run(state, make_opt, step, batches, bs, dtype, choice, config, (eval_x, t_eval, n_eval),
+                        (train_x, t_train, first_order), out_of_time)
+    mode = start.batchnorm
+    opt, sched = make_opt(state, start.lr)
+    if start.trial is not None:
+        state.load_state_dict(start.trial.state.state_dict())
+        opt.load_state_dict(start.trial.opt.state_dict())
+        sched.load_state_dict(start.trial.sched.state_dict())
+
+    def seconds_left() -> float:
+        left = [60 * config.max_minutes - (time.monotonic() - start_t)] if config.max_minutes is not None else []
+        return min(left + ([deadline - time.time()] if deadline is not None else []), default=math.inf)
+
+    fitting = (None if config.schedule != "cosine" or math.isinf(seconds_left())
+               else lrs.Fitting(total_steps, config.epochs))
 
     best_metric, metric_name = initial, scorer.name if scorer else "train_loss"
     best_epoch, stale, epochs_run, history = 0, 0, 0, []
     trained = 0                                   # samples the student was trained on, over all epochs
     checkpoint = ctx.extra.get("checkpoint")
-    screened = screen.batches[mode] if screen is not None and not screen.cut_short else 0
-    meter = Meter("distill", config.epochs * len(batches), log, done=screened)
+    meter = Meter("distill", config.epochs * len(batches), log, done=0 if start.cut_short else start.batches)
     log.info("distill: at most %d epoch(s) of %d batch(es) of %d on %d sample(s)", config.epochs, len(batches), bs, n)
     with ExitStack() as stack:
         stack.enter_context(meter)
@@ -242,9 +253,9 @@ def _distill(model: Any, names: list[str], config: DistillConfig, ctx: StepConte
             stack.callback(s_feats.close)
         for epoch in range(1, config.epochs + 1):
             total, seen, todo = 0.0, 0, batches if epoch == 1 else None
-            if epoch == 1 and screen is not None:     # the winner's screened batches are epoch 1's first
-                total, seen, todo = screen.loss_sum, screen.seen, batches[screen.batches[mode]:]
-                todo = [] if screen.cut_short else todo
+            if epoch == 1 and start.trial is not None:     # the winners' screened batches are epoch 1's first
+                total, seen, todo = start.loss_sum, start.seen, batches[start.batches:]
+                todo = [] if start.cut_short else todo
             if todo is None:
                 order = torch.randperm(n, generator=gen)
                 todo = [order[s:s + bs] for s in range(0, n, bs) if n == 1 or len(order[s:s + bs]) >= 2]
@@ -253,6 +264,9 @@ def _distill(model: Any, names: list[str], config: DistillConfig, ctx: StepConte
                 batch_loss, batch_seen = step(state, opt, sched, idx)
                 total, seen = total + batch_loss, seen + batch_seen
                 meter.advance(1, batch_seen, f"epoch {epoch}/{config.epochs} batch {i}/{len(batches)}")
+                if fitting is not None and fitting.due(timing["batches"]):
+                    plan["total"] = fitting.refit(sched.last_epoch, timing["seconds"], timing["batches"],
+                                                  seconds_left(), eval_s, len(batches))
                 if out_of_time():
                     break
             epochs_run, trained = epoch, trained + seen
@@ -278,14 +292,13 @@ def _distill(model: Any, names: list[str], config: DistillConfig, ctx: StepConte
     model.eval()
 
     teacher_metric = scorer(t_eval) if scorer and scorer.higher else None
-    minutes, cpu_minutes = (time.monotonic() - start) / 60, (time.process_time() - cpu_start) / 60
+    minutes, cpu_minutes = (time.monotonic() - start_t) / 60, (time.process_time() - cpu_start) / 60
     train_rate = timing["samples"] / max(timing["seconds"], 1e-9)
     notes = [f"distillation loss: {choice.kind} ({choice.reason})",
              f"{epochs_run} epoch(s) on {n} samples in {minutes:.1f} min ({cpu_minutes:.1f} CPU min)",
              f"teacher outputs: {n} sample(s) " + ("read from the cache" if t_source == "cache" else
                                                    f"at {n / max(t_seconds, 1e-9):.0f} samples/s")]
-    if bn_note:
-        notes.append(bn_note)
+    notes += start.notes + ([fitting.note()] if fitting is not None and fitting.note() else [])
     if n < n_given:
         notes.append(f"max_minutes ended the teacher pass: trained on the first {n} of {n_given} samples")
     if train_y is not None and train_labels is None:
@@ -294,7 +307,7 @@ def _distill(model: Any, names: list[str], config: DistillConfig, ctx: StepConte
         notes.append("trained on the teacher's outputs only (no labels used in the loss)")
     if out_of_time():
         limit = (f"max_minutes={config.max_minutes:g}" if config.max_minutes is not None
-                 and time.monotonic() - start > 60 * config.max_minutes else "max_minutes (the export's wall)")
+                 and time.monotonic() - start_t > 60 * config.max_minutes else "max_minutes (the export's wall)")
         notes.append(f"stopped at {limit} after {epochs_run} of {config.epochs} epoch(s)")
     if not n_eval:
         notes.append("no eval data: the best epoch was chosen by training loss")
@@ -307,7 +320,9 @@ def _distill(model: Any, names: list[str], config: DistillConfig, ctx: StepConte
                      f"with {n} training samples; give more training data, more epochs, or prune less")
         log.warning("distill: %s", notes[-1])
     details = {"loss": choice.kind, "loss_reason": choice.reason, "batchnorm": mode,
-               "batchnorm_screen": screen.to_dict() if screen else None,
+               "batchnorm_screen": start.details.get("batchnorm_screen"), "lr": start.lr,
+               "lr_screen": start.details.get("lr_screen"), "schedule_steps": plan["total"],
+               "steps": sched.last_epoch,
                "epochs_run": epochs_run, "best_epoch": best_epoch, "metric": metric_name,
                "initial_metric": None if math.isinf(initial) else initial,
                "best_metric": best_metric, "teacher_metric": teacher_metric, "recovered": recovered,
@@ -320,32 +335,6 @@ def _distill(model: Any, names: list[str], config: DistillConfig, ctx: StepConte
     return model, StepReport("distill", config_to_dict(config), notes, details)
 
 
-def _choose_batchnorm(state: Any, make_opt: Any, step: Any, batches: list, bs: int, dtype: Any, choice: Any,
-                      config: DistillConfig, evals: tuple, trains: tuple, out_of_time: Any
-                      ) -> tuple[str, dict | None, str | None]:
-    """batchnorm "auto": (mode, {"screen", "winner": (state, optimizer, scheduler)} or None, note or None)."""
-    if not bn.has_batchnorm(state["model"]):
-        return "train", None, None
-    k = bn.screen_batches(len(batches))
-    if k == 0:
-        return "train", None, "batchnorm: auto chose train: too few training batches to screen both modes"
-    (eval_x, t_eval, n_eval), (train_x, t_train, order) = evals, trains
-    if n_eval:
-        m = min(n_eval, bn.SCREEN_EVAL_SAMPLES)
-        held_x, held_t, where = _take(eval_x, slice(0, m)), t_eval[:m], f"{m} eval samples"
-    else:
-        rest = order[sum(len(b) for b in batches[:k]):][:bn.SCREEN_EVAL_SAMPLES]
-        if len(rest) == 0:
-            return "train", None, "batchnorm: auto chose train: too few training samples to screen both modes"
-        m = len(rest)
-        held_x, held_t = _take(train_x, rest.numpy()), t_train[rest]
-        where = f"{m} training samples the screen did not train on"
-
-    def held_out_loss(model: Any) -> float:
-        return float(losses.kd_loss(choice, dd.outputs(model, held_x, m, bs, dtype), held_t, config.temperature))
-
-    result, trial, opt, sched = bn.screen(state, make_opt, step, held_out_loss, batches[:k], where, out_of_time)
-    return result.chosen, {"screen": result, "winner": (trial, opt, sched)}, result.note()
 def _recovered(initial: float, best: float, teacher: float | None) -> float | None:
     """Fraction of the (teacher - initial) metric gap closed, or None when there is no gap to close."""
     if teacher is None or math.isinf(initial) or teacher - initial <= 1e-9 * max(abs(teacher), 1.0):

@@ -23,6 +23,7 @@ from edgeai.errors import ConfigError, InputSpecError, UnknownNameError, Verific
 from edgeai.progress import PLAIN_EVERY_S
 from edgeai.steps import MODEL_STEPS, ModelStep, StepContext, StepReport, config_to_dict
 from edgeai.steps._prune_alloc import ALLOCATIONS, keep_units, search
+from edgeai.steps._prune_bn import recalibrate_bn
 from edgeai.steps._prune_graph import leaf_shapes as _shapes
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,6 @@ TARGETS = ("ratio", "target_macs", "target_speedup", "target_latency_ms")
 RATIO_TOLERANCE = 0.02     # |achieved - target| MACs fraction accepted without a note
 UNREACHABLE_MARGIN = 0.02  # refuse when even the smallest allowed widths miss the target by more
 MAX_ROUNDS = 3             # re-plans when the measured MACs miss the prediction
-BN_SAMPLES = 512           # samples used to re-estimate BatchNorm statistics after pruning
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,7 @@ class PruneConfig:
     rnn_hidden: bool = True             # LSTM/GRU/RNN: remove hidden units
     recalibrate_bn: bool = True         # re-estimate BatchNorm statistics on ctx.train_data / ctx.calibration
     auto_pin: bool = True               # when the cut breaks the model, pin the layers that break it and retry
+    up_to_limit: bool = False           # a target beyond what these settings allow prunes to the limit (noted)
 
 
 def validate(config: PruneConfig) -> None:
@@ -121,6 +122,14 @@ def _taylor_grads(model: Any, example_inputs: Mapping[str, Any]) -> None:
             p.grad = torch.zeros_like(p)
 
 
+class Unreachable(ConfigError):
+    """The MACs target is below what the settings allow; `keep_fraction` of the MACs is the least that can stay."""
+
+    def __init__(self, keep_fraction: float, message: str):
+        super().__init__(message)
+        self.keep_fraction = keep_fraction
+
+
 def _plan_and_cut(module: Any, example_inputs: Mapping[str, Any], config: PruneConfig, base: Any,
                   target_pred: float, probe: int | None = None) -> tuple[Any, list, list[int], list[str], float, Any]:
     """One pruning pass on a fresh copy: find slots, choose widths, cut, and build the zeroed reference.
@@ -154,7 +163,7 @@ def _plan_and_cut(module: Any, example_inputs: Mapping[str, Any], config: PruneC
         keeps, pred, floor = search(slots, base.per_module, target_pred, config.allocation,
                                     int(config.round_to), float(config.max_layer_ratio), int(config.protect_narrow))
     if floor > target_pred + UNREACHABLE_MARGIN * base.total:
-        raise ConfigError(
+        raise Unreachable(floor / base.total,
             f"prune: at most {1 - floor / base.total:.1%} of MACs can be removed with these settings, not "
             f"{1 - target_pred / base.total:.1%}; raise max_layer_ratio, lower protect_narrow or round_to, "
             f"or unpin layers")
@@ -255,44 +264,22 @@ def _breaking_slots(module: Any, example_inputs: Mapping[str, Any], config: Prun
     return broken
 
 
-def _recalibrate_bn(model: Any, ctx: StepContext | None, names: list[str]) -> tuple[int, str]:
-    """Re-estimate BatchNorm running statistics of the pruned model: (samples used, note if skipped).
-
-    Removing channels shifts the inputs of the next layers (a removed channel's BN shift and bias
-    no longer reach them); fresh statistics undo most of that before any fine-tuning.
-    """
-    import numpy as np
-    import torch
-
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    if not bns:
-        return 0, ""
-    data = next((d for d in (ctx.train_data, ctx.calibration) if isinstance(d, Mapping)), None) if ctx else None
-    if data is None or any(n not in data for n in names):
-        return 0, ("BatchNorm statistics were not re-estimated (no training or calibration data with inputs "
-                   f"{names}); accuracy before fine-tuning will be lower")
-    n = min(BN_SAMPLES, min(len(data[k]) for k in names))
-    dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
-    momentum = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None                      # cumulative average over all batches
-        m.train()
-    try:
-        with torch.no_grad():
-            for s in range(0, n, 64):
-                batch = {k: torch.from_numpy(np.ascontiguousarray(np.asarray(data[k])[s:s + 64])) for k in names}
-                model(**{k: v.to(dtype) if v.is_floating_point() else v for k, v in batch.items()})
-    finally:
-        for m, mom in zip(bns, momentum):
-            m.momentum = mom
-            m.eval()
-    return n, ""
-
-
 def _rounds(module: Any, example_inputs: Mapping[str, Any], config: PruneConfig, base: Any, target: float,
-            ref_out: Any) -> tuple:
-    """Plan, cut and verify; re-plan (up to MAX_ROUNDS) while the measured MACs miss the target."""
+            ref_out: Any, limits: list[str]) -> tuple:
+    """Plan, cut and verify; re-plan (up to MAX_ROUNDS) while the measured MACs miss the target. With
+    up_to_limit an unreachable target becomes the limit (a note goes to `limits`)."""
+    try:
+        return _rounds_to(module, example_inputs, config, base, target, ref_out)
+    except Unreachable as e:
+        if not config.up_to_limit:
+            raise
+        limits.append(f"asked to remove {1 - target / base.total:.1%} of MACs; at most {1 - e.keep_fraction:.1%} "
+                      f"can be removed with these settings (up_to_limit): pruned to that")
+        return _rounds_to(module, example_inputs, config, base, e.keep_fraction * base.total, ref_out)
+
+
+def _rounds_to(module: Any, example_inputs: Mapping[str, Any], config: PruneConfig, base: Any, target: float,
+               ref_out: Any) -> tuple:
     from edgeai.macs import count_macs
 
     target_pred, best = target, None
@@ -341,8 +328,9 @@ def prune(module: Any, example_inputs: Mapping[str, Any], config: PruneConfig,
     if target >= base.total:
         raise ConfigError(f"prune: target_macs {int(target)} is not below the model's {base.total} MACs")
 
+    limits: list[str] = []
     try:
-        best = _rounds(module_eval, example_inputs, config, base, target, ref_out)
+        best = _rounds(module_eval, example_inputs, config, base, target, ref_out, limits)
         auto_pinned: list[dict[str, str]] = []
     except VerificationError as first:
         if not config.auto_pin:
@@ -353,22 +341,22 @@ def prune(module: Any, example_inputs: Mapping[str, Any], config: PruneConfig,
         log.info("prune: pinned automatically: %s", ", ".join(b["name"] for b in auto_pinned))
         pinned = replace(config, pinned=tuple(config.pinned) + tuple(b["name"] for b in auto_pinned))
         try:
-            best = _rounds(module_eval, example_inputs, pinned, base, target, ref_out)
+            best = _rounds(module_eval, example_inputs, pinned, base, target, ref_out, limits)
         except VerificationError as e:
             raise VerificationError(f"{e} (already pinned automatically: "
                                     f"{', '.join(b['name'] for b in auto_pinned)})") from first
     work, targets, keeps, after, notes, diff, pred = best
-    notes = [f"'{b['name']}' pinned automatically: {b['reason']}" for b in auto_pinned] + notes
+    notes = limits[-1:] + [f"'{b['name']}' pinned automatically: {b['reason']}" for b in auto_pinned] + notes
     flags = {n: p.requires_grad for n, p in module.named_parameters()}
     for n, p in work.named_parameters():
         p.requires_grad_(flags.get(n, True))
 
-    bn_samples, bn_note = _recalibrate_bn(work, ctx, list(example_inputs)) if config.recalibrate_bn else (0, "")
+    bn_samples, bn_note = recalibrate_bn(work, ctx, list(example_inputs)) if config.recalibrate_bn else (0, "")
     if bn_note:
         notes.append(bn_note)
     achieved = 1.0 - after.total / base.total
     wanted = 1.0 - target / base.total
-    if abs(achieved - wanted) > RATIO_TOLERANCE:
+    if abs(achieved - wanted) > RATIO_TOLERANCE and not limits:
         notes.append(f"removed {achieved:.1%} of MACs (asked {wanted:.1%}); channel rounding "
                      f"(round_to={config.round_to}) limits how close it can get")
     layers = [{"name": t.slot.name, "kind": t.slot.kind, "before": t.slot.width * t.slot.channels_per_unit,
