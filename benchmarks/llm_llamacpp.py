@@ -26,6 +26,7 @@ from pathlib import Path
 
 QUANTS = {"f32": 0, "q8_0": 7, "q4_0": 2}   # llama.cpp's LLAMA_FTYPE_ALL_F32, MOSTLY_Q8_0, MOSTLY_Q4_0
 CONVERT_ENV = "EDGEAI_LLAMA_CPP_CONVERT"
+EOT = "<|endoftext|>"
 
 # run inside a child: llama.cpp's converter with the pre-tokenizer adaptation (see the module docstring)
 _CONVERT = r"""
@@ -79,14 +80,17 @@ def version() -> str:
 
 
 def placeholder_tokenizer(vocab_size: int) -> str:
-    """A byte-level BPE tokenizer.json with `vocab_size` entries and no merges: 256 byte symbols, then fillers."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    """A byte-level BPE tokenizer.json with `vocab_size` entries and no merges: 256 byte symbols, fillers, and
+    GPT-2's end-of-text token last (transformers' GPT-2 tokenizer adds it when it is missing)."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
     symbols = list(pre_tokenizers.ByteLevel.alphabet())
     vocab = {s: i for i, s in enumerate(sorted(symbols))}
-    vocab.update({f"<t{i}>": i for i in range(len(vocab), vocab_size)})
+    vocab.update({f"<t{i}>": i for i in range(len(vocab), vocab_size - 1)})
+    vocab[EOT] = vocab_size - 1
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([AddedToken(EOT, special=True)])
     return tok.to_str()
 
 

@@ -60,7 +60,7 @@ def test_staging_gives_gpt2_its_n_ctx_and_a_model_without_tokenizer_a_placeholde
     assert json.loads((hf / "config.json").read_text()).get("n_ctx") is None   # the source is not touched
     assert (staged / "model.safetensors").is_symlink() and (staged / "model.safetensors").read_bytes() == b"weights"
     tok = Tokenizer.from_file(str(staged / "tokenizer.json"))
-    assert tok.get_vocab_size() == 300
+    assert tok.get_vocab_size() == 300 and tok.token_to_id(LL.EOT) == 299
     ids = tok.encode("any text, é ✓").ids
     assert ids and max(ids) < 256   # every byte has a symbol; fillers fill the rest of the vocabulary
 
