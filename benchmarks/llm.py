@@ -288,17 +288,24 @@ def bench_model(name: str, args, log, llama_cpp: str | None = None, notes: list 
     return rows
 
 
-def kept_rows(names: list[str]) -> list[dict]:
-    """The written results' rows of models other than `names` (each row says its own rounds and new tokens)."""
+def kept(names: list[str]) -> tuple[list[dict], list[str], dict[str, str]]:
+    """The written results' rows and llama.cpp quantizer notes of models other than `names` (each row says its
+    own rounds and new tokens), and {model: when its rows were measured}."""
     path = C.result_path("llm", True)
     if not path.is_file():
-        return []
-    return [r for r in json.loads(path.read_text())["rows"] if r["model"] not in names]
+        return [], [], {}
+    old = json.loads(path.read_text())
+    rows = [r for r in old["rows"] if r["model"] not in names]
+    since = old.get("kept_rows_from", {})
+    return (rows, [n for n in old.get("llama_cpp_quantize_notes", []) if n.split(":")[0] not in names],
+            {r["model"]: since.get(r["model"], old["created"]) for r in rows})
 
 
 def notes(rows: list[dict], extra: dict) -> str:
     """The lines under the table: llama.cpp's build and what its quantizer did, greedy sanity of its F32."""
-    out = [f"llama.cpp: {extra['llama_cpp']}."]
+    out = [f"{model}: rows kept from the run of {when} (--keep-rows)" for model, when in
+           extra.get("kept_rows_from", {}).items()]
+    out += [f"llama.cpp: {extra['llama_cpp']}."]
     out += [f"llama.cpp quantizer: {n}" for n in extra["llama_cpp_quantize_notes"]]
     for r in rows:
         if r["backend"] == "llamacpp-f32" and r.get("greedy_match_transformers") is not None:
@@ -350,7 +357,9 @@ def main() -> int:
         Path(args.out).write_text(json.dumps({"schema": "edgeai.benchmarks.llm/1", "env": env, "rows": rows,
                                               "models_done": names[:names.index(name) + 1], **extra}, indent=2) + "\n")
     if args.write_results and args.keep_rows:
-        rows = kept_rows(names) + rows
+        old_rows, old_notes, extra["kept_rows_from"] = kept(names)
+        rows = old_rows + rows
+        quant_notes[:0] = old_notes
         rows.sort(key=lambda r: list(MODELS).index(r["model"]))   # stable: each model's backends keep their order
     table = C.markdown_table(rows, COLUMNS)
     if args.write_results:

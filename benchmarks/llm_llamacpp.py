@@ -47,7 +47,7 @@ runpy.run_path(script, run_name="__main__")
 _QUANTIZE = r"""
 import ctypes, sys
 import llama_cpp
-src, out, ftype = sys.argv[1], sys.argv[2], int(sys.argv[3])
+src, ftype, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 params = llama_cpp.llama_model_quantize_default_params()
 params.ftype, params.nthread = ftype, 1
 sys.exit(llama_cpp.llama_model_quantize(src.encode(), out.encode(), ctypes.byref(params)))
@@ -80,14 +80,16 @@ def version() -> str:
 
 
 def placeholder_tokenizer(vocab_size: int) -> str:
-    """A byte-level BPE tokenizer.json with `vocab_size` entries and no merges: 256 byte symbols, fillers, and
-    GPT-2's end-of-text token last (transformers' GPT-2 tokenizer adds it when it is missing)."""
+    """A byte-level BPE tokenizer.json with `vocab_size` entries: 256 byte symbols, one merge (two spaces:
+    llama.cpp refuses a BPE vocabulary without merges), fillers, and GPT-2's end-of-text token last
+    (transformers' GPT-2 tokenizer adds it when it is missing)."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
     symbols = list(pre_tokenizers.ByteLevel.alphabet())
     vocab = {s: i for i, s in enumerate(sorted(symbols))}
+    vocab["\u0120\u0120"] = len(vocab)   # byte-level "  "
     vocab.update({f"<t{i}>": i for i in range(len(vocab), vocab_size - 1)})
     vocab[EOT] = vocab_size - 1
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[("\u0120", "\u0120")]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens([AddedToken(EOT, special=True)])
@@ -125,14 +127,16 @@ def build(hf: Path, folder: Path, convert: str | None, log) -> tuple[dict[str, P
         if q == "f32" or paths[q].is_file():
             continue
         log(f"quantizing the GGUF to {q.upper()} (llama_model_quantize)")
-        err = _child([sys.executable, "-c", _QUANTIZE, str(paths["f32"]), str(paths[q]), str(ftype)], paths[q])
-        notes[q] = sorted({" ".join(line.split()) for line in err.splitlines() if "fallback" in line.lower()})
+        err = _child([sys.executable, "-c", _QUANTIZE, str(paths["f32"]), str(ftype), str(paths[q])], paths[q])
+        notes[q] = sorted({" ".join(line.split()) for line in err.splitlines()
+                           if "falling back" in line or "fallback" in line})
         notes_file.write_text(json.dumps(notes, indent=2))
     return paths, [f"{q.upper()}: {line}" for q, lines in notes.items() for line in lines]
 
 
 def _child(cmd: list[str], out: Path) -> str:
-    """Run a conversion step writing `out` (through a temp name); its stderr; RuntimeError with its tail."""
+    """Run a conversion step whose last argument is `out`, writing a temp name renamed on success; its stderr;
+    RuntimeError with its tail."""
     tmp = out.with_name(out.name + ".tmp")
     proc = subprocess.run([*cmd[:-1], str(tmp)], capture_output=True, text=True)
     if proc.returncode != 0 or not tmp.is_file():
