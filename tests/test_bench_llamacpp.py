@@ -105,3 +105,21 @@ def test_llama_cpp_f32_greedy_matches_transformers_and_scores_edgeais_perplexity
     edge, llama = score_sessions(sessions, text, window=64, stride=32)
     assert abs(llama.perplexity / edge.perplexity - 1) < 1e-4 and llama.top1_agreement > 0.99
     assert os.path.getsize(ggufs["q4_0"]) < 0.5 * os.path.getsize(ggufs["f32"])
+
+
+def test_keep_rows_keeps_the_other_models_rows_and_notes_and_says_from_which_run(monkeypatch, tmp_path):
+    llm = _module("llm")
+    written = tmp_path / "llm.json"
+    written.write_text(json.dumps({"created": "T1", "kept_rows_from": {"qwen-0.5b": "T0"}, "rows": [
+        {"model": "trained", "backend": "edgeai-fp32"}, {"model": "gpt2-124m", "backend": "llamacpp-q4_0"},
+        {"model": "qwen-0.5b", "backend": "edgeai-fp32"}],
+        "llama_cpp_quantize_notes": ["trained: Q4_0: falling back", "gpt2-124m: Q4_0: other"]}))
+    monkeypatch.setattr(llm.C, "result_path", lambda name, write: written)
+    rows, notes, since = llm.kept(["trained"])
+    assert [r["model"] for r in rows] == ["gpt2-124m", "qwen-0.5b"]
+    assert notes == ["gpt2-124m: Q4_0: other"] and since == {"gpt2-124m": "T1", "qwen-0.5b": "T0"}
+    text = llm.notes([{"model": "trained", "backend": "llamacpp-f32", "greedy_match_transformers": 1.0,
+                       "greedy_match_fp32": 1.0, "new_tokens": 128}],
+                     {"kept_rows_from": since, "llama_cpp": "llama-cpp-python 0.3.36", "llama_cpp_quantize_notes": notes})
+    assert "- qwen-0.5b: rows kept from the run of T0" in text and "llama.cpp quantizer: gpt2-124m: Q4_0: other" in text
+    assert "trained: llama.cpp F32 greedy tokens match transformers on 100.0% of 128" in text

@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import pytest
 
+from decoder_kit import zoo_export
 from edgeai import runtime
 from edgeai.cli import main
 from edgeai.manifest import Manifest
@@ -45,9 +46,7 @@ def lm_traced_export(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def llama_export(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("llama") / "out"
-    assert main(["export", "edgeai.zoo.lm:tiny_llama", "--task", "text-generation", "-o", str(out), "-q"]) == 0
-    return out
+    return zoo_export(tmp_path_factory.mktemp("llama"), "tiny_llama")
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from decoder_kit import zoo_export
 from edgeai import runtime
-from edgeai.cli import main
 from edgeai.errors import ConfigError
 from edgeai.exporters._decoder_verify import runtime_greedy
 from edgeai.runtime.generate import DecoderSession, decoder_details
@@ -20,16 +20,12 @@ pytest.importorskip("transformers")
 
 @pytest.fixture(scope="module")
 def gpt2_export(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("kv_gpt2") / "out"
-    assert main(["export", "edgeai.zoo.lm:tiny_gpt2", "--task", "text-generation", "-o", str(out), "-q"]) == 0
-    return out
+    return zoo_export(tmp_path_factory.mktemp("kv_gpt2"), "tiny_gpt2")
 
 
 @pytest.fixture(scope="module")
 def llama_export(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("kv_llama") / "out"
-    assert main(["export", "edgeai.zoo.lm:tiny_llama", "--task", "text-generation", "-o", str(out), "-q"]) == 0
-    return out
+    return zoo_export(tmp_path_factory.mktemp("kv_llama"), "tiny_llama")
 
 
 def _both(folder: Path) -> tuple[DecoderSession, DecoderSession]:
