@@ -64,17 +64,17 @@ def decoder_details(folder: Path, artifact: str | None = None) -> dict | None:
 class DecoderSession(OnnxSession):
     """An ONNX causal LM with a KV cache: `prefill`/`step` (logits), `stream`/`generate` (tokens, text).
 
-    Batch 1. The cache never passes through a numpy copy: on CPU, onnxruntime (>= 1.16) hands run()'s
-    outputs out as numpy views of its own tensors and takes contiguous numpy inputs without a copy, so
-    the default (`io_binding=None`) feeds the presents back through run(); with another provider (CUDA)
-    the cache stays on the device through IO binding. `io_binding=True` forces IO binding on CPU too
-    (measured slower there: more Python calls per step, nothing saved).
+    Batch 1. `kv_cache="shared"` keeps the cache in one preallocated buffer per layer that is both the past
+    input and the present output (GroupQueryAttention's past_present_share_buffer, `generate_cache.py`): no
+    per-step allocation, zeroing or copy of the cache (measured faster, docs/decoders.md). Only for graphs
+    whose manifest says they can (`decoder.past_present_share_buffer`: edgeai's fused graph) and on CPU;
+    the default "auto" picks it there and "concat" everywhere else (traced graphs, bare files, CUDA).
 
-    `kv_cache="shared"` keeps the cache in one preallocated buffer per layer that is both the past input and
-    the present output (GroupQueryAttention's past_present_share_buffer, `generate_cache.py`): no per-step
-    allocation, zeroing or copy of the cache. Only for graphs whose manifest says they can
-    (`decoder.past_present_share_buffer`: edgeai's fused graph) and on CPU; "auto" picks it there and
-    "concat" everywhere else (traced graphs, older exports, CUDA).
+    In "concat" mode each step's presents are new tensors, and the cache never passes through a numpy copy:
+    on CPU, onnxruntime (>= 1.16) hands run()'s outputs out as numpy views of its own tensors and takes
+    contiguous numpy inputs without a copy, so the default (`io_binding=None`) feeds the presents back
+    through run(); with another provider (CUDA) the cache stays on the device through IO binding.
+    `io_binding=True` forces IO binding on CPU too (measured slower there: more Python calls per step).
     """
 
     def __init__(self, path: str | Path, decoder: dict, folder: str | Path | None = None, *, provider: str = "cpu",
@@ -106,11 +106,11 @@ class DecoderSession(OnnxSession):
     # ------------------------------------------------------------ the cache
     def reset(self) -> None:
         """Forget the KV cache (the next call is a prefill with an empty past; a shared buffer is kept)."""
-        import onnxruntime as ort
         self.position = 0
         self._mask = np.ones((1, 256), np.int64)
         if self._shared is not None:
             return
+        import onnxruntime as ort
         empty = np.zeros((1, self.kv_heads, 0, self.head_dim), self._cache_dtype)
         self._past = [ort.OrtValue.ortvalue_from_numpy(empty, self._device) if self.io_binding else empty
                       for _ in self.past_names]
