@@ -97,14 +97,15 @@ def result_path(name: str, write_results: bool, suffix: str = ".json") -> Path:
 
 
 def write_results(name: str, rows: list[dict], table: str, env: dict, extra: dict | None = None, *,
-                  write_results: bool) -> None:
+                  write_results: bool, notes: str = "") -> None:
     path = result_path(name, write_results)
     path.parent.mkdir(parents=True, exist_ok=True)
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     payload = {"schema": f"edgeai.benchmarks.{name}/1", "created": created, "env": env, "rows": rows,
                **(extra or {})}
     path.write_text(json.dumps(payload, indent=2) + "\n")
-    path.with_suffix(".md").write_text(f"Machine: {machine_line(env)}\n\nCreated {created}.\n\n{table}\n")
+    tail = f"\n{notes}\n" if notes else ""
+    path.with_suffix(".md").write_text(f"Machine: {machine_line(env)}\n\nCreated {created}.\n\n{table}\n{tail}")
     print(f"\nMachine: {machine_line(env)}\n\n{table}\n\nwrote {path} and .md")
 
 

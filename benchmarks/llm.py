@@ -28,6 +28,7 @@ from statistics import median
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402  (puts the checkout first on sys.path)
+import llm_llamacpp as LL  # noqa: E402
 
 MODELS = {"trained": "edgeai.zoo.lm:tiny_gpt2", "gpt2-124m": "edgeai.zoo.lm:gpt2_small_random",
           "qwen-0.5b": "edgeai.zoo.lm:qwen2_05b_random"}
@@ -42,17 +43,19 @@ CACHE = Path(os.environ.get("EDGEAI_LLM_BENCH_CACHE", Path.home() / ".cache" / "
 COLUMNS = [("model", "model", ""), ("backend", "backend", ""), ("size_mb", "size MB", ".1f"),
            ("load_s", "load s", ".2f"), ("ttft_ms", "TTFT ms", ".2f"), ("decode_tok_s", "decode tok/s", ".1f"),
            ("vs_transformers", "x transformers", ".2f"), ("vs_ort", "x ORT FP32 loop", ".2f"),
-           ("vs_traced", "x traced loop", ".2f"),
+           ("vs_traced", "x traced loop", ".2f"), ("vs_llamacpp_q4_0", "x llama.cpp Q4_0", ".2f"),
            ("peak_rss_mb", "peak RSS MB", ".0f"), ("rss_vs_fp32", "RSS x FP32", ".2f"),
            ("perplexity", "perplexity", ".3f"), ("ppl_increase_pct", "ppl +%", "+.2f"),
            ("top1_agreement", "top-1 agree", ".4f"), ("kl", "KL", ".5f")]
 
 
 # ---- preparing: HF folder, edgeai export, variants (cached per model) ---------------------------------
-def prepare(name: str, log, variants=tuple(VARIANTS)) -> dict:
-    """{backend: what its worker loads} for model `name`, built once under CACHE/name."""
+def prepare(name: str, log, variants=tuple(VARIANTS), llama_cpp: str | None = None, notes: list | None = None) -> dict:
+    """{backend: what its worker loads} for model `name`, built once under CACHE/name; with `llama_cpp` (the
+    path of llama.cpp's convert_hf_to_gguf.py) also llama.cpp's F32, Q8_0 and Q4_0 GGUF files (notes: what
+    its quantizer reported)."""
     import edgeai
-    from edgeai.manifest import Manifest
+    from edgeai.runtime.generate import decoder_details
     from edgeai.steps import StepContext, get_artifact_step
     folder = CACHE / name
     hf, out = folder / "hf", folder / "export"
@@ -75,7 +78,7 @@ def prepare(name: str, log, variants=tuple(VARIANTS)) -> dict:
         log(f"{name}: exporting with Optimum (text-generation-with-past)")
         from optimum.exporters.onnx import main_export
         main_export(str(hf), output=str(optimum), task="text-generation-with-past")
-    details = Manifest.read(out).get("fp32").details["decoder"]
+    details = decoder_details(out, "fp32")
     backends = {"transformers": {"hf": str(hf)},
                 "ort-fp32-loop": {"model": str(optimum / "model.onnx"), "decoder": details},
                 "ort-fp32-traced-loop": {"model": str(traced / "model.onnx"), "decoder": details},
@@ -95,6 +98,11 @@ def prepare(name: str, log, variants=tuple(VARIANTS)) -> dict:
                     {k: v for k, v in opts.items() if k != "eval_text"}   # a random model has no budget
             step.fn(out / "model.onnx", path, step.config_cls(**opts), StepContext())
         backends[f"edgeai-{label}"] = {"model": str(path), "decoder": details, "folder": str(out)}
+    if llama_cpp:
+        ggufs, quant_notes = LL.build(hf, folder / "gguf", llama_cpp, log)
+        backends.update({f"llamacpp-{q}": {"gguf": str(p)} for q, p in ggufs.items()})
+        if notes is not None:
+            notes += [f"{name}: {n}" for n in quant_notes]
     return backends
 
 
@@ -161,7 +169,7 @@ def worker(job: dict) -> dict:
         tokens = generate(new)[0, len(ids):].tolist()
         decode_s = time.perf_counter() - t - ttft
     else:
-        prefill, step = _onnx_loop(job, threads)
+        prefill, step = LL.loop(job, threads) if backend.startswith("llamacpp-") else _onnx_loop(job, threads)
         load_s = time.perf_counter() - t0
         token = int(np.argmax(prefill(ids[:8])))   # warm-up
         for _ in range(4):
@@ -183,7 +191,9 @@ def _onnx_loop(job: dict, threads: int):
     import numpy as np
     if job["backend"].startswith("edgeai-"):
         from edgeai.runtime.generate import DecoderSession
-        s = DecoderSession(job["model"], job["decoder"], job["folder"], threads=threads)
+        s = DecoderSession(job["model"], job["decoder"], job["folder"], threads=threads,
+                           kv_cache=job.get("kv_cache", "auto"))
+        s.reserve(len(job["ids"]) + job["new_tokens"])   # as generate() does: no step grows a shared cache
         return s.prefill, s.step
     import onnxruntime as ort
     d = job["decoder"]
@@ -223,18 +233,22 @@ def run_isolated(job: dict) -> dict:
 
 # ---- accuracy ------------------------------------------------------------------------------------------
 def accuracy(name: str, backends: dict) -> dict:
-    """{backend: TextScore dict} of the edgeai variants against FP32 on the zoo validation text."""
+    """{backend: TextScore dict} of the edgeai variants and llama.cpp's GGUF files against edgeai's FP32 on the
+    zoo validation text: the same token ids, the same windows (128, stride 64), each from an empty cache."""
     from edgeai.evaluate.text import load_tokens, score_sessions
     from edgeai.runtime.generate import DecoderSession
     ids = load_tokens(CACHE / "valid.txt", CACHE / name / "export", 4096)
     sessions = {b: DecoderSession(j["model"], j["decoder"], j["folder"], threads=1)
                 for b, j in backends.items() if b.startswith("edgeai-")}
-    return {s.artifact: s.to_dict() for s in score_sessions(sessions, ids, window=128, stride=64)}
+    sessions.update({b: LL.LlamaLogits(j["gguf"], window=128) for b, j in backends.items()
+                     if b.startswith("llamacpp-")})
+    return {s.artifact: s.to_dict() for s in score_sessions(sessions, ids, window=128, stride=64,
+                                                            reference="edgeai-fp32")}
 
 
 # ---- the run -------------------------------------------------------------------------------------------
-def bench_model(name: str, args, log) -> list[dict]:
-    backends = prepare(name, log, args.variants)
+def bench_model(name: str, args, log, llama_cpp: str | None = None, notes: list | None = None) -> list[dict]:
+    backends = prepare(name, log, args.variants, llama_cpp, notes)
     vocab = backends["edgeai-fp32"]["decoder"]["vocab_size"]
     ids = prompt_ids(name, args.prompt, vocab)
     samples: dict[str, list[dict]] = {b: [] for b in backends}
@@ -252,8 +266,8 @@ def bench_model(name: str, args, log) -> list[dict]:
         if ok:
             row.update({k: median(s[k] for s in ok) for k in ("load_s", "ttft_ms", "decode_tok_s", "peak_rss_mb")})
             row["tokens"] = ok[0]["tokens"]
-        path = backends[backend].get("model")
-        row["size_mb"] = _file_bytes(Path(path)) / 1e6 if path else None
+        path, gguf = backends[backend].get("model"), backends[backend].get("gguf")
+        row["size_mb"] = _file_bytes(Path(path)) / 1e6 if path else Path(gguf).stat().st_size / 1e6 if gguf else None
         score = scores.get(backend)
         if score:
             row.update({"perplexity": score["perplexity"], "ppl_increase_pct": 100 * score["ppl_increase"],
@@ -262,15 +276,43 @@ def bench_model(name: str, args, log) -> list[dict]:
     by = {r["backend"]: r for r in rows}
     for r in rows:
         for key, base in (("vs_transformers", "transformers"), ("vs_ort", "ort-fp32-loop"),
-                          ("vs_traced", "ort-fp32-traced-loop")):
+                          ("vs_traced", "ort-fp32-traced-loop"), ("vs_llamacpp_q4_0", "llamacpp-q4_0")):
             if r.get("decode_tok_s") and by.get(base, {}).get("decode_tok_s"):
                 r[key] = r["decode_tok_s"] / by[base]["decode_tok_s"]
         if r.get("peak_rss_mb") and by["edgeai-fp32"].get("peak_rss_mb"):
             r["rss_vs_fp32"] = r["peak_rss_mb"] / by["edgeai-fp32"]["peak_rss_mb"]
-        ref = by["edgeai-fp32"].get("tokens")
-        if r.get("tokens") and ref:
-            r["greedy_match_fp32"] = sum(a == b for a, b in zip(r["tokens"], ref)) / len(ref)
+        for key, base in (("greedy_match_fp32", "edgeai-fp32"), ("greedy_match_transformers", "transformers")):
+            ref = by.get(base, {}).get("tokens")
+            if r.get("tokens") and ref:
+                r[key] = sum(a == b for a, b in zip(r["tokens"], ref)) / len(ref)
     return rows
+
+
+def kept(names: list[str]) -> tuple[list[dict], list[str], dict[str, str]]:
+    """The written results' rows and llama.cpp quantizer notes of models other than `names` (each row says its
+    own rounds and new tokens), and {model: when its rows were measured}."""
+    path = C.result_path("llm", True)
+    if not path.is_file():
+        return [], [], {}
+    old = json.loads(path.read_text())
+    rows = [r for r in old["rows"] if r["model"] not in names]
+    since = old.get("kept_rows_from", {})
+    return (rows, [n for n in old.get("llama_cpp_quantize_notes", []) if n.split(":")[0] not in names],
+            {r["model"]: since.get(r["model"], old["created"]) for r in rows})
+
+
+def notes(rows: list[dict], extra: dict) -> str:
+    """The lines under the table: llama.cpp's build and what its quantizer did, greedy sanity of its F32."""
+    out = [f"{model}: rows kept from the run of {when} (--keep-rows)" for model, when in
+           extra.get("kept_rows_from", {}).items()]
+    out += [f"llama.cpp: {extra['llama_cpp']}."]
+    out += [f"llama.cpp quantizer: {n}" for n in extra["llama_cpp_quantize_notes"]]
+    for r in rows:
+        if r["backend"] == "llamacpp-f32" and r.get("greedy_match_transformers") is not None:
+            out.append(f"{r['model']}: llama.cpp F32 greedy tokens match transformers on "
+                       f"{100 * r['greedy_match_transformers']:.1f}% of {r['new_tokens']} (edgeai FP32: "
+                       f"{100 * r.get('greedy_match_fp32', 0):.1f}%).")
+    return "\n".join(f"- {line}" for line in out)
 
 
 def main() -> int:
@@ -286,6 +328,11 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds; medians reported (default 2)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--write-results", action="store_true", help="write benchmarks/results/llm.json and llm.md")
+    ap.add_argument("--keep-rows", action="store_true",
+                    help="with --write-results: keep the written results' rows of the models not run now")
+    ap.add_argument("--llama-cpp-convert", default=None,
+                    help=f"llama.cpp's convert_hf_to_gguf.py (default ${LL.CONVERT_ENV}): adds llama.cpp F32/Q8_0/Q4_0 "
+                         "rows when llama-cpp-python is installed (see benchmarks/llm_llamacpp.py)")
     ap.add_argument("--out", default="llm-bench.json",
                     help="JSON path, rewritten after each model (default ./llm-bench.json); --write-results also "
                          "writes benchmarks/results/llm.json and llm.md")
@@ -296,16 +343,27 @@ def main() -> int:
         ap.error(f"unknown model(s) or variant(s) {unknown}; known: {', '.join(MODELS)}; {', '.join(VARIANTS)}")
     started = time.perf_counter()
     log = lambda msg: print(f"[{time.perf_counter() - started:7.1f}s] {msg}", file=sys.stderr, flush=True)  # noqa: E731
+    skip = LL.unavailable(args.llama_cpp_convert)
+    if skip:
+        print(f"llama.cpp backends skipped: {skip}", file=sys.stderr)
+    convert = None if skip else str(LL.convert_script(args.llama_cpp_convert))
+    quant_notes: list[str] = []
     extra = {"prompt_tokens": args.prompt, "new_tokens": args.new_tokens, "rounds": args.rounds,
-             "threads": args.threads, "llama_cpp": "not run: llama-cpp-python is not installed (benchmark only)"}
+             "threads": args.threads, "llama_cpp": f"not run: {skip}" if skip else f"llama-cpp-python {LL.version()}",
+             "llama_cpp_quantize_notes": quant_notes}
     env, rows = C.environment(), []
     for name in names:   # the JSON is rewritten after each model: a run cut short keeps what it measured
-        rows += bench_model(name, args, log)
+        rows += bench_model(name, args, log, convert, quant_notes)
         Path(args.out).write_text(json.dumps({"schema": "edgeai.benchmarks.llm/1", "env": env, "rows": rows,
                                               "models_done": names[:names.index(name) + 1], **extra}, indent=2) + "\n")
+    if args.write_results and args.keep_rows:
+        old_rows, old_notes, extra["kept_rows_from"] = kept(names)
+        rows = old_rows + rows
+        quant_notes[:0] = old_notes
+        rows.sort(key=lambda r: list(MODELS).index(r["model"]))   # stable: each model's backends keep their order
     table = C.markdown_table(rows, COLUMNS)
     if args.write_results:
-        C.write_results("llm", rows, table, env, extra, write_results=True)
+        C.write_results("llm", rows, table, env, extra, write_results=True, notes=notes(rows, extra))
     else:
         print(f"Machine: {C.machine_line(env)}\n\n{table}\n\nwrote {args.out}")
     return 0

@@ -74,6 +74,14 @@ def exported(folder: Path, build) -> Path:
     return out
 
 
+def zoo_export(folder: Path, factory: str) -> Path:
+    """`edgeai export edgeai.zoo.lm:FACTORY --task text-generation` (the CLI) into folder/out."""
+    from edgeai.cli import main
+    out = folder / "out"
+    assert main(["export", f"edgeai.zoo.lm:{factory}", "--task", "text-generation", "-o", str(out), "-q"]) == 0
+    return out
+
+
 def optimum_gpt2(folder: Path) -> Path:
     """GPT-2 as Optimum exports it: its Conv1D layers stay Gemm nodes (the MatMulNBits pitfall)."""
     if not (folder / "model.onnx").is_file():

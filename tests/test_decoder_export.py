@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import pytest
 
+from decoder_kit import zoo_export
 from edgeai import runtime
 from edgeai.cli import main
 from edgeai.manifest import Manifest
@@ -45,9 +46,7 @@ def lm_traced_export(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def llama_export(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("llama") / "out"
-    assert main(["export", "edgeai.zoo.lm:tiny_llama", "--task", "text-generation", "-o", str(out), "-q"]) == 0
-    return out
+    return zoo_export(tmp_path_factory.mktemp("llama"), "tiny_llama")
 
 
 @pytest.fixture(scope="module")
@@ -236,14 +235,14 @@ def test_a_stop_string_ends_generation_before_it(lm_export):
 
 
 def test_io_binding_loop_and_numpy_loop_give_the_same_tokens(lm_export):
-    bound, plain = runtime.load(lm_export, io_binding=True), runtime.load(lm_export, io_binding=False)
+    bound, plain = (runtime.load(lm_export, io_binding=b, kv_cache="concat") for b in (True, False))
     ids = bound.encode(PROMPTS[2])
     assert raw_greedy(bound, ids, 24) == raw_greedy(plain, ids, 24)
 
 
 def test_on_cpu_the_cache_stays_in_onnxruntimes_tensors_without_io_binding(lm_export):
-    """The default CPU loop relies on run() handing out views of onnxruntime's own tensors (no copy)."""
-    session = runtime.load(lm_export)
+    """The concatenating CPU loop relies on run() handing out views of onnxruntime's own tensors (no copy)."""
+    session = runtime.load(lm_export, kv_cache="concat")
     assert not session.io_binding
     session.prefill(session.encode(PROMPTS[0]))
     cache = session._past[0]

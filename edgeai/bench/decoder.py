@@ -89,6 +89,7 @@ def measure_decoder(target: Target, config: BenchConfig, decoder, import_ms: flo
     first_ms = (clock() - t0) / 1e6
     longest = max(opts.prompt_lengths + opts.depths)
     ids = rng.integers(0, vocab, size=longest + opts.new_tokens, dtype=np.int64)
+    decoder.reserve(longest + opts.new_tokens)   # a shared cache is allocated once, as generate() does
     for _ in range(min(config.warmup, 3)):  # warm the kernels
         token = int(np.argmax(decoder.prefill(ids[:min(opts.prompt_lengths)])))
         for _ in range(4):
@@ -124,7 +125,7 @@ def measure_decoder(target: Target, config: BenchConfig, decoder, import_ms: flo
             gc.enable()
     section = {"vocab_size": int(vocab), "layers": decoder.layers, "kv_heads": decoder.kv_heads,
                "head_dim": decoder.head_dim, "cache_dtype": str(decoder.decoder.get("cache_dtype", "float32")),
-               "io_binding": decoder.io_binding, "prompts": prompts, "decode": decode,
+               "io_binding": decoder.io_binding, "kv_cache": decoder.kv_cache, "prompts": prompts, "decode": decode,
                "ttft_ms": prompts[0]["ttft_ms"], "prefill_tokens_per_s": prompts[-1]["prefill_tokens_per_s"],
                "decode_tokens_per_s": decode[0]["decode_tokens_per_s"]}
     notes += [f"decoder: timing is per new token at depth {opts.depths[0]} (greedy, batch 1, random prompt ids); "

@@ -80,7 +80,8 @@ def _fused(source, path: Path, opset: int, external_data: bool, tolerance, *, st
     from edgeai.exporters.onnx import external_files
     progress("writing the fused decoder graph from the weights (GroupQueryAttention, SkipLayerNorm, KV cache)")
     facts = build(source.hf_model, source.layout, path, opset=opset, external_data=external_data)
-    decoder = decoder_details(source, facts)
+    # GroupQueryAttention reads the valid length from the mask: the runtime may share past and present buffers
+    decoder = {**decoder_details(source, facts), "past_present_share_buffer": True}
     progress(f"verifying {MODEL_FILE} against PyTorch (prefill, decode steps, greedy tokens)")
     try:
         return (facts, decoder, verify_decoder(source, path, decoder, tolerance)), None

@@ -1,7 +1,8 @@
 """Time generation from a decoder export (TTFT, decode tokens/s, peak RSS), each backend in a fresh process.
 
-Backends: `edgeai` (DecoderSession as `runtime.load` makes it), `iobinding` (the same with the cache bound
-through onnxruntime's IO binding), `numpy` (the plain loop: presents fed back through run() as numpy) and
+Backends: `edgeai` (DecoderSession as `runtime.load` makes it: the shared in-place cache where the graph allows),
+`iobinding` (the concatenating cache bound through onnxruntime's IO binding), `numpy` (the concatenating loop:
+presents fed back through run() as numpy) and
 `transformers` (generate() in PyTorch; workstation only, edgeai/exporters/_decoder_measure.py).
 Every backend decodes the same seeded random prompt greedily and ignores end-of-sequence ids, so each
 produces exactly `new_tokens` tokens. Command line: `python -m edgeai.runtime.generate_measure FOLDER`.
@@ -34,15 +35,17 @@ def measure(folder: str | Path, backend: str = "edgeai", *, artifact: str | None
     from edgeai import runtime
     from edgeai.bench.env import peak_rss_bytes
     from edgeai.runtime.generate import DecoderSession
-    modes = {"edgeai": None, "iobinding": True, "numpy": False}
+    modes = {"edgeai": {}, "iobinding": {"io_binding": True, "kv_cache": "concat"},
+             "numpy": {"io_binding": False, "kv_cache": "concat"}}
     if backend not in modes:
         raise ValueError(f"backend {backend!r} does not run in edgeai.runtime; use measure_fresh")
     t0 = time.perf_counter()
-    session = runtime.load(folder, artifact=artifact, threads=threads, io_binding=modes[backend])
+    session = runtime.load(folder, artifact=artifact, threads=threads, **modes[backend])
     load_s = time.perf_counter() - t0
     if not isinstance(session, DecoderSession):
         raise ValueError(f"{folder} holds no decoder")
     ids = prompt_ids(int(session.decoder["vocab_size"]), prompt_tokens, seed)
+    session.reserve(prompt_tokens + new_tokens)   # as generate() does
     _greedy(session, ids[:8], 4)  # warm-up: first-run allocations stay out of the numbers
     ttft_s, decode_s, tokens = _greedy(session, ids, new_tokens)
     return _result(backend, ttft_s, decode_s, tokens, prompt_tokens, threads, load_s, peak_rss_bytes())
