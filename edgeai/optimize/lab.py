@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import multiprocessing
@@ -19,10 +18,10 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from edgeai.errors import ConfigError, MissingDependencyError
 from edgeai.fsutil import remove_unlocked
+from edgeai.optimize import digests
 from edgeai.optimize.builder import build_unit, new_unit_dir, target_options, unit_recipe, worker_init
 from edgeai.optimize.candidates import Unit, step_name
 from edgeai.optimize.config import OptimizeConfig
@@ -86,15 +85,15 @@ class PipelineLab:
             if spec:
                 what = {"eval": "evaluation data", "train": "training data"}.get(kind, "calibration data")
                 feeds = load_feeds(spec, source.input_specs, what=what)
-                data[kind] = _arrays_digest(feeds)
+                data[kind] = digests.arrays(feeds)
                 if kind == "eval" and self.device:   # the reference outputs are computed here, once
                     from edgeai.optimize.device_accuracy import DeviceScorer
                     self._scorer = DeviceScorer(self.device, feeds, source, cfg.metric, cfg.threads)
         if cfg.metric:
             from edgeai.metrics import load_metric
             load_metric(cfg.metric)  # a metric that does not import is bad input: fail before building
-        return {"model": _model_digest(source), "inputs": [s.to_dict() for s in source.input_specs],
-                "data": data, "metric": _metric_digest(cfg.metric), "max_drop": cfg.max_drop,
+        return {"model": digests.model(source), "inputs": [s.to_dict() for s in source.input_specs],
+                "data": data, "metric": digests.metric(cfg.metric), "max_drop": cfg.max_drop,
                 "export": dict(cfg.export), "versions": versions()}
 
     def identity(self) -> dict:
@@ -381,36 +380,3 @@ def _absolute_paths(recipe: dict) -> dict:
         if out.get(key):
             out[key] = fix(out[key])
     return out
-
-
-def _model_digest(source) -> str:
-    """The weights and structure of the model (its file for ONNX), not the path it was loaded from."""
-    h = hashlib.sha256()
-    h.update(json.dumps(source.to_dict()["inputs"], sort_keys=True).encode())
-    if source.module is None:
-        h.update(Path(source.onnx_path).read_bytes())
-        return h.hexdigest()
-    h.update(repr(source.module).encode())
-    for name, tensor in source.module.state_dict().items():
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-def _arrays_digest(feeds: dict) -> str:
-    h = hashlib.sha256()
-    for name in sorted(feeds):
-        a = np.ascontiguousarray(feeds[name])
-        h.update(f"{name}{a.dtype}{a.shape}".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
-
-
-def _metric_digest(spec: str | None) -> str | None:
-    if not spec:
-        return None
-    file = spec.rpartition(":")[0]
-    if file.endswith(".py") and Path(file).is_file():
-        return hashlib.sha256(Path(file).read_bytes()).hexdigest() + ":" + spec.rpartition(":")[2]
-    return spec
-
