@@ -296,6 +296,8 @@ def test_generate_on_a_folder_without_a_decoder_is_one_line(tmp_path, capsys):
     folder = write_export_folder(tmp_path / "e", (make_mlp(tmp_path / "a.onnx", 8),))
     assert main(["generate", str(folder), "--prompt", "x"]) == 2
     assert "holds no causal LM" in capsys.readouterr().err
+    assert main(["generate", str(folder), "--prompt", "x", "--kv-cache", "shared"]) == 2
+    assert "holds no causal LM" in capsys.readouterr().err
 
 
 # ---- the torch-free device install --------------------------------------------------------------------

@@ -109,3 +109,20 @@ def test_logits_at_every_position_twice_in_a_row_with_different_lengths(gpt2_exp
     for n in (5, 12, 3):
         ids = list(range(4, 4 + n))
         np.testing.assert_allclose(shared.logits(ids), concat.logits(ids), atol=1e-5)
+
+
+def test_generate_cli_kv_cache_flag_picks_the_mode_with_the_same_tokens(gpt2_export, tmp_path, capsys):
+    from edgeai.cli import main
+
+    got = {}
+    for mode in ("auto", "concat", "shared"):
+        out = tmp_path / f"{mode}.json"
+        assert main(["generate", str(gpt2_export), "--prompt", "hello", "--max-new-tokens", "12", "--threads", "1",
+                     "--kv-cache", mode, "--json", str(out)]) == 0
+        got[mode] = json.loads(out.read_text())
+    assert got["auto"]["kv_cache"] == got["shared"]["kv_cache"] == "shared" and got["concat"]["kv_cache"] == "concat"
+    assert got["auto"]["tokens"] == got["concat"]["tokens"] == got["shared"]["tokens"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["generate", str(gpt2_export), "--prompt", "x", "--kv-cache", "inplace"])
+    assert "invalid choice: 'inplace'" in capsys.readouterr().err

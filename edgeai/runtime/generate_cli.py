@@ -34,6 +34,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--stop", action="append", default=[], metavar="TEXT",
                    help="end when the text contains TEXT (not printed); repeatable")
     p.add_argument("--threads", type=positive_int, default=None, metavar="N", help="intra-op threads")
+    p.add_argument("--kv-cache", choices=("auto", "shared", "concat"), default="auto",
+                   help="shared: one preallocated buffer per layer, both the past and the present (fused CPU "
+                        "graphs; faster at long contexts); concat: the past is copied into a new present each "
+                        "step; auto (default): shared where the graph supports it")
     p.add_argument("--json", metavar="FILE", help="also write the result as JSON")
     p.add_argument("--no-verify-digest", action="store_true", help=NO_VERIFY_HELP)
     p.set_defaults(func=run)
@@ -62,7 +66,7 @@ def run(args) -> int:
     from edgeai import runtime
     from edgeai.bench.env import peak_rss_bytes
     from edgeai.fsutil import atomic_write_text
-    from edgeai.runtime.generate import DecoderSession
+    from edgeai.runtime.generate import DecoderSession, decoder_details
 
     folder, artifact = _split(args.folder)
     if not folder.is_dir():
@@ -70,7 +74,9 @@ def run(args) -> int:
                                "`edgeai export MODEL --task text-generation` wrote")
     sampling = _sampling(args)
     session = runtime.load(folder, artifact=artifact, threads=args.threads,
-                           verify_digest=not args.no_verify_digest)
+                           verify_digest=not args.no_verify_digest,
+                           **({"kv_cache": args.kv_cache} if args.kv_cache != "auto"
+                              and decoder_details(folder, artifact) is not None else {}))
     if not isinstance(session, DecoderSession):
         raise RuntimeLoadError(f"{str(folder)!r} holds no causal LM (its manifest has no decoder); export one "
                                "with --task text-generation")
@@ -85,6 +91,6 @@ def run(args) -> int:
         data = {"tokens": result.tokens, "text": result.text, "ttft_ms": result.ttft_ms,
                 "decode_tokens_per_s": result.decode_tokens_per_s, "peak_rss_bytes": peak_rss_bytes(),
                 "prompt_tokens": len(result.prompt_ids), "stop_reason": result.stop_reason,
-                "artifact": artifact, "threads": args.threads}
+                "artifact": artifact, "threads": args.threads, "kv_cache": session.kv_cache}
         atomic_write_text(Path(args.json), json.dumps(data, indent=2) + "\n")
     return 0
