@@ -8,14 +8,16 @@ two rungs (edgeai/optimize/planner.py does the arithmetic on measured costs):
    unpruned there, scored and timed;
 2. the one or two most promising (format, ratio) arms by expected speedup (screens within a few
    times the accuracy budget whose distillation was cut by its time, else the closest one) are
-   distilled again with the rest of the budget, in any format within FORMAT_CLOSE of the fastest.
+   distilled again with the rest of the budget, in any format within FORMAT_CLOSE of the fastest;
+   an arm whose expected speedup does not beat the best accepted candidate is not (a longer
+   distillation buys accuracy, not speed), except for --objective size.
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 from edgeai.optimize.candidates import Unit, prune_steps, prune_units
-from edgeai.optimize.choice import MIN_SPEEDUP
+from edgeai.optimize.choice import MIN_SPEEDUP, TIE
 from edgeai.optimize.planner import SLACK, Screened, expected_speedup, plan_final, promising, screen_minutes
 
 if TYPE_CHECKING:
@@ -139,9 +141,10 @@ def _halving(search: Search, arms: list) -> None:
         return
     screened = [s for s in (_screened(search, u, best0) for u in screens) if s is not None]
     info["screened"] = [s.__dict__ for s in screened]
-    arms_final = _arms(promising(screened, cfg.max_drop), arms, best0)
+    arms_final, slower = _faster_than_accepted(search, _arms(promising(screened, cfg.max_drop), arms, best0))
     plan, why = plan_final(arms_final, search.seconds_left(),
                            {fmt: search.costs(fmt, pruned=True) for fmt, _, _ in arms}, n, minutes)
+    why = f"{why}; {slower}" if slower else why
     info["why"], info["final"] = why, [{"format": a.format, "ratio": a.ratio, "minutes": m} for a, m in plan]
     done = ", ".join(f"{u.steps[0]['prune']['ratio']:g}" for u in screens)
     search.notes.append(f"pruning: screened {done} in {fmt0} with {minutes:g} min "
@@ -155,6 +158,24 @@ def _halving(search: Search, arms: list) -> None:
         c = search.costs(arm.format, pruned=True)
         if not search.build_if_it_fits(unit, SLACK * (60 * m + c.overhead_s), 60 * m):
             return
+
+
+def _faster_than_accepted(search: Search, arms: list[Screened]) -> tuple[list[Screened], str]:
+    """The arms whose speedup could beat the best accepted candidate so far (a longer distillation buys
+    accuracy, not speed), and a note on the others; all of them for --objective size."""
+    if search.config.objective == "size":
+        return arms, ""
+    best = max((r for r in search.rows.values() if r.status in ("ok", "chosen") and r.speedup is not None),
+               key=lambda r: r.speedup, default=None)
+    if best is None:
+        return arms, ""
+    keep = [a for a in arms if a.speedup > best.speedup * (1 + TIE)]
+    dropped = [a for a in arms if a not in keep]
+    if not dropped:
+        return keep, ""
+    names = ", ".join(f"{a.format} prune{a.ratio:g}" for a in dropped)
+    return keep, (f"not distilled longer: {names} (expected speedup no more than the accepted "
+                  f"{best.id}'s {best.speedup:.2f}x)")
 
 
 def _screens_that_fit(seconds_left: float, ordered: list[float], costs, candidates: int) -> tuple[list[float], float | None]:
