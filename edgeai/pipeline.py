@@ -343,8 +343,7 @@ def _entry(name: str, model_path: Path, fmt: str, precision: str, result: Export
     files = [model_path.name] + [f for f in result.files if f != model_path.name]
     size = sum((model_path.parent / f).stat().st_size for f in files)
     digests = {f: sha256_file(model_path.parent / f) for f in files}
-    return ArtifactEntry(
-        name=name, file=files[0], format=fmt, precision=precision, sha256=digests[files[0]],
+    return ArtifactEntry(name=name, file=files[0], format=fmt, precision=precision, sha256=digests[files[0]],
         digests=digests, size_bytes=size, inputs=[s.to_dict() for s in handle.inputs],
         outputs=[s.to_dict() for s in handle.outputs], exporter=result.exporter,
         extra_files=files[1:], parity=parity.to_dict(), steps=steps, notes=notes, details=result.details)

@@ -5,6 +5,7 @@ from onnx import numpy_helper
 import torch
 
 import edgeai
+import edgeai.recipe  # the attribute below: `import edgeai` alone is lazy
 from edgeai.manifest import Manifest
 
 from conftest import factory
