@@ -52,6 +52,9 @@ def load(path: str | Path, *, artifact: str | None = None, provider: str = "cpu"
         decoder = decoder_details(Path(path), artifact)
         if decoder is not None:
             return DecoderSession(file, decoder, path, provider=provider, threads=threads, **options)
+    if "kv_cache" in options:
+        raise RuntimeLoadError(f"{str(path)!r} holds no causal LM (its manifest has no decoder), so it has no "
+                               "KV cache; export one with --task text-generation")
     return get_runtime(fmt)(file, provider=provider, threads=threads, **options)
 
 

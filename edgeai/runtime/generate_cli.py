@@ -66,17 +66,15 @@ def run(args) -> int:
     from edgeai import runtime
     from edgeai.bench.env import peak_rss_bytes
     from edgeai.fsutil import atomic_write_text
-    from edgeai.runtime.generate import DecoderSession, decoder_details
+    from edgeai.runtime.generate import DecoderSession
 
     folder, artifact = _split(args.folder)
     if not folder.is_dir():
         raise RuntimeLoadError(f"{str(folder)!r} is not an export folder; edgeai generate takes the folder that "
                                "`edgeai export MODEL --task text-generation` wrote")
     sampling = _sampling(args)
-    session = runtime.load(folder, artifact=artifact, threads=args.threads,
-                           verify_digest=not args.no_verify_digest,
-                           **({"kv_cache": args.kv_cache} if args.kv_cache != "auto"
-                              and decoder_details(folder, artifact) is not None else {}))
+    session = runtime.load(folder, artifact=artifact, threads=args.threads, kv_cache=args.kv_cache,
+                           verify_digest=not args.no_verify_digest)
     if not isinstance(session, DecoderSession):
         raise RuntimeLoadError(f"{str(folder)!r} holds no causal LM (its manifest has no decoder); export one "
                                "with --task text-generation")

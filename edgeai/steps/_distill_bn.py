@@ -64,8 +64,6 @@ class Screen:
     start_loss: float = float("nan")
     held_out: str = ""
     cut_short: bool = False
-    loss_sum: float = 0.0        # the winner's training loss summed over its screened samples
-    seen: int = 0                # samples the winner trained on in the screen
 
     def note(self) -> str:
         if len(self.loss) < 2:
@@ -113,17 +111,17 @@ def train_copy(state: Any, make_opt: Callable[[Any], tuple[Any, Any]], step: Cal
 
 def screen(state: Any, make_opt: Callable[[Any], tuple[Any, Any]], step: Callable[..., tuple[float, int]],
            held_out_loss: Callable[[Any], float], batches: list, held_out: str,
-           out_of_time: Callable[[], bool]) -> tuple[Screen, Any, Any, Any]:
+           out_of_time: Callable[[], bool]) -> tuple[Screen, Trial]:
     """Train a copy of `state` (a ModuleDict: model and feature adapters) in each mode on `batches`.
 
     make_opt(state) -> (optimizer, scheduler); step(state, opt, sched, idx) trains one batch and returns
     (loss x samples, samples);
-    held_out_loss(model) scores in eval mode. Returns (screen, winner state, its optimizer, its scheduler).
+    held_out_loss(model) scores in eval mode. Returns (screen, the winner's trial).
     Stops after the batch at which `out_of_time()` turns true; a mode with no batch is not scored.
     """
     result = Screen(chosen="train", held_out=held_out)
     result.start_loss = held_out_loss(state["model"])
-    runs = {}
+    runs: dict[str, Trial] = {}
     for mode in ("freeze", "train"):
         if result.cut_short:
             break
@@ -131,11 +129,10 @@ def screen(state: Any, make_opt: Callable[[Any], tuple[Any, Any]], step: Callabl
         result.cut_short = run.cut_short
         result.batches[mode] = run.batches
         result.loss[mode] = held_out_loss(run.state["model"])
-        runs[mode] = (run.state, run.opt, run.sched, run.loss_sum, run.seen)
+        runs[mode] = run
         log.info("distill: batchnorm screen: %s -> held-out loss %.5g after %d batch(es)", mode,
                  result.loss[mode], run.batches)
     result.chosen = min(result.loss, key=lambda m: result.loss[m])
     if len(result.loss) == 2 and result.loss["freeze"] > (1 - MARGIN) * result.loss["train"]:
         result.chosen = "train"         # no clear win for frozen statistics: they go stale as weights move
-    trial, opt, sched, result.loss_sum, result.seen = runs[result.chosen]
-    return result, trial, opt, sched
+    return result, runs[result.chosen]

@@ -50,6 +50,11 @@ def split(data: Mapping[str, Any] | None, names: list[str], what: str) -> tuple[
     return arrays, labels, n
 
 
+def take(arrays: dict, idx: Any) -> dict:
+    """The samples `idx` (a slice or indices) of every array."""
+    return {k: a[idx] for k, a in arrays.items()}
+
+
 def batch(arrays: dict, idx: Any, dtype: Any) -> dict:
     import torch
 

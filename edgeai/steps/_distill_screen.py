@@ -23,17 +23,26 @@ class Start:
 
     batchnorm: str
     lr: float
-    trial: bn.Trial | None = None        # the winner to continue from (None: nothing was screened)
-    batches: int = 0                     # batches of epoch 1 the winners trained
-    loss_sum: float = 0.0                # their training loss summed over their samples
-    seen: int = 0
-    cut_short: bool = False              # the wall ended a screen
+    trial: bn.Trial | None = None        # the last winner, to continue from (None: nothing was screened)
     notes: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
 
+    # what the winners trained: the first batches of epoch 1
+    @property
+    def batches(self) -> int:
+        return self.trial.batches if self.trial else 0
 
-def _take(arrays: dict, idx: Any) -> dict:
-    return {k: a[idx] for k, a in arrays.items()}
+    @property
+    def loss_sum(self) -> float:
+        return self.trial.loss_sum if self.trial else 0.0
+
+    @property
+    def seen(self) -> int:
+        return self.trial.seen if self.trial else 0
+
+    @property
+    def cut_short(self) -> bool:         # the wall ended a screen
+        return bool(self.trial and self.trial.cut_short)
 
 
 def run(state: Any, make_opt: Callable[[Any, float], tuple[Any, Any]], step: Callable[..., tuple[float, int]],
@@ -63,34 +72,23 @@ def run(state: Any, make_opt: Callable[[Any, float], tuple[Any, Any]], step: Cal
         return float(losses.kd_loss(choice, dd.outputs(model, held_x, m, bs, dtype), held_t, config.temperature))
 
     if start.batchnorm == "auto" and k_bn:
-        result, trial, opt, sched = bn.screen(state, lambda st: make_opt(st, start.lr), step, held_out_loss,
-                                              batches[:k_bn], where, out_of_time)
+        result, start.trial = bn.screen(state, lambda st: make_opt(st, start.lr), step, held_out_loss,
+                                        batches[:k_bn], where, out_of_time)
         start.batchnorm = result.chosen
-        start.trial = bn.Trial(trial, opt, sched, result.batches[result.chosen], result.loss_sum, result.seen,
-                               result.cut_short)
         start.notes.append(result.note())
         start.details["batchnorm_screen"] = result.to_dict()
-    if config.lr is not None or not k_lr or (start.trial is not None and start.trial.cut_short):
-        return _finish(start)
+    if config.lr is not None or not k_lr or start.cut_short:
+        return start
     base = start.trial.state if start.trial is not None else state
     mode = start.batchnorm
     lr_screen, winner = lrs.screen(base, _resuming(make_opt, start.trial), step, lambda m: bn.set_train(m, mode),
                                    held_out_loss, batches[k_bn:k_bn + k_lr], where, out_of_time)
-    start.lr = lr_screen.chosen
-    before = start.trial
-    start.trial = bn.Trial(winner.state, winner.opt, winner.sched,
-                           winner.batches + (before.batches if before else 0),
-                           winner.loss_sum + (before.loss_sum if before else 0.0),
-                           winner.seen + (before.seen if before else 0), winner.cut_short)
+    # the rate's winner continues the BatchNorm winner's epoch: its counts include those batches
+    winner.batches, winner.loss_sum, winner.seen = (winner.batches + start.batches, winner.loss_sum + start.loss_sum,
+                                                    winner.seen + start.seen)
+    start.lr, start.trial = lr_screen.chosen, winner
     start.notes.append(lr_screen.note())
     start.details["lr_screen"] = lr_screen.to_dict()
-    return _finish(start)
-
-
-def _finish(start: Start) -> Start:
-    if start.trial is not None:
-        start.batches, start.loss_sum, start.seen = start.trial.batches, start.trial.loss_sum, start.trial.seen
-        start.cut_short = start.trial.cut_short
     return start
 
 
@@ -114,8 +112,8 @@ def _held_out(evals: tuple, trains: tuple, screened: list, bs: int, dtype: Any) 
     (eval_x, t_eval, n_eval), (train_x, t_train, order) = evals, trains
     if n_eval:
         m = min(n_eval, bn.SCREEN_EVAL_SAMPLES)
-        return _take(eval_x, slice(0, m)), t_eval[:m], m, f"{m} eval samples"
+        return dd.take(eval_x, slice(0, m)), t_eval[:m], m, f"{m} eval samples"
     rest = order[sum(len(b) for b in screened):][:bn.SCREEN_EVAL_SAMPLES]
     if len(rest) == 0:
         return None
-    return _take(train_x, rest.numpy()), t_train[rest], len(rest), f"{len(rest)} training samples the screens did not train on"
+    return dd.take(train_x, rest.numpy()), t_train[rest], len(rest), f"{len(rest)} training samples the screens did not train on"

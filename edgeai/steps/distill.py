@@ -108,10 +108,6 @@ def _output_name(model: Any, arrays: dict, dtype: Any) -> str:
         return output_names(model(**dd.batch(arrays, slice(0, 1), dtype)))[0][0]
 
 
-def _take(arrays: dict, idx: Any) -> dict:
-    return {k: a[idx] for k, a in arrays.items()}
-
-
 def distill(student: Any, example_inputs: Mapping[str, Any], config: DistillConfig,
             ctx: StepContext | None = None) -> tuple[Any, StepReport]:
     """Train a copy of `student` against ctx.teacher; returns (best student, report)."""
@@ -164,7 +160,7 @@ def _distill(model: Any, names: list[str], config: DistillConfig, ctx: StepConte
         t_seconds = time.monotonic() - t_start
         if n_eval:
             t_eval, _, n_eval = dd.teacher_pass(teacher, eval_x, n_eval, bs, dtype, None, out_of_time)
-            eval_x, eval_y = _take(eval_x, slice(0, n_eval)), None if eval_y is None else eval_y[:n_eval]
+            eval_x, eval_y = dd.take(eval_x, slice(0, n_eval)), None if eval_y is None else eval_y[:n_eval]
         else:
             t_eval = None
         out_name = _output_name(teacher, train_x, dtype)
@@ -173,7 +169,7 @@ def _distill(model: Any, names: list[str], config: DistillConfig, ctx: StepConte
             t_feats.close()
         teacher.train(teacher_was_training)
     if n < n_given:
-        train_x, train_y = _take(train_x, slice(0, n)), None if train_y is None else train_y[:n]
+        train_x, train_y = dd.take(train_x, slice(0, n)), None if train_y is None else train_y[:n]
     choice = losses.chosen(config.loss, t_train, train_y if train_y is not None else eval_y, out_name)
     shape = tuple(t_train.shape)
     losses.check_labels(choice, shape, train_y, metric is not None)
